@@ -1,0 +1,118 @@
+"""CNN architectures, each a frozen-on-device backbone plus a small trainable head.
+
+Every model ends ``... -> embedding -> Dense(32, relu) "head_hidden" -> Dense(1, sigmoid)
+"head_output"``. The layers up to ``embedding`` are the backbone, frozen on devices; the
+two head layers are what the federation trains, and what ``models.weights`` stores.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+import numpy as np
+from keras import layers
+
+from models.preprocess import InputSpec
+from models.weights import HEAD_NAMES
+
+EMBEDDING = "embedding"
+HEAD_HIDDEN = "head_hidden"
+HEAD_OUTPUT = "head_output"
+HIDDEN_UNITS = 32
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A named network: its input spec and a builder returning an uncompiled model."""
+
+    name: str
+    input_spec: InputSpec
+    build_backbone: Callable[[keras.KerasTensor], keras.KerasTensor]
+    description: str
+
+
+def _paper_backbone(x: keras.KerasTensor) -> keras.KerasTensor:
+    """Chatterjee & Attar, Fig. 5: three 3x3 convs (8/16/32) with 2x2 max pooling."""
+    for filters in (8, 16, 32):
+        x = layers.Conv2D(filters, 3, activation="relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+    return layers.Flatten(name=EMBEDDING)(x)
+
+
+def _edge_backbone(x: keras.KerasTensor) -> keras.KerasTensor:
+    """Four conv-BN-ReLU-pool stages on a 128x128 grayscale slice, then average+max pool.
+
+    Global pooling makes the head 256x32 instead of 21632x32: the federated update is
+    ~33 KB as float32 rather than 2.7 MB. Max pooling keeps small bright lesions that
+    averaging alone would wash out.
+    """
+    for filters in (16, 32, 64, 128):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU()(x)
+        x = layers.MaxPooling2D(2)(x)
+    avg = layers.GlobalAveragePooling2D()(x)
+    mx = layers.GlobalMaxPooling2D()(x)
+    x = layers.Concatenate(name=EMBEDDING)([avg, mx])
+    return x
+
+
+ARCHITECTURES = {
+    "paper": Architecture("paper", InputSpec(224, 224, 3), _paper_backbone,
+                          "seed paper CNN (698,321 parameters, Flatten head)"),
+    "edge": Architecture("edge", InputSpec(128, 128, 1), _edge_backbone,
+                         "4-stage CNN with BN and global avg+max pooling (small head)"),
+}
+DEFAULT_ARCH = "edge"
+
+
+def get_architecture(name: str) -> Architecture:
+    """The architecture registered under ``name`` (ValueError naming the choices)."""
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise ValueError(f"unknown architecture {name!r}; choose from "
+                         f"{', '.join(sorted(ARCHITECTURES))}") from None
+
+
+def build_model(name: str, dropout: float = 0.0) -> keras.Model:
+    """Uncompiled Keras model with one output, the tumour probability.
+
+    ``dropout`` (training regulariser) sits between the embedding and the head; the
+    paper architecture uses none.
+    """
+    arch = get_architecture(name)
+    spec = arch.input_spec
+    inp = keras.Input((spec.height, spec.width, spec.channels), name="image")
+    x = layers.Rescaling(1.0 / 255)(inp)
+    emb = arch.build_backbone(x)
+    h = layers.Dropout(dropout)(emb) if dropout else emb
+    h = layers.Dense(HIDDEN_UNITS, activation="relu", name=HEAD_HIDDEN)(h)
+    out = layers.Dense(1, activation="sigmoid", name=HEAD_OUTPUT)(h)
+    return keras.Model(inp, out, name=name)
+
+
+def with_embedding(model: keras.Model) -> keras.Model:
+    """The same weights with two outputs: probability and the head's input embedding."""
+    return keras.Model(model.inputs, [model.output, model.get_layer(EMBEDDING).output])
+
+
+def get_head(model: keras.Model) -> dict[str, np.ndarray]:
+    """Head weights under the names of :data:`models.weights.HEAD_NAMES`."""
+    hk, hb = model.get_layer(HEAD_HIDDEN).get_weights()
+    ok, ob = model.get_layer(HEAD_OUTPUT).get_weights()
+    return {n: a.astype(np.float32) for n, a in zip(HEAD_NAMES, (hk, hb, ok, ob))}
+
+
+def set_head(model: keras.Model, head: dict[str, np.ndarray]) -> None:
+    """Load head weights (as from :func:`get_head` or a bundle) into ``model``."""
+    hk, hb, ok, ob = (head[n] for n in HEAD_NAMES)
+    model.get_layer(HEAD_HIDDEN).set_weights([hk, hb])
+    model.get_layer(HEAD_OUTPUT).set_weights([ok, ob])
+
+
+def freeze_backbone(model: keras.Model) -> None:
+    """Make only the two head layers trainable (what a device may change)."""
+    for layer in model.layers:
+        layer.trainable = layer.name in (HEAD_HIDDEN, HEAD_OUTPUT)

@@ -1,0 +1,67 @@
+"""Leakage-free k-fold cross-validation over duplicate groups."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from models import metrics
+from models.architectures import get_architecture
+from models.dataset import Sample, load_images, load_samples
+from models.splits import duplicate_groups, stratified_group_kfold
+from models.train import TrainConfig, predict, train_model
+
+logger = logging.getLogger(__name__)
+
+# Share of each training fold held out (by group) for early stopping and the threshold.
+VAL_FOLDS = 6  # one of six groups' folds, about 17%
+
+
+def load_grouped(data: str | Path, arch: str
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Sample]]:
+    """Images, labels and duplicate-group ids for the dataset at ``data``."""
+    samples = load_samples(data)
+    x, y, kept = load_images(samples, get_architecture(arch).input_spec)
+    groups = duplicate_groups(kept)
+    logger.info("%d images in %d duplicate groups", len(kept), len(np.unique(groups)))
+    return x, y, groups, kept
+
+
+def inner_split(y: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grouped, stratified train/validation indices inside a training set."""
+    inner = stratified_group_kfold(y, groups, k=VAL_FOLDS, seed=seed)
+    return np.flatnonzero(inner != 0), np.flatnonzero(inner == 0)
+
+
+def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig | None = None,
+                   verbose: int = 0) -> dict:
+    """Train ``folds`` models, each tested on a fold none of its duplicates trained on.
+
+    Returns
+    -------
+    dict with ``<metric>_mean``/``<metric>_std`` over folds, ``per_fold`` metrics and
+    ``folds`` mapping each file (relative to ``data``) to its test fold.
+    """
+    cfg = cfg or TrainConfig()
+    x, y, groups, kept = load_grouped(data, arch)
+    fold_of = stratified_group_kfold(y, groups, k=folds, seed=cfg.seed)
+    per_fold = []
+    for f in range(folds):
+        start = time.perf_counter()
+        train, test = np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)
+        tr, va = inner_split(y[train], groups[train], cfg.seed + f)
+        model, threshold, _ = train_model(arch, x[train][tr], y[train][tr], x[train][va],
+                                          y[train][va], cfg, verbose)
+        result = metrics.binary_metrics(y[test], predict(model, x[test]), threshold)
+        result["fold"], result["seconds"] = f, round(time.perf_counter() - start, 1)
+        logger.info("fold %d: accuracy %.3f AUC %.3f sensitivity %.3f (%.0f s)", f,
+                    result["accuracy"], result["auc"], result["sensitivity"], result["seconds"])
+        per_fold.append(result)
+    summary = metrics.summarize(per_fold, keys=["accuracy", "balanced_accuracy", "auc",
+                                                "sensitivity", "specificity", "f1", "brier",
+                                                "ece", "threshold"])
+    return {"arch": arch, "n": len(y), "n_groups": int(len(np.unique(groups))),
+            "k": folds, "config": cfg.to_dict(), **summary, "per_fold": per_fold,
+            "folds": {s.rel: int(f) for s, f in zip(kept, fold_of)}}

@@ -1,0 +1,210 @@
+"""Image decoding and preprocessing shared by training and the appliance.
+
+The same functions turn a training JPEG and a clinician's upload into the model input,
+so the device sees exactly what the network was trained on. No TensorFlow here: the
+appliance imports this module with only NumPy and OpenCV.
+
+Pipeline: decode -> grayscale float in [0, 1] -> brain mask (largest bright component,
+so black borders, burnt-in text and markers are ignored) -> square crop around the
+brain -> resize -> intensity normalisation inside the brain mask -> float32 in [0, 255].
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# Refuse decompression bombs before OpenCV allocates them (a 30000x30000 PNG is a few KB).
+MAX_PIXELS = 40_000_000
+MIN_SIDE = 16
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image OpenCV can decode."""
+
+
+class UnusableImageError(ValueError):
+    """The image decodes but cannot be a usable slice (too small, too large, blank)."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model expects: size, channels and value range of its input."""
+
+    height: int = 224
+    width: int = 224
+    channels: int = 3
+
+    def to_dict(self) -> dict:
+        return {"height": self.height, "width": self.width, "channels": self.channels,
+                "range": [0.0, 255.0]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "InputSpec":
+        return cls(int(d["height"]), int(d["width"]), int(d["channels"]))
+
+
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from PNG/JPEG headers without decoding the pixels."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 < len(data):
+            if data[i] != 0xFF:
+                i += 1
+                continue
+            marker = data[i + 1]
+            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
+                          0xCE, 0xCF):
+                h = int.from_bytes(data[i + 5:i + 7], "big")
+                w = int.from_bytes(data[i + 7:i + 9], "big")
+                return w, h
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Decode PNG/JPEG/BMP/TIFF bytes with OpenCV, keeping depth and channels.
+
+    Raises
+    ------
+    ImageDecodeError
+        Empty, truncated or non-image bytes.
+    UnusableImageError
+        More than ``MAX_PIXELS`` pixels (checked from the header before decoding).
+    """
+    if not data:
+        raise ImageDecodeError("empty file")
+    size = _image_size(data)
+    if size and size[0] * size[1] > MAX_PIXELS:
+        raise UnusableImageError(f"image too large: {size[0]}x{size[1]} pixels")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise ImageDecodeError("not a decodable image (corrupt, truncated or wrong type)")
+    if img.shape[0] * img.shape[1] > MAX_PIXELS:
+        raise UnusableImageError(f"image too large: {img.shape[1]}x{img.shape[0]} pixels")
+    return img
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read and decode an image file; see :func:`decode_image`."""
+    return decode_image(Path(path).read_bytes())
+
+
+def to_gray(img: np.ndarray) -> np.ndarray:
+    """Grayscale float32 in [0, 1] from gray, BGR or BGRA of any integer or float depth."""
+    if img.ndim == 3:
+        if img.shape[2] == 4:
+            img = img[:, :, :3]
+        if img.shape[2] == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+        else:
+            img = img[:, :, 0]
+    if img.ndim != 2:
+        raise UnusableImageError(f"unsupported image shape {img.shape}")
+    if np.issubdtype(img.dtype, np.integer):
+        out = img.astype(np.float32) / float(np.iinfo(img.dtype).max)
+    else:
+        out = img.astype(np.float32)
+        hi = float(np.nanmax(out)) if out.size else 0.0
+        out = out / hi if hi > 1.0 else out
+    return np.clip(np.nan_to_num(out), 0.0, 1.0)
+
+
+def brain_mask(gray: np.ndarray) -> np.ndarray:
+    """Boolean mask of the head: the largest bright connected component, holes filled.
+
+    Otsu on the blurred image separates tissue from background; a morphological opening
+    detaches thin frames, text and markers, which are then dropped as smaller components.
+    Returns an all-False mask for a blank image.
+    """
+    g8 = cv2.GaussianBlur((gray * 255).astype(np.uint8), (5, 5), 0)
+    if int(g8.max()) - int(g8.min()) < 8:
+        return np.zeros(gray.shape, bool)
+    thr, _ = cv2.threshold(g8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    # Otsu on dark-dominated slices can sit high and cut tissue; half of it keeps the head.
+    binary = (g8 > max(thr * 0.5, 8)).astype(np.uint8)
+    k = max(3, int(min(gray.shape) * 0.02) | 1)
+    binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN,
+                              cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if n <= 1:
+        return np.zeros(gray.shape, bool)
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    comp = (labels == largest).astype(np.uint8)
+    contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    filled = np.zeros_like(comp)
+    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
+    return filled.astype(bool)
+
+
+def crop_to_mask(gray: np.ndarray, mask: np.ndarray, margin: float = 0.04
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Square crop around the mask's bounding box (zero padded), image and mask together.
+
+    Falls back to the whole image when the mask is empty or implausibly small (< 2%).
+    """
+    h, w = gray.shape
+    if mask.sum() < 0.02 * h * w:
+        mask = np.ones_like(mask)
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    side = int(max(y1 - y0, x1 - x0) * (1 + 2 * margin))
+    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+    top, left = cy - side // 2, cx - side // 2
+    out_img = np.zeros((side, side), np.float32)
+    out_mask = np.zeros((side, side), bool)
+    sy0, sx0 = max(top, 0), max(left, 0)
+    sy1, sx1 = min(top + side, h), min(left + side, w)
+    out_img[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = gray[sy0:sy1, sx0:sx1]
+    out_mask[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = mask[sy0:sy1, sx0:sx1]
+    return out_img, out_mask
+
+
+def normalize(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Stretch the 1st-99th intensity percentiles inside the mask to [0, 1].
+
+    Scanners and sequences differ in brightness and contrast; normalising on brain
+    pixels only (not the black background) makes them comparable.
+    """
+    inside = gray[mask] if mask.any() else gray.ravel()
+    lo, hi = np.percentile(inside, [1.0, 99.0])
+    if hi - lo < 1e-6:
+        return np.zeros_like(gray)
+    out = np.clip((gray - lo) / (hi - lo), 0.0, 1.0)
+    return out
+
+
+def preprocess(img: np.ndarray, spec: InputSpec = InputSpec()) -> np.ndarray:
+    """Model input (H, W, C) float32 in [0, 255] from a decoded image of any kind.
+
+    Raises
+    ------
+    UnusableImageError
+        Image smaller than ``MIN_SIDE`` pixels on a side, or blank.
+    """
+    if img.ndim < 2 or min(img.shape[:2]) < MIN_SIDE:
+        raise UnusableImageError(f"image too small: shape {img.shape}")
+    gray = to_gray(img)
+    if float(gray.max()) - float(gray.min()) < 1e-3:
+        raise UnusableImageError("blank image (no contrast)")
+    crop, mask = crop_to_mask(gray, brain_mask(gray))
+    crop = normalize(crop, mask)
+    small = cv2.resize(crop, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
+    out = small[:, :, None] * 255.0
+    return np.repeat(out, spec.channels, axis=2).astype(np.float32)
+
+
+def preprocess_bytes(data: bytes, spec: InputSpec = InputSpec()) -> np.ndarray:
+    """Decode and preprocess in one step (what an upload goes through)."""
+    return preprocess(decode_image(data), spec)

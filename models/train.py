@@ -1,0 +1,134 @@
+"""Central training: augmentation, class weighting, early stopping, threshold choice."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import asdict, dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from models import metrics
+from models.architectures import build_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run (recorded in the bundle manifest)."""
+
+    epochs: int = 150
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    patience: int = 30
+    dropout: float = 0.3
+    augment: bool = True
+    min_sensitivity: float = 0.95
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def set_seeds(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow so a run is repeatable on the same machine."""
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    random.seed(seed)
+    np.random.seed(seed)
+    keras.utils.set_random_seed(seed)
+
+
+def augmenter(seed: int) -> keras.Sequential:
+    """Geometric and intensity augmentation for slices from other scanners and views.
+
+    Flips and rotations as the paper did, plus zoom/shift (crop and scale variation)
+    and contrast; gamma is applied separately in :func:`_augment`.
+    """
+    return keras.Sequential([
+        keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
+        keras.layers.RandomRotation(0.5, fill_mode="constant", seed=seed + 1),
+        keras.layers.RandomZoom((-0.15, 0.15), fill_mode="constant", seed=seed + 2),
+        keras.layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=seed + 3),
+        keras.layers.RandomContrast(0.3, value_range=(0, 255), seed=seed + 4),
+    ], name="augment")
+
+
+def _augment(aug: keras.Sequential, x: tf.Tensor) -> tf.Tensor:
+    x = aug(x, training=True)
+    gamma = tf.exp(tf.random.uniform((tf.shape(x)[0], 1, 1, 1), -0.4, 0.4))
+    return tf.clip_by_value(255.0 * tf.pow(tf.clip_by_value(x / 255.0, 0, 1), gamma), 0, 255)
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, train: bool) -> tf.data.Dataset:
+    """Batched ``tf.data`` pipeline; shuffled and augmented when ``train``."""
+    ds = tf.data.Dataset.from_tensor_slices((x.astype(np.float32), y.astype(np.float32)))
+    if train:
+        ds = ds.shuffle(len(x), seed=cfg.seed, reshuffle_each_iteration=True)
+    ds = ds.batch(cfg.batch_size)
+    if train and cfg.augment:
+        aug = augmenter(cfg.seed)
+        ds = ds.map(lambda a, b: (_augment(aug, a), b), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def class_weights(y: np.ndarray) -> dict[int, float]:
+    """Inverse-frequency weights so the 61%/39% imbalance does not bias the loss."""
+    counts = np.bincount(y.astype(int), minlength=2).astype(float)
+    counts[counts == 0] = 1.0
+    return {c: float(len(y) / (2 * counts[c])) for c in (0, 1)}
+
+
+def compile_model(model: keras.Model, learning_rate: float) -> None:
+    # Keywords: in Keras 3 a third positional argument would be loss_weights.
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss="binary_crossentropy",
+                  metrics=[keras.metrics.AUC(name="auc"), "accuracy"])
+
+
+def fit(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
+        y_val: np.ndarray, cfg: TrainConfig, verbose: int = 0) -> keras.callbacks.History:
+    """Train with early stopping on validation AUC, restoring the best epoch.
+
+    AUC rather than loss: with batch norm and few validation images the loss is noisy in
+    early epochs, and the threshold is chosen afterwards anyway.
+    """
+    compile_model(model, cfg.learning_rate)
+    stop = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience,
+                                         restore_best_weights=True)
+    return model.fit(make_dataset(x_train, y_train, cfg, train=True),
+                     validation_data=make_dataset(x_val, y_val, cfg, train=False),
+                     epochs=cfg.epochs, class_weight=class_weights(y_train),
+                     callbacks=[stop], verbose=verbose)
+
+
+def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """Probabilities (N,) from a one-output Keras model."""
+    return model.predict(x.astype(np.float32), batch_size=32, verbose=0).reshape(-1)
+
+
+def train_model(arch: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
+                y_val: np.ndarray, cfg: TrainConfig, verbose: int = 0
+                ) -> tuple[keras.Model, float, dict]:
+    """Build and train ``arch``; choose the decision threshold on validation data.
+
+    The threshold is the one with the best validation specificity among those that keep
+    validation sensitivity at ``cfg.min_sensitivity`` or above (screening favours not
+    missing a tumour); see :func:`models.metrics.choose_threshold`.
+
+    Returns
+    -------
+    model, threshold, validation metrics at that threshold (with ``epochs`` trained)
+    """
+    set_seeds(cfg.seed)
+    model = build_model(arch, dropout=cfg.dropout if arch != "paper" else 0.0)
+    history = fit(model, x_train, y_train, x_val, y_val, cfg, verbose)
+    prob = predict(model, x_val)
+    threshold = metrics.choose_threshold(y_val, prob, cfg.min_sensitivity)
+    val = metrics.binary_metrics(y_val, prob, threshold)
+    val["epochs"] = len(history.history["loss"])
+    logger.info("%s: %d epochs, val AUC %.3f, threshold %.3f", arch, val["epochs"],
+                val["auc"], threshold)
+    return model, threshold, val
