@@ -29,7 +29,7 @@ test: install
 	$(PY) -m pytest
 
 bench: install
-	$(PY) -m models bench --model $(BUNDLE) --data $(DATA)
+	$(PY) -m models bench --data $(DATA)
 
 # Rebuild the shipped default bundle from the shared dataset (see README).
 bundle: install

@@ -68,8 +68,8 @@ def load_csv(csv_path: str | Path) -> list[Sample]:
             raise DatasetError(f"{csv_path}: needs columns 'filename,labels', "
                                f"found {reader.fieldnames}")
         for line, row in enumerate(reader, start=2):
-            rel = row["filename"].strip().replace("\\", "/")
-            label = TEXT_LABELS.get(row["labels"].strip().lower())
+            rel = (row["filename"] or "").strip().replace("\\", "/")
+            label = TEXT_LABELS.get((row["labels"] or "").strip().lower())
             if not rel or label is None:
                 logger.warning("%s:%s: skipped (bad filename or label)", csv_path, line)
                 continue

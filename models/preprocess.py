@@ -201,7 +201,7 @@ def preprocess(img: np.ndarray, spec: InputSpec = InputSpec()) -> np.ndarray:
     crop, mask = crop_to_mask(gray, brain_mask(gray))
     crop = normalize(crop, mask)
     small = cv2.resize(crop, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
-    out = small[:, :, None] * 255.0
+    out = np.clip(small, 0.0, 1.0)[:, :, None] * 255.0
     return np.repeat(out, spec.channels, axis=2).astype(np.float32)
 
 

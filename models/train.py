@@ -89,7 +89,9 @@ def compile_model(model: keras.Model, learning_rate: float) -> None:
 
 
 def fit(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
-        y_val: np.ndarray, cfg: TrainConfig, verbose: int = 0) -> keras.callbacks.History:
+        y_val: np.ndarray, cfg: TrainConfig, verbose: int = 0,
+        extra_callbacks: list[keras.callbacks.Callback] | None = None
+        ) -> keras.callbacks.History:
     """Train with early stopping on validation AUC, restoring the best epoch.
 
     AUC rather than loss: with batch norm and few validation images the loss is noisy in
@@ -101,7 +103,7 @@ def fit(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.
     return model.fit(make_dataset(x_train, y_train, cfg, train=True),
                      validation_data=make_dataset(x_val, y_val, cfg, train=False),
                      epochs=cfg.epochs, class_weight=class_weights(y_train),
-                     callbacks=[stop], verbose=verbose)
+                     callbacks=[stop, *(extra_callbacks or [])], verbose=verbose)
 
 
 def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:

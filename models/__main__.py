@@ -1,0 +1,232 @@
+"""``python -m models``: train, evaluate, cross-validate, sign and verify bundles.
+
+TensorFlow is imported only by the sub-commands that train or convert.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+from models.bundle import BundleError, read_manifest, resign_bundle, verify_bundle
+from models.signing import (generate_signing_key, key_id, load_public_key, load_signing_key,
+                            save_signing_key)
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default_bundle"
+DEV_PUBLIC_KEY = Path(__file__).resolve().parent / "dev_keys" / "dev_signing.key.pub"
+REPORT_KEYS = ("n", "accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity",
+               "f1", "brier", "ece", "threshold")
+
+
+def _dump(obj: dict, path: str | None = None) -> None:
+    text = json.dumps(_clean(obj), indent=2, allow_nan=False)
+    if path:
+        Path(path).write_text(text + "\n")
+    else:
+        print(text)
+
+
+def _clean(obj: object) -> object:
+    """NaN (an undefined metric) becomes null: strict JSON for other tools."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _train_config(args: argparse.Namespace):
+    from models.train import TrainConfig
+    cfg = TrainConfig(seed=args.seed)
+    if args.epochs:
+        cfg.epochs = args.epochs
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from models.build import BuildConfig, build_bundle
+    key = load_signing_key(args.sign_key)
+    cfg = BuildConfig(arch=args.arch, sparsity=args.sparsity, train=_train_config(args))
+    manifest = build_bundle(args.data, args.out, key, cfg, verbose=2)
+    print(f"wrote {args.out} (version {manifest['version']}, signer {manifest['signer']})")
+    _print_metrics(manifest["metrics"]["test"], "held-out test split")
+    return 0
+
+
+def _print_metrics(result: dict, title: str) -> None:
+    print(f"{title}:")
+    for k in REPORT_KEYS:
+        if k in result:
+            v = result[k]
+            print(f"  {k:<18} {v:.4f}" if isinstance(v, float) else f"  {k:<18} {v}")
+    c = result.get("confusion")
+    if c:
+        print(f"  confusion          tn={c['tn']} fp={c['fp']} fn={c['fn']} tp={c['tp']}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from models.evaluate import evaluate_bundle
+    result, labels, prob = evaluate_bundle(args.model, args.data, args.split)
+    if args.plots:
+        from models.plots import write_all
+        write_all(labels, prob, result["threshold"], args.plots)
+    if args.json:
+        _dump(result)
+    else:
+        _print_metrics(result, f"bundle v{result['model_version']} ({result['architecture']}) "
+                               f"on {args.split} files of {args.data}, via LiteRT")
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from models.architectures import DEFAULT_ARCH
+    from models.cv import cross_validate
+    result = cross_validate(args.data, args.arch or DEFAULT_ARCH, args.folds,
+                            _train_config(args))
+    for k in ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity"):
+        print(f"{k:<18} {result[k + '_mean']:.3f} ± {result[k + '_std']:.3f}")
+    if args.json:
+        _dump(result, args.json)
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    key = generate_signing_key()
+    try:
+        pub = save_signing_key(key, args.out, overwrite=args.force)
+    except FileExistsError as exc:
+        print(f"error: {exc} (use --force to replace it)", file=sys.stderr)
+        return 1
+    print(f"private key {args.out} (mode 0600), public key {pub}, key id "
+          f"{key_id(key.verify_key)}")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    key = load_signing_key(args.key)
+    src = read_manifest(args.bundle)
+    version = args.version or src["version"]
+    out = args.out or args.bundle
+    resign_bundle(args.bundle, out, key, version=version,
+                  parent_version=args.parent_version)
+    print(f"signed {out} as version {version} with key {key_id(key.verify_key)}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    keys = [load_public_key(k) for k in (args.public_key or [DEV_PUBLIC_KEY])]
+    try:
+        bundle = verify_bundle(args.bundle, keys, min_version=args.min_version)
+    except BundleError as exc:
+        print(f"REFUSED {args.bundle}: {exc}", file=sys.stderr)
+        return 1
+    print(f"OK {args.bundle}: version {bundle.version}, signer {bundle.signer}, "
+          f"{bundle.manifest['architecture']}, threshold {bundle.threshold:.3f}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from models.reproduce import print_table, reproduce_paper
+    result = reproduce_paper(args.data, seed=args.seed, epochs=args.epochs)
+    print_table(result)
+    if args.json:
+        _dump(result, args.json)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from models.bench import run_bench
+    run_bench(args.data, seed=args.seed, epochs=args.epochs)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m models", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def data_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--data", required=True,
+                        help="dataset folder (yes/, no/) or CSV with filename,labels")
+
+    def train_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--epochs", type=int, help="maximum epochs (early stopping decides)")
+
+    sp = sub.add_parser("train", help="train, prune, int8-quantize and sign a bundle")
+    data_arg(sp)
+    train_args(sp)
+    sp.add_argument("--arch", default="edge")
+    sp.add_argument("--out", required=True, help="bundle directory to write")
+    sp.add_argument("--sign-key", required=True, help="Ed25519 private key file")
+    sp.add_argument("--sparsity", type=float, default=0.5)
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("evaluate", help="evaluate a bundle through LiteRT")
+    data_arg(sp)
+    sp.add_argument("--model", default=str(DEFAULT_BUNDLE), help="bundle directory")
+    sp.add_argument("--split", choices=("all", "test"), default="all",
+                    help="'test': only the files the bundle's manifest held out")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--plots", help="write roc.png, calibration.png, confusion.png here")
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("cv", help="grouped k-fold cross-validation")
+    data_arg(sp)
+    train_args(sp)
+    sp.add_argument("--arch", help="architecture (default: the default architecture)")
+    sp.add_argument("--folds", type=int, default=5)
+    sp.add_argument("--json", help="write the full result here")
+    sp.set_defaults(func=cmd_cv)
+
+    sp = sub.add_parser("keygen", help="create an Ed25519 signing key (mode 0600)")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--force", action="store_true", help="replace an existing key")
+    sp.set_defaults(func=cmd_keygen)
+
+    sp = sub.add_parser("sign", help="(re-)sign a bundle with a key")
+    sp.add_argument("bundle")
+    sp.add_argument("--key", required=True)
+    sp.add_argument("--version", type=int)
+    sp.add_argument("--parent-version", type=int)
+    sp.add_argument("--out", help="write the signed bundle here (default: in place)")
+    sp.set_defaults(func=cmd_sign)
+
+    sp = sub.add_parser("verify", help="verify a bundle's signature, hashes and version")
+    sp.add_argument("bundle")
+    sp.add_argument("--public-key", action="append",
+                    help="trusted public key file or text (repeatable; default: dev key)")
+    sp.add_argument("--min-version", type=int)
+    sp.set_defaults(func=cmd_verify)
+
+    sp = sub.add_parser("reproduce-paper", help="the seed paper's protocol, leakage-free")
+    data_arg(sp)
+    train_args(sp)
+    sp.add_argument("--json")
+    sp.set_defaults(func=cmd_reproduce)
+
+    sp = sub.add_parser("bench", help="formats, sizes, accuracy and LiteRT latency")
+    data_arg(sp)
+    train_args(sp)
+    sp.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

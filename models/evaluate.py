@@ -1,0 +1,52 @@
+"""Evaluate a bundle through LiteRT, the device's own inference path. No TensorFlow."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from models import metrics
+from models.bundle import MODEL, read_manifest
+from models.dataset import Sample, load_images, load_samples
+from models.preprocess import InputSpec
+from models.runtime import TFLiteModel
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("all", "test")
+
+
+def select_split(samples: Sequence[Sample], manifest: dict, split: str) -> list[Sample]:
+    """``all`` samples, or only the ``test`` files the bundle's manifest says it never saw."""
+    if split == "all":
+        return list(samples)
+    if split != "test":
+        raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    held_out = set(manifest.get("training", {}).get("split", {}).get("test_files", []))
+    if not held_out:
+        raise ValueError("the bundle's manifest names no held-out test files")
+    chosen = [s for s in samples if s.rel in held_out]
+    if not chosen:
+        raise ValueError("none of the bundle's held-out test files are in this dataset")
+    return chosen
+
+
+def evaluate_bundle(bundle_dir: str | Path, data: str | Path, split: str = "all"
+                    ) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Metrics of the bundle's model at its own threshold on ``data``.
+
+    Returns
+    -------
+    metrics dict (with ``model_version`` and ``split``), labels, probabilities
+    """
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    samples = select_split(load_samples(data), manifest, split)
+    images, labels, _ = load_images(samples, InputSpec.from_dict(manifest["input"]))
+    prob, _ = TFLiteModel(bundle_dir / MODEL).predict(images)
+    result = metrics.binary_metrics(labels, prob, manifest["threshold"])
+    result.update(model_version=manifest["version"], architecture=manifest["architecture"],
+                  split=split)
+    return result, labels, prob

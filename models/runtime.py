@@ -1,0 +1,69 @@
+"""LiteRT inference on a bundle's model: probability and embedding. No TensorFlow.
+
+The appliance and ``models evaluate`` run models through this module, so the figures
+that evaluation prints are those of the device path.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+
+def interpreter_class() -> type:
+    """LiteRT's ``Interpreter``: ``ai_edge_litert`` first, ``tflite_runtime`` as fallback.
+
+    ``tflite_runtime`` 2.14 cannot load dynamic-range models from TF 2.21 and has no int8
+    XNNPACK; it is only a fallback for images that cannot install ai-edge-litert.
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        from tflite_runtime.interpreter import Interpreter
+    return Interpreter
+
+
+class TFLiteModel:
+    """A TFLite classifier with two outputs: probability (N, 1) and embedding (N, D).
+
+    Outputs are told apart by shape, not by converter-generated names. One interpreter
+    is not thread-safe, so calls are serialised with a lock.
+    """
+
+    def __init__(self, model: str | Path | bytes, num_threads: int = 2) -> None:
+        cls = interpreter_class()
+        if isinstance(model, bytes):
+            self._interp = cls(model_content=model, num_threads=num_threads)
+        else:
+            self._interp = cls(model_path=str(model), num_threads=num_threads)
+        self._interp.allocate_tensors()
+        self._lock = threading.Lock()
+        (inp,) = self._interp.get_input_details()
+        self._input = inp["index"]
+        self.input_shape = tuple(int(d) for d in inp["shape"][1:])
+        outs = self._interp.get_output_details()
+        if len(outs) != 2:
+            raise ValueError(f"model has {len(outs)} outputs; expected probability and "
+                             "embedding")
+        by_width = sorted(outs, key=lambda o: int(o["shape"][-1]))
+        self._prob, self._emb = by_width[0]["index"], by_width[1]["index"]
+        self.embedding_dim = int(by_width[1]["shape"][-1])
+
+    def run(self, image: np.ndarray) -> tuple[float, np.ndarray]:
+        """Probability and embedding for one preprocessed image (H, W, C)."""
+        if image.shape != self.input_shape:
+            raise ValueError(f"input shape {image.shape} != model input {self.input_shape}")
+        batch = image[None].astype(np.float32)
+        with self._lock:
+            self._interp.set_tensor(self._input, batch)
+            self._interp.invoke()
+            prob = float(self._interp.get_tensor(self._prob).reshape(-1)[0])
+            emb = self._interp.get_tensor(self._emb).reshape(-1).copy()
+        return prob, emb
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities (N,) and embeddings (N, D) for a stack of images."""
+        results = [self.run(im) for im in images]
+        return (np.array([p for p, _ in results], np.float32),
+                np.stack([e for _, e in results]).astype(np.float32))

@@ -1,0 +1,35 @@
+"""Shared fixtures: the real dataset, a small balanced copy of it, a signing key."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain_tumor_dataset"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA / "yes").is_dir():
+        pytest.skip(f"shared dataset not found at {DATA}")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def small_data(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 tumour + 24 normal slices copied from the real dataset (a fast training set)."""
+    root = tmp_path_factory.mktemp("small_data")
+    for label in ("yes", "no"):
+        (root / label).mkdir()
+        for src in sorted((data_dir / label).iterdir())[:24]:
+            shutil.copy(src, root / label / src.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def signing_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from models.signing import generate_signing_key, save_signing_key
+    path = tmp_path_factory.mktemp("keys") / "signing.key"
+    save_signing_key(generate_signing_key(), path)
+    return path

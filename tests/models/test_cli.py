@@ -1,0 +1,120 @@
+"""``python -m models``: keys, a real train -> signed bundle -> verify -> evaluate run."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from models.__main__ import main
+from models.bundle import read_manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+PURE_MODULES = ["models.preprocess", "models.dataset", "models.splits", "models.bundle",
+                "models.signing", "models.weights", "models.metrics", "models.runtime",
+                "models.evaluate", "models.plots"]
+
+
+def test_pure_modules_import_without_tensorflow():
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in PURE_MODULES)
+            + "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+
+    assert out.strip() == "[]"
+
+
+def test_keygen_writes_a_private_key_0600_and_refuses_to_overwrite(tmp_path, capsys):
+    key = tmp_path / "k.key"
+
+    assert main(["keygen", "--out", str(key)]) == 0
+    first = key.read_bytes()
+    assert main(["keygen", "--out", str(key)]) == 1
+
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    assert key.read_bytes() == first
+    assert "--force" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def bundle(small_data, signing_key_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    code = main(["train", "--data", str(small_data), "--arch", "edge", "--out", str(out),
+                 "--sign-key", str(signing_key_file), "--epochs", "3", "--sparsity", "0.5"])
+    assert code == 0
+    return out
+
+
+@pytest.mark.slow
+def test_train_writes_a_signed_int8_bundle_with_held_out_metrics(bundle, small_data):
+    manifest = read_manifest(bundle)
+
+    assert manifest["architecture"] == "edge" and manifest["version"] == 1
+    assert manifest["training"]["format"] == "int8"
+    assert manifest["training"]["sparsity"] >= 0.45
+    split = manifest["training"]["split"]
+    assert split["counts"]["test"] == len(split["test_files"]) > 0
+    assert set(manifest["metrics"]["test"]) >= {"accuracy", "auc", "sensitivity"}
+    assert all((small_data / f).is_file() for f in split["test_files"])
+
+
+@pytest.mark.slow
+def test_verify_accepts_the_signer_and_refuses_others_and_tampering(
+        bundle, signing_key_file, tmp_path, capsys):
+    pub = f"{signing_key_file}.pub"
+    assert main(["verify", str(bundle), "--public-key", pub]) == 0
+    assert main(["verify", str(bundle)]) == 1  # the dev key did not sign it
+    assert "REFUSED" in capsys.readouterr().err
+
+    tampered = tmp_path / "t"
+    main(["sign", str(bundle), "--key", str(signing_key_file), "--out", str(tampered)])
+    model = tampered / "model.tflite"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    model.write_bytes(bytes(data))
+
+    assert main(["verify", str(tampered), "--public-key", pub]) == 1
+    assert "model.tflite" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sign_bumps_the_version_and_min_version_refuses_rollback(
+        bundle, signing_key_file, tmp_path):
+    pub = f"{signing_key_file}.pub"
+    v2 = tmp_path / "v2"
+
+    assert main(["sign", str(bundle), "--key", str(signing_key_file), "--version", "2",
+                 "--parent-version", "1", "--out", str(v2)]) == 0
+
+    assert read_manifest(v2)["version"] == 2
+    assert main(["verify", str(v2), "--public-key", pub, "--min-version", "1"]) == 0
+    assert main(["verify", str(bundle), "--public-key", pub, "--min-version", "1"]) == 1
+
+
+@pytest.mark.slow
+def test_evaluate_json_on_the_held_out_split_runs_through_litert(
+        bundle, small_data, tmp_path, capsys):
+    plots = tmp_path / "plots"
+
+    code = main(["evaluate", "--model", str(bundle), "--data", str(small_data), "--split",
+                 "test", "--json", "--plots", str(plots)])
+
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert result["n"] == len(read_manifest(bundle)["training"]["split"]["test_files"])
+    assert {"accuracy", "auc", "sensitivity", "specificity"} <= set(result)
+    assert result["model_version"] == 1
+    names = sorted(p.name for p in plots.iterdir())
+    assert names == ["calibration.png", "confusion.png", "roc.png"]
+
+
+def test_evaluate_on_a_missing_dataset_is_a_clear_error(tmp_path, capsys):
+    code = main(["evaluate", "--data", str(tmp_path / "nowhere")])
+
+    assert code == 2
+    assert "not a dataset folder" in capsys.readouterr().err

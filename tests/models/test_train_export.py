@@ -1,0 +1,100 @@
+"""Real TensorFlow training on a small subset, TFLite export and pruning, via LiteRT."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.architectures import get_architecture, get_head
+from models.compress import magnitude_mask, prune, sparsity_of
+from models.dataset import load_folder, load_images
+from models.export import gzip_size, to_tflite
+from models.runtime import TFLiteModel
+from models.train import TrainConfig, class_weights, predict, train_model
+
+pytestmark = pytest.mark.slow
+FAST = TrainConfig(epochs=4, patience=4, batch_size=8, seed=0)
+
+
+@pytest.fixture(scope="module")
+def images(small_data):
+    x, y, _ = load_images(load_folder(small_data), get_architecture("edge").input_spec)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def trained(images):
+    x, y = images
+    model, threshold, val = train_model("edge", x[::2], y[::2], x[1::2], y[1::2], FAST)
+    return model, threshold, val
+
+
+def test_training_runs_with_early_stopping_and_a_valid_threshold(trained):
+    model, threshold, val = trained
+
+    assert 1 <= val["epochs"] <= FAST.epochs
+    assert 0.05 <= threshold <= 0.95
+    assert val["n"] == 24
+
+
+def test_class_weights_balance_the_classes():
+    weights = class_weights(np.array([1, 1, 1, 0]))
+
+    assert weights[0] == pytest.approx(2.0) and weights[1] == pytest.approx(2 / 3)
+
+
+def test_float_tflite_matches_keras_through_litert(trained, images):
+    model, _, _ = trained
+    x, _ = images
+
+    lite = TFLiteModel(to_tflite(model, "float"))
+    prob, emb = lite.predict(x[:6])
+
+    np.testing.assert_allclose(prob, predict(model, x[:6]), atol=1e-4)
+    assert emb.shape == (6, 256) and lite.embedding_dim == 256
+
+
+def test_int8_model_is_smaller_and_agrees_with_float(trained, images):
+    model, _, _ = trained
+    x, _ = images
+    float_blob = to_tflite(model, "float")
+
+    int8_blob = to_tflite(model, "int8", calibration=x)
+    prob, _ = TFLiteModel(int8_blob).predict(x)
+
+    assert len(int8_blob) < len(float_blob) / 2.5
+    keras_prob = predict(model, x)
+    assert np.max(np.abs(prob - keras_prob)) < 0.1
+    assert gzip_size(int8_blob) < len(int8_blob)
+
+
+def test_dynamic_range_model_loads_in_litert(trained, images):
+    model, _, _ = trained
+    x, _ = images
+
+    prob, _ = TFLiteModel(to_tflite(model, "dynamic")).predict(x[:2])
+
+    assert prob.shape == (2,) and np.all((prob >= 0) & (prob <= 1))
+
+
+def test_int8_export_without_calibration_is_refused(trained):
+    with pytest.raises(ValueError, match="calibration"):
+        to_tflite(trained[0], "int8")
+
+
+def test_magnitude_mask_keeps_the_largest_weights():
+    w = np.array([[0.1, -0.9], [0.5, -0.05]])
+
+    mask = magnitude_mask(w, 0.5)
+
+    np.testing.assert_array_equal(mask, [[False, True], [True, False]])
+
+
+def test_pruning_reaches_the_target_and_keeps_zeros_through_fine_tuning(images):
+    x, y = images
+    model, _, _ = train_model("edge", x[::2], y[::2], x[1::2], y[1::2], FAST)
+
+    prune(model, 0.6, x[::2], y[::2], x[1::2], y[1::2], FAST, steps=2, epochs_per_step=2)
+
+    assert sparsity_of(model) == pytest.approx(0.6, abs=0.02)
+    head = get_head(model)
+    assert (head["hidden/kernel"] == 0).mean() == pytest.approx(0.6, abs=0.02)
