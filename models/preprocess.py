@@ -11,16 +11,20 @@ brain -> resize -> intensity normalisation inside the brain mask -> float32 in [
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-import numpy as np
+# Refuse decompression bombs before OpenCV allocates them (a 30000x30000 PNG is a few KB).
+# PNG/JPEG headers are checked below; OpenCV's own limit covers the other formats, and
+# must be set before cv2 is imported.
+MAX_PIXELS = 40_000_000
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 logger = logging.getLogger(__name__)
-
-# Refuse decompression bombs before OpenCV allocates them (a 30000x30000 PNG is a few KB).
-MAX_PIXELS = 40_000_000
 MIN_SIDE = 16
 
 
@@ -88,7 +92,10 @@ def decode_image(data: bytes) -> np.ndarray:
     if size and size[0] * size[1] > MAX_PIXELS:
         raise UnusableImageError(f"image too large: {size[0]}x{size[1]} pixels")
     buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # e.g. over OPENCV_IO_MAX_IMAGE_PIXELS
+        raise UnusableImageError(f"image cannot be decoded safely: {exc.err}") from None
     if img is None or img.size == 0:
         raise ImageDecodeError("not a decodable image (corrupt, truncated or wrong type)")
     if img.shape[0] * img.shape[1] > MAX_PIXELS:
@@ -132,8 +139,10 @@ def brain_mask(gray: np.ndarray) -> np.ndarray:
     if int(g8.max()) - int(g8.min()) < 8:
         return np.zeros(gray.shape, bool)
     thr, _ = cv2.threshold(g8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    # Otsu on dark-dominated slices can sit high and cut tissue; half of it keeps the head.
-    binary = (g8 > max(thr * 0.5, 8)).astype(np.uint8)
+    # Otsu on dark-dominated slices can sit high and cut tissue; halfway between the
+    # background level and Otsu keeps the head, whatever the scanner's black level.
+    bg = float(np.percentile(g8, 1))
+    binary = (g8 > max(bg + (thr - bg) * 0.5, bg + 8)).astype(np.uint8)
     k = max(3, int(min(gray.shape) * 0.02) | 1)
     binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN,
                               cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
@@ -177,7 +186,10 @@ def normalize(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
     Scanners and sequences differ in brightness and contrast; normalising on brain
     pixels only (not the black background) makes them comparable.
     """
-    inside = gray[mask] if mask.any() else gray.ravel()
+    # Erode first: the mask's rim holds background pixels, whose share would otherwise
+    # move the 1st percentile with the mask's size.
+    core = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    inside = gray[core] if core.sum() > 100 else (gray[mask] if mask.any() else gray.ravel())
     lo, hi = np.percentile(inside, [1.0, 99.0])
     if hi - lo < 1e-6:
         return np.zeros_like(gray)

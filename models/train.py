@@ -26,6 +26,7 @@ class TrainConfig:
     patience: int = 30
     dropout: float = 0.3
     augment: bool = True
+    rotation: float = 0.5  # fraction of a full turn, either way
     min_sensitivity: float = 0.95
     seed: int = 0
 
@@ -41,7 +42,7 @@ def set_seeds(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def augmenter(seed: int) -> keras.Sequential:
+def augmenter(seed: int, rotation: float = 0.5) -> keras.Sequential:
     """Geometric and intensity augmentation for slices from other scanners and views.
 
     Flips and rotations as the paper did, plus zoom/shift (crop and scale variation)
@@ -49,7 +50,7 @@ def augmenter(seed: int) -> keras.Sequential:
     """
     return keras.Sequential([
         keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
-        keras.layers.RandomRotation(0.5, fill_mode="constant", seed=seed + 1),
+        keras.layers.RandomRotation(rotation, fill_mode="constant", seed=seed + 1),
         keras.layers.RandomZoom((-0.15, 0.15), fill_mode="constant", seed=seed + 2),
         keras.layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=seed + 3),
         keras.layers.RandomContrast(0.3, value_range=(0, 255), seed=seed + 4),
@@ -69,7 +70,7 @@ def make_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, train: bool) ->
         ds = ds.shuffle(len(x), seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.batch(cfg.batch_size)
     if train and cfg.augment:
-        aug = augmenter(cfg.seed)
+        aug = augmenter(cfg.seed, cfg.rotation)
         ds = ds.map(lambda a, b: (_augment(aug, a), b), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
