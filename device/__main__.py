@@ -1,0 +1,194 @@
+"""``python -m device``: serve the appliance, batch-predict, manage accounts and tokens,
+verify bundles. Every command takes ``--data-dir`` and ``--config``."""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import secrets
+import sys
+from pathlib import Path
+
+from device.config import Settings, load_settings
+from device.exc import DeviceError
+
+logger = logging.getLogger("device")
+
+
+def _settings(args: argparse.Namespace, **extra: object) -> Settings:
+    return load_settings(args.config, data_dir=args.data_dir, **extra)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args, host=args.host, port=args.port, bundle=args.bundle)
+    if args.validate_config:
+        print(f"configuration OK: {settings.data_dir}, bundle {settings.bundle}")
+        return 0
+    import waitress
+
+    from device.services import build_services
+    from device.web import create_app
+    from device.web.auth import new_setup_code
+    svc = build_services(settings)
+    app = create_app(settings, svc)
+    if svc.accounts.count_users() == 0:
+        with app.app_context():
+            code = new_setup_code()
+        logger.warning("no account yet: open the URL below and enter the one-time setup "
+                       "code %s to create the first administrator", code)
+    url = f"http://{settings.host}:{settings.port}/"
+    print(f"NeuroEdge appliance serving on {url} (data in {settings.data_dir})", flush=True)
+    try:
+        waitress.serve(app, host=settings.host, port=settings.port, threads=settings.threads,
+                       ident="neuroedge")
+    finally:
+        svc.close()
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """One JSON line per file; a bad file gets an error line and the rest go on."""
+    from device.imaging import decode_upload
+    from device.services import load_predictor
+    from models import preprocess as mp
+    settings = _settings(args, bundle=args.model)
+    predictor = load_predictor(settings)
+    ok = 0
+    for name in args.files:
+        try:
+            upload = decode_upload(Path(name).read_bytes(), settings.max_upload_bytes)
+            result = predictor.predict(mp.preprocess(upload.pixels, predictor.input_spec))
+            line = {"file": name, "probability": round(result.probability, 6),
+                    "label": "tumour" if result.label else "no_tumour",
+                    "uncertain": result.uncertain, "model_version": predictor.version}
+            ok += 1
+        except (OSError, ValueError) as exc:
+            line = {"file": name, "error": str(exc)}
+        if args.json:
+            print(json.dumps(line), flush=True)
+        elif "error" in line:
+            print(f"{name}: ERROR {line['error']}", flush=True)
+        else:
+            print(f"{name}: {line['label']} p={line['probability']:.3f} "
+                  f"(model v{line['model_version']})", flush=True)
+    return 0 if ok else 1
+
+
+def _open_accounts(args: argparse.Namespace):
+    from device.services import open_stores
+    store, accounts = open_stores(_settings(args))
+    store.close()
+    return accounts
+
+
+def cmd_adduser(args: argparse.Namespace) -> int:
+    from device.web.auth import hash_password
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"Password for {args.name}: ")
+        if password != getpass.getpass("Repeat: "):
+            print("error: passwords differ", file=sys.stderr)
+            return 2
+    accounts = _open_accounts(args)
+    accounts.add_user(args.name, args.role, hash_password(password))
+    accounts.close()
+    print(f"user {args.name} ({args.role}) added")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from device.web.auth import hash_token
+    accounts = _open_accounts(args)
+    try:
+        if args.action == "create":
+            user = args.user or args.name
+            token = "ne_" + secrets.token_urlsafe(32)
+            accounts.add_token(args.name, hash_token(token), user)
+            print(f"API token {args.name} for user {user}; it is shown only once:")
+            print(token)
+        elif args.action == "revoke":
+            accounts.revoke_token(args.name)
+            print(f"token {args.name} revoked")
+        else:
+            for t in accounts.list_tokens():
+                print(f"{t.name}\t{t.user}\tcreated {t.created_at}\tlast used {t.last_used_at}")
+    finally:
+        accounts.close()
+    return 0
+
+
+def cmd_verify_bundle(args: argparse.Namespace) -> int:
+    from device.services import trusted_keys
+    from models.bundle import BundleError, verify_bundle
+    settings = _settings(args)
+    try:
+        bundle = verify_bundle(args.bundle, trusted_keys(settings),
+                               min_version=args.min_version)
+    except BundleError as exc:
+        print(f"REFUSED {args.bundle}: {exc}", file=sys.stderr)
+        return 1
+    print(f"OK {args.bundle}: version {bundle.version}, signer {bundle.signer}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", type=Path,
+                        help="data folder (default $NEUROEDGE_DATA_DIR or a per-user folder)")
+    common.add_argument("--config", type=Path, help="TOML settings file")
+    p = argparse.ArgumentParser(prog="python -m device", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sp = sub.add_parser("serve", parents=[common], help="serve the web appliance")
+    sp.add_argument("--host")
+    sp.add_argument("--port", type=int)
+    sp.add_argument("--bundle", type=Path, help="bundle directory (default: shipped)")
+    sp.add_argument("--validate-config", action="store_true",
+                    help="check the configuration and exit")
+    sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("predict", parents=[common], help="predict files, one line each")
+    sp.add_argument("--model", type=Path, help="bundle directory (default: configured)")
+    sp.add_argument("--json", action="store_true", help="JSON lines")
+    sp.add_argument("files", nargs="+")
+    sp.set_defaults(func=cmd_predict)
+
+    sp = sub.add_parser("adduser", parents=[common], help="add a clinician or admin")
+    sp.add_argument("name")
+    sp.add_argument("--role", choices=("clinician", "admin"), default="clinician")
+    sp.add_argument("--password-stdin", action="store_true")
+    sp.set_defaults(func=cmd_adduser)
+
+    sp = sub.add_parser("token", parents=[common], help="API tokens: create, list, revoke")
+    sp.add_argument("action", choices=("create", "list", "revoke"))
+    sp.add_argument("name", nargs="?", default="")
+    sp.add_argument("--user", help="user the token acts for (default: NAME)")
+    sp.set_defaults(func=cmd_token)
+
+    sp = sub.add_parser("verify-bundle", parents=[common],
+                        help="check a bundle's signature, hashes and version")
+    sp.add_argument("bundle", type=Path)
+    sp.add_argument("--min-version", type=int)
+    sp.set_defaults(func=cmd_verify_bundle)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(args, "action", None) in ("create", "revoke") and not args.name:
+        print("error: token create/revoke needs a NAME", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except (DeviceError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Exceptions of the appliance. Each maps to one HTTP status; leaves also inherit the
+builtin they resemble, so callers outside the web layer can catch those."""
+from __future__ import annotations
+
+
+class DeviceError(Exception):
+    """Base class; ``status`` is the HTTP status the web layer answers with."""
+
+    status = 500
+
+
+class InputError(DeviceError, ValueError):
+    """Malformed request or image bytes (400)."""
+
+    status = 400
+
+
+class TooLargeError(InputError):
+    """Upload bigger than the configured limit (413)."""
+
+    status = 413
+
+
+class UnsupportedTypeError(InputError):
+    """Not PNG, JPEG or DICOM (415)."""
+
+    status = 415
+
+
+class UnusableImageError(InputError):
+    """Decodes, but is not a usable slice: too small, too many pixels, blank (422)."""
+
+    status = 422
+
+
+class NotFoundError(DeviceError, LookupError):
+    """No such case, user or file (404)."""
+
+    status = 404
+
+
+class ConfigError(DeviceError, ValueError):
+    """Invalid configuration; the message names the setting."""
+
+
+class StoreError(DeviceError, RuntimeError):
+    """The case store cannot complete an operation (nothing is half-written)."""

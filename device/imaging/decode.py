@@ -1,0 +1,165 @@
+"""Validate and decode an uploaded slice (PNG, JPEG or DICOM) into pixels.
+
+PNG and JPEG go through ``models.preprocess.decode_image``, the decoder the training
+pipeline uses, so the appliance feeds the network exactly what it was trained on. The
+type comes from magic bytes only, never from the file name or the browser's MIME type.
+What the appliance keeps is :meth:`Upload.png`, a lossless re-encoding of the pixels:
+EXIF, PNG text chunks, JPEG comments and DICOM elements are all left behind.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+import models.preprocess as mp
+from device.exc import InputError, TooLargeError, UnsupportedTypeError, UnusableImageError
+from device.imaging.dicom import decode_dicom, looks_like_dicom
+
+logger = logging.getLogger(__name__)
+
+ACCEPTED = "PNG, JPEG or DICOM (Part 10 .dcm file)"
+KINDS = ("png", "jpeg", "dicom")
+CORRUPT = "corrupt or truncated image"
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_JPEG_EOI = b"\xff\xd9"
+
+
+@dataclass(frozen=True, eq=False)
+class Upload:
+    """A decoded upload.
+
+    Attributes
+    ----------
+    pixels : numpy.ndarray
+        Read-only, 2-D gray or 3-D BGR, ``uint8`` or ``uint16`` (16-bit PNGs keep their
+        depth; DICOM is windowed to ``uint8``); what ``models.preprocess.preprocess``
+        takes.
+    kind : str
+        The detected type: ``"png"``, ``"jpeg"`` or ``"dicom"``.
+    """
+
+    pixels: np.ndarray
+    kind: str
+
+    @property
+    def height(self) -> int:
+        """Rows of :attr:`pixels`."""
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Columns of :attr:`pixels`."""
+        return int(self.pixels.shape[1])
+
+    def png(self) -> bytes:
+        """Lossless PNG of :attr:`pixels` (16-bit kept), with no metadata chunks.
+
+        Returns
+        -------
+        bytes
+            The encoded image; decoding it gives back :attr:`pixels` exactly.
+        """
+        ok, buf = cv2.imencode(".png", self.pixels)
+        if not ok:  # cannot happen for the dtypes and shapes decode_upload produces
+            raise RuntimeError("PNG encoding failed")
+        return buf.tobytes()
+
+
+def sniff(data: bytes) -> str | None:
+    """Detect the upload type from its magic bytes.
+
+    Parameters
+    ----------
+    data : bytes
+        The start of the file (the first 132 bytes suffice).
+
+    Returns
+    -------
+    str or None
+        ``"png"``, ``"jpeg"`` or ``"dicom"``; ``None`` for anything else.
+    """
+    if data.startswith(_PNG_MAGIC):
+        return "png"
+    if data.startswith(_JPEG_MAGIC):
+        return "jpeg"
+    if looks_like_dicom(data):
+        return "dicom"
+    return None
+
+
+def decode_upload(data: bytes, max_bytes: int) -> Upload:
+    """Check and decode uploaded bytes.
+
+    Parameters
+    ----------
+    data : bytes
+        The uploaded file.
+    max_bytes : int
+        Largest accepted size; checked before anything is decoded.
+
+    Returns
+    -------
+    Upload
+        The pixels, at least ``models.preprocess.MIN_SIDE`` on each side.
+
+    Raises
+    ------
+    InputError
+        Empty file, or a PNG/JPEG/DICOM that is corrupt or truncated (400).
+    TooLargeError
+        More than ``max_bytes`` bytes (413).
+    UnsupportedTypeError
+        Not PNG, JPEG or DICOM, or a DICOM compression this device cannot decode (415).
+    UnusableImageError
+        More than ``models.preprocess.MAX_PIXELS`` pixels (refused from the header,
+        before allocating), smaller than ``MIN_SIDE`` on a side, or a DICOM without
+        pixel data (422).
+    """
+    if not data:
+        raise InputError("empty file")
+    if len(data) > max_bytes:
+        raise TooLargeError(f"file too large: {len(data) / 2**20:.1f} MiB, "
+                            f"the limit is {max_bytes / 2**20:.1f} MiB")
+    kind = sniff(data)
+    if kind is None:
+        logger.info("refused upload of unknown type (%d bytes)", len(data))
+        raise UnsupportedTypeError(f"unsupported file type; accepted: {ACCEPTED}")
+    pixels = decode_dicom(data) if kind == "dicom" else _decode_raster(data, kind)
+    height, width = pixels.shape[:2]
+    if min(height, width) < mp.MIN_SIDE:
+        raise UnusableImageError(f"image too small: {width}x{height} pixels, at least "
+                                 f"{mp.MIN_SIDE} on each side needed")
+    pixels.flags.writeable = False
+    logger.info("decoded %s upload: %dx%d %s", kind, width, height, pixels.dtype)
+    return Upload(pixels, kind)
+
+
+def _decode_raster(data: bytes, kind: str) -> np.ndarray:
+    """PNG/JPEG through the training decoder, as 2-D gray or 3-D BGR."""
+    # OpenCV builds differ: libjpeg(-turbo) in OpenCV 4 returns the decoded top of a
+    # truncated JPEG with only a warning, so a missing EOI marker is refused here.
+    if kind == "jpeg" and not data.rstrip(b"\x00").endswith(_JPEG_EOI):
+        logger.info("refused JPEG upload: no end-of-image marker")
+        raise InputError(CORRUPT)
+    try:
+        img = mp.decode_image(data)
+    except mp.UnusableImageError as exc:
+        logger.info("refused %s upload: %s", kind, exc)
+        raise UnusableImageError(str(exc)) from exc
+    except (mp.ImageDecodeError, cv2.error) as exc:
+        logger.info("refused %s upload: does not decode", kind)
+        raise InputError(CORRUPT) from exc
+    if img.dtype not in (np.uint8, np.uint16):  # PNG/JPEG decode to these only
+        raise InputError(f"unsupported sample type {img.dtype}")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    elif img.ndim == 3 and img.shape[2] == 4:
+        # Alpha is dropped, not composited: models.preprocess.to_gray does the same in
+        # training, and the appliance must see what training saw.
+        img = np.ascontiguousarray(img[:, :, :3])
+    return img

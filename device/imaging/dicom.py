@@ -1,0 +1,160 @@
+"""DICOM slices to 8-bit grayscale pixels, reading no patient data at all.
+
+Only the Image Pixel / Modality LUT / VOI LUT elements (group 0028) and the pixel data
+are parsed (``dcmread(specific_tags=...)``): PatientName, PatientID and every other
+identifying element are skipped by the parser, so they can reach neither the result,
+nor a log line, nor an exception message. Messages and log lines name element
+keywords and transfer syntaxes, never element values.
+"""
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+import pydicom
+from pydicom.datadict import DicomDictionary
+from pydicom.dataset import Dataset
+from pydicom.pixels import (apply_color_lut, apply_modality_lut, apply_voi, apply_windowing,
+                            get_decoder, pixel_array)
+
+import models.preprocess as mp
+from device.exc import DeviceError, InputError, UnsupportedTypeError, UnusableImageError
+
+logger = logging.getLogger(__name__)
+
+_PREFIX_OFFSET = 128
+# A Part 10 file written without the 128-byte preamble and "DICM" starts with its file
+# meta group: tag (0002,00xx) in explicit VR little endian, VR UL (group length), OB
+# (meta version) or UI (SOP class). Eight fixed-pattern bits plus a VR cannot match
+# HTML, PDF, ZIP or image magic; files without a meta group (bare implicit-VR datasets,
+# ACR-NEMA) have no reliable signature and are refused rather than guessed at.
+_META_VRS = (b"UL", b"OB", b"UI")
+_PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)  # Float, DoubleFloat, (plain) PixelData
+_WANTED_TAGS = sorted(
+    {tag for tag, entry in DicomDictionary.items() if tag >> 16 == 0x0028 and not entry[3]}
+    | {0x7FE00001, 0x7FE00002, *_PIXEL_TAGS})
+_EXPORT_HINT = "export it uncompressed (Explicit VR Little Endian), or as PNG or JPEG"
+
+
+def looks_like_dicom(data: bytes) -> bool:
+    """Whether ``data`` starts like a DICOM Part 10 file (magic bytes only)."""
+    if data[_PREFIX_OFFSET:_PREFIX_OFFSET + 4] == b"DICM":
+        return True
+    return data[:2] == b"\x02\x00" and data[3:4] == b"\x00" and data[4:6] in _META_VRS
+
+
+def decode_dicom(data: bytes) -> np.ndarray:
+    """Decode one DICOM slice into a display-ready 8-bit grayscale image.
+
+    Steps: modality LUT (Rescale Slope/Intercept or Modality LUT Sequence), then the VOI
+    LUT Sequence or the first Window Center/Width (min-max of the rescaled values when
+    neither is present or they are invalid), scaled to 0..255; MONOCHROME1 is inverted
+    so it looks like MONOCHROME2. Colour (RGB, YBR, palette) is converted to luma and
+    min-max scaled. Of a multi-frame object only the middle frame is decoded: in a
+    stack of MR slices it is the one most likely to cross the middle of the brain.
+
+    Parameters
+    ----------
+    data : bytes
+        The whole file, with the 128-byte preamble and "DICM", or starting directly with
+        its file meta group.
+
+    Returns
+    -------
+    numpy.ndarray
+        2-D ``uint8`` array (rows, columns).
+
+    Raises
+    ------
+    InputError
+        Unparsable or corrupt file, or pixel data that fails to decode (400).
+    UnsupportedTypeError
+        Transfer syntax this device has no decoder for, e.g. JPEG-LS without
+        ``pyjpegls`` (415).
+    UnusableImageError
+        No pixel data, or more than ``models.preprocess.MAX_PIXELS`` pixels per frame
+        (422, checked from the header before decoding).
+    """
+    try:
+        return _decode(data)
+    except DeviceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad input
+        # Only the type: pydicom messages may quote element values.
+        logger.info("refused DICOM upload: %s while parsing or decoding", type(exc).__name__)
+        raise InputError("corrupt or unreadable DICOM file") from None
+
+
+def _decode(data: bytes) -> np.ndarray:
+    preamble = data[_PREFIX_OFFSET:_PREFIX_OFFSET + 4] == b"DICM"
+    ds = pydicom.dcmread(io.BytesIO(data), force=not preamble, specific_tags=_WANTED_TAGS)
+    _check_decodable(ds)  # first: garbage after "DICM" parses, with no file meta
+    if not any(tag in ds for tag in _PIXEL_TAGS):
+        raise UnusableImageError("DICOM has no pixel data")
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if rows * cols > mp.MAX_PIXELS:
+        raise UnusableImageError(f"image too large: {cols}x{rows} pixels")
+    frames = int(ds.get("NumberOfFrames") or 1)
+    arr = pixel_array(ds, index=frames // 2)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+    if arr.ndim == 3:
+        # pixel_array already converted YBR to RGB; Rec. 601 luma, as cv2's BGR2GRAY.
+        unit = _minmax(arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114]))
+    else:
+        unit = _voi(apply_modality_lut(arr, ds), ds)
+    out = np.rint(unit * 255.0).astype(np.uint8)
+    if photometric == "MONOCHROME1":  # minimum value displays white
+        out = 255 - out
+    logger.debug("decoded DICOM frame %d of %d: %dx%d %s", frames // 2 + 1, frames, cols,
+                 rows, photometric)
+    return out
+
+
+def _check_decodable(ds: Dataset) -> None:
+    """Refuse transfer syntaxes that need a codec this installation lacks (415)."""
+    tsuid = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
+    if not tsuid:
+        raise InputError("DICOM file has no transfer syntax (file meta information)")
+    try:
+        decoder = get_decoder(tsuid)
+    except NotImplementedError:
+        raise UnsupportedTypeError(
+            f"DICOM transfer syntax {tsuid} is not supported; {_EXPORT_HINT}") from None
+    if not decoder.is_available:
+        logger.info("no DICOM decoder for %s (missing: %s)", tsuid.name,
+                    "; ".join(decoder.missing_dependencies))
+        raise UnsupportedTypeError(
+            f"DICOM compressed as {tsuid.name} cannot be decoded on this device; "
+            f"{_EXPORT_HINT}")
+
+
+def _voi(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Apply the VOI LUT or window and return float values in [0, 1]."""
+    try:
+        if "VOILUTSequence" in ds:
+            bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+            return np.clip(apply_voi(values, ds).astype(np.float64) / (2 ** bits - 1), 0, 1)
+        if "WindowCenter" in ds and "WindowWidth" in ds:
+            # apply_windowing maps onto a range that depends on Bits Stored, Pixel
+            # Representation and the rescale; infinities land exactly on its two ends,
+            # for LINEAR, LINEAR_EXACT and SIGMOID alike.
+            with np.errstate(over="ignore"):
+                lo, hi = apply_windowing(np.array([-np.inf, np.inf]), ds)
+            if np.isfinite(lo) and np.isfinite(hi) and hi != lo:
+                return np.clip((apply_windowing(values, ds) - lo) / (hi - lo), 0.0, 1.0)
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+        logger.warning("ignoring invalid VOI LUT/window in DICOM (%s); using min-max",
+                       type(exc).__name__)
+    return _minmax(values)
+
+
+def _minmax(values: np.ndarray) -> np.ndarray:
+    """Stretch the value range to [0, 1]; a constant image becomes all zeros."""
+    values = np.nan_to_num(np.asarray(values, dtype=np.float64))
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(values.shape, np.float64)
+    return (values - lo) / (hi - lo)

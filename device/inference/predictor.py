@@ -1,0 +1,70 @@
+"""The ``Predictor`` interface and its registry (Frigate's ``detectors/`` pattern).
+
+A predictor turns a preprocessed image into a probability and the embedding the head
+sees. The LiteRT implementation is registered as ``"litert"``; another runtime (an NPU
+delegate, say) registers under its own name and nothing above this module changes.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from models.bundle import Bundle
+from models.preprocess import InputSpec
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result at the bundle's threshold."""
+
+    probability: float
+    label: int
+    uncertain: bool
+    embedding: np.ndarray
+
+
+class Predictor(ABC):
+    """A verified bundle's model, ready to run. Thread-safe."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.version = bundle.version
+        self.threshold = bundle.threshold
+        self.uncertain_band = bundle.uncertain_band
+        self.input_spec = InputSpec.from_dict(bundle.manifest["input"])
+
+    @abstractmethod
+    def probabilities(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities (N,) and embeddings (N, D) for preprocessed images."""
+
+    def occlusion_probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities for a batch of occluded copies (the heat map); may batch."""
+        return self.probabilities(images)[0]
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        """Probability, label and uncertainty for one preprocessed image (H, W, C)."""
+        prob, emb = self.probabilities(image[None])
+        p = float(prob[0])
+        return Prediction(p, int(p >= self.threshold),
+                          abs(p - self.threshold) < self.uncertain_band, emb[0])
+
+
+PREDICTORS: dict[str, Callable[[Bundle], Predictor]] = {}
+
+
+def register(name: str) -> Callable[[type[Predictor]], type[Predictor]]:
+    """Class decorator adding a predictor implementation to the registry."""
+    def add(cls: type[Predictor]) -> type[Predictor]:
+        PREDICTORS[name] = cls
+        return cls
+    return add
+
+
+def create_predictor(kind: str, bundle: Bundle) -> Predictor:
+    """The registered predictor ``kind`` for ``bundle`` (ValueError naming the choices)."""
+    if kind not in PREDICTORS:
+        raise ValueError(f"unknown predictor {kind!r}; choose from {', '.join(PREDICTORS)}")
+    return PREDICTORS[kind](bundle)

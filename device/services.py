@@ -1,0 +1,94 @@
+"""Composition root: builds stores, the verified model, hardware and telemetry.
+
+Hardware is created here, never at import; tests build services with gpiozero's
+MockFactory (``GPIOZERO_PIN_FACTORY=mock``) or with ``gpio = false``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from device.config import Settings
+from device.hw.camera import Camera, detect_camera
+from device.hw.status import Indicator, NullIndicator, StatusIndicator
+from device.inference.predictor import Predictor, create_predictor
+from device.inference.slot import ModelSlot
+from device.store.base import AccountStore, CaseStore
+from device.store.sqlite import DB_NAME, Database, SQLiteAccountStore, SQLiteCaseStore
+from device.telemetry import Telemetry
+from models.bundle import verify_bundle
+from models.signing import load_public_key
+
+logger = logging.getLogger(__name__)
+
+
+def trusted_keys(settings: Settings) -> list:
+    """The public keys this appliance accepts bundles from."""
+    return [load_public_key(k) for k in settings.trusted_keys]
+
+
+def load_predictor(settings: Settings, bundle_dir: Path | None = None) -> Predictor:
+    """Verify a bundle (signature, hashes) against the trusted keys and load it."""
+    bundle = verify_bundle(bundle_dir or settings.bundle, trusted_keys(settings))
+    return create_predictor(settings.predictor, bundle)
+
+
+@dataclass
+class Services:
+    """Everything the web app and the CLI need, built once per process."""
+
+    settings: Settings
+    store: CaseStore
+    accounts: AccountStore
+    slot: ModelSlot
+    status: Indicator
+    camera: Camera | None
+    telemetry: Telemetry = field(default_factory=Telemetry)
+
+    @staticmethod
+    def backbone_id(predictor: Predictor) -> str:
+        """Embeddings are valid for one backbone: the model file's sha256 names it."""
+        return predictor.bundle.manifest["files"]["model.tflite"]["sha256"]
+
+    def request_sync(self) -> None:
+        """Button press: sync with the coordinator (none is configured on this build)."""
+        logger.info("sync requested from the button; no coordinator configured")
+
+    def close(self) -> None:
+        self.status.close()
+        if self.camera is not None:
+            self.camera.close()
+        self.store.close()
+        self.accounts.close()
+
+
+def open_stores(settings: Settings) -> tuple[CaseStore, AccountStore]:
+    """Case and account stores sharing one SQLite database in the data folder."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.data_dir / DB_NAME)
+    return (SQLiteCaseStore(settings.data_dir, db=db),
+            SQLiteAccountStore(settings.data_dir, db=db))
+
+
+def build_services(settings: Settings) -> Services:
+    """Build everything; the caller owns the result and must ``close()`` it."""
+    store, accounts = open_stores(settings)
+    predictor = load_predictor(settings)
+    holder: dict[str, Services] = {}
+
+    def on_sync() -> None:
+        holder["svc"].request_sync()
+
+    if settings.gpio:
+        status: Indicator = StatusIndicator(settings.led_pin, settings.button_pin,
+                                            hold_seconds=settings.hold_seconds,
+                                            on_sync=on_sync)
+    else:
+        status = NullIndicator()
+    svc = Services(settings, store, accounts, ModelSlot(predictor), status,
+                   detect_camera(settings.camera))
+    holder["svc"] = svc
+    logger.info("serving bundle version %d (%s)", predictor.version,
+                predictor.bundle.manifest["architecture"])
+    return svc

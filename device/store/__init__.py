@@ -1,0 +1,14 @@
+"""Persistent state of the appliance: cases + images, accounts, settings.
+
+Import the interfaces from here; build the SQLite implementations in the composition
+root (``SQLiteCaseStore(data_dir)``, ``SQLiteAccountStore(data_dir)``).
+"""
+from device.store.base import (
+    EXPORT_FIELDS, ROLES, SOURCES, STATUSES, AccountStore, Case, CaseStore, Token, User,
+)
+from device.store.sqlite import Database, SQLiteAccountStore, SQLiteCaseStore
+
+__all__ = [
+    "EXPORT_FIELDS", "ROLES", "SOURCES", "STATUSES", "AccountStore", "Case", "CaseStore",
+    "Database", "SQLiteAccountStore", "SQLiteCaseStore", "Token", "User",
+]

@@ -1,0 +1,272 @@
+"""Interfaces and records of the appliance's persistent state.
+
+Two stores, each an ABC so another implementation can run the same contract suite
+(``tests/device/test_store.py``): :class:`CaseStore` (cases, their images on local disk,
+the embedding cache used by on-device training) and :class:`AccountStore` (users, API
+tokens, login throttling, settings). The input rules every implementation must enforce
+(identifier shapes, enumerations) live here too, so they are part of the contract.
+"""
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, TextIO
+
+import numpy as np
+
+from device.exc import InputError, NotFoundError
+
+SOURCES = ("upload", "api", "camera")
+ROLES = ("clinician", "admin")
+STATUSES = ("all", "unconfirmed", "confirmed", "disagreed")
+MAX_LIST_LIMIT = 1000
+# uuid4().hex: the only case id shape ever accepted, so an id can never reach a path.
+CASE_ID = re.compile(r"[0-9a-f]{32}")
+# User and token names: short, printable, no separators, safe in logs and CSV cells.
+NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+EXPORT_FIELDS = ("id", "created_at", "source", "width", "height", "probability",
+                 "predicted_label", "threshold", "uncertain", "model_version", "latency_ms",
+                 "confirmed_label", "confirmed_by", "confirmed_at", "status")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One screened slice. ``image_name``/``heatmap_name`` are store-chosen file names
+    (``<id>.png``), never the uploaded file name, which may contain a patient name."""
+
+    id: str
+    created_at: str
+    source: str
+    image_name: str
+    image_sha256: str
+    width: int
+    height: int
+    probability: float
+    predicted_label: int
+    threshold: float
+    uncertain: bool
+    model_version: int
+    latency_ms: float
+    confirmed_label: Optional[int] = None
+    confirmed_by: Optional[str] = None
+    confirmed_at: Optional[str] = None
+    heatmap_name: Optional[str] = None
+
+    @property
+    def status(self) -> str:
+        """``"unconfirmed"``, ``"confirmed"``, or ``"disagreed"`` (clinician label differs
+        from the model's prediction)."""
+        if self.confirmed_label is None:
+            return "unconfirmed"
+        return "confirmed" if self.confirmed_label == self.predicted_label else "disagreed"
+
+
+@dataclass(frozen=True)
+class User:
+    """An account of the web UI; ``password_hash`` is produced by the caller."""
+
+    name: str
+    role: str
+    password_hash: str
+    created_at: str
+    disabled: bool = False
+
+
+@dataclass(frozen=True)
+class Token:
+    """An API token's metadata; the store keeps only the token's hash, never shown."""
+
+    name: str
+    user: str
+    created_at: str
+    last_used_at: Optional[str] = None
+
+
+def check_case_id(case_id: object) -> str:
+    """Return ``case_id`` if it is 32 lowercase hex characters, else raise NotFoundError.
+
+    A malformed id is reported as "not found" (it cannot name a case), and is never used
+    to build a path or a query.
+    """
+    if not isinstance(case_id, str) or not CASE_ID.fullmatch(case_id):
+        raise NotFoundError("no such case")
+    return case_id
+
+
+def check_name(name: object, what: str = "name") -> str:
+    """Return ``name`` if it is 1-64 characters of ``[A-Za-z0-9._-]``, else InputError."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise InputError(f"{what} must be 1-64 characters of letters, digits, '.', '_', '-'")
+    return name
+
+
+def check_label(label: object) -> int:
+    """Return ``label`` as an int if it is 0 or 1 (not a bool), else InputError."""
+    if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or label not in (0, 1):
+        raise InputError("label must be 0 or 1")
+    return int(label)
+
+
+def check_status(status: object) -> str:
+    """Return ``status`` if it is one of :data:`STATUSES`, else InputError."""
+    if status not in STATUSES:
+        raise InputError(f"status must be one of {', '.join(STATUSES)}")
+    return str(status)
+
+
+class CaseStore(ABC):
+    """Cases, their images (local disk only) and the embedding cache."""
+
+    @abstractmethod
+    def add_case(self, png: bytes, *, source: str, width: int, height: int,
+                 probability: float, predicted_label: int, threshold: float,
+                 uncertain: bool, model_version: int, latency_ms: float,
+                 heatmap_png: bytes | None = None) -> Case:
+        """Store a new case; the image files are durable before the record exists.
+
+        Raises InputError on invalid arguments, StoreError if nothing could be stored
+        (then no file is left behind either).
+        """
+
+    @abstractmethod
+    def get(self, case_id: str) -> Case:
+        """Return the case; NotFoundError if missing or ``case_id`` is malformed."""
+
+    @abstractmethod
+    def list(self, status: str = "all", limit: int = 50, offset: int = 0) -> list[Case]:
+        """Cases with that status, newest first; InputError on a bad status/limit/offset."""
+
+    @abstractmethod
+    def count(self, status: str = "all") -> int:
+        """Number of cases with that status."""
+
+    @abstractmethod
+    def confirm(self, case_id: str, label: int, user: str) -> Case:
+        """Record the clinician's label (0/1, else InputError); re-confirming overwrites."""
+
+    @abstractmethod
+    def delete(self, case_id: str) -> None:
+        """Remove the case, its embedding and its image files; NotFoundError if missing."""
+
+    @abstractmethod
+    def image_path(self, case: Case) -> Path:
+        """Local path of the case's image."""
+
+    @abstractmethod
+    def heatmap_path(self, case: Case) -> Path | None:
+        """Local path of the case's heat map, or None if it has none."""
+
+    @abstractmethod
+    def set_embedding(self, case_id: str, backbone_id: str, vector: np.ndarray) -> None:
+        """Cache the case's 1-D embedding, replacing any earlier one (any backbone)."""
+
+    @abstractmethod
+    def get_embedding(self, case_id: str, backbone_id: str) -> np.ndarray | None:
+        """The cached float32 embedding, or None if missing or from another backbone."""
+
+    @abstractmethod
+    def confirmed_examples(self, backbone_id: str
+                           ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Confirmed cases with an embedding for ``backbone_id``, oldest first.
+
+        Returns
+        -------
+        (case_ids, embeddings float32 (N, D), labels int64 (N,)); with no examples the
+        embeddings have shape (0, 0).
+        """
+
+    @abstractmethod
+    def cases_missing_embedding(self, backbone_id: str) -> list[str]:
+        """Ids of confirmed cases with no embedding for ``backbone_id``, oldest first."""
+
+    @abstractmethod
+    def export_csv(self, fh: TextIO) -> int:
+        """Write :data:`EXPORT_FIELDS` of every case (no image bytes, no paths) to ``fh``;
+        return the number of data rows."""
+
+    @abstractmethod
+    def recover(self) -> int:
+        """Remove partial and unreferenced image files; return how many were removed."""
+
+    @abstractmethod
+    def ping(self) -> bool:
+        """True if the store answers a trivial query (health checks)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the store's resources; later calls raise StoreError."""
+
+
+class AccountStore(ABC):
+    """Users, API tokens (hashes only), login throttling state and settings."""
+
+    @abstractmethod
+    def add_user(self, name: str, role: str, password_hash: str) -> None:
+        """Create a user; InputError if the name exists or name/role/hash is invalid."""
+
+    @abstractmethod
+    def get_user(self, name: str) -> User | None:
+        """The user, or None."""
+
+    @abstractmethod
+    def list_users(self) -> list[User]:
+        """All users, by name."""
+
+    @abstractmethod
+    def set_password(self, name: str, password_hash: str) -> None:
+        """Replace the user's password hash; NotFoundError if no such user."""
+
+    @abstractmethod
+    def set_disabled(self, name: str, disabled: bool) -> None:
+        """Disable or re-enable a user; NotFoundError if no such user."""
+
+    @abstractmethod
+    def count_users(self) -> int:
+        """Number of users (0 means first-run setup is pending)."""
+
+    @abstractmethod
+    def add_token(self, name: str, token_hash: str, user: str) -> None:
+        """Register a token hash for ``user``; InputError if the name or hash exists,
+        NotFoundError if the user does not."""
+
+    @abstractmethod
+    def find_token(self, token_hash: str) -> Token | None:
+        """The token with that hash, or None."""
+
+    @abstractmethod
+    def touch_token(self, token_hash: str) -> None:
+        """Set the token's ``last_used_at`` to now (no-op for an unknown hash)."""
+
+    @abstractmethod
+    def revoke_token(self, name: str) -> None:
+        """Delete the token; NotFoundError if no such token."""
+
+    @abstractmethod
+    def list_tokens(self) -> list[Token]:
+        """All tokens, oldest first."""
+
+    @abstractmethod
+    def record_login_failure(self, key: str, now: float) -> None:
+        """Remember a failed login for ``key`` (e.g. user name or client address)."""
+
+    @abstractmethod
+    def recent_failures(self, key: str, since: float) -> int:
+        """Failures recorded for ``key`` at or after ``since`` (epoch seconds)."""
+
+    @abstractmethod
+    def clear_failures(self, key: str) -> None:
+        """Forget the failures of ``key`` (after a successful login)."""
+
+    @abstractmethod
+    def get_setting(self, key: str) -> str | None:
+        """The setting's value, or None."""
+
+    @abstractmethod
+    def set_setting(self, key: str, value: str) -> None:
+        """Create or replace a setting."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the store's resources."""

@@ -1,0 +1,64 @@
+-- NeuroEdge appliance state (one SQLite file). Applied at every open: idempotent.
+-- Bump user_version (and device.store.sqlite.SCHEMA_VERSION) with a migration when
+-- anything here changes.
+
+CREATE TABLE IF NOT EXISTS cases (
+    id              TEXT PRIMARY KEY CHECK (length(id) = 32),
+    created_at      TEXT NOT NULL,
+    source          TEXT NOT NULL CHECK (source IN ('upload', 'api', 'camera')),
+    image_name      TEXT NOT NULL UNIQUE,
+    image_sha256    TEXT NOT NULL CHECK (length(image_sha256) = 64),
+    width           INTEGER NOT NULL CHECK (width > 0),
+    height          INTEGER NOT NULL CHECK (height > 0),
+    probability     REAL NOT NULL CHECK (probability BETWEEN 0 AND 1),
+    predicted_label INTEGER NOT NULL CHECK (predicted_label IN (0, 1)),
+    threshold       REAL NOT NULL CHECK (threshold BETWEEN 0 AND 1),
+    uncertain       INTEGER NOT NULL CHECK (uncertain IN (0, 1)),
+    model_version   INTEGER NOT NULL CHECK (model_version >= 0),
+    latency_ms      REAL NOT NULL CHECK (latency_ms >= 0),
+    confirmed_label INTEGER CHECK (confirmed_label IN (0, 1)),
+    confirmed_by    TEXT,
+    confirmed_at    TEXT,
+    heatmap_name    TEXT UNIQUE
+);
+-- list(status) pages by created_at; the status filters test confirmed_label.
+CREATE INDEX IF NOT EXISTS cases_created ON cases (created_at);
+CREATE INDEX IF NOT EXISTS cases_confirmed ON cases (confirmed_label, created_at);
+
+-- One cached embedding per case; a newer backbone's vector replaces an older one.
+CREATE TABLE IF NOT EXISTS embeddings (
+    case_id     TEXT PRIMARY KEY REFERENCES cases (id) ON DELETE CASCADE,
+    backbone_id TEXT NOT NULL,
+    dim         INTEGER NOT NULL CHECK (dim > 0),
+    vector      BLOB NOT NULL CHECK (length(vector) = 4 * dim)
+);
+CREATE INDEX IF NOT EXISTS embeddings_backbone ON embeddings (backbone_id);
+
+CREATE TABLE IF NOT EXISTS users (
+    name          TEXT PRIMARY KEY,
+    role          TEXT NOT NULL CHECK (role IN ('clinician', 'admin')),
+    password_hash TEXT NOT NULL,
+    created_at    TEXT NOT NULL,
+    disabled      INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1))
+);
+
+CREATE TABLE IF NOT EXISTS tokens (
+    name         TEXT PRIMARY KEY,
+    token_hash   TEXT NOT NULL UNIQUE,
+    user         TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
+    created_at   TEXT NOT NULL,
+    last_used_at TEXT
+);
+
+CREATE TABLE IF NOT EXISTS login_failures (
+    key TEXT NOT NULL,
+    at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS login_failures_key ON login_failures (key, at);
+
+CREATE TABLE IF NOT EXISTS settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+PRAGMA user_version = 1;

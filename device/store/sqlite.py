@@ -1,0 +1,541 @@
+"""SQLite implementations of the stores: one database file, case images on local disk.
+
+Crash safety of :meth:`SQLiteCaseStore.add_case`: every image is written to a temp file
+in ``images/``, fsynced, renamed to its final ``<id>.png`` name and the directory fsynced
+*before* the row is inserted. A crash can therefore leave a file without a row, never a
+row without a file; :meth:`SQLiteCaseStore.recover` (run at every start) deletes such
+files and leftover temp files.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import logging
+import math
+import os
+import re
+import sqlite3
+import tempfile
+import threading
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, TextIO
+
+import numpy as np
+
+from device.exc import InputError, NotFoundError, StoreError
+from device.store.base import (
+    EXPORT_FIELDS, MAX_LIST_LIMIT, ROLES, SOURCES, AccountStore, Case, CaseStore, Token,
+    User, check_case_id, check_label, check_name, check_status,
+)
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "neuroedge.db"
+IMAGES_DIR = "images"
+SCHEMA = Path(__file__).with_name("schema.sql")
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 5000
+FAILURE_TTL_S = 86400.0  # login failures older than this are pruned on every insert
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_TMP_PREFIX = ".tmp-"
+_OWNED_FILE = re.compile(r"[0-9a-f]{32}(-heatmap)?\.png")  # the only names we create
+_FIELDS = tuple(Case.__dataclass_fields__)
+_COLUMNS = ", ".join(_FIELDS)
+_WHERE = {"all": "1", "unconfirmed": "confirmed_label IS NULL",
+          "confirmed": "confirmed_label = predicted_label",
+          "disagreed": "confirmed_label <> predicted_label"}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+@contextlib.contextmanager
+def _sqlite_errors() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:  # messages name constraints, never row values
+        raise StoreError(f"database error: {exc}") from exc
+
+
+class Database:
+    """The appliance database: opens it (WAL, foreign keys, busy_timeout), applies
+    ``schema.sql`` and serialises access.
+
+    Threads share ONE connection (``check_same_thread=False``) behind a lock rather
+    than a connection per thread: the appliance serves a handful of clinicians, so
+    serialising millisecond statements costs nothing measurable, no in-process writer
+    ever waits on ``busy_timeout`` or fails with "database is locked", and ``close()``
+    really closes (a ``threading.local`` connection of a server thread cannot be closed
+    from the thread that shuts down). WAL + ``busy_timeout`` still let other processes
+    (CLI ``adduser``, a sync worker) use the file concurrently.
+
+    Stores built on a shared instance :meth:`acquire` it and :meth:`release` it in
+    their ``close()``; the last release closes the connection.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        created = not path.exists()
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database: {exc}") from exc
+        try:
+            if created:  # before the first write: -wal/-shm copy the file's mode
+                os.chmod(path, 0o600)
+            with _sqlite_errors():
+                conn.row_factory = sqlite3.Row
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA foreign_keys = ON")
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                # FULL: a committed case survives power loss (the Pi has no UPS).
+                conn.execute("PRAGMA synchronous = FULL")
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise StoreError(f"database schema {version} is newer than this "
+                                     f"software supports ({SCHEMA_VERSION})")
+                conn.executescript(SCHEMA.read_text(encoding="utf-8"))
+        except BaseException:
+            conn.close()
+            raise
+        if mode != "wal":
+            log.warning("SQLite journal mode is %s, not wal", mode)
+        self.path = path
+        self._conn: sqlite3.Connection | None = conn
+        self._lock = threading.RLock()
+        self._holders = 0
+
+    def _live(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("store is closed")
+        return self._conn
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction under the lock; rolled back on any exception.
+
+        sqlite3 errors surface as StoreError; other exceptions propagate unchanged.
+        """
+        with self._lock, _sqlite_errors():
+            conn = self._live()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+
+    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """All rows of one query (StoreError on a database error)."""
+        with self._lock, _sqlite_errors():
+            return self._live().execute(sql, params).fetchall()
+
+    def acquire(self) -> Database:
+        """Register one more store using this database; returns ``self``."""
+        with self._lock:
+            self._holders += 1
+        return self
+
+    def release(self) -> None:
+        """Unregister a store; the last one out closes the connection."""
+        with self._lock:
+            self._holders -= 1
+            if self._holders <= 0:
+                self.close()
+
+    def close(self) -> None:
+        """Close the connection now, whoever still uses it; idempotent."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _number(value: Any, what: str, lo: float, hi: float = math.inf,
+            integer: bool = False) -> Any:
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds) \
+            or not math.isfinite(value) or not lo <= value <= hi:
+        raise InputError(f"{what} must be a{'n integer' if integer else ' number'} "
+                         f"in [{lo}, {hi}]")
+    return int(value) if integer else float(value)
+
+
+def _png(data: Any, what: str) -> bytes:
+    if not isinstance(data, (bytes, bytearray, memoryview)) \
+            or not bytes(data[:8]) == _PNG_MAGIC:
+        raise InputError(f"{what} must be PNG bytes")
+    return bytes(data)
+
+
+def _text(value: Any, what: str, max_len: int = 1024) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= max_len:
+        raise InputError(f"{what} must be a non-empty string of at most {max_len} chars")
+    return value
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _case(row: sqlite3.Row) -> Case:
+    values = {name: row[name] for name in _FIELDS}
+    return Case(**{**values, "uncertain": bool(values["uncertain"])})
+
+
+class SQLiteCaseStore(CaseStore):
+    """Cases in ``data_dir/neuroedge.db``, images in ``data_dir/images/``.
+
+    Pass ``db`` to share one :class:`Database` with :class:`SQLiteAccountStore`; it is
+    closed when the last store using it is closed.
+    """
+
+    def __init__(self, data_dir: Path, *, db: Database | None = None) -> None:
+        self._db = (db if db is not None else Database(Path(data_dir) / DB_NAME)).acquire()
+        self._closed = False
+        self._images = Path(data_dir) / IMAGES_DIR
+        self._images.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Held by add_case from first file write to commit and by recover(): otherwise
+        # recover() could delete a complete file whose row is about to be inserted.
+        self._files_lock = threading.Lock()
+        try:
+            self.recover()
+        except BaseException:
+            self.close()
+            raise
+
+    def add_case(self, png: bytes, *, source: str, width: int, height: int,
+                 probability: float, predicted_label: int, threshold: float,
+                 uncertain: bool, model_version: int, latency_ms: float,
+                 heatmap_png: bytes | None = None) -> Case:
+        png = _png(png, "image")
+        heatmap = None if heatmap_png is None else _png(heatmap_png, "heat map")
+        if source not in SOURCES:
+            raise InputError(f"source must be one of {', '.join(SOURCES)}")
+        if not isinstance(uncertain, (bool, np.bool_)):
+            raise InputError("uncertain must be a bool")
+        case_id = uuid.uuid4().hex
+        case = Case(
+            id=case_id, created_at=_now(), source=source, image_name=f"{case_id}.png",
+            image_sha256=hashlib.sha256(png).hexdigest(),
+            width=_number(width, "width", 1, integer=True),
+            height=_number(height, "height", 1, integer=True),
+            probability=_number(probability, "probability", 0, 1),
+            predicted_label=check_label(predicted_label),
+            threshold=_number(threshold, "threshold", 0, 1), uncertain=bool(uncertain),
+            model_version=_number(model_version, "model_version", 0, integer=True),
+            latency_ms=_number(latency_ms, "latency_ms", 0),
+            heatmap_name=None if heatmap is None else f"{case_id}-heatmap.png")
+        written: list[Path] = []
+        with self._files_lock:
+            try:
+                self._write_durably(case.image_name, png, written)
+                if heatmap is not None and case.heatmap_name is not None:
+                    self._write_durably(case.heatmap_name, heatmap, written)
+                _fsync_dir(self._images)
+                with self._db.tx() as conn:
+                    conn.execute(f"INSERT INTO cases ({_COLUMNS}) VALUES "
+                                 f"({', '.join('?' * len(_FIELDS))})",
+                                 tuple(getattr(case, name) for name in _FIELDS))
+            except BaseException as exc:
+                for path in written:
+                    with contextlib.suppress(OSError):
+                        path.unlink(missing_ok=True)
+                if isinstance(exc, OSError):
+                    raise StoreError(f"cannot write image file: {exc.strerror}") from exc
+                raise
+        log.info("stored case %s (source=%s, model v%s)", case_id, source, model_version)
+        return case
+
+    def _write_durably(self, name: str, data: bytes, written: list[Path]) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self._images)  # mode 0600
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self._images / name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        written.append(self._images / name)
+
+    def get(self, case_id: str) -> Case:
+        rows = self._db.read(f"SELECT {_COLUMNS} FROM cases WHERE id = ?",
+                             (check_case_id(case_id),))
+        if not rows:
+            raise NotFoundError("no such case")
+        return _case(rows[0])
+
+    def list(self, status: str = "all", limit: int = 50, offset: int = 0) -> list[Case]:
+        where = _WHERE[check_status(status)]
+        rows = self._db.read(
+            f"SELECT {_COLUMNS} FROM cases WHERE {where} "
+            "ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
+            (_number(limit, "limit", 0, MAX_LIST_LIMIT, integer=True),
+             _number(offset, "offset", 0, integer=True)))
+        return [_case(row) for row in rows]
+
+    def count(self, status: str = "all") -> int:
+        where = _WHERE[check_status(status)]
+        return int(self._db.read(f"SELECT COUNT(*) FROM cases WHERE {where}")[0][0])
+
+    def confirm(self, case_id: str, label: int, user: str) -> Case:
+        check_case_id(case_id)
+        label, user = check_label(label), check_name(user, "user")
+        with self._db.tx() as conn:
+            if conn.execute("UPDATE cases SET confirmed_label = ?, confirmed_by = ?, "
+                            "confirmed_at = ? WHERE id = ?",
+                            (label, user, _now(), case_id)).rowcount == 0:
+                raise NotFoundError("no such case")
+            row = conn.execute(f"SELECT {_COLUMNS} FROM cases WHERE id = ?",
+                               (case_id,)).fetchone()
+        log.info("case %s confirmed", case_id)
+        return _case(row)
+
+    def delete(self, case_id: str) -> None:
+        case = self.get(case_id)
+        with self._db.tx() as conn:  # row first: a crash now leaves only orphan files
+            if conn.execute("DELETE FROM cases WHERE id = ?", (case.id,)).rowcount == 0:
+                raise NotFoundError("no such case")
+        for path in (self.image_path(case), self.heatmap_path(case)):
+            if path is not None:
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:  # recover() removes it at the next start
+                    log.warning("case %s: cannot remove a file: %s", case.id, exc.strerror)
+        log.info("deleted case %s", case.id)
+
+    def _path(self, name: str) -> Path:
+        if not _OWNED_FILE.fullmatch(name):  # defence in depth: names come from the row
+            raise StoreError("case record holds an invalid file name")
+        return self._images / name
+
+    def image_path(self, case: Case) -> Path:
+        return self._path(case.image_name)
+
+    def heatmap_path(self, case: Case) -> Path | None:
+        return None if case.heatmap_name is None else self._path(case.heatmap_name)
+
+    def set_embedding(self, case_id: str, backbone_id: str, vector: np.ndarray) -> None:
+        check_case_id(case_id)
+        _text(backbone_id, "backbone_id", 256)
+        try:
+            with np.errstate(over="ignore"):  # overflow to inf is refused just below
+                vec = np.asarray(vector, dtype="<f4")
+        except (TypeError, ValueError) as exc:
+            raise InputError("embedding must be numeric") from exc
+        if vec.ndim != 1 or vec.size == 0 or not np.isfinite(vec).all():
+            raise InputError("embedding must be a non-empty finite 1-D vector")
+        with self._db.tx() as conn:
+            if conn.execute("SELECT 1 FROM cases WHERE id = ?", (case_id,)).fetchone() is None:
+                raise NotFoundError("no such case")
+            conn.execute("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)",
+                         (case_id, backbone_id, int(vec.size), vec.tobytes()))
+
+    def get_embedding(self, case_id: str, backbone_id: str) -> np.ndarray | None:
+        rows = self._db.read("SELECT vector FROM embeddings WHERE case_id = ? "
+                             "AND backbone_id = ?", (check_case_id(case_id), backbone_id))
+        return np.frombuffer(rows[0][0], dtype="<f4").astype(np.float32) if rows else None
+
+    def confirmed_examples(self, backbone_id: str
+                           ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        rows = self._db.read(
+            "SELECT c.id, c.confirmed_label, e.dim, e.vector FROM cases c "
+            "JOIN embeddings e ON e.case_id = c.id WHERE c.confirmed_label IS NOT NULL "
+            "AND e.backbone_id = ? ORDER BY c.created_at, c.rowid", (backbone_id,))
+        if not rows:
+            return [], np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+        if len({row["dim"] for row in rows}) > 1:
+            raise StoreError("embeddings of one backbone have different dimensions")
+        vectors = np.stack([np.frombuffer(row["vector"], dtype="<f4") for row in rows])
+        labels = np.array([row["confirmed_label"] for row in rows], dtype=np.int64)
+        return [row["id"] for row in rows], vectors.astype(np.float32), labels
+
+    def cases_missing_embedding(self, backbone_id: str) -> list[str]:
+        rows = self._db.read(
+            "SELECT c.id FROM cases c LEFT JOIN embeddings e ON e.case_id = c.id "
+            "AND e.backbone_id = ? WHERE c.confirmed_label IS NOT NULL "
+            "AND e.case_id IS NULL ORDER BY c.created_at, c.rowid", (backbone_id,))
+        return [row[0] for row in rows]
+
+    def export_csv(self, fh: TextIO) -> int:
+        rows = self._db.read(f"SELECT {_COLUMNS} FROM cases ORDER BY created_at, rowid")
+        writer = csv.writer(fh)
+        writer.writerow(EXPORT_FIELDS)
+        for case in map(_case, rows):
+            writer.writerow([int(case.uncertain) if name == "uncertain"
+                             else getattr(case, name) for name in EXPORT_FIELDS])
+        return len(rows)
+
+    def recover(self) -> int:
+        with self._files_lock:
+            referenced = {row[0] for row in self._db.read(
+                "SELECT image_name FROM cases UNION "
+                "SELECT heatmap_name FROM cases WHERE heatmap_name IS NOT NULL")}
+            temps = orphans = 0
+            present = set()
+            with os.scandir(self._images) as entries:
+                for entry in entries:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    if entry.name.startswith(_TMP_PREFIX):
+                        temps += 1
+                    elif _OWNED_FILE.fullmatch(entry.name) and entry.name not in referenced:
+                        orphans += 1
+                    else:
+                        present.add(entry.name)
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+            if temps or orphans:
+                _fsync_dir(self._images)
+                log.info("recovery removed %d temp file(s) and %d orphan image(s)",
+                         temps, orphans)
+            if referenced - present:  # never created by us; report, never delete records
+                log.warning("%d case file(s) are missing from %s",
+                            len(referenced - present), self._images)
+            return temps + orphans
+
+    def ping(self) -> bool:
+        try:
+            return self._db.read("SELECT 1")[0][0] == 1
+        except StoreError:
+            return False
+
+    def close(self) -> None:
+        if not self._closed:  # idempotent: release the shared database once
+            self._closed = True
+            self._db.release()
+
+
+def _user(row: sqlite3.Row) -> User:
+    return User(row["name"], row["role"], row["password_hash"], row["created_at"],
+                bool(row["disabled"]))
+
+
+def _token(row: sqlite3.Row) -> Token:
+    return Token(row["name"], row["user"], row["created_at"], row["last_used_at"])
+
+
+class SQLiteAccountStore(AccountStore):
+    """Users, token hashes, login failures and settings in ``data_dir/neuroedge.db``.
+
+    Pass ``db`` to share one :class:`Database` with :class:`SQLiteCaseStore`.
+    """
+
+    def __init__(self, data_dir: Path, *, db: Database | None = None) -> None:
+        self._db = (db if db is not None else Database(Path(data_dir) / DB_NAME)).acquire()
+        self._closed = False
+
+    def add_user(self, name: str, role: str, password_hash: str) -> None:
+        check_name(name, "user name")
+        if role not in ROLES:
+            raise InputError(f"role must be one of {', '.join(ROLES)}")
+        _text(password_hash, "password hash")
+        with self._db.tx() as conn:
+            if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
+                raise InputError("a user with that name already exists")
+            conn.execute("INSERT INTO users (name, role, password_hash, created_at) "
+                         "VALUES (?, ?, ?, ?)", (name, role, password_hash, _now()))
+        log.info("added user %s (%s)", name, role)
+
+    def get_user(self, name: str) -> User | None:
+        rows = self._db.read("SELECT * FROM users WHERE name = ?", (name,))
+        return _user(rows[0]) if rows else None
+
+    def list_users(self) -> list[User]:
+        return [_user(row) for row in self._db.read("SELECT * FROM users ORDER BY name")]
+
+    def _update_user(self, name: str, column: str, value: Any) -> None:
+        with self._db.tx() as conn:
+            if conn.execute(f"UPDATE users SET {column} = ? WHERE name = ?",
+                            (value, name)).rowcount == 0:
+                raise NotFoundError("no such user")
+
+    def set_password(self, name: str, password_hash: str) -> None:
+        self._update_user(name, "password_hash", _text(password_hash, "password hash"))
+        log.info("password of user %s changed", name)
+
+    def set_disabled(self, name: str, disabled: bool) -> None:
+        self._update_user(name, "disabled", int(bool(disabled)))
+        log.info("user %s %s", name, "disabled" if disabled else "enabled")
+
+    def count_users(self) -> int:
+        return int(self._db.read("SELECT COUNT(*) FROM users")[0][0])
+
+    def add_token(self, name: str, token_hash: str, user: str) -> None:
+        check_name(name, "token name")
+        _text(token_hash, "token hash")
+        with self._db.tx() as conn:
+            if conn.execute("SELECT 1 FROM users WHERE name = ?", (user,)).fetchone() is None:
+                raise NotFoundError("no such user")
+            if conn.execute("SELECT 1 FROM tokens WHERE name = ? OR token_hash = ?",
+                            (name, token_hash)).fetchone():
+                raise InputError("a token with that name or hash already exists")
+            conn.execute("INSERT INTO tokens (name, token_hash, user, created_at) "
+                         "VALUES (?, ?, ?, ?)", (name, token_hash, user, _now()))
+        log.info("added API token %s for user %s", name, user)
+
+    def find_token(self, token_hash: str) -> Token | None:
+        rows = self._db.read("SELECT * FROM tokens WHERE token_hash = ?", (token_hash,))
+        return _token(rows[0]) if rows else None
+
+    def touch_token(self, token_hash: str) -> None:
+        with self._db.tx() as conn:
+            conn.execute("UPDATE tokens SET last_used_at = ? WHERE token_hash = ?",
+                         (_now(), token_hash))
+
+    def revoke_token(self, name: str) -> None:
+        with self._db.tx() as conn:
+            if conn.execute("DELETE FROM tokens WHERE name = ?", (name,)).rowcount == 0:
+                raise NotFoundError("no such token")
+        log.info("revoked API token %s", name)
+
+    def list_tokens(self) -> list[Token]:
+        return [_token(row) for row in
+                self._db.read("SELECT * FROM tokens ORDER BY created_at, name")]
+
+    def record_login_failure(self, key: str, now: float) -> None:
+        _text(key, "throttle key")
+        now = _number(now, "now", 0)
+        with self._db.tx() as conn:
+            conn.execute("INSERT INTO login_failures (key, at) VALUES (?, ?)", (key, now))
+            conn.execute("DELETE FROM login_failures WHERE at < ?", (now - FAILURE_TTL_S,))
+
+    def recent_failures(self, key: str, since: float) -> int:
+        return int(self._db.read("SELECT COUNT(*) FROM login_failures WHERE key = ? "
+                                 "AND at >= ?", (key, float(since)))[0][0])
+
+    def clear_failures(self, key: str) -> None:
+        with self._db.tx() as conn:
+            conn.execute("DELETE FROM login_failures WHERE key = ?", (key,))
+
+    def get_setting(self, key: str) -> str | None:
+        rows = self._db.read("SELECT value FROM settings WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        _text(key, "setting key", 128)
+        if not isinstance(value, str):
+            raise InputError("setting value must be a string")
+        with self._db.tx() as conn:
+            conn.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) "
+                         "DO UPDATE SET value = excluded.value", (key, value))
+
+    def close(self) -> None:
+        if not self._closed:  # idempotent: release the shared database once
+            self._closed = True
+            self._db.release()

@@ -1,0 +1,92 @@
+"""Flask application factory: ``create_app(settings, services)``.
+
+Services live in ``app.extensions["neuroedge"]``; blueprints reach them through
+:func:`services`. One process owns the GPIO pins and the interpreter; requests run on
+waitress threads.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+
+from flask import Flask, current_app, g, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from device.config import Settings, ensure_secret_key
+from device.exc import DeviceError
+
+logger = logging.getLogger(__name__)
+# Browser batch uploads may carry several slices; the API takes one (see api.py).
+MAX_FILES_PER_UPLOAD = 20
+
+
+def services():
+    """The :class:`device.services.Services` of the running app."""
+    return current_app.extensions["neuroedge"]
+
+
+def wants_json() -> bool:
+    return request.path.startswith("/api/") or request.path in ("/healthz",)
+
+
+def create_app(settings: Settings, svc) -> Flask:
+    """Build the web app around already-built services (the composition root's job)."""
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=ensure_secret_key(settings),
+        MAX_CONTENT_LENGTH=settings.max_upload_bytes * MAX_FILES_PER_UPLOAD,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=settings.cookie_secure,
+        SESSION_COOKIE_NAME="neuroedge_session",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=8),
+    )
+    app.extensions["neuroedge"] = svc
+
+    from device.web import api, auth, cases, health, upload
+    auth.init_app(app)
+    for module in (auth, upload, cases, api, health):
+        app.register_blueprint(module.bp)
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _count(response):
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        svc.telemetry.requests.labels(route, request.method, str(response.status_code)).inc()
+        if "started" in g:
+            svc.telemetry.latency.labels(route).observe(time.perf_counter() - g.started)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
+
+    @app.errorhandler(DeviceError)
+    def _device_error(exc: DeviceError):
+        svc.telemetry.record_error(type(exc).__name__)
+        return _error_response(str(exc), exc.status)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        if exc.code == 413:
+            svc.telemetry.record_error("TooLargeError")
+            return _error_response(f"upload larger than {settings.max_upload_mb:g} MB", 413)
+        return _error_response(exc.description or exc.name, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        logger.exception("unexpected error on %s", request.path)
+        svc.telemetry.record_error("internal", "internal error (see server log)")
+        svc.status.error("internal error")
+        return _error_response("internal error", 500)
+
+    return app
+
+
+def _error_response(message: str, status: int):
+    if wants_json():
+        return jsonify(error=message), status
+    return render_template("error.html", message=message, status=status), status

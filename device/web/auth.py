@@ -1,0 +1,179 @@
+"""Accounts on the web: login/logout, first-run setup, CSRF, API tokens, throttling."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from typing import Callable
+
+from flask import (Blueprint, Flask, abort, flash, g, redirect, render_template, request,
+                   session, url_for)
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from device.exc import InputError
+from device.web import services
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("auth", __name__)
+
+MIN_PASSWORD = 10
+SETUP_CODE_KEY = "setup_code_sha256"
+# Endpoints reachable without a session (setup redirects everything else until done).
+PUBLIC = {"auth.login", "auth.setup", "health.healthz", "health.metrics", "static"}
+
+
+def hash_token(token: str) -> str:
+    """SHA-256 of an API token or setup code: only hashes are stored."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def hash_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD:
+        raise InputError(f"password must be at least {MIN_PASSWORD} characters")
+    return generate_password_hash(password)
+
+
+def new_setup_code() -> str:
+    """Create (or replace) the one-time setup code; returns it for the server log."""
+    code = secrets.token_urlsafe(9)
+    services().accounts.set_setting(SETUP_CODE_KEY, hash_token(code))
+    return code
+
+
+def init_app(app: Flask) -> None:
+    @app.before_request
+    def _guard():
+        if request.endpoint in PUBLIC or request.path.startswith("/api/"):
+            return None
+        if services().accounts.count_users() == 0:
+            return redirect(url_for("auth.setup"))
+        if request.method == "POST":
+            check_csrf()
+        return None
+
+    @app.context_processor
+    def _inject():
+        return {"csrf_token": csrf_token, "current_user": session.get("user"),
+                "current_role": session.get("role")}
+
+
+def csrf_token() -> str:
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return session["csrf"]
+
+
+def check_csrf() -> None:
+    sent = request.form.get("csrf_token", "")
+    if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
+        abort(400, "missing or invalid CSRF token; reload the page and try again")
+
+
+def login_required(view: Callable) -> Callable:
+    """A browser session, or an API token in ``Authorization: Bearer`` (for file URLs)."""
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        if session.get("user") or token_user(required=False):
+            return view(*args, **kwargs)
+        return redirect(url_for("auth.login", next=request.path))
+    return wrapped
+
+
+def admin_required(view: Callable) -> Callable:
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        if session.get("role") != "admin":
+            abort(403, "administrators only")
+        return view(*args, **kwargs)
+    return login_required(wrapped)
+
+
+def token_user(required: bool = True) -> str | None:
+    """The user behind a valid ``Authorization: Bearer TOKEN``; 401 when required."""
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer ") and len(header) > 7:
+        accounts = services().accounts
+        digest = hash_token(header[7:].strip())
+        token = accounts.find_token(digest)
+        user = accounts.get_user(token.user) if token is not None else None
+        if user is not None and not user.disabled:
+            accounts.touch_token(digest)
+            g.api_user = user.name
+            return user.name
+    if required:
+        abort(401, "missing or invalid API token")
+    return None
+
+
+def current_user() -> str:
+    return session.get("user") or g.get("api_user") or "unknown"
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    accounts = services().accounts
+    if request.method == "POST":
+        check_csrf()
+        name = request.form.get("username", "").strip()
+        key = f"{name}|{request.remote_addr}"
+        settings = services().settings
+        since = time.time() - settings.login_window_s
+        if accounts.recent_failures(key, since) >= settings.login_attempts:
+            services().telemetry.record_error("login_throttled")
+            return render_template("login.html", error="Too many failed attempts; try again "
+                                   "later."), 429
+        user = accounts.get_user(name) if name else None
+        if user and not user.disabled and check_password_hash(user.password_hash,
+                                                              request.form.get("password", "")):
+            accounts.clear_failures(key)
+            session.clear()
+            session.permanent = True
+            session["user"], session["role"] = user.name, user.role
+            return redirect(_safe_next(request.args.get("next")))
+        accounts.record_login_failure(key, time.time())
+        services().telemetry.record_error("login_failed")
+        return render_template("login.html", error="Wrong user name or password."), 401
+    return render_template("login.html")
+
+
+def _safe_next(target: str | None) -> str:
+    """Only same-site paths: never an open redirect."""
+    if target and target.startswith("/") and not target.startswith("//"):
+        return target
+    return url_for("upload.index")
+
+
+@bp.route("/logout", methods=["POST"])
+def logout():
+    session.clear()
+    flash("Signed out.")
+    return redirect(url_for("auth.login"))
+
+
+@bp.route("/setup", methods=["GET", "POST"])
+def setup():
+    """One-time creation of the first admin, guarded by the code in the server log."""
+    accounts = services().accounts
+    if accounts.count_users() > 0:
+        return redirect(url_for("auth.login"))
+    if request.method == "POST":
+        check_csrf()
+        expected = accounts.get_setting(SETUP_CODE_KEY) or ""
+        code = request.form.get("setup_code", "").strip()
+        if not expected or not hmac.compare_digest(hash_token(code), expected):
+            return render_template("setup.html", error="Wrong setup code (see the server "
+                                   "log)."), 403
+        name = request.form.get("username", "").strip()
+        password = request.form.get("password", "")
+        if password != request.form.get("password2", ""):
+            return render_template("setup.html", error="Passwords differ."), 400
+        accounts.add_user(name, "admin", hash_password(password))
+        accounts.set_setting(SETUP_CODE_KEY, "")
+        logger.info("first admin account created")
+        session.clear()
+        session["user"], session["role"] = name, "admin"
+        return redirect(url_for("upload.index"))
+    return render_template("setup.html")

@@ -1,0 +1,88 @@
+"""Cases: list with filters, detail with result and heat map, confirm/correct, delete,
+CSV export (metadata and metrics only, never images)."""
+from __future__ import annotations
+
+import io
+import logging
+
+from flask import (Blueprint, Response, abort, flash, redirect, render_template, request,
+                   send_file, url_for)
+
+from device.exc import InputError
+from device.web import services
+from device.web.auth import current_user, login_required
+
+logger = logging.getLogger(__name__)
+bp = Blueprint("cases", __name__, url_prefix="/cases")
+FILTERS = ("all", "unconfirmed", "confirmed", "disagreed")
+PAGE = 50
+
+
+@bp.route("/")
+@login_required
+def index():
+    status = request.args.get("status", "all")
+    if status not in FILTERS:
+        raise InputError(f"unknown filter {status!r}; choose from {', '.join(FILTERS)}")
+    page = max(request.args.get("page", 1, type=int) or 1, 1)
+    store = services().store
+    return render_template("cases.html", cases=store.list(status, PAGE, (page - 1) * PAGE),
+                           status=status, filters=FILTERS, page=page,
+                           total=store.count(status), page_size=PAGE)
+
+
+@bp.route("/<case_id>")
+@login_required
+def detail(case_id: str):
+    return render_template("case.html", case=services().store.get(case_id))
+
+
+@bp.route("/<case_id>/confirm", methods=["POST"])
+@login_required
+def confirm(case_id: str):
+    label = request.form.get("label", "")
+    if label not in ("0", "1"):
+        raise InputError("label must be 0 (no tumour) or 1 (tumour)")
+    services().store.confirm(case_id, int(label), current_user())
+    flash("Label recorded.")
+    return redirect(url_for("cases.detail", case_id=case_id), 303)
+
+
+@bp.route("/<case_id>/delete", methods=["POST"])
+@login_required
+def delete(case_id: str):
+    services().store.delete(case_id)
+    flash("Case deleted (image removed).")
+    return redirect(url_for("cases.index"), 303)
+
+
+@bp.route("/<case_id>/image.png")
+@login_required
+def image(case_id: str):
+    store = services().store
+    return _png(store.image_path(store.get(case_id)))
+
+
+@bp.route("/<case_id>/heatmap.png")
+@login_required
+def heatmap(case_id: str):
+    store = services().store
+    path = store.heatmap_path(store.get(case_id))
+    if path is None:
+        abort(404, "no heat map for this case")
+    return _png(path)
+
+
+def _png(path) -> Response:
+    response = send_file(path, mimetype="image/png", max_age=0)
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
+@bp.route("/export.csv")
+@login_required
+def export_csv():
+    buf = io.StringIO()
+    services().store.export_csv(buf)
+    return Response(buf.getvalue(), mimetype="text/csv",
+                    headers={"Content-Disposition": "attachment; filename=cases.csv"})

@@ -1,0 +1,79 @@
+"""Device fixtures: settings on a temp data folder, real services (LiteRT on the shipped
+bundle, SQLite, gpiozero's MockFactory), the Flask app, and a real waitress server on
+loopback."""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
+
+from device.config import load_settings  # noqa: E402
+
+REAL_SLICE = "yes/Y1.jpg"
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    return load_settings(data_dir=tmp_path / "data", secret_key="test-secret")
+
+
+@pytest.fixture
+def services(settings):
+    from device.services import build_services
+    svc = build_services(settings)
+    yield svc
+    svc.close()
+    from gpiozero import Device
+    Device.pin_factory.reset()
+
+
+@pytest.fixture
+def app(settings, services):
+    from device.web import create_app
+    app = create_app(settings, services)
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def admin(services) -> str:
+    from device.web.auth import hash_password
+    services.accounts.add_user("alice", "admin", hash_password(PASSWORD))
+    return "alice"
+
+
+@pytest.fixture
+def api_token(services, admin) -> str:
+    from device.web.auth import hash_token
+    token = "ne_test_token_123"
+    services.accounts.add_token("pacs", hash_token(token), admin)
+    return token
+
+
+@pytest.fixture
+def server(app):
+    """A real waitress server on 127.0.0.1 (ephemeral port) in a background thread."""
+    from waitress.server import create_server
+    srv = create_server(app, host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.effective_port}"
+
+    def stop() -> None:  # runs in the server's loop thread: no race with select()
+        for channel in list(srv._map.values()):
+            channel.close()
+        srv._map.clear()
+
+    srv.trigger.pull_trigger(stop)
+    thread.join(timeout=10)
+    srv.task_dispatcher.shutdown()
+
+
+@pytest.fixture
+def slice_bytes(data_dir) -> bytes:
+    return (data_dir / REAL_SLICE).read_bytes()

@@ -1,0 +1,127 @@
+"""The JSON API on a real waitress server on loopback, with real LiteRT and SQLite."""
+from __future__ import annotations
+
+import io
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+import requests
+
+
+def post(server, token, data: bytes, name: str = "slice.jpg", field: str = "image"):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.post(f"{server}/api/v1/predictions", headers=headers,
+                         files={field: (name, io.BytesIO(data))}, timeout=30)
+
+
+def png(array: np.ndarray) -> bytes:
+    return cv2.imencode(".png", array)[1].tobytes()
+
+
+def bomb_png() -> bytes:
+    """A valid few-byte PNG whose header claims 30000 x 30000 pixels."""
+    data = bytearray(png(np.zeros((10, 10), np.uint8)))
+    data[16:24] = (30000).to_bytes(4, "big") * 2
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    return bytes(data)
+
+
+def test_prediction_returns_the_documented_fields_and_a_fetchable_heat_map(
+        server, api_token, slice_bytes, services):
+    response = post(server, api_token, slice_bytes)
+
+    assert response.status_code == 201
+    body = response.json()
+    assert set(body) == {"case_id", "probability", "label", "threshold", "uncertain",
+                         "model_version", "latency_ms", "heatmap_url"}
+    assert 0.0 <= body["probability"] <= 1.0
+    assert body["label"] in ("tumour", "no_tumour")
+    assert body["model_version"] == services.slot.current.version
+    heat = requests.get(body["heatmap_url"], headers={"Authorization": f"Bearer {api_token}"},
+                        timeout=10)
+    assert heat.status_code == 200 and heat.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert services.store.get(body["case_id"]).probability == pytest.approx(
+        body["probability"], abs=1e-5)
+
+
+@pytest.mark.parametrize("token, status", [(None, 401), ("wrong", 401)])
+def test_missing_or_wrong_token_is_401(server, api_token, slice_bytes, token, status):
+    response = post(server, token, slice_bytes)
+
+    assert response.status_code == status
+    assert "token" in response.json()["error"]
+
+
+BAD_INPUTS = {
+    "random bytes named .jpg": (np.random.default_rng(0).bytes(5000), 415),
+    "zero-byte file": (b"", 400),
+    "html renamed": (b"<!doctype html><html><body>hi</body></html>", 415),
+    "pdf renamed": (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", 415),
+    "zip renamed": (b"PK\x03\x04" + b"\x00" * 60, 415),
+    "1x1 pixel": (png(np.full((1, 1), 200, np.uint8)), 422),
+    "decompression bomb": (bomb_png(), 422),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_gets_a_clear_4xx_and_writes_nothing(server, api_token, services, case):
+    data, status = BAD_INPUTS[case]
+
+    response = post(server, api_token, data)
+
+    assert response.status_code == status
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.json()["error"]
+    assert services.store.count() == 0
+    assert requests.get(f"{server}/healthz", timeout=10).json()["status"] == "ok"
+
+
+def test_truncated_jpeg_is_400_and_writes_nothing(server, api_token, services, slice_bytes):
+    response = post(server, api_token, slice_bytes[: len(slice_bytes) * 6 // 10])
+
+    assert response.status_code == 400
+    assert "truncated" in response.json()["error"]
+    assert services.store.count() == 0
+
+
+def test_50_mb_upload_is_413(server, api_token, services):
+    response = post(server, api_token, b"\xff\xd8\xff" + b"\x00" * (50 * 1024 * 1024))
+
+    assert response.status_code == 413
+    assert "MB" in response.json()["error"]
+    assert services.store.count() == 0
+
+
+def test_missing_image_field_is_400(server, api_token, slice_bytes):
+    response = post(server, api_token, slice_bytes, field="file")
+
+    assert response.status_code == 400
+    assert "'image'" in response.json()["error"]
+
+
+def test_path_traversal_file_name_is_never_used_on_disk(
+        server, api_token, services, slice_bytes, settings):
+    response = post(server, api_token, slice_bytes, name="../../../../etc/passwd.jpg")
+
+    assert response.status_code == 201
+    case = services.store.get(response.json()["case_id"])
+    assert services.store.image_path(case).parent == settings.data_dir / "images"
+    assert "passwd" not in case.image_name
+
+
+def test_healthz_and_metrics_report_model_and_counts(server, api_token, slice_bytes,
+                                                     services):
+    post(server, api_token, slice_bytes)
+    post(server, api_token, b"not an image")
+
+    health = requests.get(f"{server}/healthz", timeout=10).json()
+    metrics = requests.get(f"{server}/metrics", timeout=10).text
+
+    assert health["model_version"] == services.slot.current.version
+    assert health["store_ok"] is True and health["uptime_s"] >= 0
+    assert "neuroedge_predictions_total{label=" in metrics
+    assert 'neuroedge_errors_total{kind="UnsupportedTypeError"} 1.0' in metrics
+    assert "neuroedge_http_request_seconds_bucket" in metrics
+    assert f"neuroedge_model_version {float(services.slot.current.version)}" in metrics

@@ -1,0 +1,104 @@
+"""``python -m device`` commands in real subprocesses."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from device.config import DEFAULT_BUNDLE
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(data_dir: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock"}
+    return subprocess.run([sys.executable, "-m", "device", *args, "--data-dir", str(data_dir)],
+                          cwd=ROOT, input=stdin, capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def test_predict_prints_one_json_line_per_file_and_goes_on_after_a_bad_one(tmp_path,
+                                                                           data_dir):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\x00" * 100)
+    good = data_dir / "no" / "N1.JPG"
+
+    other = data_dir / "yes/Y1.jpg"
+
+    out = run(tmp_path / "d", "predict", "--json", str(good), str(bad), str(other))
+
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert out.returncode == 0
+    assert [line["file"] for line in lines] == [str(good), str(bad), str(other)]
+    assert set(lines[0]) == {"file", "probability", "label", "uncertain", "model_version"}
+    assert set(lines[1]) == {"file", "error"}
+
+
+def test_predict_exits_non_zero_when_no_file_succeeds(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+
+    out = run(tmp_path / "d", "predict", "--json", str(bad), str(tmp_path / "missing.jpg"))
+
+    assert out.returncode == 1
+    assert len(out.stdout.splitlines()) == 2
+
+
+def test_adduser_from_stdin_and_token_create_prints_the_token_last(tmp_path):
+    data = tmp_path / "d"
+
+    added = run(data, "adduser", "bob", "--role", "clinician", "--password-stdin",
+                stdin="a long enough password\n")
+    token = run(data, "token", "create", "pacs", "--user", "bob")
+    listed = run(data, "token", "list")
+
+    assert added.returncode == 0 and token.returncode == 0
+    assert token.stdout.strip().splitlines()[-1].startswith("ne_")
+    assert "pacs\tbob" in listed.stdout
+    assert token.stdout.strip().splitlines()[-1] not in listed.stdout
+
+
+def test_adduser_refuses_a_short_password(tmp_path):
+    out = run(tmp_path / "d", "adduser", "bob", "--password-stdin", stdin="short\n")
+
+    assert out.returncode == 2 and "at least" in out.stderr
+
+
+def test_verify_bundle_accepts_the_shipped_one_and_refuses_a_tampered_copy(tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, copy)
+    head = copy / "head.npz"
+    data = bytearray(head.read_bytes())
+    data[-10] ^= 0xFF
+    head.write_bytes(bytes(data))
+
+    ok = run(tmp_path / "d", "verify-bundle", str(DEFAULT_BUNDLE))
+    refused = run(tmp_path / "d", "verify-bundle", str(copy))
+
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    assert refused.returncode == 1 and "head.npz" in refused.stderr
+
+
+@pytest.mark.parametrize("setting, message", [("port = 70000", "port"),
+                                              ("colour = 'blue'", "unknown setting")])
+def test_serve_validate_config_names_the_bad_setting(tmp_path, setting, message):
+    config = tmp_path / "neuroedge.toml"
+    config.write_text(setting + "\n")
+
+    out = run(tmp_path / "d", "serve", "--config", str(config), "--validate-config")
+
+    assert out.returncode == 2 and message in out.stderr
+
+
+def test_serve_validate_config_accepts_a_good_file(tmp_path):
+    config = tmp_path / "neuroedge.toml"
+    config.write_text("port = 8123\nmax_upload_mb = 10\n")
+
+    out = run(tmp_path / "d", "serve", "--config", str(config), "--validate-config")
+
+    assert out.returncode == 0 and "configuration OK" in out.stdout

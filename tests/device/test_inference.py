@@ -1,0 +1,100 @@
+"""Predictor registry, the LiteRT predictor on the shipped bundle, the heat map, the slot."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from device.config import DEFAULT_BUNDLE, DEV_PUBLIC_KEY
+from device.inference.heatmap import heatmap_png, occlusion_map
+from device.inference.predictor import Predictor, create_predictor
+from device.inference.slot import ModelSlot
+from models.bundle import verify_bundle
+from models.preprocess import preprocess_bytes
+from models.signing import load_public_key
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return verify_bundle(DEFAULT_BUNDLE, [load_public_key(DEV_PUBLIC_KEY)])
+
+
+class BrightSpotPredictor(Predictor):
+    """Test double behind the seam: 'tumour' probability is the mean of one region."""
+
+    def probabilities(self, images):
+        p = images[:, 8:24, 40:56, 0].mean(axis=(1, 2)) / 255.0
+        return p.astype(np.float32), np.zeros((len(images), 4), np.float32)
+
+
+def test_the_device_never_imports_tensorflow():
+    code = ("import sys, os\nos.environ['GPIOZERO_PIN_FACTORY'] = 'mock'\n"
+            "import device.__main__, device.services, device.web, device.web.api, "
+            "device.web.cases, device.web.upload, device.analysis, device.imaging\n"
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+
+    assert out.strip() == "[]"
+
+
+def test_litert_predictor_on_the_shipped_bundle(bundle, data_dir):
+    predictor = create_predictor("litert", bundle)
+    image = preprocess_bytes((data_dir / "yes/Y1.jpg").read_bytes(), predictor.input_spec)
+
+    result = predictor.predict(image)
+
+    assert 0.0 <= result.probability <= 1.0
+    assert result.label == int(result.probability >= bundle.threshold)
+    assert result.uncertain == (abs(result.probability - bundle.threshold)
+                                < bundle.uncertain_band)
+    assert result.embedding.shape == (predictor.embedding_dim,)
+    batch = predictor.occlusion_probabilities(np.repeat(image[None], 3, axis=0))
+    np.testing.assert_allclose(batch, result.probability, atol=1e-5)
+
+
+def test_unknown_predictor_names_the_choices(bundle):
+    with pytest.raises(ValueError, match="litert"):
+        create_predictor("coral", bundle)
+
+
+def test_occlusion_map_peaks_where_the_model_looks(bundle):
+    predictor = BrightSpotPredictor(bundle)
+    image = np.full((128, 128, 1), 200.0, np.float32)
+    base = float(predictor.probabilities(image[None])[0][0])
+
+    drop = occlusion_map(predictor, image, base)
+
+    spot = np.zeros(drop.shape, bool)
+    spot[8:24, 40:56] = True
+    assert drop[spot].mean() > 3 * drop[~spot].mean() > 0
+    assert drop[100:, 100:].max() == pytest.approx(0.0)
+
+
+def test_heatmap_png_is_an_overlay_image(bundle):
+    png = heatmap_png(BrightSpotPredictor(bundle), np.full((128, 128, 1), 99.0, np.float32),
+                      0.39)
+
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_slot_swap_leaves_requests_in_flight_on_the_old_model(bundle):
+    old, new = BrightSpotPredictor(bundle), BrightSpotPredictor(bundle)
+    slot = ModelSlot(old)
+    taken = slot.current
+
+    def swap():
+        slot.swap(new)
+
+    t = threading.Thread(target=swap)
+    t.start()
+    t.join()
+
+    assert taken is old and slot.current is new

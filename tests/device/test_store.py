@@ -1,0 +1,514 @@
+"""Contract tests of the stores, run against every implementation (only SQLite so far),
+plus a few SQLite-specific checks (WAL, schema version, a real kill -9)."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pytest
+
+from device.exc import InputError, NotFoundError, StoreError
+from device.store import (
+    EXPORT_FIELDS, AccountStore, CaseStore, Database, SQLiteAccountStore, SQLiteCaseStore,
+)
+
+# The store checks only the PNG signature; decoding is device/imaging's job.
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+HEATMAP = b"\x89PNG\r\n\x1a\n" + b"heat" * 100
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _break_sqlite_inserts(data_dir: Path) -> None:
+    conn = sqlite3.connect(data_dir / "neuroedge.db")
+    conn.execute("CREATE TRIGGER fail_insert BEFORE INSERT ON cases "
+                 "BEGIN SELECT RAISE(ABORT, 'disk full (simulated)'); END")
+    conn.commit()
+    conn.close()
+
+
+@dataclass
+class Impl:
+    """How to open one implementation on a directory, and how to make its inserts fail."""
+
+    open_cases: Callable[[Path], CaseStore]
+    open_accounts: Callable[[Path], AccountStore]
+    break_inserts: Callable[[Path], None]
+
+
+IMPLS = {"sqlite": Impl(SQLiteCaseStore, SQLiteAccountStore, _break_sqlite_inserts)}
+
+
+@pytest.fixture(params=["sqlite"])
+def impl(request: pytest.FixtureRequest) -> Impl:
+    return IMPLS[request.param]
+
+
+@pytest.fixture
+def cases(impl: Impl, tmp_path: Path) -> Iterator[CaseStore]:
+    store = impl.open_cases(tmp_path)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def accounts(impl: Impl, tmp_path: Path) -> Iterator[AccountStore]:
+    store = impl.open_accounts(tmp_path)
+    yield store
+    store.close()
+
+
+def add(store: CaseStore, **overrides: Any) -> Any:
+    args: dict[str, Any] = dict(source="upload", width=224, height=224, probability=0.9,
+                                predicted_label=1, threshold=0.5, uncertain=False,
+                                model_version=3, latency_ms=41.5)
+    return store.add_case(overrides.pop("png", PNG), **{**args, **overrides})
+
+
+def files(store: CaseStore, case: Any) -> set[str]:
+    return {p.name for p in store.image_path(case).parent.iterdir()}
+
+
+# --- cases ----------------------------------------------------------------------------
+
+def test_add_then_get_returns_the_stored_case_and_image(cases: CaseStore) -> None:
+    # Execute
+    case = add(cases, heatmap_png=HEATMAP)
+    got = cases.get(case.id)
+    # Assert
+    assert got == case
+    assert re.fullmatch(r"[0-9a-f]{32}", case.id)
+    assert case.image_name == f"{case.id}.png"
+    assert datetime.fromisoformat(case.created_at).utcoffset() == timezone.utc.utcoffset(None)
+    assert (case.probability, case.predicted_label, case.uncertain) == (0.9, 1, False)
+    assert case.image_sha256 == hashlib.sha256(PNG).hexdigest()
+    assert cases.image_path(case).read_bytes() == PNG
+    heatmap = cases.heatmap_path(case)
+    assert heatmap is not None and heatmap.read_bytes() == HEATMAP
+    assert case.status == "unconfirmed" and case.confirmed_label is None
+
+
+def test_case_without_heatmap_has_no_heatmap_path(cases: CaseStore) -> None:
+    case = add(cases)
+    assert cases.heatmap_path(case) is None
+    assert files(cases, case) == {case.image_name}
+
+
+@pytest.mark.parametrize("bad", [
+    {"png": b"GIF89a...."}, {"heatmap_png": b"not a png"}, {"source": "email"},
+    {"probability": 1.5}, {"probability": float("nan")}, {"predicted_label": 2},
+    {"width": 0}, {"height": 2.5}, {"uncertain": "no"}, {"model_version": -1},
+    {"latency_ms": -3.0}, {"threshold": True},
+])
+def test_invalid_case_is_refused_and_writes_nothing(cases: CaseStore, tmp_path: Path,
+                                                    bad: dict[str, Any]) -> None:
+    with pytest.raises(InputError):
+        add(cases, **bad)
+    assert cases.count() == 0
+    assert [p for p in tmp_path.rglob("*.png")] == []
+
+
+def test_list_is_newest_first_and_pages(cases: CaseStore) -> None:
+    # Prepare
+    ids = [add(cases).id for _ in range(5)]
+    # Execute
+    page1, page2 = cases.list(limit=3), cases.list(limit=3, offset=3)
+    # Assert
+    assert [c.id for c in page1 + page2] == ids[::-1]
+    assert cases.count() == 5
+
+
+def test_confirm_sets_status_and_filters_and_counts(cases: CaseStore) -> None:
+    # Prepare
+    agreed, disagreed, open_ = add(cases), add(cases), add(cases, predicted_label=0)
+    # Execute
+    confirmed = cases.confirm(agreed.id, 1, "dr.ada")
+    corrected = cases.confirm(disagreed.id, 0, "dr.ada")
+    # Assert
+    assert confirmed.status == "confirmed" and corrected.status == "disagreed"
+    assert confirmed.confirmed_by == "dr.ada" and confirmed.confirmed_at is not None
+    assert cases.get(disagreed.id) == corrected
+    assert [c.id for c in cases.list("unconfirmed")] == [open_.id]
+    assert [c.id for c in cases.list("confirmed")] == [agreed.id]
+    assert [c.id for c in cases.list("disagreed")] == [disagreed.id]
+    assert [cases.count(s) for s in ("all", "unconfirmed", "confirmed", "disagreed")] \
+        == [3, 1, 1, 1]
+
+
+def test_reconfirming_overwrites_the_label(cases: CaseStore) -> None:
+    case = add(cases)
+    cases.confirm(case.id, 0, "dr.ada")
+    again = cases.confirm(case.id, 1, "dr.bob")
+    assert (again.confirmed_label, again.confirmed_by, again.status) == (1, "dr.bob",
+                                                                         "confirmed")
+    assert cases.count("disagreed") == 0
+
+
+@pytest.mark.parametrize("label", [2, -1, True, "1", 0.0, None])
+def test_confirm_refuses_labels_other_than_0_or_1(cases: CaseStore, label: Any) -> None:
+    case = add(cases)
+    with pytest.raises(InputError):
+        cases.confirm(case.id, label, "dr.ada")
+    assert cases.get(case.id).status == "unconfirmed"
+
+
+def test_list_refuses_unknown_status_and_negative_paging(cases: CaseStore) -> None:
+    for call in (lambda: cases.list("pending"), lambda: cases.count("x"),
+                 lambda: cases.list(limit=-1), lambda: cases.list(offset=-5)):
+        with pytest.raises(InputError):
+            call()
+
+
+def test_delete_removes_row_embedding_and_both_files(cases: CaseStore) -> None:
+    # Prepare
+    case, kept = add(cases, heatmap_png=HEATMAP), add(cases)
+    cases.set_embedding(case.id, "bb1", np.ones(4))
+    image, heatmap = cases.image_path(case), cases.heatmap_path(case)
+    # Execute
+    cases.delete(case.id)
+    # Assert
+    assert not image.exists() and heatmap is not None and not heatmap.exists()
+    with pytest.raises(NotFoundError):
+        cases.get(case.id)
+    with pytest.raises(NotFoundError):
+        cases.delete(case.id)
+    assert [c.id for c in cases.list()] == [kept.id]
+    assert cases.image_path(kept).exists()
+
+
+@pytest.mark.parametrize("bad_id", [
+    "../../etc/passwd", "", "0" * 31, "0" * 33, "A" * 32, "../" + "0" * 29,
+    "0" * 31 + "/", "0" * 31 + "\x00", None, 123, "f" * 32,  # the last: well-formed, absent
+])
+def test_malformed_or_unknown_ids_are_not_found(cases: CaseStore, bad_id: Any) -> None:
+    add(cases)
+    for call in (lambda: cases.get(bad_id), lambda: cases.delete(bad_id),
+                 lambda: cases.confirm(bad_id, 1, "dr.ada"),
+                 lambda: cases.set_embedding(bad_id, "bb", np.ones(3))):
+        with pytest.raises(NotFoundError):
+            call()
+    assert cases.count() == 1
+
+
+def test_export_csv_has_metrics_but_no_image_bytes_or_paths(cases: CaseStore,
+                                                            tmp_path: Path) -> None:
+    # Prepare
+    first, second = add(cases, heatmap_png=HEATMAP), add(cases, source="api")
+    cases.confirm(second.id, 0, "dr.ada")
+    out = io.StringIO()
+    # Execute
+    written = cases.export_csv(out)
+    # Assert
+    text = out.getvalue()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert written == 2 and tuple(rows[0]) == EXPORT_FIELDS
+    assert {r["id"]: r["status"] for r in rows} == {first.id: "unconfirmed",
+                                                    second.id: "disagreed"}
+    assert "PNG" not in text and "heat" not in text
+    assert str(tmp_path) not in text and ".png" not in text and "/" not in text
+
+
+# --- embeddings -----------------------------------------------------------------------
+
+def test_embedding_roundtrip_is_float32_and_keyed_by_backbone(cases: CaseStore) -> None:
+    case = add(cases)
+    vec = np.array([0.5, -1.25, 3.0], dtype=np.float64)
+    cases.set_embedding(case.id, "bb1", vec)
+    got = cases.get_embedding(case.id, "bb1")
+    assert got is not None and got.dtype == np.float32
+    np.testing.assert_array_equal(got, vec.astype(np.float32))
+    assert cases.get_embedding(case.id, "bb2") is None
+    cases.set_embedding(case.id, "bb2", np.zeros(5))  # a new backbone replaces the old
+    assert cases.get_embedding(case.id, "bb1") is None
+    assert cases.get_embedding(case.id, "bb2").shape == (5,)  # type: ignore[union-attr]
+
+
+def test_confirmed_examples_and_missing_embeddings(cases: CaseStore) -> None:
+    # Prepare: a confirmed+embedded, b confirmed with another backbone, c unconfirmed
+    a, b, c, d = add(cases), add(cases), add(cases), add(cases)
+    for case, label in ((a, 1), (b, 0), (d, 0)):
+        cases.confirm(case.id, label, "dr.ada")
+    cases.set_embedding(a.id, "bb1", np.full(4, 1.0))
+    cases.set_embedding(d.id, "bb1", np.full(4, 2.0))
+    cases.set_embedding(b.id, "old", np.full(4, 3.0))
+    cases.set_embedding(c.id, "bb1", np.full(4, 4.0))
+    # Execute
+    ids, x, y = cases.confirmed_examples("bb1")
+    # Assert
+    assert ids == [a.id, d.id]
+    assert x.dtype == np.float32 and x.shape == (2, 4)
+    np.testing.assert_array_equal(x[:, 0], [1.0, 2.0])
+    np.testing.assert_array_equal(y, [1, 0])
+    assert cases.cases_missing_embedding("bb1") == [b.id]
+    assert cases.cases_missing_embedding("new") == [a.id, b.id, d.id]
+
+
+def test_confirmed_examples_empty(cases: CaseStore) -> None:
+    ids, x, y = cases.confirmed_examples("bb1")
+    assert ids == [] and x.shape[0] == 0 and y.shape == (0,)
+
+
+@pytest.mark.parametrize("vector", [np.ones((2, 2)), np.zeros(0), np.array([1.0, np.nan]),
+                                    np.array([1e39]), ["a", "b"]])
+def test_invalid_embeddings_are_refused(cases: CaseStore, vector: Any) -> None:
+    case = add(cases)
+    with pytest.raises(InputError):
+        cases.set_embedding(case.id, "bb1", vector)
+    assert cases.get_embedding(case.id, "bb1") is None
+
+
+# --- crash safety, recovery, persistence, concurrency ---------------------------------
+
+def test_recover_removes_orphan_and_temp_files_and_keeps_referenced(cases: CaseStore) -> None:
+    # Prepare: what a kill -9 between file and row, or during a write, leaves behind
+    case = add(cases, heatmap_png=HEATMAP)
+    images = cases.image_path(case).parent
+    (images / ("ab" * 16 + ".png")).write_bytes(PNG)
+    (images / ".tmp-x1y2z3").write_bytes(PNG[:10])
+    (images / "README").write_text("not ours")
+    # Execute
+    removed = cases.recover()
+    # Assert
+    assert removed == 2
+    assert files(cases, case) == {case.image_name, case.heatmap_name, "README"}
+    assert cases.get(case.id) == case
+
+
+def test_reopening_recovers_and_sees_persisted_data(impl: Impl, tmp_path: Path) -> None:
+    # Prepare
+    store = impl.open_cases(tmp_path)
+    case = add(store)
+    store.confirm(case.id, 1, "dr.ada")
+    store.set_embedding(case.id, "bb1", np.arange(3.0))
+    images = store.image_path(case).parent
+    store.close()
+    (images / ("cd" * 16 + "-heatmap.png")).write_bytes(HEATMAP)
+    (images / ".tmp-partial").write_bytes(b"\x89PN")
+    # Execute
+    reopened = impl.open_cases(tmp_path)
+    # Assert
+    try:
+        assert reopened.get(case.id).status == "confirmed"
+        np.testing.assert_array_equal(reopened.get_embedding(case.id, "bb1"), [0, 1, 2])
+        assert files(reopened, case) == {case.image_name}
+    finally:
+        reopened.close()
+
+
+def test_failing_insert_leaves_no_file(impl: Impl, tmp_path: Path) -> None:
+    # Prepare
+    store = impl.open_cases(tmp_path)
+    kept = add(store)
+    impl.break_inserts(tmp_path)
+    # Execute
+    with pytest.raises(StoreError):
+        add(store, heatmap_png=HEATMAP)
+    # Assert
+    try:
+        assert files(store, kept) == {kept.image_name}
+        assert store.count() == 1
+    finally:
+        store.close()
+
+
+def test_concurrent_adds_all_succeed(cases: CaseStore) -> None:
+    # Prepare: each thread also reads and confirms, as request threads do
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for i in range(25):
+                case = add(cases)
+                cases.confirm(case.id, i % 2, "dr.ada")
+                cases.list(limit=5)
+        except BaseException as exc:  # reported below, not swallowed
+            errors.append(exc)
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    # Execute
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Assert
+    assert errors == []
+    assert cases.count() == 100 and cases.count("unconfirmed") == 0
+    assert len({c.id for c in cases.list(limit=100)}) == 100
+
+
+def test_closed_store_fails_health_check(impl: Impl, tmp_path: Path) -> None:
+    store = impl.open_cases(tmp_path)
+    assert store.ping() is True
+    store.close()
+    assert store.ping() is False
+    with pytest.raises(StoreError):
+        store.count()
+
+
+# --- accounts -------------------------------------------------------------------------
+
+def test_users_add_get_list_count(accounts: AccountStore) -> None:
+    assert accounts.count_users() == 0 and accounts.get_user("ada") is None
+    accounts.add_user("ada", "admin", "hash-a")
+    accounts.add_user("bob.s", "clinician", "hash-b")
+    ada = accounts.get_user("ada")
+    assert ada is not None and (ada.role, ada.password_hash, ada.disabled) == (
+        "admin", "hash-a", False)
+    assert [u.name for u in accounts.list_users()] == ["ada", "bob.s"]
+    assert accounts.count_users() == 2
+
+
+@pytest.mark.parametrize("name,role,hash_", [
+    ("ada", "admin", "h"),  # duplicate of the prepared user
+    ("eve", "root", "h"), ("", "admin", "h"), ("a" * 65, "admin", "h"),
+    ("../eve", "admin", "h"), ("eve smith", "admin", "h"), ("eve", "admin", ""),
+])
+def test_invalid_or_duplicate_users_are_refused(accounts: AccountStore, name: str, role: str,
+                                                hash_: str) -> None:
+    accounts.add_user("ada", "admin", "h")
+    with pytest.raises(InputError):
+        accounts.add_user(name, role, hash_)
+    assert accounts.count_users() == 1
+
+
+def test_set_password_and_disable(accounts: AccountStore) -> None:
+    accounts.add_user("ada", "clinician", "old")
+    accounts.set_password("ada", "new")
+    accounts.set_disabled("ada", True)
+    ada = accounts.get_user("ada")
+    assert ada is not None and (ada.password_hash, ada.disabled) == ("new", True)
+    with pytest.raises(NotFoundError):
+        accounts.set_password("nobody", "x")
+
+
+def test_tokens_lifecycle(accounts: AccountStore) -> None:
+    # Prepare
+    accounts.add_user("ada", "admin", "h")
+    # Execute
+    accounts.add_token("scanner-1", "th1", "ada")
+    accounts.touch_token("th1")
+    # Assert
+    token = accounts.find_token("th1")
+    assert token is not None and (token.name, token.user) == ("scanner-1", "ada")
+    assert token.last_used_at is not None and accounts.find_token("other") is None
+    with pytest.raises(InputError):
+        accounts.add_token("scanner-1", "th2", "ada")
+    with pytest.raises(InputError):
+        accounts.add_token("scanner-2", "th1", "ada")
+    with pytest.raises(NotFoundError):
+        accounts.add_token("scanner-3", "th3", "nobody")
+    assert [t.name for t in accounts.list_tokens()] == ["scanner-1"]
+    accounts.revoke_token("scanner-1")
+    assert accounts.find_token("th1") is None and accounts.list_tokens() == []
+    with pytest.raises(NotFoundError):
+        accounts.revoke_token("scanner-1")
+
+
+def test_login_failures_are_counted_per_key_and_cleared(accounts: AccountStore) -> None:
+    for t in (100.0, 200.0, 300.0):
+        accounts.record_login_failure("ada|10.0.0.7", t)
+    accounts.record_login_failure("bob|10.0.0.8", 250.0)
+    assert accounts.recent_failures("ada|10.0.0.7", since=150.0) == 2
+    accounts.clear_failures("ada|10.0.0.7")
+    assert accounts.recent_failures("ada|10.0.0.7", since=0.0) == 0
+    assert accounts.recent_failures("bob|10.0.0.8", since=0.0) == 1
+
+
+def test_old_login_failures_are_pruned(accounts: AccountStore) -> None:
+    accounts.record_login_failure("k", 100.0)
+    accounts.record_login_failure("k", 100.0 + 2 * 86400)
+    assert accounts.recent_failures("k", since=0.0) == 1
+
+
+def test_settings(accounts: AccountStore) -> None:
+    assert accounts.get_setting("setup_code_hash") is None
+    accounts.set_setting("setup_code_hash", "abc")
+    accounts.set_setting("setup_code_hash", "def")
+    assert accounts.get_setting("setup_code_hash") == "def"
+
+
+# --- SQLite specifics -----------------------------------------------------------------
+
+def test_sqlite_file_is_private_wal_with_schema_version(tmp_path: Path) -> None:
+    SQLiteCaseStore(tmp_path).close()
+    conn = sqlite3.connect(tmp_path / "neuroedge.db")  # keeps the -wal file alive
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        conn.execute("CREATE TABLE probe (x)")  # a write creates the -wal file
+        for name in ("neuroedge.db", "neuroedge.db-wal"):
+            assert (tmp_path / name).stat().st_mode & 0o077 == 0
+    finally:
+        conn.close()
+
+
+def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "neuroedge.db")
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        SQLiteCaseStore(tmp_path)
+
+
+def test_sqlite_stores_share_one_database_closed_by_the_last_store(tmp_path: Path) -> None:
+    # Prepare
+    db = Database(tmp_path / "neuroedge.db")
+    cases, accounts = SQLiteCaseStore(tmp_path, db=db), SQLiteAccountStore(tmp_path, db=db)
+    accounts.add_user("ada", "admin", "h")
+    case = add(cases)
+    # Execute / Assert: closing one store (twice) leaves the other working
+    cases.close()
+    cases.close()
+    assert accounts.count_users() == 1
+    other = SQLiteCaseStore(tmp_path)  # its own connection to the same file
+    assert other.get(case.id) == case
+    other.close()
+    accounts.close()
+    with pytest.raises(StoreError, match="closed"):
+        db.read("SELECT 1")
+
+
+def test_sqlite_kill_between_file_and_row_leaves_nothing_after_restart(
+        tmp_path: Path) -> None:
+    # Prepare: a child process dies (os._exit, like kill -9) right before the insert
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from device.store import sqlite\n"
+        "store = sqlite.SQLiteCaseStore(Path(sys.argv[1]))\n"
+        "sqlite.Database.tx = lambda self: os._exit(9)\n"
+        f"store.add_case({PNG!r}, source='camera', width=1, height=1, probability=0.1,\n"
+        "    predicted_label=0, threshold=0.5, uncertain=False, model_version=1,\n"
+        f"    latency_ms=1.0, heatmap_png={HEATMAP!r})\n")
+    # Execute
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT,
+                          capture_output=True, timeout=60)
+    left_behind = sorted(p.name for p in (tmp_path / "images").iterdir())
+    store = SQLiteCaseStore(tmp_path)
+    # Assert
+    try:
+        assert proc.returncode == 9, proc.stderr
+        assert len(left_behind) == 2  # the complete, fsynced image and heat map
+        assert store.count() == 0 and list((tmp_path / "images").iterdir()) == []
+    finally:
+        store.close()
+
+
+def test_images_are_private_files(tmp_path: Path) -> None:
+    store = SQLiteCaseStore(tmp_path)
+    try:
+        case = add(store)
+        assert store.image_path(case).stat().st_mode & 0o077 == 0
+        assert os.path.dirname(store.image_path(case)) == str(tmp_path / "images")
+    finally:
+        store.close()

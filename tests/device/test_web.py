@@ -1,0 +1,179 @@
+"""Browser-facing routes through Flask's test client: setup, login, CSRF, throttling,
+upload, confirm, filters, delete, CSV export, camera."""
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+
+from tests.device.conftest import PASSWORD
+
+
+def csrf(client, path: str = "/login") -> str:
+    page = client.get(path).get_data(as_text=True)
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
+def login(client, user: str = "alice", password: str = PASSWORD):
+    return client.post("/login", data={"username": user, "password": password,
+                                       "csrf_token": csrf(client)})
+
+
+def upload(client, *files: tuple[str, bytes]):
+    token = csrf(client, "/")
+    return client.post("/upload", data={
+        "csrf_token": token, "images": [(io.BytesIO(d), n) for n, d in files]},
+        content_type="multipart/form-data")
+
+
+def test_first_visit_opens_setup_guarded_by_the_logged_code(app, services):
+    from device.web.auth import new_setup_code
+    client = app.test_client()
+    with app.app_context():
+        code = new_setup_code()
+
+    assert client.get("/").headers["Location"].endswith("/setup")
+    form = {"username": "root", "password": "0123456789ab", "password2": "0123456789ab",
+            "csrf_token": csrf(client, "/setup")}
+    assert client.post("/setup", data={**form, "setup_code": "guess"}).status_code == 403
+    assert services.accounts.count_users() == 0
+    response = client.post("/setup", data={**form, "setup_code": code})
+
+    assert response.status_code == 302
+    assert services.accounts.get_user("root").role == "admin"
+    assert client.get("/setup").headers["Location"].endswith("/login")  # one time only
+
+
+def test_login_logout_and_pages_need_a_session(app, admin):
+    client = app.test_client()
+    assert client.get("/cases/").status_code == 302
+
+    assert login(client).status_code == 302
+    assert client.get("/cases/").status_code == 200
+    client.post("/logout", data={"csrf_token": csrf(client, "/")})
+
+    assert client.get("/cases/").headers["Location"].startswith("/login")
+
+
+def test_session_cookie_is_httponly_and_samesite_strict(app, admin):
+    client = app.test_client()
+
+    cookie = login(client).headers["Set-Cookie"]
+
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+
+
+def test_a_form_without_the_csrf_token_is_refused(app, admin, slice_bytes):
+    client = app.test_client()
+    login(client)
+
+    response = client.post("/upload", data={"images": [(io.BytesIO(slice_bytes), "a.jpg")]},
+                           content_type="multipart/form-data")
+
+    assert response.status_code == 400
+    assert "CSRF" in response.get_data(as_text=True)
+
+
+def test_repeated_wrong_passwords_are_throttled(app, admin, settings):
+    client = app.test_client()
+    for _ in range(settings.login_attempts):
+        assert login(client, password="wrong password").status_code == 401
+
+    response = login(client)  # even the right password waits out the window
+
+    assert response.status_code == 429
+
+
+def test_upload_shows_result_with_probability_heat_map_and_notice(app, admin, slice_bytes,
+                                                                  services):
+    client = app.test_client()
+    login(client)
+
+    response = upload(client, ("patient-DOE-JANE.jpg", slice_bytes))
+
+    assert response.status_code == 303
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "Probability of tumour" in page and "heatmap.png" in page
+    assert "not a diagnosis" in page
+    case = services.store.list()[0]
+    assert "DOE" not in case.image_name
+    assert client.get(f"/cases/{case.id}/heatmap.png").data[:4] == b"\x89PNG"
+
+
+def test_batch_upload_reports_each_file_and_keeps_the_good_ones(app, admin, slice_bytes,
+                                                                services):
+    client = app.test_client()
+    login(client)
+
+    response = upload(client, ("a.jpg", slice_bytes), ("b.jpg", b"garbage"),
+                      ("c.jpg", slice_bytes))
+
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert page.count("Refused") == 1 and services.store.count() == 2
+
+
+def test_confirm_correct_filter_and_delete(app, admin, slice_bytes, services):
+    client = app.test_client()
+    login(client)
+    upload(client, ("a.jpg", slice_bytes))
+    upload(client, ("b.jpg", slice_bytes))
+    first, second = services.store.list()
+    token = csrf(client, "/")
+
+    client.post(f"/cases/{first.id}/confirm",
+                data={"label": str(first.predicted_label), "csrf_token": token})
+    client.post(f"/cases/{second.id}/confirm",
+                data={"label": str(1 - second.predicted_label), "csrf_token": token})
+
+    assert services.store.get(first.id).status == "confirmed"
+    assert services.store.get(second.id).status == "disagreed"
+    assert first.id[:8] in client.get("/cases/?status=confirmed").get_data(as_text=True)
+    disagreed = client.get("/cases/?status=disagreed").get_data(as_text=True)
+    assert second.id[:8] in disagreed and first.id[:8] not in disagreed
+    image = services.store.image_path(second)
+    client.post(f"/cases/{second.id}/delete", data={"csrf_token": token})
+    assert not image.exists() and services.store.count() == 1
+    assert client.get(f"/cases/{second.id}").status_code == 404
+
+
+def test_bad_label_and_unknown_filter_are_400(app, admin, slice_bytes, services):
+    client = app.test_client()
+    login(client)
+    upload(client, ("a.jpg", slice_bytes))
+    case = services.store.list()[0]
+
+    bad = client.post(f"/cases/{case.id}/confirm",
+                      data={"label": "7", "csrf_token": csrf(client, "/")})
+
+    assert bad.status_code == 400
+    assert client.get("/cases/?status=mine").status_code == 400
+
+
+def test_csv_export_has_metadata_but_no_images(app, admin, slice_bytes):
+    client = app.test_client()
+    login(client)
+    upload(client, ("a.jpg", slice_bytes))
+
+    csv = client.get("/cases/export.csv")
+
+    text = csv.get_data(as_text=True)
+    assert csv.status_code == 200 and text.splitlines()[0].startswith("id,")
+    assert len(text.splitlines()) == 2
+    assert "PNG" not in text and ".png" not in text and "JFIF" not in text
+
+
+@pytest.mark.parametrize("camera", [False, True])
+def test_capture_button_only_with_a_camera(app, admin, services, data_dir, camera):
+    from device.hw.camera import FileCamera
+    services.camera = FileCamera(data_dir / "yes" / "Y1.jpg") if camera else None
+    client = app.test_client()
+    login(client)
+
+    page = client.get("/").get_data(as_text=True)
+    response = client.post("/capture", data={"csrf_token": csrf(client, "/")})
+
+    assert ('id="capture"' in page) is camera
+    assert response.status_code == (303 if camera else 400)
+    assert services.store.count() == (1 if camera else 0)
