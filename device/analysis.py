@@ -1,7 +1,9 @@
-"""One slice through the appliance: decode, preprocess, predict, heat map, store.
+"""One slice through the appliance: decode, preprocess, predict, store; heat maps.
 
 The browser upload, the JSON API and the camera all call :func:`analyse`, so they
-share validation, the training preprocessing and the crash-safe store.
+share validation, the training preprocessing and the crash-safe store. The heat map
+(49 occluded inferences) is rendered on first view by :func:`case_heatmap`, so scripts
+that never look at it do not pay for it.
 """
 from __future__ import annotations
 
@@ -33,14 +35,31 @@ def analyse(svc, data: bytes, source: str):
             raise UnusableImageError(str(exc)) from None
         result = predictor.predict(image)
         latency_ms = (time.perf_counter() - start) * 1000
-        heat = heatmap_png(predictor, image, result.probability)
         case = svc.store.add_case(
             upload.png(), source=source, width=upload.width, height=upload.height,
             probability=result.probability, predicted_label=result.label,
             threshold=predictor.threshold, uncertain=result.uncertain,
-            model_version=predictor.version, latency_ms=latency_ms, heatmap_png=heat)
+            model_version=predictor.version, latency_ms=latency_ms)
         svc.store.set_embedding(case.id, svc.backbone_id(predictor), result.embedding)
     svc.telemetry.predictions.labels("tumour" if result.label else "no_tumour").inc()
     logger.info("case %s: p=%.3f v%d %.1f ms", case.id, result.probability, predictor.version,
                 latency_ms)
     return case
+
+
+def case_heatmap(svc, case):
+    """Path of the case's heat map, rendering and storing it on first request.
+
+    Rendered with the serving model; after a model update that may differ from the
+    model that made the prediction, which the page states (``case.model_version``).
+    """
+    path = svc.store.heatmap_path(case)
+    if path is not None and path.exists():
+        return path
+    predictor = svc.slot.current
+    with svc.status.activity(State.BUSY):
+        pixels = mp.decode_image(svc.store.image_path(case).read_bytes())
+        image = mp.preprocess(pixels, predictor.input_spec)
+        probability = predictor.predict(image).probability
+        case = svc.store.set_heatmap(case.id, heatmap_png(predictor, image, probability))
+    return svc.store.heatmap_path(case)

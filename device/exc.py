@@ -45,3 +45,9 @@ class ConfigError(DeviceError, ValueError):
 
 class StoreError(DeviceError, RuntimeError):
     """The case store cannot complete an operation (nothing is half-written)."""
+
+
+class CameraUnavailableError(DeviceError, RuntimeError):
+    """No usable camera: picamera2 missing, no sensor attached, or the camera closed."""
+
+    status = 503

@@ -27,6 +27,7 @@ class TrainConfig:
     dropout: float = 0.3
     augment: bool = True
     rotation: float = 0.5  # fraction of a full turn, either way
+    cosine: bool = True  # cosine learning-rate decay over the epochs
     min_sensitivity: float = 0.95
     seed: int = 0
 
@@ -82,7 +83,9 @@ def class_weights(y: np.ndarray) -> dict[int, float]:
     return {c: float(len(y) / (2 * counts[c])) for c in (0, 1)}
 
 
-def compile_model(model: keras.Model, learning_rate: float) -> None:
+def compile_model(model: keras.Model,
+                  learning_rate: float | keras.optimizers.schedules.LearningRateSchedule
+                  ) -> None:
     # Keywords: in Keras 3 a third positional argument would be loss_weights.
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss="binary_crossentropy",
@@ -98,7 +101,11 @@ def fit(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.
     AUC rather than loss: with batch norm and few validation images the loss is noisy in
     early epochs, and the threshold is chosen afterwards anyway.
     """
-    compile_model(model, cfg.learning_rate)
+    lr = cfg.learning_rate
+    if cfg.cosine:
+        steps = cfg.epochs * -(-len(x_train) // cfg.batch_size)
+        lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, steps, alpha=0.05)
+    compile_model(model, lr)
     stop = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience,
                                          restore_best_weights=True)
     return model.fit(make_dataset(x_train, y_train, cfg, train=True),

@@ -12,18 +12,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from device.exc import DeviceError, NotFoundError
+from device.exc import CameraUnavailableError, NotFoundError
 
 if TYPE_CHECKING:
     import numpy as np
 
 logger = logging.getLogger(__name__)
-
-
-class CameraUnavailableError(DeviceError, RuntimeError):
-    """No usable camera: picamera2 missing, no sensor attached, or the camera closed."""
-
-    status = 503
 
 
 class Camera(Protocol):

@@ -159,6 +159,10 @@ class CaseStore(ABC):
         """Local path of the case's heat map, or None if it has none."""
 
     @abstractmethod
+    def set_heatmap(self, case_id: str, png: bytes) -> Case:
+        """Store (or replace) the case's heat map PNG, written durably; the updated case."""
+
+    @abstractmethod
     def set_embedding(self, case_id: str, backbone_id: str, vector: np.ndarray) -> None:
         """Cache the case's 1-D embedding, replacing any earlier one (any backbone)."""
 

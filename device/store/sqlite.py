@@ -329,6 +329,16 @@ class SQLiteCaseStore(CaseStore):
     def heatmap_path(self, case: Case) -> Path | None:
         return None if case.heatmap_name is None else self._path(case.heatmap_name)
 
+    def set_heatmap(self, case_id: str, png: bytes) -> Case:
+        case = self.get(case_id)
+        name = f"{case.id}-heatmap.png"
+        with self._files_lock:
+            self._write_durably(name, _png(png, "heat map"), [])
+            _fsync_dir(self._images)
+            with self._db.tx() as conn:
+                conn.execute("UPDATE cases SET heatmap_name = ? WHERE id = ?", (name, case.id))
+        return self.get(case_id)
+
     def set_embedding(self, case_id: str, backbone_id: str, vector: np.ndarray) -> None:
         check_case_id(case_id)
         _text(backbone_id, "backbone_id", 256)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 import logging
 
-from flask import (Blueprint, Response, abort, flash, redirect, render_template, request,
+from flask import (Blueprint, Response, flash, redirect, render_template, request,
                    send_file, url_for)
 
+from device.analysis import case_heatmap
 from device.exc import InputError
 from device.web import services
 from device.web.auth import current_user, login_required
@@ -66,11 +67,8 @@ def image(case_id: str):
 @bp.route("/<case_id>/heatmap.png")
 @login_required
 def heatmap(case_id: str):
-    store = services().store
-    path = store.heatmap_path(store.get(case_id))
-    if path is None:
-        abort(404, "no heat map for this case")
-    return _png(path)
+    svc = services()
+    return _png(case_heatmap(svc, svc.store.get(case_id)))
 
 
 def _png(path) -> Response:

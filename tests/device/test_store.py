@@ -99,6 +99,18 @@ def test_add_then_get_returns_the_stored_case_and_image(cases: CaseStore) -> Non
     assert case.status == "unconfirmed" and case.confirmed_label is None
 
 
+def test_set_heatmap_adds_a_heat_map_later(cases: CaseStore) -> None:
+    case = add(cases)
+
+    updated = cases.set_heatmap(case.id, HEATMAP)
+
+    path = cases.heatmap_path(updated)
+    assert path is not None and path.read_bytes() == HEATMAP
+    assert cases.get(case.id).heatmap_name == updated.heatmap_name
+    with pytest.raises(InputError):
+        cases.set_heatmap(case.id, b"not a png")
+
+
 def test_case_without_heatmap_has_no_heatmap_path(cases: CaseStore) -> None:
     case = add(cases)
     assert cases.heatmap_path(case) is None
