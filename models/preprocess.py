@@ -141,7 +141,8 @@ def brain_mask(gray: np.ndarray) -> np.ndarray:
     thr, _ = cv2.threshold(g8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     # Otsu on dark-dominated slices can sit high and cut tissue; halfway between the
     # background level and Otsu keeps the head, whatever the scanner's black level.
-    bg = float(np.percentile(g8, 1))
+    bg = float(np.searchsorted(np.cumsum(np.bincount(g8.ravel(), minlength=256)),
+                               0.01 * g8.size))  # 1st percentile, from the histogram
     binary = (g8 > max(bg + (thr - bg) * 0.5, bg + 8)).astype(np.uint8)
     k = max(3, int(min(gray.shape) * 0.02) | 1)
     binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN,
@@ -190,7 +191,7 @@ def normalize(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
     # move the 1st percentile with the mask's size.
     core = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     inside = gray[core] if core.sum() > 100 else (gray[mask] if mask.any() else gray.ravel())
-    lo, hi = np.percentile(inside, [1.0, 99.0])
+    lo, hi = np.percentile(inside[::max(1, inside.size // 50_000)], [1.0, 99.0])
     if hi - lo < 1e-6:
         return np.zeros_like(gray)
     out = np.clip((gray - lo) / (hi - lo), 0.0, 1.0)

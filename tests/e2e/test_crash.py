@@ -1,0 +1,126 @@
+"""Power-cut safety of the case store with a real process: SIGKILL the appliance while
+a client keeps uploading (and asking for heat maps, which are written on first view),
+three times on one data folder; restart it (start-up runs ``recover()``) and check that
+every stored case is whole and that nothing is left over."""
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from device.store.base import MAX_LIST_LIMIT
+from device.store.sqlite import IMAGES_DIR, SQLiteCaseStore
+from tests.e2e.conftest import add_user, create_token
+
+KILLS = 3
+KILL_AFTER_S = (0.3, 1.5)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass
+class Hammer:
+    """One client thread: posts the slice to the API until the server dies, and asks
+    for every other case's heat map (rendered and stored on first request)."""
+
+    url: str
+    token: str
+    image: bytes
+    created: int = 0
+    heatmaps: int = 0
+    refused: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with requests.Session() as http:
+            http.headers["Authorization"] = f"Bearer {self.token}"
+            while not self.stop.is_set():
+                try:
+                    self._one(http)
+                except requests.RequestException:
+                    return  # killed mid-request: this request never got an answer
+
+    def _one(self, http: requests.Session) -> None:
+        response = http.post(f"{self.url}/api/v1/predictions", timeout=10,
+                             files={"image": ("slice.jpg", self.image)})
+        if response.status_code != 201:
+            self.refused.append(f"POST {response.status_code}")
+            return
+        self.created += 1
+        if self.created % 2:
+            heat = http.get(response.json()["heatmap_url"], timeout=10)
+            if heat.status_code == 200 and heat.content[:8] == PNG_MAGIC:
+                self.heatmaps += 1
+            else:
+                self.refused.append(f"GET heat map {heat.status_code}")
+
+
+def all_cases(store: SQLiteCaseStore) -> list:
+    cases: list = []
+    while len(cases) < store.count():
+        cases += store.list("all", MAX_LIST_LIMIT, len(cases))
+    return cases
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_kill_9_mid_upload_loses_no_case_and_leaves_no_orphan(start_appliance, appliance_data,
+                                                              slice_path: Path):
+    # Prepare: an account and an API token on a data folder shared by every run.
+    add_user(appliance_data, "alice")
+    token = create_token(appliance_data, "pacs", "alice")
+    image = slice_path.read_bytes()
+    seed = time.time_ns()
+    rng = random.Random(seed)
+    print(f"kill-delay seed {seed}")
+    created = heatmaps = 0
+    refused: list[str] = []
+
+    # Execute: start, upload in a loop from a background thread, SIGKILL; three times.
+    for _ in range(KILLS):
+        server = start_appliance()
+        hammer = Hammer(server.url, token, image)
+        thread = threading.Thread(target=hammer.run, daemon=True)
+        thread.start()
+        time.sleep(rng.uniform(*KILL_AFTER_S))
+        server.kill()
+        hammer.stop.set()
+        thread.join(timeout=15)
+        assert not thread.is_alive(), "the upload client hangs after the kill"
+        print(f"run: {hammer.created} uploads acknowledged, {hammer.heatmaps} heat maps")
+        created, heatmaps = created + hammer.created, heatmaps + hammer.heatmaps
+        refused += hammer.refused
+    final = start_appliance()  # its start-up runs recover()
+    health = requests.get(f"{final.url}/healthz", timeout=5)
+    final.stop()
+    images = appliance_data / IMAGES_DIR
+    files = {p.name for p in images.iterdir()}  # before this process's own recover()
+
+    # Assert: the restarted server is healthy; until each kill every request succeeded.
+    assert health.status_code == 200 and health.json()["store_ok"] is True
+    assert refused == []
+    assert created > 0 and heatmaps > 0
+    # Assert: the server's recovery left no temp file and no file without a row.
+    assert sorted(n for n in files if n.startswith(".tmp-")) == []
+    store = SQLiteCaseStore(appliance_data)
+    try:
+        cases = all_cases(store)
+        assert store.recover() == 0  # nothing left for a second recovery
+    finally:
+        store.close()
+    owned = {c.image_name for c in cases} | {c.heatmap_name for c in cases if c.heatmap_name}
+    assert sorted({n for n in files if n.endswith(".png")} - owned) == []
+    # Assert: every row's image is on disk with its sha256, and so is any heat map it names.
+    for case in cases:
+        assert sha256(images / case.image_name) == case.image_sha256
+        if case.heatmap_name is not None:
+            assert (images / case.heatmap_name).read_bytes()[:8] == PNG_MAGIC
+    assert sum(c.heatmap_name is not None for c in cases) >= heatmaps
+    # Assert: no acknowledged case lost; at most one unacknowledged commit per kill.
+    assert created <= len(cases) <= created + KILLS
