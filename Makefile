@@ -6,7 +6,9 @@ DATA ?= ../shared/data/brain_tumor_dataset
 BUNDLE := models/default_bundle
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench bundle clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install system-deps run test bench bundle clean
 
 install: $(STAMP)
 
@@ -18,18 +20,26 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip check
 	touch $@
 
-# The main job: until the appliance lands, verify the shipped bundle and evaluate it
-# through LiteRT on the held-out files its manifest names.
-run: install
-	$(PY) -m models verify $(BUNDLE)
-	$(PY) -m models evaluate --model $(BUNDLE) --data $(DATA) --split test
+# Debian packages: Chromium for the browser test (Playwright cannot download its own
+# browser here) and wrk, the HTTP load generator of `make bench`.
+system-deps:
+	@command -v chromium >/dev/null && command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq chromium wrk >/dev/null; }
 
-test: install
+# The main job: the appliance on the shipped default bundle. Off a Raspberry Pi the
+# LED and button run on gpiozero's mock pin factory.
+run: install
+	@if ! grep -qs "Raspberry Pi" /proc/device-tree/model; then \
+		export GPIOZERO_PIN_FACTORY=$${GPIOZERO_PIN_FACTORY:-mock}; fi; \
+	exec $(PY) -m device serve
+
+test: install system-deps
 	$(PY) -m flake8 models device coordinator tests
 	$(PY) -m pytest
 
-bench: install
+bench: install system-deps
 	$(PY) -m models bench --data $(DATA)
+	$(PY) -m device.bench
 
 # Rebuild the shipped default bundle from the shared dataset (see README).
 bundle: install
