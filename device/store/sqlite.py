@@ -333,10 +333,15 @@ class SQLiteCaseStore(CaseStore):
         case = self.get(case_id)
         name = f"{case.id}-heatmap.png"
         with self._files_lock:
-            self._write_durably(name, _png(png, "heat map"), [])
+            written: list[Path] = []
+            self._write_durably(name, _png(png, "heat map"), written)
             _fsync_dir(self._images)
             with self._db.tx() as conn:
-                conn.execute("UPDATE cases SET heatmap_name = ? WHERE id = ?", (name, case.id))
+                updated = conn.execute("UPDATE cases SET heatmap_name = ? WHERE id = ?",
+                                       (name, case.id)).rowcount
+            if not updated:  # deleted while the heat map was drawn
+                written[0].unlink(missing_ok=True)
+                raise NotFoundError("no such case")
         return self.get(case_id)
 
     def set_embedding(self, case_id: str, backbone_id: str, vector: np.ndarray) -> None:
