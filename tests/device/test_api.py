@@ -125,3 +125,61 @@ def test_healthz_and_metrics_report_model_and_counts(server, api_token, slice_by
     assert 'neuroedge_errors_total{kind="UnsupportedTypeError"} 1.0' in metrics
     assert "neuroedge_http_request_seconds_bucket" in metrics
     assert f"neuroedge_model_version {float(services.slot.current.version)}" in metrics
+
+
+def test_dicom_with_patient_name_is_analysed_and_no_identifier_is_stored(
+        server, api_token, services, settings, data_dir):
+    from tests.device.test_imaging import PATIENT, make_dicom
+    gray = cv2.imread(str(data_dir / "yes/Y1.jpg"), cv2.IMREAD_GRAYSCALE).astype(np.uint16) * 16
+    dicom = make_dicom(gray, WindowCenter=2000, WindowWidth=4000)
+    assert PATIENT[0].encode() in dicom
+
+    response = post(server, api_token, dicom, name="DOE_JANE.dcm")
+
+    assert response.status_code == 201
+    case = services.store.get(response.json()["case_id"])
+    stored = [services.store.image_path(case).read_bytes()]
+    stored += [p.read_bytes() for p in settings.data_dir.glob("neuroedge.db*")]
+    for identifier in (*PATIENT, "DOE_JANE"):
+        assert all(identifier.encode() not in blob for blob in stored)
+
+
+def test_dicom_without_pixel_data_is_422(server, api_token, services):
+    from tests.device.test_imaging import make_dicom
+
+    response = post(server, api_token, make_dicom(np.zeros((64, 64), np.uint16),
+                                                  pixel_data=False), name="x.dcm")
+
+    assert response.status_code == 422
+    assert "pixel" in response.json()["error"]
+    assert services.store.count() == 0
+
+
+def test_an_internal_failure_is_500_json_and_shows_on_the_led_and_healthz(
+        server, api_token, services, slice_bytes, monkeypatch):
+    from device.hw.status import State
+
+    def broken(images):
+        raise RuntimeError("interpreter exploded")
+
+    monkeypatch.setattr(services.slot.current, "probabilities", broken)
+
+    response = post(server, api_token, slice_bytes)
+
+    assert response.status_code == 500 and response.json() == {"error": "internal error"}
+    assert services.status.state is State.ERROR
+    health = requests.get(f"{server}/healthz", timeout=10).json()
+    assert health["state"] == "error" and health["last_error"]
+    assert services.store.count() == 0
+
+
+def test_the_status_led_is_solid_on_when_ready_after_an_upload(server, api_token, services,
+                                                               slice_bytes, settings):
+    from gpiozero import Device
+
+    from device.hw.status import State
+
+    post(server, api_token, slice_bytes)
+
+    assert services.status.state is State.READY
+    assert Device.pin_factory.pin(settings.led_pin).state == 1
