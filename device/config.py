@@ -5,14 +5,13 @@ never from the repository.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import secrets
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from device.exc import ConfigError
+from models import configfile
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 DEFAULT_BUNDLE = MODELS_DIR / "default_bundle"
@@ -71,52 +70,9 @@ class Settings:
         return self
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
-
-
-def _coerce(name: str, value: object) -> object:
-    kind = _FIELDS[name].type
-    try:
-        if kind == "Path":
-            return Path(os.path.expanduser(str(value)))
-        if kind == "bool":
-            if isinstance(value, str):
-                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("1", "true", "yes")
-            return bool(value)
-        if kind == "int":
-            return int(value)  # type: ignore[arg-type]
-        if kind == "float":
-            return float(value)  # type: ignore[arg-type]
-        if kind == "list[str]":
-            return [str(v) for v in (value if isinstance(value, list) else [value])]
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: {value!r} is not a valid {kind}") from None
-
-
 def load_settings(config: Path | None = None, **overrides: object) -> Settings:
-    """Defaults, then the TOML ``config`` file, then ``NEUROEDGE_*`` env, then overrides.
-
-    Unknown keys are errors (a typo must not silently fall back to a default).
-    """
-    values: dict[str, object] = {}
-    if config is not None:
-        try:
-            values.update(tomllib.loads(Path(config).read_text()))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"config file {config}: {exc}") from None
-    for name in _FIELDS:
-        env = os.environ.get(f"NEUROEDGE_{name.upper()}")
-        if env is not None:
-            values[name] = env
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = sorted(set(values) - set(_FIELDS))
-    if unknown:
-        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
-    settings = Settings(**{k: _coerce(k, v) for k, v in values.items()})
-    return settings.validate()
+    """Defaults < TOML ``config`` < ``NEUROEDGE_<NAME>`` env < non-None ``overrides``."""
+    return configfile.load(Settings, "NEUROEDGE_", config, overrides, ConfigError)
 
 
 def ensure_secret_key(settings: Settings) -> str:
