@@ -43,7 +43,8 @@ bench: install system-deps
 
 # Rebuild the shipped default bundle from the shared dataset (see README).
 bundle: install
-	$(PY) -m models train --data $(DATA) --arch edge --out $(BUNDLE) --sign-key models/dev_keys/dev_signing.key
+	$(PY) -m models train --data $(DATA) --arch edge --out $(BUNDLE) \
+		--sign-key models/dev_keys/dev_signing.key --float-out models/default_float.weights.h5
 
 clean:
 	rm -rf $(VENV) build *.egg-info

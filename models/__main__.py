@@ -52,7 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from models.build import BuildConfig, build_bundle
     key = load_signing_key(args.sign_key)
     cfg = BuildConfig(arch=args.arch, sparsity=args.sparsity, train=_train_config(args))
-    manifest = build_bundle(args.data, args.out, key, cfg, verbose=2)
+    manifest = build_bundle(args.data, args.out, key, cfg, verbose=2, float_out=args.float_out)
     print(f"wrote {args.out} (version {manifest['version']}, signer {manifest['signer']})")
     _print_metrics(manifest["metrics"]["test"], "held-out test split")
     return 0
@@ -165,6 +165,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="bundle directory to write")
     sp.add_argument("--sign-key", required=True, help="Ed25519 private key file")
     sp.add_argument("--sparsity", type=float, default=0.5)
+    sp.add_argument("--float-out", help="also save the float Keras weights (.weights.h5) "
+                    "for a coordinator to rebuild from")
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("evaluate", help="evaluate a bundle through LiteRT")

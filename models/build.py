@@ -61,13 +61,16 @@ def train_on_split(data: str | Path, arch: str, cfg: TrainConfig, verbose: int =
 
 
 def build_bundle(data: str | Path, out: str | Path, key: SigningKey, cfg: BuildConfig,
-                 verbose: int = 0, version: int = 1) -> dict:
+                 verbose: int = 0, version: int = 1, float_out: str | Path | None = None
+                 ) -> dict:
     """Train ``cfg.arch`` on a grouped 70/15/15 split of ``data`` and write a bundle.
 
     The model is pruned to ``cfg.sparsity`` with fine-tuning and int8-quantized; the
     threshold is chosen on the validation split with the int8 model (what devices run);
     test metrics come from the test split, which no duplicate of a training image
     reaches. The test files are listed in the manifest so anyone can re-check.
+    ``float_out`` keeps the float Keras weights: the coordinator rebuilds and
+    re-quantizes the model from them when it publishes a new head.
     """
     t = train_on_split(data, cfg.arch, cfg.train, verbose)
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (t.part(r) for r in ("train", "val", "test"))
@@ -97,6 +100,8 @@ def build_bundle(data: str | Path, out: str | Path, key: SigningKey, cfg: BuildC
         },
     }
     manifest = write_bundle(out, tflite, get_head(t.model), fields, key)
+    if float_out:
+        t.model.save_weights(str(float_out))
     logger.info("bundle v%d: test accuracy %.3f AUC %.3f sensitivity %.3f, %d bytes",
                 version, test["accuracy"], test["auc"], test["sensitivity"], len(tflite))
     return manifest
