@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import shutil
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -33,3 +36,23 @@ def signing_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("keys") / "signing.key"
     save_signing_key(generate_signing_key(), path)
     return path
+
+
+@contextmanager
+def running(app) -> Iterator[str]:
+    """A real waitress server for ``app`` on 127.0.0.1 (ephemeral port); yields its URL."""
+    from waitress.server import create_server
+    srv = create_server(app, host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.effective_port}"
+    finally:
+        def stop() -> None:  # runs in the server's loop thread: no race with select()
+            for channel in list(srv._map.values()):
+                channel.close()
+            srv._map.clear()
+
+        srv.trigger.pull_trigger(stop)
+        thread.join(timeout=10)
+        srv.task_dispatcher.shutdown()

@@ -4,10 +4,11 @@ loopback."""
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import running
 
 os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
 
@@ -58,20 +59,8 @@ def api_token(services, admin) -> str:
 @pytest.fixture
 def server(app):
     """A real waitress server on 127.0.0.1 (ephemeral port) in a background thread."""
-    from waitress.server import create_server
-    srv = create_server(app, host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.effective_port}"
-
-    def stop() -> None:  # runs in the server's loop thread: no race with select()
-        for channel in list(srv._map.values()):
-            channel.close()
-        srv._map.clear()
-
-    srv.trigger.pull_trigger(stop)
-    thread.join(timeout=10)
-    srv.task_dispatcher.shutdown()
+    with running(app) as url:
+        yield url
 
 
 @pytest.fixture

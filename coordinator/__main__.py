@@ -1,0 +1,190 @@
+"""``python -m coordinator``: serve, keys, device enrolment, administrators."""
+from __future__ import annotations
+
+import argparse
+import logging
+import secrets
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from coordinator.config import Settings, load_settings
+from coordinator.exc import CoordinatorError
+
+logger = logging.getLogger("coordinator")
+TICK_S = 5.0
+
+
+def _settings(args: argparse.Namespace, **extra: object) -> Settings:
+    return load_settings(args.config, state_dir=args.state_dir, **extra)
+
+
+def _secret_key(settings: Settings) -> str:
+    path = settings.state_dir / "session_key"
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args, host=args.host, port=args.port, tls_cert=args.tls_cert,
+                         tls_key=args.tls_key, initial_bundle=args.initial_bundle,
+                         data=args.data)
+    if args.validate_config:
+        print(f"configuration OK: state in {settings.state_dir}")
+        return 0
+    from coordinator.api import create_app
+    from coordinator.services import build_services
+    svc = build_services(settings)
+    app = create_app(settings, svc, _secret_key(settings))
+    stop = threading.Event()
+
+    def tick() -> None:  # round deadlines
+        while not stop.wait(TICK_S):
+            try:
+                svc.rounds.tick()
+            except Exception:  # keep ticking; the error is in the log
+                logger.exception("deadline check failed")
+
+    threading.Thread(target=tick, daemon=True, name="deadline").start()
+    scheme = "https" if settings.tls_cert else "http"
+    print(f"NeuroEdge coordinator on {scheme}://{settings.host}:{settings.port}/ "
+          f"(state in {settings.state_dir}, latest bundle v{svc.bundles.latest().version})",
+          flush=True)
+    try:
+        if settings.tls_cert:
+            _serve_tls(app, settings)
+        else:
+            import waitress
+            waitress.serve(app, host=settings.host, port=settings.port,
+                           threads=settings.threads, ident="neuroedge-coordinator")
+    finally:
+        stop.set()
+        svc.close()
+    return 0
+
+
+def _serve_tls(app, settings: Settings) -> None:
+    """TLS needs a server that speaks it: cheroot's builtin adapter (waitress cannot)."""
+    from cheroot.ssl.builtin import BuiltinSSLAdapter
+    from cheroot.wsgi import Server
+    server = Server((settings.host, settings.port), app, numthreads=settings.threads)
+    server.ssl_adapter = BuiltinSSLAdapter(str(settings.tls_cert), str(settings.tls_key))
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    server.safe_start()
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from coordinator.services import signing_key_path
+    from models.signing import (generate_signing_key, key_id, load_signing_key,
+                                save_signing_key)
+    settings = _settings(args)
+    path = signing_key_path(settings.state_dir)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        pub = save_signing_key(generate_signing_key(), path, overwrite=args.force)
+    except FileExistsError:
+        print(f"error: {path} exists; refusing to replace the signing key (devices trust "
+              "it). Use --force only to rotate it deliberately.", file=sys.stderr)
+        return 1
+    print(f"signing key {path} (mode 0600); public key {pub}; key id "
+          f"{key_id(load_signing_key(path).verify_key)}")
+    return 0
+
+
+def _store(args: argparse.Namespace):
+    from coordinator.store.sqlite import SQLiteCoordinatorStore
+    settings = _settings(args)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    return SQLiteCoordinatorStore(settings.state_dir)
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    from coordinator.api.auth import hash_token, new_device_token
+    store = _store(args)
+    try:
+        token = new_device_token()
+        store.enroll(args.device_id, hash_token(token))
+        store.audit("device_enrolled", args.device_id, {})
+        print(f"device {args.device_id} enrolled; its token is shown only once:")
+        print(token)
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        store.revoke(args.device_id)
+        store.audit("device_revoked", args.device_id, {})
+        print(f"device {args.device_id} revoked")
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    from werkzeug.security import generate_password_hash
+    password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 10:
+        print("error: password must be at least 10 characters", file=sys.stderr)
+        return 2
+    store = _store(args)
+    try:
+        store.add_admin(args.name, generate_password_hash(password))
+        store.audit("admin_added", None, {"name": args.name})
+    finally:
+        store.close()
+    print(f"administrator {args.name} added")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", type=Path, help="state folder (default "
+                        "$NEUROEDGE_COORD_STATE_DIR or a per-user folder)")
+    common.add_argument("--config", type=Path, help="TOML settings file")
+    p = argparse.ArgumentParser(prog="python -m coordinator", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    sp = sub.add_parser("serve", parents=[common], help="serve the coordinator API")
+    sp.add_argument("--host")
+    sp.add_argument("--port", type=int)
+    sp.add_argument("--tls-cert", type=Path)
+    sp.add_argument("--tls-key", type=Path)
+    sp.add_argument("--initial-bundle", type=Path)
+    sp.add_argument("--data", type=Path, help="the coordinator's own labelled images")
+    sp.add_argument("--validate-config", action="store_true")
+    sp.set_defaults(func=cmd_serve)
+    sp = sub.add_parser("keygen", parents=[common], help="create the Ed25519 signing key")
+    sp.add_argument("--force", action="store_true", help="replace an existing key")
+    sp.set_defaults(func=cmd_keygen)
+    sp = sub.add_parser("enroll", parents=[common], help="enrol a device; prints its token")
+    sp.add_argument("device_id")
+    sp.set_defaults(func=cmd_enroll)
+    sp = sub.add_parser("revoke", parents=[common], help="revoke a device")
+    sp.add_argument("device_id")
+    sp.set_defaults(func=cmd_revoke)
+    sp = sub.add_parser("add-admin", parents=[common],
+                        help="add a dashboard administrator (password on stdin)")
+    sp.add_argument("name")
+    sp.set_defaults(func=cmd_admin)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (CoordinatorError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

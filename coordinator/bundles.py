@@ -1,0 +1,65 @@
+"""The coordinator's bundles: ``state_dir/bundles/v<N>/`` plus float weights beside them.
+
+On first start the initial bundle (by default the shipped one) is re-signed with the
+coordinator's own key as version 1. Every published version stays downloadable.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from pathlib import Path
+
+from nacl.signing import SigningKey
+
+from models.bundle import Bundle, resign_bundle, verify_bundle
+
+logger = logging.getLogger(__name__)
+
+
+class BundleRegistry:
+    """Verified bundles by version; the latest published one is what devices fetch."""
+
+    def __init__(self, root: Path, key: SigningKey) -> None:
+        self.root = root
+        self.key = key
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._cache: dict[int, Bundle] = {}
+
+    def path(self, version: int) -> Path:
+        return self.root / f"v{int(version)}"
+
+    def weights_path(self, version: int) -> Path:
+        """Float Keras weights the version was built from (coordinator only)."""
+        return self.root / f"v{int(version)}.weights.h5"
+
+    def initialise(self, initial_bundle: Path, initial_weights: Path) -> Bundle:
+        """Re-sign the initial bundle as v1 with our key, once."""
+        if not self.path(1).exists():
+            resign_bundle(initial_bundle, self.path(1), self.key, version=1,
+                          parent_version=None)
+            if initial_weights.exists():
+                shutil.copyfile(initial_weights, self.weights_path(1))
+            logger.info("initial bundle re-signed as version 1")
+        return self.get(1)
+
+    def versions(self) -> list[int]:
+        return sorted(int(p.name[1:]) for p in self.root.glob("v*")
+                      if p.is_dir() and p.name[1:].isdigit())
+
+    def get(self, version: int) -> Bundle | None:
+        """The verified bundle ``version``, or None if there is none."""
+        with self._lock:
+            if version not in self._cache:
+                if not self.path(version).is_dir():
+                    return None
+                self._cache[version] = verify_bundle(self.path(version),
+                                                     [self.key.verify_key])
+            return self._cache[version]
+
+    def latest(self) -> Bundle:
+        versions = self.versions()
+        if not versions:
+            raise RuntimeError("no bundle: initialise() first")
+        return self.get(versions[-1])  # type: ignore[return-value]

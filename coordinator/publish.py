@@ -1,0 +1,107 @@
+"""Publishing: a new head on the frozen backbone -> pruned, int8, evaluated, signed bundle.
+
+The coordinator keeps the float Keras weights of the current model (devices only ever
+get the int8 TFLite). It sets the aggregated head, magnitude-prunes the head, converts
+to full int8 calibrated on its own images, evaluates on its own validation images, and
+publishes only if the result is not worse than the current bundle by more than a margin.
+It never sees a device's images.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from nacl.signing import SigningKey
+
+from models import metrics
+from models.bundle import MODEL, Bundle, write_bundle
+from models.runtime import TFLiteModel
+from models.weights import HEAD_NAMES
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """The coordinator's own images: calibration for int8, validation for the gate."""
+
+    calibration: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+@dataclass
+class Outcome:
+    """What publishing decided, for the round record and the audit log."""
+
+    published: bool
+    version: int | None
+    reason: str
+    metrics: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def prune_head(head: dict[str, np.ndarray], sparsity: float) -> dict[str, np.ndarray]:
+    """Zero the smallest-magnitude fraction of each head kernel (biases kept)."""
+    from models.compress import magnitude_mask
+    out = {k: v.copy() for k, v in head.items()}
+    for name in HEAD_NAMES:
+        if name.endswith("kernel"):
+            out[name] = out[name] * magnitude_mask(out[name], sparsity)
+    return out
+
+
+def evaluate_tflite(model: bytes | Path, data: EvalData, threshold: float) -> dict:
+    prob, _ = TFLiteModel(model).predict(data.x_val)
+    return metrics.binary_metrics(data.y_val, prob, threshold)
+
+
+def publish(current: Bundle, float_weights: Path, head: dict[str, np.ndarray],
+            data: EvalData, key: SigningKey, out_dir: Path, *, sparsity: float,
+            margin: float, min_sensitivity: float = 0.95) -> Outcome:
+    """Rebuild ``current``'s architecture with ``head``; write bundle v+1 if it passes.
+
+    The gate compares validation AUC and accuracy (each at its own threshold) of the
+    candidate with the current bundle's model on the same images.
+    """
+    from models.architectures import build_model, set_head
+    from models.export import to_tflite
+    start = time.perf_counter()
+    model = build_model(current.manifest["architecture"])
+    model.load_weights(str(float_weights))
+    pruned = prune_head(head, sparsity)
+    set_head(model, pruned)
+    tflite = to_tflite(model, "int8", calibration=data.calibration)
+    prob, _ = TFLiteModel(tflite).predict(data.x_val)
+    threshold = metrics.choose_threshold(data.y_val, prob, min_sensitivity)
+    candidate = metrics.binary_metrics(data.y_val, prob, threshold)
+    baseline = evaluate_tflite(current.path / MODEL, data, current.threshold)
+    drop_auc = baseline["auc"] - candidate["auc"]
+    drop_acc = baseline["accuracy"] - candidate["accuracy"]
+    summary = {"candidate": candidate, "current": baseline}
+    if drop_auc > margin or drop_acc > margin:
+        reason = (f"candidate worse than v{current.version} on validation: AUC "
+                  f"{candidate['auc']:.3f} vs {baseline['auc']:.3f}, accuracy "
+                  f"{candidate['accuracy']:.3f} vs {baseline['accuracy']:.3f} "
+                  f"(margin {margin})")
+        logger.warning("not publishing: %s", reason)
+        return Outcome(False, None, reason, summary, time.perf_counter() - start)
+    version = current.version + 1
+    fields = {
+        "version": version, "parent_version": current.version,
+        "architecture": current.manifest["architecture"], "input": current.manifest["input"],
+        "labels": current.manifest["labels"], "threshold": round(float(threshold), 6),
+        "uncertain_band": current.uncertain_band,
+        "metrics": {"validation": candidate},
+        "training": {"source": "federated round", "head_sparsity": sparsity,
+                     "format": "int8", "model_bytes": len(tflite)},
+    }
+    write_bundle(out_dir / f"v{version}", tflite, pruned, fields, key)
+    model.save_weights(str(out_dir / f"v{version}.weights.h5"))
+    seconds = time.perf_counter() - start
+    logger.info("published v%d in %.1f s: validation AUC %.3f accuracy %.3f", version,
+                seconds, candidate["auc"], candidate["accuracy"])
+    return Outcome(True, version, "published", summary, seconds)

@@ -1,0 +1,109 @@
+"""Composition root of the coordinator: state, key, bundles, rounds, publishing."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from nacl.signing import SigningKey
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from coordinator.bundles import BundleRegistry
+from coordinator.config import Settings
+from coordinator.rounds import RoundManager
+from coordinator.store.sqlite import SQLiteCoordinatorStore
+from models.signing import generate_signing_key, load_signing_key, save_signing_key
+
+logger = logging.getLogger(__name__)
+KEY_FILE = "signing.key"
+
+
+def signing_key_path(state_dir: Path) -> Path:
+    return state_dir / KEY_FILE
+
+
+def ensure_signing_key(state_dir: Path) -> SigningKey:
+    """Load the coordinator's key; create it (mode 0600) only if there is none."""
+    path = signing_key_path(state_dir)
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        save_signing_key(generate_signing_key(), path)
+        logger.warning("created a new signing key %s; devices must trust %s.pub", path, path)
+    return load_signing_key(path)
+
+
+class Telemetry:
+    """Prometheus counters of one coordinator process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("neuroedge_coord_http_requests", "HTTP requests",
+                                ["route", "status"], registry=self.registry)
+        self.updates = Counter("neuroedge_coord_updates", "Updates by outcome",
+                               ["outcome"], registry=self.registry)
+        self.bytes_received = Counter("neuroedge_coord_update_bytes", "Update bytes received",
+                                      registry=self.registry)
+        self.latest_version = Gauge("neuroedge_coord_latest_version",
+                                    "Latest published bundle version", registry=self.registry)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: SQLiteCoordinatorStore
+    key: SigningKey
+    bundles: BundleRegistry
+    rounds: RoundManager
+    telemetry: Telemetry = field(default_factory=Telemetry)
+
+    def close(self) -> None:
+        self.rounds.close()
+        self.store.close()
+
+
+def load_eval_data(settings: Settings, bundles: BundleRegistry):
+    """The coordinator's own images for int8 calibration and the publishing gate."""
+    if settings.data is None:
+        logger.warning("no coordinator data configured: rounds aggregate but do not publish")
+        return None
+    from coordinator.publish import EvalData
+    from models.dataset import load_images, load_samples
+    from models.preprocess import InputSpec
+    spec = InputSpec.from_dict(bundles.latest().manifest["input"])
+    x, y, _ = load_images(load_samples(settings.data), spec)
+    return EvalData(calibration=x, x_val=x, y_val=y)
+
+
+def make_publisher(settings: Settings, store, bundles: BundleRegistry, key: SigningKey,
+                   data) -> callable:
+    def publisher(delta: dict[str, np.ndarray], round_id: int):
+        from coordinator.publish import publish
+        current = bundles.latest()
+        head = {k: v + delta[k] for k, v in current.load_head().items()}
+        outcome = publish(current, bundles.weights_path(current.version), head, data, key,
+                          bundles.root, sparsity=settings.sparsity,
+                          margin=settings.publish_margin)
+        if outcome.published:
+            store.add_bundle(outcome.version, current.version,
+                             str(bundles.path(outcome.version)), outcome.metrics, True,
+                             f"round {round_id}")
+        return outcome
+    return publisher if data is not None else None
+
+
+def build_services(settings: Settings) -> Services:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    store = SQLiteCoordinatorStore(settings.state_dir)
+    key = ensure_signing_key(settings.state_dir)
+    bundles = BundleRegistry(settings.state_dir / "bundles", key)
+    first = bundles.initialise(settings.initial_bundle, settings.initial_weights)
+    if store.latest_bundle() is None:
+        store.add_bundle(1, None, str(first.path), first.manifest.get("metrics", {}), True,
+                         "initial bundle re-signed")
+        store.audit("bundle_published", None, {"version": 1, "reason": "initial"})
+    data = load_eval_data(settings, bundles)
+    rounds = RoundManager(settings, store, bundles,
+                          make_publisher(settings, store, bundles, key, data))
+    rounds.resume()
+    return Services(settings, store, key, bundles, rounds)

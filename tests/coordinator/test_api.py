@@ -1,0 +1,178 @@
+"""The coordinator's HTTP API on a real waitress server: auth, updates, refusals, bundles."""
+from __future__ import annotations
+
+import io
+import json
+import uuid
+
+import numpy as np
+import pytest
+import requests
+
+from models.bundle import verify_bundle
+from models.signing import load_public_key
+from models.update_codec import encode
+
+
+def delta(coord, scale: float = 0.01, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {k: rng.normal(0, scale, s).astype(np.float32)
+            for k, s in coord.bundles.latest().head_shapes.items()}
+
+
+def send(server, token, device_id, arrays=None, coord=None, *, encoding="int8", meta=None,
+         payload=None, update_id=None):
+    if payload is None:
+        payload, extra = encode(arrays, encoding)
+    else:
+        extra = {"encoding": encoding}
+    body = {"device_id": device_id, "base_version": 1, "examples": 20,
+            "update_id": update_id or uuid.uuid4().hex, "metrics": {"accuracy": 0.9},
+            **extra, **(meta or {})}
+    return requests.post(f"{server}/api/v1/updates",
+                         headers={"Authorization": f"Bearer {token}"},
+                         files={"weights": ("u.npz", io.BytesIO(payload))},
+                         data={"meta": json.dumps(body)}, timeout=30)
+
+
+def test_an_update_is_accepted_and_a_retry_is_idempotent(coord_server, coord, enroll):
+    token = enroll("pi-1")
+    update_id = uuid.uuid4().hex
+
+    first = send(coord_server, token, "pi-1", delta(coord), update_id=update_id)
+    again = send(coord_server, token, "pi-1", delta(coord), update_id=update_id)
+
+    assert first.status_code == 202 and first.json()["duplicate"] is False
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    rnd = coord.store.current_round()
+    assert rnd.n_updates == 1 and rnd.id == first.json()["round"]
+
+
+@pytest.mark.parametrize("token", [None, "nd_not-a-token"])
+def test_unknown_device_is_401(coord_server, coord, token):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    response = requests.get(f"{coord_server}/api/v1/bundles/latest", headers=headers,
+                            timeout=10)
+
+    assert response.status_code == 401 and "token" in response.json()["error"]
+
+
+def test_a_revoked_device_is_401(coord_server, coord, enroll):
+    token = enroll("pi-1")
+    coord.store.revoke("pi-1")
+
+    response = send(coord_server, token, "pi-1", delta(coord))
+
+    assert response.status_code == 401
+
+
+def refusals(coord):
+    good = delta(coord)
+    shapes = coord.bundles.latest().head_shapes
+    nan = {**good, "output/bias": np.array([np.nan], np.float32)}
+    wrong = {**good, "hidden/bias": np.zeros(7, np.float32)}
+    huge = {k: v * 1e4 for k, v in good.items()}
+    extra = {**good, "evil": np.zeros(3, np.float32)}
+    assert set(shapes) == set(good)
+    return {
+        "nan": (dict(arrays=nan, encoding="float32"), 422, "payload"),
+        "shape": (dict(arrays=wrong, encoding="float32"), 422, "payload"),
+        "extra key": (dict(arrays=extra, encoding="float32"), 422, "payload"),
+        "norm": (dict(arrays=huge, encoding="float32"), 422, "norm"),
+        "unknown base": (dict(arrays=good, meta={"base_version": 9}), 422, "base_version"),
+        "examples": (dict(arrays=good, meta={"examples": 0}), 422, "examples"),
+        "wrong device id": (dict(arrays=good, meta={"device_id": "pi-2"}), 400, None),
+        "bad update id": (dict(arrays=good, meta={"update_id": "x"}), 400, None),
+        "not an npz": (dict(payload=b"hello", encoding="float32"), 422, "payload"),
+        "pickled npz": (dict(payload=pickled_npz(shapes), encoding="float32"), 422,
+                        "payload"),
+    }
+
+
+def pickled_npz(shapes) -> bytes:
+    buf = io.BytesIO()
+    arrays = {k: np.empty(s, object) for k, s in shapes.items()}
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case", ["nan", "shape", "extra key", "norm", "unknown base",
+                                  "examples", "wrong device id", "bad update id",
+                                  "not an npz", "pickled npz"])
+def test_bad_updates_are_refused_with_a_reason_and_audited(coord_server, coord, enroll, case):
+    token = enroll("pi-1")
+    kwargs, status, reason = refusals(coord)[case]
+
+    response = send(coord_server, token, "pi-1", **kwargs)
+
+    assert response.status_code == status
+    assert response.json()["error"]
+    if reason:
+        assert response.json()["reason"] == reason
+    assert coord.store.current_round() is None or coord.store.current_round().n_updates == 0
+    events = coord.store.audit_events(kind="update_refused")
+    assert events and events[0].device_id == "pi-1"
+
+
+def test_missing_multipart_fields_is_400(coord_server, enroll):
+    token = enroll("pi-1")
+
+    response = requests.post(f"{coord_server}/api/v1/updates",
+                             headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+    assert response.status_code == 400 and "weights" in response.json()["error"]
+
+
+def test_second_update_from_a_device_in_the_same_round_is_409(coord_server, coord, enroll):
+    coord.settings.min_updates = 5
+    token = enroll("pi-1")
+    send(coord_server, token, "pi-1", delta(coord))
+
+    response = send(coord_server, token, "pi-1", delta(coord, seed=1))
+
+    assert response.status_code == 409
+
+
+def test_latest_bundle_downloads_and_verifies_with_the_coordinator_key_only(
+        coord_server, coord, enroll, coord_settings, tmp_path):
+    token = enroll("pi-1")
+    auth = {"Authorization": f"Bearer {token}", "X-Model-Version": "1"}
+
+    latest = requests.get(f"{coord_server}/api/v1/bundles/latest", headers=auth,
+                          timeout=10).json()
+    folder = tmp_path / "dl"
+    folder.mkdir()
+    for name, url in latest["files"].items():
+        (folder / name).write_bytes(requests.get(url, headers=auth, timeout=10).content)
+
+    pub = load_public_key(coord_settings.state_dir / "signing.key.pub")
+    assert verify_bundle(folder, [pub]).version == latest["version"] == 1
+    assert coord.store.get_device("pi-1").model_version == 1
+    model = folder / "model.tflite"
+    model.write_bytes(model.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(ValueError):
+        verify_bundle(folder, [pub])
+
+
+def test_unknown_bundle_file_is_404(coord_server, enroll):
+    token = enroll("pi-1")
+
+    response = requests.get(f"{coord_server}/api/v1/bundles/1/../signing.key",
+                            headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+    assert response.status_code == 404
+
+
+def test_rounds_health_and_metrics(coord_server, coord, enroll):
+    token = enroll("pi-1")
+    send(coord_server, token, "pi-1", delta(coord))
+
+    rounds = requests.get(f"{coord_server}/api/v1/rounds",
+                          headers={"Authorization": f"Bearer {token}"}, timeout=10).json()
+    health = requests.get(f"{coord_server}/healthz", timeout=10).json()
+    metrics = requests.get(f"{coord_server}/metrics", timeout=10).text
+
+    assert rounds["rounds"][0]["updates"] == 1 and rounds["rounds"][0]["status"] == "open"
+    assert health == {**health, "status": "ok", "latest_version": 1}
+    assert 'neuroedge_coord_updates_total{outcome="accepted"} 1.0' in metrics
