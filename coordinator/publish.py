@@ -75,7 +75,12 @@ def publish(current: Bundle, float_weights: Path, head: dict[str, np.ndarray],
     pruned = prune_head(head, sparsity)
     set_head(model, pruned)
     tflite = to_tflite(model, "int8", calibration=data.calibration)
-    prob, _ = TFLiteModel(tflite).predict(data.x_val)
+    try:
+        prob, _ = TFLiteModel(tflite).predict(data.x_val)
+    except (RuntimeError, ValueError) as exc:  # e.g. a degenerate head XNNPACK refuses
+        reason = f"candidate does not run in LiteRT: {exc}"
+        logger.warning("not publishing: %s", reason)
+        return Outcome(False, None, reason, {}, time.perf_counter() - start)
     threshold = metrics.choose_threshold(data.y_val, prob, min_sensitivity)
     candidate = metrics.binary_metrics(data.y_val, prob, threshold)
     baseline = evaluate_tflite(current.path / MODEL, data, current.threshold)

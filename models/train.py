@@ -20,10 +20,10 @@ logger = logging.getLogger(__name__)
 class TrainConfig:
     """Hyper-parameters of one training run (recorded in the bundle manifest)."""
 
-    epochs: int = 150
+    epochs: int = 120
     batch_size: int = 16
-    learning_rate: float = 1e-3
-    patience: int = 30
+    learning_rate: float = 3e-3
+    patience: int = 40
     dropout: float = 0.3
     augment: bool = True
     rotation: float = 0.5  # fraction of a full turn, either way

@@ -38,6 +38,20 @@ def signing_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def trained_bundle(small_data: Path, signing_key_file: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A real bundle (edge, 3 epochs on 48 slices) and its float weights, via the CLI."""
+    from models.__main__ import main
+    out = tmp_path_factory.mktemp("trained")
+    bundle, weights = out / "bundle", out / "model.weights.h5"
+    code = main(["train", "--data", str(small_data), "--arch", "edge", "--out", str(bundle),
+                 "--sign-key", str(signing_key_file), "--epochs", "3", "--sparsity", "0.5",
+                 "--float-out", str(weights)])
+    assert code == 0
+    return bundle, weights
+
+
 @contextmanager
 def running(app) -> Iterator[str]:
     """A real waitress server for ``app`` on 127.0.0.1 (ephemeral port); yields its URL."""

@@ -42,12 +42,8 @@ def test_keygen_writes_a_private_key_0600_and_refuses_to_overwrite(tmp_path, cap
 
 
 @pytest.fixture(scope="module")
-def bundle(small_data, signing_key_file, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundle") / "b"
-    code = main(["train", "--data", str(small_data), "--arch", "edge", "--out", str(out),
-                 "--sign-key", str(signing_key_file), "--epochs", "3", "--sparsity", "0.5"])
-    assert code == 0
-    return out
+def bundle(trained_bundle):
+    return trained_bundle[0]
 
 
 @pytest.mark.slow
