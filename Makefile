@@ -40,6 +40,7 @@ test: install system-deps
 bench: install system-deps
 	$(PY) -m models bench --data $(DATA)
 	$(PY) -m device.bench
+	$(PY) -m coordinator.bench
 
 # Rebuild the shipped default bundle from the shared dataset (see README).
 bundle: install
