@@ -72,7 +72,9 @@ def _serve_tls(app, settings: Settings) -> None:
     from cheroot.wsgi import Server
     server = Server((settings.host, settings.port), app, numthreads=settings.threads)
     server.ssl_adapter = BuiltinSSLAdapter(str(settings.tls_cert), str(settings.tls_key))
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    # SIGTERM -> SystemExit in this (serving) thread; safe_start() then stops the server.
+    # server.stop() in the handler deadlocks: it waits for the loop the handler interrupted.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server.safe_start()
 
 
@@ -142,6 +144,16 @@ def cmd_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from coordinator.simulate import print_table, simulate, write_report
+    report = simulate(args.data, args.sites, args.rounds, args.partition, args.method,
+                      args.arch, args.seed, args.epochs)
+    print_table(report)
+    if args.json:
+        write_report(report, args.json)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--state-dir", type=Path, help="state folder (default "
@@ -172,6 +184,17 @@ def parser() -> argparse.ArgumentParser:
                         help="add a dashboard administrator (password on stdin)")
     sp.add_argument("name")
     sp.set_defaults(func=cmd_admin)
+    sp = sub.add_parser("simulate", help="a federation of real processes on this machine")
+    sp.add_argument("--data", type=Path, required=True)
+    sp.add_argument("--sites", type=int, default=3)
+    sp.add_argument("--rounds", type=int, default=3)
+    sp.add_argument("--partition", default="iid", help="paper, iid or dirichlet:ALPHA")
+    sp.add_argument("--method", default="fedavg")
+    sp.add_argument("--arch", default="edge")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--epochs", type=int, help="cap on the initial model's epochs")
+    sp.add_argument("--json", type=Path)
+    sp.set_defaults(func=cmd_simulate)
     return p
 
 

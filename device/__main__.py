@@ -8,6 +8,7 @@ import json
 import logging
 import secrets
 import sys
+import threading
 from pathlib import Path
 
 from device.config import Settings, load_settings
@@ -37,12 +38,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             code = new_setup_code()
         logger.warning("no account yet: open the URL below and enter the one-time setup "
                        "code %s to create the first administrator", code)
+    stop = threading.Event()
+    if svc.federation is not None:
+        threading.Thread(target=svc.federation.run, args=(stop,), daemon=True,
+                         name="federation").start()
     url = f"http://{settings.host}:{settings.port}/"
     print(f"NeuroEdge appliance serving on {url} (data in {settings.data_dir})", flush=True)
     try:
         waitress.serve(app, host=settings.host, port=settings.port, threads=settings.threads,
                        ident="neuroedge")
     finally:
+        stop.set()
         svc.close()
     return 0
 
@@ -133,6 +139,19 @@ def cmd_verify_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """CURRENT := PREVIOUS (verified first); a running service serves it after a restart."""
+    from device.services import trusted_keys
+    from device.sync.bundles import InstalledBundles
+    from models.bundle import read_manifest
+    settings = _settings(args)
+    bundles = InstalledBundles(settings.data_dir, settings.bundle, trusted_keys(settings))
+    path = bundles.rollback()
+    print(f"rolled back to {bundles.current_name()} (version {read_manifest(path)['version']});"
+          " restart the service to serve it; the version rolled back from is not reinstalled")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", type=Path,
@@ -173,6 +192,10 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("bundle", type=Path)
     sp.add_argument("--min-version", type=int)
     sp.set_defaults(func=cmd_verify_bundle)
+
+    sp = sub.add_parser("rollback", parents=[common],
+                        help="serve the previous (last good) bundle again")
+    sp.set_defaults(func=cmd_rollback)
     return p
 
 

@@ -48,6 +48,18 @@ class Settings:
     login_attempts: int = 5          # failures allowed per user+address ...
     login_window_s: int = 900        # ... within this many seconds
     secret_key: str = field(default="", repr=False)
+    # Federation (empty coordinator_url: this appliance works alone).
+    coordinator_url: str = ""
+    device_id: str = ""
+    device_token: str = field(default="", repr=False)
+    coordinator_ca: Path | None = None   # CA certificate that signed the coordinator's TLS
+    sync_interval_s: float = 900.0       # outbox flush + bundle check
+    train_min_new_cases: int = 8         # newly confirmed cases that start a training run
+    gate_margin: float = 0.05            # refuse a bundle this much worse on local cases
+    update_encoding: str = "int8"        # or "float32"
+    update_topk: float = 0.0             # > 0: send only this fraction of the delta
+    dp_clip: float = 0.0                 # > 0 with dp_noise: local DP on the delta
+    dp_noise: float = 0.0
 
     @property
     def max_upload_bytes(self) -> int:
@@ -67,6 +79,15 @@ class Settings:
             raise ConfigError("trusted_keys: at least one public key is needed")
         if self.login_attempts < 1 or self.login_window_s < 1:
             raise ConfigError("login_attempts and login_window_s must be positive")
+        if self.coordinator_url and not (self.device_id and self.device_token):
+            raise ConfigError("coordinator_url needs device_id and device_token")
+        if self.coordinator_url and not self.coordinator_url.startswith(("http://",
+                                                                         "https://")):
+            raise ConfigError(f"coordinator_url: {self.coordinator_url!r} is not http(s)")
+        if self.update_encoding not in ("int8", "float32"):
+            raise ConfigError("update_encoding must be int8 or float32")
+        if not 0 <= self.update_topk < 1 or self.sync_interval_s <= 0:
+            raise ConfigError("update_topk must be in [0, 1) and sync_interval_s positive")
         return self
 
 

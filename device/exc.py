@@ -51,3 +51,9 @@ class CameraUnavailableError(DeviceError, RuntimeError):
     """No usable camera: picamera2 missing, no sensor attached, or the camera closed."""
 
     status = 503
+
+
+class RollbackError(DeviceError, LookupError):
+    """There is no usable previous bundle to roll back to (CURRENT is unchanged)."""
+
+    status = 409

@@ -6,6 +6,7 @@ MockFactory (``GPIOZERO_PIN_FACTORY=mock``) or with ``gpio = false``.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from device.inference.predictor import Predictor, create_predictor
 from device.inference.slot import ModelSlot
 from device.store.base import AccountStore, CaseStore
 from device.store.sqlite import DB_NAME, Database, SQLiteAccountStore, SQLiteCaseStore
+from device.sync.bundles import InstalledBundles
 from device.telemetry import Telemetry
 from models.bundle import verify_bundle
 from models.signing import load_public_key
@@ -44,7 +46,9 @@ class Services:
     slot: ModelSlot
     status: Indicator
     camera: Camera | None
+    bundles: InstalledBundles
     telemetry: Telemetry = field(default_factory=Telemetry)
+    federation: object | None = None  # device.federation.Federation when configured
 
     @staticmethod
     def backbone_id(predictor: Predictor) -> str:
@@ -52,8 +56,18 @@ class Services:
         return predictor.bundle.manifest["files"]["model.tflite"]["sha256"]
 
     def request_sync(self) -> None:
-        """Button press: sync with the coordinator (none is configured on this build)."""
-        logger.info("sync requested from the button; no coordinator configured")
+        """Button press: sync with the coordinator now, in the background."""
+        if self.federation is None:
+            logger.info("sync requested from the button; no coordinator configured")
+            return
+        threading.Thread(target=self._sync_quietly, daemon=True, name="sync-now").start()
+
+    def _sync_quietly(self) -> None:
+        try:
+            self.federation.sync_now()
+        except Exception as exc:  # shown on the LED and /healthz, never fatal
+            logger.warning("sync failed: %s", exc)
+            self.telemetry.record_error("sync", f"sync failed: {type(exc).__name__}")
 
     def close(self) -> None:
         self.status.close()
@@ -71,10 +85,27 @@ def open_stores(settings: Settings) -> tuple[CaseStore, AccountStore]:
             SQLiteAccountStore(settings.data_dir, db=db))
 
 
+def build_federation(svc: Services):
+    """Client, outbox and updater for a configured coordinator (None without one)."""
+    s = svc.settings
+    if not s.coordinator_url:
+        return None
+    from device.federation import Federation
+    from device.sync.client import CoordinatorClient
+    from device.sync.outbox import Outbox
+    from device.sync.updater import BundleUpdater
+    client = CoordinatorClient(s.coordinator_url, s.device_token, s.coordinator_ca)
+    updater = BundleUpdater(s, svc.slot, svc.store, svc.bundles, status=svc.status)
+    return Federation(svc, client, Outbox(s.data_dir), updater)
+
+
 def build_services(settings: Settings) -> Services:
     """Build everything; the caller owns the result and must ``close()`` it."""
     store, accounts = open_stores(settings)
-    predictor = load_predictor(settings)
+    # settings.bundle is the shipped fallback; a bundle installed from the coordinator wins.
+    bundles = InstalledBundles(settings.data_dir, settings.bundle, trusted_keys(settings))
+    bundles.cleanup_staging()  # downloads of a run that crashed
+    predictor = load_predictor(settings, bundles.current_path())
     holder: dict[str, Services] = {}
 
     def on_sync() -> None:
@@ -87,8 +118,9 @@ def build_services(settings: Settings) -> Services:
     else:
         status = NullIndicator()
     svc = Services(settings, store, accounts, ModelSlot(predictor), status,
-                   detect_camera(settings.camera))
+                   detect_camera(settings.camera), bundles)
     holder["svc"] = svc
+    svc.federation = build_federation(svc)
     logger.info("serving bundle version %d (%s)", predictor.version,
                 predictor.bundle.manifest["architecture"])
     return svc

@@ -23,7 +23,7 @@ class TrainConfig:
     epochs: int = 120
     batch_size: int = 16
     learning_rate: float = 3e-3
-    patience: int = 40
+    patience: int = 40  # 0: no early stopping, keep the last epoch's weights
     dropout: float = 0.3
     augment: bool = True
     rotation: float = 0.5  # fraction of a full turn, either way
@@ -106,12 +106,14 @@ def fit(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.
         steps = cfg.epochs * -(-len(x_train) // cfg.batch_size)
         lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, steps, alpha=0.05)
     compile_model(model, lr)
-    stop = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience,
-                                         restore_best_weights=True)
+    callbacks = list(extra_callbacks or [])
+    if cfg.patience:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_auc", mode="max", patience=cfg.patience, restore_best_weights=True))
     return model.fit(make_dataset(x_train, y_train, cfg, train=True),
                      validation_data=make_dataset(x_val, y_val, cfg, train=False),
                      epochs=cfg.epochs, class_weight=class_weights(y_train),
-                     callbacks=[stop, *(extra_callbacks or [])], verbose=verbose)
+                     callbacks=callbacks, verbose=verbose)
 
 
 def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:

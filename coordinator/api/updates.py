@@ -41,3 +41,20 @@ def post_update():
     return jsonify(update_id=receipt.update_id, round=receipt.round_id,
                    duplicate=receipt.duplicate, round_closed=receipt.round_closed), \
         200 if receipt.duplicate else 202
+
+
+REPORT_KINDS = ("bundle_refused", "bundle_installed", "rollback")
+
+
+@bp.route("/reports", methods=["POST"])
+@device_required
+def post_report():
+    """A device reports what it did with a bundle (refusals feed the audit log)."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or body.get("kind") not in REPORT_KINDS:
+        raise InputError(f"JSON body with kind in {', '.join(REPORT_KINDS)} required")
+    detail = {"version": body.get("version"), "reason": str(body.get("reason", ""))[:500]}
+    services().store.audit(body["kind"], g.device.id, detail)
+    if body["kind"] != "bundle_refused" and isinstance(body.get("version"), int):
+        services().store.touch_device(g.device.id, body["version"])
+    return jsonify(recorded=True), 201

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, jsonify, request, url_for
+from flask import Blueprint, abort, jsonify, request, url_for
 
 from device.analysis import analyse
 from device.exc import InputError
 from device.web import services
-from device.web.auth import token_user
+from device.web.auth import current_user, token_user
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -34,3 +34,53 @@ def predictions():
         "latency_ms": round((time.perf_counter() - start) * 1000, 2),
         "heatmap_url": url_for("cases.heatmap", case_id=case.id, _external=True),
     }), 201
+
+
+@bp.route("/cases/<case_id>/label", methods=["POST"])
+def label(case_id: str):
+    """Confirm or correct a case's label from a script (the same path as the browser)."""
+    body = request.get_json(silent=True)
+    value = body.get("label") if isinstance(body, dict) else None
+    if value not in (0, 1, "tumour", "no_tumour"):
+        raise InputError('JSON {"label": 0|1|"tumour"|"no_tumour"} required')
+    numeric = 1 if value in (1, "tumour") else 0
+    case = services().store.confirm(case_id, numeric, current_user())
+    return jsonify(case_id=case.id, status=case.status, confirmed_label=numeric)
+
+
+def _federation():
+    fed = services().federation
+    if fed is None:
+        raise InputError("no coordinator configured on this appliance")
+    return fed
+
+
+@bp.route("/federation", methods=["GET"])
+def federation_status():
+    svc = services()
+    fed = svc.federation
+    return jsonify(configured=fed is not None, model_version=svc.slot.current.version,
+                   outbox=len(fed.outbox.pending()) if fed else 0,
+                   bytes_up=fed.client.bytes_up if fed else 0,
+                   bytes_down=fed.client.bytes_down if fed else 0,
+                   last_training=fed.last_result if fed else {})
+
+
+@bp.route("/federation/train", methods=["POST"])
+def federation_train():
+    """Train the head now and queue the update (admin tokens only)."""
+    _require_admin()
+    return jsonify(_federation().train_now())
+
+
+@bp.route("/federation/sync", methods=["POST"])
+def federation_sync():
+    """Send queued updates and take a newer bundle now (admin tokens only)."""
+    _require_admin()
+    return jsonify(_federation().sync_now())
+
+
+def _require_admin() -> None:
+    user = services().accounts.get_user(current_user())
+    if user is None or user.role != "admin":
+        abort(403, "administrators only")

@@ -1,0 +1,322 @@
+"""``python -m coordinator simulate``: a real federation on one machine.
+
+A coordinator process and N appliance processes on loopback, each with its own data
+folder and token. Each site's images go through the appliance's own JSON API (upload,
+then confirm the label); rounds are driven through the appliances' federation API
+(train + sync), exactly what the button or the schedule would do. The global model is
+judged on a held-out test partition that no site and not the coordinator trains on.
+Baselines on the same partition: centralized (one head trained on all sites' data) and
+local-only (each site's head alone), both with the same NumPy head trainer.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import requests
+
+from models import metrics
+from models.bundle import read_manifest
+from models.dataset import Sample, load_images, load_samples
+from models.preprocess import InputSpec
+from models.runtime import TFLiteModel
+from models.splits import (duplicate_groups, paper_partition, parse_partition, site_partition,
+                           train_val_test_split)
+
+logger = logging.getLogger(__name__)
+ADMIN_PASSWORD = "simulation-admin-password"
+READY_TIMEOUT_S = 120
+
+
+@dataclass
+class Partition:
+    """Who holds which images: the coordinator, each site, and the held-out test set."""
+
+    coordinator: list[Sample]
+    sites: list[list[Sample]]
+    test: list[Sample]
+
+
+def partition(samples: list[Sample], spec: str, n_sites: int, seed: int) -> Partition:
+    """Grouped partitions: ``paper`` (main 60% at the coordinator, Pi1, Pi2; each part's
+    test share is the held-out test), ``iid`` or ``dirichlet:ALPHA`` (test 15% and the
+    coordinator's 30% carved first by duplicate group, the rest split over the sites)."""
+    y = np.array([s.label for s in samples])
+    groups = duplicate_groups(samples)
+    scheme, alpha = parse_partition(spec)
+    if scheme == "paper":
+        site, role = paper_partition(y, groups, seed=seed)
+        pick = lambda cond: [s for s, c in zip(samples, cond) if c]  # noqa: E731
+        return Partition(pick((site == "main") & (role != "test")),
+                         [pick((site == p) & (role != "test")) for p in ("pi1", "pi2")],
+                         pick(role == "test"))
+    # The backbone is frozen on devices, so it is only as good as the coordinator's share.
+    role = train_val_test_split(y, groups, fractions=(0.55, 0.30, 0.15), seed=seed)
+    rest = np.flatnonzero(role == "train")
+    owner = site_partition(y[rest], groups[rest], n_sites, scheme=scheme,
+                           alpha=alpha or 0.5, seed=seed)
+    return Partition([s for s, r in zip(samples, role) if r == "val"],
+                     [[samples[i] for i, o in zip(rest, owner) if o == k]
+                      for k in range(n_sites)],
+                     [s for s, r in zip(samples, role) if r == "test"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_csv(samples: list[Sample], path: Path) -> Path:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["filename", "labels"])
+        w.writerows([[str(s.path.resolve()), s.label] for s in samples])
+    return path
+
+
+class Cluster:
+    """The coordinator and appliance processes, started and stopped together."""
+
+    def __init__(self, root: Path, n_sites: int, coordinator_data: Path, method: str,
+                 initial: Path) -> None:
+        self.root, self.procs = root, []
+        self.env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock"}
+        self.state = root / "coordinator"
+        self.coord_port = free_port()
+        cfg = root / "coordinator.toml"
+        cfg.write_text(f"min_updates = {n_sites}\nmin_quorum = 1\nround_deadline_s = 3600\n"
+                       f"method = '{method}'\npublish_margin = 0.05\nmax_norm = 100.0\n"
+                       f"initial_weights = '{initial / 'model.weights.h5'}'\n")
+        self.coord_url = f"http://127.0.0.1:{self.coord_port}"
+        self.device_tokens = tokens = [
+            self._cli("coordinator", "enroll", f"site-{k}", "--state-dir", str(self.state))
+            for k in range(n_sites)]
+        self._start("coordinator", "serve", "--state-dir", str(self.state), "--port",
+                    str(self.coord_port), "--config", str(cfg), "--data", str(coordinator_data),
+                    "--initial-bundle", str(initial / "bundle"), log=root / "coordinator.log")
+        self._wait(self.coord_url)
+        pub = self.state / "signing.key.pub"
+        self.sites = []
+        for k in range(n_sites):
+            data, port = root / f"site-{k}", free_port()
+            data.mkdir()
+            (data / "device.toml").write_text(
+                f"gpio = false\ncamera = false\nsync_interval_s = 86400\n"
+                f"bundle = '{initial / 'bundle'}'\n"
+                f"coordinator_url = '{self.coord_url}'\ndevice_id = 'site-{k}'\n"
+                f"device_token = '{tokens[k]}'\n"
+                f"trusted_keys = ['{pub}', '{_dev_key()}']\nsecret_key = 'sim-{k}'\n")
+            common = ["--data-dir", str(data), "--config", str(data / "device.toml")]
+            self._cli("device", "adduser", "admin", "--role", "admin", "--password-stdin",
+                      *common, stdin=ADMIN_PASSWORD + "\n")
+            token = self._cli("device", "token", "create", "sim", "--user", "admin", *common)
+            self._start("device", "serve", "--port", str(port), *common,
+                        log=data / "device.log")
+            self.sites.append({"url": f"http://127.0.0.1:{port}", "token": token})
+        for site in self.sites:
+            self._wait(site["url"])
+
+    def _cli(self, module: str, *args: str, stdin: str | None = None) -> str:
+        out = subprocess.run([sys.executable, "-m", module, *args], input=stdin, text=True,
+                             capture_output=True, env=self.env, check=True)
+        return out.stdout.strip().splitlines()[-1]
+
+    def _start(self, module: str, *args: str, log: Path) -> None:
+        fh = log.open("w")
+        self.procs.append(subprocess.Popen([sys.executable, "-m", module, *args],
+                                           stdout=fh, stderr=subprocess.STDOUT, env=self.env))
+
+    @staticmethod
+    def _wait(url: str) -> None:
+        deadline = time.time() + READY_TIMEOUT_S
+        while time.time() < deadline:
+            try:
+                if requests.get(f"{url}/healthz", timeout=2).ok:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{url} did not become healthy")
+
+    def call(self, k: int, method: str, path: str, **kwargs) -> dict:
+        site = self.sites[k]
+        r = requests.request(method, f"{site['url']}{path}", timeout=300,
+                             headers={"Authorization": f"Bearer {site['token']}"}, **kwargs)
+        if not r.ok:
+            raise RuntimeError(f"site-{k} {path}: {r.status_code} {r.text[:300]}")
+        return r.json()
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _dev_key() -> Path:
+    return Path(__file__).resolve().parents[1] / "models" / "dev_keys" / "dev_signing.key.pub"
+
+
+def feed(cluster: Cluster, k: int, samples: list[Sample]) -> None:
+    """Upload each slice through the appliance's API and confirm its true label."""
+    for s in samples:
+        case = cluster.call(k, "POST", "/api/v1/predictions",
+                            files={"image": ("slice", s.path.read_bytes())})
+        cluster.call(k, "POST", f"/api/v1/cases/{case['case_id']}/label",
+                     json={"label": int(s.label)})
+
+
+def evaluate_bundle(bundle_dir: Path, x: np.ndarray, y: np.ndarray) -> dict:
+    manifest = read_manifest(bundle_dir)
+    prob, _ = TFLiteModel(bundle_dir / "model.tflite").predict(x)
+    return metrics.binary_metrics(y, prob, manifest["threshold"])
+
+
+def wait_for_outcome(cluster: Cluster, after: int, timeout: float = 600) -> dict:
+    """The first round newer than ``after`` once the coordinator recorded its outcome."""
+    headers = {"Authorization": f"Bearer {cluster.device_tokens[0]}"}
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rounds = requests.get(f"{cluster.coord_url}/api/v1/rounds", headers=headers,
+                              timeout=10).json()["rounds"]
+        for rnd in rounds:
+            if rnd["round"] > after and (rnd["reason"] or "").startswith("outcome:"):
+                return rnd
+        time.sleep(1)
+    raise RuntimeError(f"no round after {after} had an outcome within {timeout} s")
+
+
+def embed(bundle_dir: Path, samples: list[Sample]) -> tuple[np.ndarray, np.ndarray]:
+    spec = InputSpec.from_dict(read_manifest(bundle_dir)["input"])
+    x, y, _ = load_images(samples, spec)
+    return TFLiteModel(bundle_dir / "model.tflite").predict(x)[1], y
+
+
+def baselines(bundle_dir: Path, part: Partition) -> dict:
+    """Centralized and local-only heads (same trainer, same test partition)."""
+    from device.training.head import TrainConfig, predict, train_head
+    from models.weights import load_head
+    head = load_head(bundle_dir / "head.npz")
+    threshold = read_manifest(bundle_dir)["threshold"]
+    x_test, y_test = embed(bundle_dir, part.test)
+    sites = [embed(bundle_dir, s) for s in part.sites]
+
+    def accuracy(xs: np.ndarray, ys: np.ndarray) -> float:
+        trained = train_head(head, xs, ys, TrainConfig()).head
+        return metrics.binary_metrics(y_test, predict(trained, x_test), threshold)["accuracy"]
+
+    local = []
+    for xs, ys in sites:
+        try:
+            local.append(accuracy(xs, ys))
+        except ValueError as exc:  # a site with one class cannot train alone
+            logger.info("local-only baseline skipped a site: %s", exc)
+    return {"centralized_accuracy": accuracy(np.concatenate([x for x, _ in sites]),
+                                             np.concatenate([y for _, y in sites])),
+            "local_only_accuracy": float(np.mean(local)) if local else None,
+            "local_only_per_site": local}
+
+
+def initial_model(coordinator_csv: Path, arch: str, out: Path, epochs: int | None) -> Path:
+    """The coordinator trains the initial model on its own share only (as in the paper),
+    so no test or site image has been seen by the backbone the devices freeze."""
+    from models.build import BuildConfig, build_bundle
+    from models.signing import load_signing_key
+    from models.train import TrainConfig
+    key = load_signing_key(_dev_key().with_suffix(""))  # the coordinator re-signs it
+    cfg = BuildConfig(arch=arch, train=TrainConfig(**({"epochs": epochs} if epochs else {})))
+    build_bundle(coordinator_csv, out / "bundle", key, cfg,
+                 float_out=out / "model.weights.h5")
+    return out
+
+
+def simulate(data: Path, sites: int, rounds: int, spec: str = "iid", method: str = "fedavg",
+             arch: str = "edge", seed: int = 0, epochs: int | None = None,
+             workdir: Path | None = None) -> dict:
+    """Run the federation; returns the report (see the module docstring)."""
+    part = partition(load_samples(data), spec, sites, seed)
+    n = len(part.sites)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        root = Path(tmp)
+        coordinator_csv = write_csv(part.coordinator, root / "coordinator.csv")
+        initial = initial_model(coordinator_csv, arch, root / "initial", epochs)
+        cluster = Cluster(root, n, coordinator_csv, method, initial)
+        try:
+            for k, site in enumerate(part.sites):
+                feed(cluster, k, site)
+            bundles = cluster.state / "bundles"
+            spec_in = InputSpec.from_dict(read_manifest(bundles / "v1")["input"])
+            x_test, y_test, _ = load_images(part.test, spec_in)
+            report = {"partition": spec, "sites": n, "method": method, "seed": seed,
+                      "arch": arch,
+                      "site_sizes": [len(s) for s in part.sites],
+                      "coordinator_images": len(part.coordinator), "test_images": len(y_test),
+                      "initial": evaluate_bundle(bundles / "v1", x_test, y_test),
+                      **baselines(bundles / "v1", part), "rounds": []}
+            version, last_round, up, down = 1, 0, [0] * n, [0] * n
+            for r in range(1, rounds + 1):
+                start = time.time()
+                trained = [cluster.call(k, "POST", "/api/v1/federation/train")
+                           for k in range(n)]
+                for k in range(n):
+                    cluster.call(k, "POST", "/api/v1/federation/sync")
+                outcome = wait_for_outcome(cluster, last_round)
+                last_round = outcome["round"]
+                synced = [cluster.call(k, "POST", "/api/v1/federation/sync") for k in range(n)]
+                seconds = time.time() - start
+                version = outcome["published_version"] or version
+                result = evaluate_bundle(bundles / f"v{version}", x_test, y_test)
+                report["rounds"].append({
+                    "round": r, "coordinator_round": last_round, "model_version": version,
+                    "published": outcome["published_version"] is not None,
+                    "reason": outcome["reason"], "global_accuracy": result["accuracy"],
+                    "global_auc": result["auc"], "global": result,
+                    "bytes_up_per_device": float(np.mean([s["bytes_up"] - u
+                                                          for s, u in zip(synced, up)])),
+                    "bytes_down_per_device": float(np.mean([s["bytes_down"] - d
+                                                            for s, d in zip(synced, down)])),
+                    "update_bytes": [t.get("payload_bytes") for t in trained],
+                    "local": [{k: t.get(k) for k in ("local_accuracy_before",
+                                                     "local_accuracy_after", "local_n")}
+                              for t in trained],
+                    "installed": [s["bundle"] for s in synced], "seconds": seconds})
+                up, down = [s["bytes_up"] for s in synced], [s["bytes_down"] for s in synced]
+        finally:
+            cluster.stop()
+    return report
+
+
+def print_table(report: dict) -> None:
+    print(f"partition {report['partition']}, {report['sites']} sites {report['site_sizes']}, "
+          f"coordinator {report['coordinator_images']} images, held-out test "
+          f"{report['test_images']}, method {report['method']}")
+    print(f"baselines on the test partition: centralized {report['centralized_accuracy']:.3f}"
+          f", local-only mean {report['local_only_accuracy'] or float('nan'):.3f}, "
+          f"initial model {report['initial']['accuracy']:.3f} (AUC "
+          f"{report['initial']['auc']:.3f})")
+    print(f"{'round':>5} {'model':>5} {'acc':>6} {'AUC':>6} {'up B/dev':>9} {'down B/dev':>10} "
+          f"{'s':>6}  local acc before->after")
+    for r in report["rounds"]:
+        local = ", ".join(f"{x['local_accuracy_before']:.2f}->{x['local_accuracy_after']:.2f}"
+                          for x in r["local"] if x.get("local_n"))
+        print(f"{r['round']:>5} {'v%d' % r['model_version']:>5} {r['global_accuracy']:>6.3f} "
+              f"{r['global_auc']:>6.3f} {r['bytes_up_per_device']:>9.0f} "
+              f"{r['bytes_down_per_device']:>10.0f} {r['seconds']:>6.1f}  {local}")
+
+
+def write_report(report: dict, path: Path) -> None:
+    path.write_text(json.dumps(report, indent=2, default=float) + "\n")

@@ -1,0 +1,184 @@
+"""The appliance's side of the federation: train the head, send the delta, take bundles.
+
+Orchestration only (the head maths is :mod:`device.training.head`, the wire format
+:mod:`models.update_codec`, transport :mod:`device.sync`). Training runs in the
+background and never holds a lock that predictions need.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from device.hw.status import State
+from device.sync.updater import is_gate_case
+from device.training.head import TrainConfig, predict, train_head
+from models import metrics
+from models import preprocess as mp
+from models.update_codec import decode, encode
+from models.weights import head_to_bytes, load_head
+
+logger = logging.getLogger(__name__)
+MAX_BUNDLE_FILE = 64 * 2**20  # bytes: a bundle file larger than this is refused
+
+
+class Federation:
+    """Local training, the update outbox and bundle updates of one appliance."""
+
+    def __init__(self, svc, client, outbox, updater, train_config: TrainConfig | None = None
+                 ) -> None:
+        self.svc = svc
+        self.client = client
+        self.outbox = outbox
+        self.updater = updater
+        self.train_config = train_config or TrainConfig()
+        self.state_dir = svc.settings.data_dir / "federation"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._train_lock = threading.Lock()  # one training at a time; predictions unaffected
+        self.last_result: dict = {}
+
+    # --- data -------------------------------------------------------------------------
+    def examples(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(x_train, y_train, x_gate, y_gate): confirmed-case embeddings of this backbone.
+
+        Embeddings are cached per case and backbone; cases confirmed under an older
+        backbone are re-embedded from their stored image. Gate cases (see
+        :func:`is_gate_case`) judge new bundles and are never trained on.
+        """
+        store, predictor = self.svc.store, self.svc.slot.current
+        backbone = self.svc.backbone_id(predictor)
+        for case_id in store.cases_missing_embedding(backbone):
+            case = store.get(case_id)
+            image = mp.preprocess(mp.decode_image(store.image_path(case).read_bytes()),
+                                  predictor.input_spec)
+            store.set_embedding(case_id, backbone, predictor.predict(image).embedding)
+        ids, x, y = store.confirmed_examples(backbone)
+        gate = np.array([is_gate_case(i) for i in ids], bool)
+        return x[~gate], y[~gate], x[gate], y[gate]
+
+    def confirmed_since_training(self) -> int:
+        trained = self._state().get("trained_cases", 0)
+        return self.svc.store.count("confirmed") + self.svc.store.count("disagreed") - trained
+
+    # --- training ---------------------------------------------------------------------
+    def train_now(self) -> dict:
+        """Train the head on confirmed cases and queue the delta; returns a summary."""
+        if not self._train_lock.acquire(blocking=False):
+            return {"action": "busy", "reason": "a training run is in progress"}
+        try:
+            with self.svc.status.activity(State.TRAINING):
+                return self._train()
+        finally:
+            self._train_lock.release()
+
+    def _train(self) -> dict:
+        predictor = self.svc.slot.current
+        base = predictor.bundle.load_head()
+        x, y, x_gate, y_gate = self.examples()
+        result = train_head(base, x, y, self.train_config)  # ValueError: too few / one class
+        delta = {k: result.head[k] - base[k] for k in base}
+        delta = self._privatise(delta)
+        delta = {k: v + self._residual().get(k, 0) for k, v in delta.items()}
+        s = self.svc.settings
+        payload, extra = encode(delta, s.update_encoding, s.update_topk or None)
+        sent = decode(payload, extra, {k: v.shape for k, v in base.items()})
+        self._save_residual({k: delta[k] - sent[k] for k in delta} if s.update_topk else {})
+        local = self._local(base, result.head, x_gate, y_gate, predictor.threshold)
+        meta = {"device_id": s.device_id, "base_version": predictor.version,
+                "examples": int(len(y)), "update_id": uuid.uuid4().hex,
+                "metrics": {"train_epochs": result.epochs, **local}, **extra}
+        self.outbox.put(meta["update_id"], payload, meta)
+        self._save_state(trained_cases=self.svc.store.count("confirmed")
+                         + self.svc.store.count("disagreed"), last_train_at=time.time())
+        self.last_result = {"action": "queued", "update_id": meta["update_id"],
+                            "examples": int(len(y)), "payload_bytes": len(payload),
+                            "base_version": predictor.version, **local}
+        logger.info("head trained on %d cases; update %s queued (%d bytes)", len(y),
+                    meta["update_id"], len(payload))
+        return self.last_result
+
+    def _privatise(self, delta: dict) -> dict:
+        """Optional local DP: clip the delta's norm, add Gaussian noise."""
+        s = self.svc.settings
+        if not (s.dp_clip > 0 and s.dp_noise > 0):
+            return delta
+        norm = float(np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2))
+                                 for v in delta.values())))
+        scale = min(1.0, s.dp_clip / max(norm, 1e-12))
+        rng = np.random.default_rng()
+        return {k: (v * scale + rng.normal(0, s.dp_noise * s.dp_clip, v.shape)).astype(
+            np.float32) for k, v in delta.items()}
+
+    @staticmethod
+    def _local(base: dict, trained: dict, x: np.ndarray, y: np.ndarray,
+               threshold: float) -> dict:
+        """Accuracy on this site's held-out (gate) cases before and after training."""
+        if len(y) == 0:
+            return {}
+        before = metrics.binary_metrics(y, predict(base, x), threshold)["accuracy"]
+        after = metrics.binary_metrics(y, predict(trained, x), threshold)["accuracy"]
+        return {"local_accuracy_before": before, "local_accuracy_after": after,
+                "local_n": int(len(y))}
+
+    # --- sync -------------------------------------------------------------------------
+    def sync_now(self) -> dict:
+        """Send queued updates, then take a newer bundle if one passes every check."""
+        with self.svc.status.activity(State.SYNCING):
+            flushed = self.outbox.flush(self.client)
+            current = self.svc.slot.current.version
+            latest = self.client.latest(current)
+            outcome = self.updater.check_and_install(
+                latest, functools.partial(self.client.download, max_bytes=MAX_BUNDLE_FILE))
+        if outcome.action == "refused":
+            self.svc.status.set(State.UPDATE_AVAILABLE)
+            self.client.report("bundle_refused", outcome.version, outcome.reason)
+        elif outcome.action == "installed":
+            self.svc.status.set(State.READY)
+            self.client.report("bundle_installed", outcome.version, "")
+        self.svc.telemetry.last_sync_at = time.time()
+        return {"sent": flushed.sent, "deferred": flushed.deferred, "refused_updates":
+                flushed.refused, "bundle": outcome.action, "version": outcome.version,
+                "reason": outcome.reason, "bytes_up": self.client.bytes_up,
+                "bytes_down": self.client.bytes_down}
+
+    def run(self, stop: threading.Event) -> None:
+        """Background loop: sync every ``sync_interval_s``; train when enough is new."""
+        while not stop.wait(self.svc.settings.sync_interval_s):
+            try:
+                idle = self.svc.status.state in (State.READY, State.UPDATE_AVAILABLE)
+                if idle and self.confirmed_since_training() >= \
+                        self.svc.settings.train_min_new_cases:
+                    self.train_now()
+                self.sync_now()
+            except Exception as exc:  # the loop must survive a coordinator outage
+                logger.warning("federation cycle failed: %s", exc)
+
+    # --- small persistent state -------------------------------------------------------
+    def _state(self) -> dict:
+        path = self.state_dir / "state.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _save_state(self, **values: object) -> None:
+        path = self.state_dir / "state.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**self._state(), **values}))
+        tmp.replace(path)
+
+    def _residual(self) -> dict:
+        path: Path = self.state_dir / "residual.npz"
+        return load_head(path) if path.exists() else {}
+
+    def _save_residual(self, residual: dict) -> None:
+        path = self.state_dir / "residual.npz"
+        if not residual:
+            path.unlink(missing_ok=True)
+            return
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(head_to_bytes(residual))
+        tmp.replace(path)

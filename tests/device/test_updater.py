@@ -1,0 +1,445 @@
+"""Bundle updates on the appliance: installed versions, pointers, crash safety, the
+updater's checks and its local gate, on real LiteRT bundles (the ``trained_bundle``
+fixture re-signed as v2/v3 with the test key)."""
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from device.config import load_settings
+from device.hw.status import NullIndicator, State
+from device.inference.slot import ModelSlot
+from device.services import load_predictor, open_stores, trusted_keys
+from device.exc import RollbackError
+from device.sync.bundles import InstalledBundles
+from device.sync.updater import BundleUpdater, is_gate_case, synthetic_slice
+from models.bundle import read_manifest, resign_bundle, verify_bundle, write_bundle
+from models.preprocess import preprocess
+from models.signing import generate_signing_key, load_signing_key
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# -- fixtures ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def key(signing_key_file):
+    return load_signing_key(signing_key_file)
+
+
+@pytest.fixture(scope="module")
+def variants(trained_bundle, key, tmp_path_factory):
+    """v1 (the trained bundle, the appliance's shipped one), v2..v5 re-signed copies."""
+    v1, _ = trained_bundle
+    root = tmp_path_factory.mktemp("variants")
+    out = {1: v1}
+    for version in (2, 3, 4, 5):
+        out[version] = root / f"v{version}"
+        resign_bundle(v1, out[version], key, version=version, parent_version=version - 1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def destroyed(trained_bundle, key, small_data, tmp_path_factory):
+    """v2 with the real model's output bias set to -50: says "no tumour" to everything."""
+    from models.architectures import build_model, get_head, set_head
+    from models.export import to_tflite
+    from models.preprocess import InputSpec, preprocess, read_image
+    v1, float_weights = trained_bundle
+    manifest = read_manifest(v1)
+    model = build_model(manifest["architecture"])
+    model.load_weights(str(float_weights))
+    head = get_head(model)
+    head["output/bias"] = np.array([-50.0], np.float32)
+    set_head(model, head)
+    spec = InputSpec.from_dict(manifest["input"])
+    calib = np.stack([preprocess(read_image(p), spec)
+                      for p in sorted((small_data / "yes").iterdir())[:4]
+                      + sorted((small_data / "no").iterdir())[:4]])
+    out = tmp_path_factory.mktemp("destroyed") / "v2"
+    fields = {k: manifest[k] for k in ("architecture", "input", "labels", "threshold",
+                                       "uncertain_band")}
+    write_bundle(out, to_tflite(model, "int8", calibration=calib), head,
+                 {**fields, "version": 2, "parent_version": 1}, key)
+    return out
+
+
+@pytest.fixture
+def appliance(tmp_path, trained_bundle, signing_key_file):
+    """Settings, stores, installed bundles, slot and updater as the server builds them."""
+    settings = load_settings(data_dir=tmp_path / "data", bundle=trained_bundle[0],
+                             trusted_keys=[f"{signing_key_file}.pub"], gpio=False,
+                             secret_key="test-secret")
+    store, accounts = open_stores(settings)
+    installed = InstalledBundles(settings.data_dir, settings.bundle, trusted_keys(settings))
+    slot = ModelSlot(load_predictor(settings, installed.current_path()))
+    status = NullIndicator()
+    app = SimpleNamespace(settings=settings, store=store, installed=installed, slot=slot,
+                          status=status, states=[], fetched=[],
+                          updater=BundleUpdater(settings, slot, store, installed, status))
+
+    def fetch(url: str, dest: Path) -> int:
+        # The HTTP client's job; here a copy from a local bundle folder.
+        app.states.append(status.state)
+        app.fetched.append(url)
+        shutil.copyfile(url.removeprefix("file://"), dest)
+        return dest.stat().st_size
+
+    app.fetch = fetch
+    yield app
+    store.close()
+    accounts.close()
+
+
+def latest(bundle_dir: Path, version: int | None = None, **files: str) -> dict:
+    """The coordinator's ``/bundles/latest`` answer for a local bundle folder."""
+    manifest = read_manifest(bundle_dir)
+    urls = {p.name: f"file://{p}" for p in sorted(bundle_dir.iterdir())}
+    return {"version": manifest["version"] if version is None else version,
+            "manifest": manifest, "signature": "", "files": {**urls, **files}}
+
+
+def pointer(app, name: str) -> str | None:
+    path = app.settings.data_dir / "bundles" / name
+    return path.read_text().strip() if path.exists() else None
+
+
+def add_gate_cases(app, data_dir: Path, labels: tuple[str, ...], need: int) -> int:
+    """Store and confirm real slices until ``need`` of them are gate cases."""
+    per_label = [[(int(label == "yes"), p) for p in sorted((data_dir / label).iterdir())[:40]]
+                 for label in labels]
+    files = [f for group in zip(*per_label) for f in group]  # labels interleaved
+    gate = 0
+    for label, path in files:
+        _, png = cv2.imencode(".png", cv2.imread(str(path)))
+        case = app.store.add_case(png.tobytes(), source="upload", width=8, height=8,
+                                  probability=0.5, predicted_label=1, threshold=0.5,
+                                  uncertain=False, model_version=1, latency_ms=1.0)
+        app.store.confirm(case.id, label, "alice")
+        gate += is_gate_case(case.id)
+        if gate >= need:
+            return gate
+    raise AssertionError("not enough gate cases")  # 1 in 4 ids: ~never with 40+ slices
+
+
+def stage_copy(installed: InstalledBundles, src: Path, version: int) -> Path:
+    staged = installed.staging_dir(version)
+    for p in src.iterdir():
+        shutil.copyfile(p, staged / p.name)
+    return staged
+
+
+# -- the gate rule ----------------------------------------------------------------------
+
+def test_gate_cases_are_a_deterministic_quarter_of_ids():
+    ids = [f"{i:032x}"[::-1] for i in range(1600)]
+    share = sum(map(is_gate_case, ids)) / len(ids)
+    assert 0.2 < share < 0.3
+    assert is_gate_case("3" + "f" * 31) and not is_gate_case("a" + "0" * 31)
+    assert not is_gate_case("")
+
+
+# -- updater: install, refuse, gate -----------------------------------------------------
+
+def test_newer_bundle_is_installed_and_swapped(appliance, variants):
+    old = appliance.slot.current
+    result = appliance.updater.check_and_install(latest(variants[2]), appliance.fetch)
+
+    assert result.action == "installed" and result.version == 2
+    assert "gate skipped" in result.reason and result.metrics["gate"] == "skipped"
+    assert appliance.slot.current.version == 2
+    assert appliance.slot.current.bundle.path == appliance.installed.root / "v2"
+    assert (pointer(appliance, "CURRENT"), pointer(appliance, "PREVIOUS")) == ("v2", "shipped")
+    assert set(appliance.states) == {State.SYNCING}
+    assert appliance.status.state is State.READY
+    assert not (appliance.installed.root / "staging").exists()
+    # A request that took the old predictor before the swap still completes on it.
+    image = preprocess(synthetic_slice(), old.input_spec)
+    assert old.version == 1 and 0 <= old.predict(image).probability <= 1
+    json.dumps(result.to_dict(), allow_nan=False)  # reportable to the coordinator as is
+
+
+def test_manifest_and_signature_sent_inline(appliance, variants):
+    offer = latest(variants[2])
+    del offer["files"]["manifest.json"], offer["files"]["signature"]
+    offer["signature"] = base64.b64encode((variants[2] / "signature").read_bytes()).decode()
+
+    result = appliance.updater.check_and_install(offer, appliance.fetch)
+
+    assert result.action == "installed" and appliance.slot.current.version == 2
+
+
+def test_reboot_serves_current(appliance, variants):
+    appliance.updater.check_and_install(latest(variants[2]), appliance.fetch)
+
+    rebooted = InstalledBundles(appliance.settings.data_dir, appliance.settings.bundle,
+                                trusted_keys(appliance.settings))
+
+    assert rebooted.current_path() == rebooted.root / "v2"
+    assert load_predictor(appliance.settings, rebooted.current_path()).version == 2
+
+
+@pytest.mark.parametrize("announced", [2, 1])
+def test_not_newer_is_none_and_downloads_nothing(appliance, variants, announced):
+    appliance.updater.check_and_install(latest(variants[2]), appliance.fetch)
+    appliance.fetched.clear()
+
+    result = appliance.updater.check_and_install(latest(variants[announced]),
+                                                 appliance.fetch)
+
+    assert (result.action, appliance.fetched) == ("none", [])
+    assert appliance.slot.current.version == 2
+
+
+def _bad_signature(v, tmp, key):
+    resign_bundle(v[1], tmp / "b", generate_signing_key(), version=3, parent_version=2)
+    return latest(tmp / "b")
+
+
+def _changed_byte(v, tmp, key):
+    shutil.copytree(v[3], tmp / "b")
+    data = bytearray((tmp / "b" / "model.tflite").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (tmp / "b" / "model.tflite").write_bytes(bytes(data))
+    return latest(tmp / "b")
+
+
+def _override(v, tmp, key, **fields):
+    resign_bundle(v[1], tmp / "b", key, version=3, parent_version=2, **fields)
+    return latest(tmp / "b")
+
+
+def _extra_file(v, tmp, key):
+    (tmp / "extra.txt").write_text("not in the manifest")
+    return latest(v[3], **{"extra.txt": f"file://{tmp / 'extra.txt'}"})
+
+
+REFUSALS = {
+    "bad signature": (_bad_signature, "signature refused"),
+    "changed byte in model.tflite": (_changed_byte, "does not match its SHA-256"),
+    "older version announced as newer": (lambda v, t, k: latest(v[1], version=3),
+                                         "not newer than 2"),
+    "same version announced as newer": (lambda v, t, k: latest(v[2], version=3),
+                                        "not newer than 2"),
+    "announced version differs": (lambda v, t, k: latest(v[4], version=3),
+                                  "bundle is v4"),
+    "extra file": (_extra_file, "not in its manifest"),
+    "unsafe file name": (lambda v, t, k: latest(v[3], **{"../x": f"file://{v[3]}/head.npz"}),
+                         "unsafe file name"),
+    "different architecture": (lambda v, t, k: _override(v, t, k, architecture="paper"),
+                               "architecture 'paper'"),
+    "different input": (lambda v, t, k: _override(
+        v, t, k, input={"height": 224, "width": 224, "channels": 3}), "input InputSpec"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_bad_bundles_are_refused_and_old_keeps_serving(appliance, variants, key, tmp_path,
+                                                       case):
+    appliance.updater.check_and_install(latest(variants[2]), appliance.fetch)
+    make, expected = REFUSALS[case]
+    offer = make(variants, tmp_path, key)
+
+    result = appliance.updater.check_and_install(offer, appliance.fetch)
+
+    assert result.action == "refused" and expected in result.reason, result.reason
+    assert appliance.slot.current.version == 2
+    assert (pointer(appliance, "CURRENT"), pointer(appliance, "PREVIOUS")) == ("v2", "shipped")
+    assert appliance.installed.current_path() == appliance.installed.root / "v2"
+    assert appliance.installed.versions() == [2]
+    assert not (appliance.installed.root / "staging").exists()
+
+
+def test_download_errors(appliance, variants):
+    def refused(url: str, dest: Path) -> int:
+        raise ValueError("file exceeds 1000 bytes")
+
+    def offline(url: str, dest: Path) -> int:
+        dest.write_bytes(b"partial")
+        raise ConnectionError("coordinator unreachable")
+
+    result = appliance.updater.check_and_install(latest(variants[2]), refused)
+    assert result.action == "refused" and "exceeds 1000 bytes" in result.reason
+    with pytest.raises(ConnectionError):  # transient: the caller retries later
+        appliance.updater.check_and_install(latest(variants[2]), offline)
+    assert not (appliance.installed.root / "staging").exists()
+    assert appliance.slot.current.version == 1 and pointer(appliance, "CURRENT") is None
+
+
+def test_head_npz_that_disagrees_with_the_model_is_refused(appliance, variants, key,
+                                                           tmp_path, data_dir):
+    add_gate_cases(appliance, data_dir, ("yes",), 4)
+    bundle = verify_bundle(variants[1], [key.verify_key])
+    head = bundle.load_head()
+    head["output/bias"] = np.array([-50.0], np.float32)
+    fields = {k: bundle.manifest[k]
+              for k in ("architecture", "input", "labels", "threshold", "uncertain_band")}
+    write_bundle(tmp_path / "b", bundle.model_path.read_bytes(), head,
+                 {**fields, "version": 2}, key)
+
+    result = appliance.updater.check_and_install(latest(tmp_path / "b"), appliance.fetch)
+
+    assert result.action == "refused" and "head.npz does not match" in result.reason
+    assert appliance.slot.current.version == 1 and pointer(appliance, "CURRENT") is None
+
+
+def test_local_gate_refuses_a_destroyed_head(appliance, destroyed, data_dir):
+    n = add_gate_cases(appliance, data_dir, ("yes",), 6)
+
+    result = appliance.updater.check_and_install(latest(destroyed), appliance.fetch)
+
+    assert result.action == "refused", result.reason
+    assert result.reason.startswith("local gate: v2 worse than v1: accuracy 0.000 vs ")
+    assert f"on {n} held-out cases" in result.reason
+    m = result.metrics
+    assert m["gate"] == "failed" and m["gate_cases"] == n
+    assert m["candidate"]["accuracy"] == 0.0
+    assert m["current"]["accuracy"] > appliance.settings.gate_margin
+    assert appliance.slot.current.version == 1 and pointer(appliance, "CURRENT") is None
+
+
+def test_local_gate_passes_an_equal_bundle(appliance, variants, data_dir):
+    n = add_gate_cases(appliance, data_dir, ("yes", "no"), 6)
+    # Cases outside the gate (first hex digit 4-f) are for training, never evaluated.
+    assert appliance.store.count("all") > n
+
+    result = appliance.updater.check_and_install(latest(variants[2]), appliance.fetch)
+
+    assert result.action == "installed" and "local gate passed" in result.reason
+    m = result.metrics
+    assert m["gate"] == "passed" and m["gate_cases"] == n
+    assert m["candidate"]["accuracy"] == m["current"]["accuracy"]
+    assert m["current"]["auc"] is not None  # both classes present: AUC compared too
+    assert appliance.slot.current.version == 2
+
+
+def test_rollback_returns_to_previous_and_never_reinstalls(appliance, variants):
+    up, fetch = appliance.updater, appliance.fetch
+    up.check_and_install(latest(variants[2]), fetch)
+    up.check_and_install(latest(variants[3]), fetch)
+    assert (pointer(appliance, "CURRENT"), pointer(appliance, "PREVIOUS")) == ("v3", "v2")
+
+    predictor = up.rollback()
+
+    assert predictor.version == appliance.slot.current.version == 2
+    assert pointer(appliance, "CURRENT") == "v2" and pointer(appliance, "PREVIOUS") is None
+    again = up.check_and_install(latest(variants[3]), fetch)
+    assert again.action == "refused" and "rolled back" in again.reason
+    with pytest.raises(RollbackError, match="no previous"):
+        up.rollback()
+    assert up.check_and_install(latest(variants[4]), fetch).action == "installed"
+
+
+# -- installed bundles: retention, partial states, crashes ------------------------------
+
+@pytest.fixture
+def installed(tmp_path, trained_bundle, key):
+    return InstalledBundles(tmp_path / "data", trained_bundle[0], [key.verify_key])
+
+
+def test_rollback_to_shipped_and_no_previous(installed, variants):
+    with pytest.raises(RollbackError):
+        installed.rollback()
+    installed.install(stage_copy(installed, variants[2], 2), 2)
+
+    assert installed.rollback() == variants[1]
+    assert installed.current_path() == variants[1]
+    assert installed.rejected_versions() == {2}
+
+
+def test_keeps_three_versions_never_current_or_previous(installed, variants):
+    for version in (2, 3, 4, 5):
+        installed.install(stage_copy(installed, variants[version], version), version)
+
+    assert installed.versions() == [3, 4, 5]
+    assert (installed.current_name(), installed.previous_name()) == ("v5", "v4")
+
+
+def test_install_refuses_a_staging_folder_that_does_not_verify(installed, variants):
+    staged = stage_copy(installed, variants[2], 2)
+    (staged / "head.npz").write_bytes(b"x")
+    with pytest.raises(Exception, match="head.npz"):
+        installed.install(staged, 2)
+    with pytest.raises(Exception, match="not 3"):
+        installed.install(stage_copy(installed, variants[2], 2), 3)
+    assert installed.current_name() is None and installed.versions() == []
+
+
+def test_partial_states_fall_back_to_a_verified_bundle(installed, variants):
+    for version in (2, 3):
+        installed.install(stage_copy(installed, variants[version], version), version)
+    root = installed.root
+    model = root / "v3" / "model.tflite"
+
+    model.write_bytes(model.read_bytes()[:100])  # truncated by a crash
+    assert installed.current_path() == root / "v2"
+    (root / "CURRENT").write_text("garbage\n")
+    assert installed.current_path() == root / "v2"
+    shutil.rmtree(root / "v3")
+    (root / "CURRENT").write_text("v3\n")  # names a missing folder
+    assert installed.current_path() == root / "v2"
+    shutil.rmtree(root / "v2")
+    assert installed.current_path() == variants[1]
+    (root / "CURRENT").unlink()
+    assert installed.current_path() == variants[1]
+
+
+def test_cleanup_removes_leftovers_of_a_crash(installed, variants):
+    stage_copy(installed, variants[2], 2)
+    (installed.root / ".CURRENT.ab12cd34.tmp").write_text("v9")
+    (installed.root / ".trash-v7-00000000").mkdir()
+
+    installed.cleanup_staging()
+
+    assert sorted(p.name for p in installed.root.iterdir()) == [".lock"]
+
+
+CRASH = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    from device.sync import bundles
+    from models.signing import load_public_key
+    data, shipped, pub, staged, version, die_at = sys.argv[1:]
+    real = bundles.InstalledBundles._write_pointer
+
+    def dying(self, pointer, name):
+        if pointer == die_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(self, pointer, name)
+
+    bundles.InstalledBundles._write_pointer = dying
+    inst = bundles.InstalledBundles(Path(data), Path(shipped), [load_public_key(pub)])
+    inst.install(Path(staged), int(version))
+""")
+
+
+@pytest.mark.parametrize("die_at", ["PREVIOUS", "CURRENT"])
+def test_kill_9_mid_install_leaves_current_complete(installed, variants, signing_key_file,
+                                                    die_at):
+    installed.install(stage_copy(installed, variants[2], 2), 2)
+    staged = stage_copy(installed, variants[3], 3)
+
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASH, str(installed.root.parent), str(installed.shipped),
+         f"{signing_key_file}.pub", str(staged), "3", die_at], cwd=ROOT, timeout=60)
+
+    assert proc.returncode == -signal.SIGKILL
+    assert (installed.root / "v3" / "manifest.json").exists()  # died after the move
+    rebooted = InstalledBundles(installed.root.parent, installed.shipped,
+                                installed.trusted_keys)
+    assert rebooted.current_path() == rebooted.root / "v2"
+    assert verify_bundle(rebooted.current_path(), rebooted.trusted_keys).version == 2
+    rebooted.cleanup_staging()
+    rebooted.install(stage_copy(rebooted, variants[3], 3), 3)  # the retry replaces v3
+    assert (rebooted.current_name(), rebooted.previous_name()) == ("v3", "v2")
