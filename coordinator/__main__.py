@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -21,10 +22,12 @@ def _settings(args: argparse.Namespace, **extra: object) -> Settings:
 
 
 def _secret_key(settings: Settings) -> str:
+    """The dashboard's session key, created 0600 from the start (never world-readable)."""
     path = settings.state_dir / "session_key"
     if not path.exists():
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
     return path.read_text().strip()
 
 
@@ -58,6 +61,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             _serve_tls(app, settings)
         else:
             import waitress
+            # SIGTERM (systemd stop) unwinds through the finally below, closing the store.
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
             waitress.serve(app, host=settings.host, port=settings.port,
                            threads=settings.threads, ident="neuroedge-coordinator")
     finally:
@@ -84,7 +89,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
                                 save_signing_key)
     settings = _settings(args)
     path = signing_key_path(settings.state_dir)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         pub = save_signing_key(generate_signing_key(), path, overwrite=args.force)
     except FileExistsError:
@@ -99,7 +104,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def _store(args: argparse.Namespace):
     from coordinator.store.sqlite import SQLiteCoordinatorStore
     settings = _settings(args)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return SQLiteCoordinatorStore(settings.state_dir)
 
 

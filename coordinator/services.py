@@ -27,7 +27,7 @@ def ensure_signing_key(state_dir: Path) -> SigningKey:
     """Load the coordinator's key; create it (mode 0600) only if there is none."""
     path = signing_key_path(state_dir)
     if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         save_signing_key(generate_signing_key(), path)
         logger.warning("created a new signing key %s; devices must trust %s.pub", path, path)
     return load_signing_key(path)
@@ -93,7 +93,7 @@ def make_publisher(settings: Settings, store, bundles: BundleRegistry, key: Sign
 
 
 def build_services(settings: Settings) -> Services:
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = SQLiteCoordinatorStore(settings.state_dir)
     key = ensure_signing_key(settings.state_dir)
     bundles = BundleRegistry(settings.state_dir / "bundles", key)

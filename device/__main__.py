@@ -7,6 +7,7 @@ import getpass
 import json
 import logging
 import secrets
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -44,6 +45,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          name="federation").start()
     url = f"http://{settings.host}:{settings.port}/"
     print(f"NeuroEdge appliance serving on {url} (data in {settings.data_dir})", flush=True)
+    # SIGTERM (systemd stop) unwinds through the finally below: pins and store closed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         waitress.serve(app, host=settings.host, port=settings.port, threads=settings.threads,
                        ident="neuroedge")
