@@ -44,9 +44,9 @@ def create_app(settings: Settings, svc) -> Flask:
     )
     app.extensions["neuroedge"] = svc
 
-    from device.web import api, auth, cases, health, upload
+    from device.web import admin, api, auth, cases, health, upload
     auth.init_app(app)
-    for module in (auth, upload, cases, api, health):
+    for module in (auth, upload, cases, api, health, admin):
         app.register_blueprint(module.bp)
 
     @app.before_request

@@ -177,3 +177,21 @@ def test_capture_button_only_with_a_camera(app, admin, services, data_dir, camer
     assert ('id="capture"' in page) is camera
     assert response.status_code == (303 if camera else 400)
     assert services.store.count() == (1 if camera else 0)
+
+
+def test_admin_page_is_for_admins_and_says_when_there_is_no_coordinator(
+        app, admin, services):
+    from device.web.auth import hash_password
+    services.accounts.add_user("carol", "clinician", hash_password(PASSWORD))
+    clinician, boss = app.test_client(), app.test_client()
+    login(clinician, "carol")
+    login(boss)
+
+    denied = clinician.get("/admin/")
+    page = boss.get("/admin/").get_data(as_text=True)
+    trained = boss.post("/admin/train", data={"csrf_token": csrf(boss, "/admin/")},
+                        follow_redirects=True).get_data(as_text=True)
+
+    assert denied.status_code == 403
+    assert "No coordinator configured" in page and "carol" in page
+    assert "No coordinator is configured" in trained
