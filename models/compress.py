@@ -61,12 +61,12 @@ def prune(model: keras.Model, sparsity: float, x_train: np.ndarray, y_train: np.
           epochs_per_step: int = 8) -> keras.Model:
     """Prune ``model`` in place to ``sparsity`` in ``steps`` stages, fine-tuning each.
 
-    Fine-tuning uses a tenth of the training learning rate and the same early stopping.
+    Fine-tuning uses a tenth of the training learning rate and keeps the last weights.
     """
     if sparsity <= 0:
         return model
     tune = TrainConfig(**{**cfg.to_dict(), "epochs": epochs_per_step,
-                          "learning_rate": cfg.learning_rate / 10, "patience": epochs_per_step})
+                          "learning_rate": cfg.learning_rate / 10, "patience": 0})
     for step in range(1, steps + 1):
         target = sparsity * step / steps
         masks = {layer.name: magnitude_mask(layer.kernel.numpy(), target)

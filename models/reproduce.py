@@ -45,7 +45,7 @@ def reproduce_paper(data: str | Path, arch: str = "paper", seed: int = 0,
                     epochs: int | None = None) -> dict:
     """Run the protocol; returns measured figures beside :data:`PAPER`."""
     cfg = TrainConfig(seed=seed, dropout=0.0, **({"epochs": epochs} if epochs else {}))
-    tune = TrainConfig(seed=seed, dropout=0.0, epochs=min(cfg.epochs, 40), patience=10)
+    tune = TrainConfig(seed=seed, dropout=0.0, epochs=min(cfg.epochs, 40))
     x, y, groups, _ = load_grouped(data, arch)
     site, role = paper_partition(y, groups, seed=seed)
 

@@ -23,7 +23,7 @@ class TrainConfig:
     epochs: int = 120
     batch_size: int = 16
     learning_rate: float = 3e-3
-    patience: int = 40  # 0: no early stopping, keep the last epoch's weights
+    patience: int = 0  # > 0: early stopping on validation AUC with this patience
     dropout: float = 0.3
     augment: bool = True
     rotation: float = 0.5  # fraction of a full turn, either way
@@ -96,10 +96,11 @@ def fit(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.
         y_val: np.ndarray, cfg: TrainConfig, verbose: int = 0,
         extra_callbacks: list[keras.callbacks.Callback] | None = None
         ) -> keras.callbacks.History:
-    """Train with early stopping on validation AUC, restoring the best epoch.
+    """Train for ``cfg.epochs`` on a cosine schedule, keeping the last weights.
 
-    AUC rather than loss: with batch norm and few validation images the loss is noisy in
-    early epochs, and the threshold is chosen afterwards anyway.
+    With ``cfg.patience`` > 0, stop early on validation AUC and restore the best epoch
+    instead. On this dataset (validation sets of ~35 slices) the full cosine schedule
+    was at least as good in grouped CV as early stopping, whose choice of epoch is noise.
     """
     lr = cfg.learning_rate
     if cfg.cosine:
