@@ -86,7 +86,7 @@ def publish(current: Bundle, float_weights: Path, head: dict[str, np.ndarray],
     baseline = evaluate_tflite(current.path / MODEL, data, current.threshold)
     drop_auc = baseline["auc"] - candidate["auc"]
     drop_acc = baseline["accuracy"] - candidate["accuracy"]
-    summary = {"candidate": candidate, "current": baseline}
+    summary = metrics.json_safe({"candidate": candidate, "current": baseline})
     if drop_auc > margin or drop_acc > margin:
         reason = (f"candidate worse than v{current.version} on validation: AUC "
                   f"{candidate['auc']:.3f} vs {baseline['auc']:.3f}, accuracy "
@@ -100,7 +100,7 @@ def publish(current: Bundle, float_weights: Path, head: dict[str, np.ndarray],
         "architecture": current.manifest["architecture"], "input": current.manifest["input"],
         "labels": current.manifest["labels"], "threshold": round(float(threshold), 6),
         "uncertain_band": current.uncertain_band,
-        "metrics": {"validation": candidate},
+        "metrics": {"validation": summary["candidate"]},
         "training": {"source": "federated round", "head_sparsity": sparsity,
                      "format": "int8", "model_bytes": len(tflite)},
     }

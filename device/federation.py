@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from device.hw.status import State
-from device.sync.updater import is_gate_case
+from device.sync.updater import UpdateResult, is_gate_case
 from device.training.head import TrainConfig, predict, train_head
 from models import metrics
 from models import preprocess as mp
@@ -127,25 +127,45 @@ class Federation:
                 "local_n": int(len(y))}
 
     # --- sync -------------------------------------------------------------------------
-    def sync_now(self) -> dict:
-        """Send queued updates, then take a newer bundle if one passes every check."""
-        with self.svc.status.activity(State.SYNCING):
-            flushed = self.outbox.flush(self.client)
-            current = self.svc.slot.current.version
-            latest = self.client.latest(current)
-            outcome = self.updater.check_and_install(
-                latest, functools.partial(self.client.download, max_bytes=MAX_BUNDLE_FILE))
+    def sync_now(self, force: bool = True) -> dict:
+        """Send queued updates, then take a newer bundle if one passes every check.
+
+        ``force`` (a person asked: button, admin page, API) ignores the outbox backoff;
+        the background loop passes False. A version refused once is not fetched again.
+        """
+        try:
+            with self.svc.status.activity(State.SYNCING):
+                flushed = self.outbox.flush(self.client, force=force)
+                current = self.svc.slot.current.version
+                latest = self.client.latest(current)
+                if latest.get("version") in self._state().get("refused_versions", []):
+                    outcome = UpdateResult("none", latest["version"], "refused before", {})
+                else:
+                    outcome = self.updater.check_and_install(latest, functools.partial(
+                        self.client.download, max_bytes=MAX_BUNDLE_FILE))
+        except Exception as exc:
+            self.svc.telemetry.record_error("sync", f"sync failed: {type(exc).__name__}")
+            raise
         if outcome.action == "refused":
             self.svc.status.set(State.UPDATE_AVAILABLE)
-            self.client.report("bundle_refused", outcome.version, outcome.reason)
+            self._save_state(refused_versions=[*self._state().get("refused_versions", []),
+                                               outcome.version])
+            self._report("bundle_refused", outcome.version, outcome.reason)
         elif outcome.action == "installed":
             self.svc.status.set(State.READY)
-            self.client.report("bundle_installed", outcome.version, "")
+            self._report("bundle_installed", outcome.version, "")
         self.svc.telemetry.last_sync_at = time.time()
         return {"sent": flushed.sent, "deferred": flushed.deferred, "refused_updates":
                 flushed.refused, "bundle": outcome.action, "version": outcome.version,
                 "reason": outcome.reason, "bytes_up": self.client.bytes_up,
                 "bytes_down": self.client.bytes_down}
+
+    def _report(self, kind: str, version: int | None, reason: str) -> None:
+        """Tell the coordinator; a failure to report never undoes what was done."""
+        try:
+            self.client.report(kind, version, reason)
+        except Exception as exc:
+            logger.warning("could not report %s of v%s: %s", kind, version, exc)
 
     def run(self, stop: threading.Event) -> None:
         """Background loop: sync every ``sync_interval_s``; train when enough is new."""
@@ -155,7 +175,7 @@ class Federation:
                 if idle and self.confirmed_since_training() >= \
                         self.svc.settings.train_min_new_cases:
                     self.train_now()
-                self.sync_now()
+                self.sync_now(force=False)
             except Exception as exc:  # the loop must survive a coordinator outage
                 logger.warning("federation cycle failed: %s", exc)
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 
 from models.bundle import BundleError, read_manifest, resign_bundle, verify_bundle
+from models.metrics import json_safe
 from models.signing import (generate_signing_key, key_id, load_public_key, load_signing_key,
                             save_signing_key)
 
@@ -22,22 +22,11 @@ REPORT_KEYS = ("n", "accuracy", "balanced_accuracy", "auc", "sensitivity", "spec
 
 
 def _dump(obj: dict, path: str | None = None) -> None:
-    text = json.dumps(_clean(obj), indent=2, allow_nan=False)
+    text = json.dumps(json_safe(obj), indent=2, allow_nan=False)
     if path:
         Path(path).write_text(text + "\n")
     else:
         print(text)
-
-
-def _clean(obj: object) -> object:
-    """NaN (an undefined metric) becomes null: strict JSON for other tools."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 def _train_config(args: argparse.Namespace):

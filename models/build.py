@@ -87,8 +87,8 @@ def build_bundle(data: str | Path, out: str | Path, key: SigningKey, cfg: BuildC
         "version": version, "parent_version": None, "architecture": cfg.arch,
         "input": get_architecture(cfg.arch).input_spec.to_dict(),
         "threshold": round(float(threshold), 6), "uncertain_band": UNCERTAIN_BAND,
-        "metrics": {"test": test, "validation": metrics.binary_metrics(y_va, val_prob,
-                                                                       threshold)},
+        "metrics": metrics.json_safe({"test": test, "validation": metrics.binary_metrics(
+            y_va, val_prob, threshold)}),
         "training": {
             "config": cfg.train.to_dict(), "sparsity": round(sparsity_of(t.model), 4),
             "format": "int8", "model_bytes": len(tflite), "model_gzip_bytes": gzip_size(tflite),

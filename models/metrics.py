@@ -10,6 +10,7 @@ without positive predictions, ...) are ``float('nan')``; ``json.dumps`` writes t
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Iterable, Sequence
 
@@ -229,3 +230,17 @@ def summarize(results: Iterable[dict[str, Any]],
             out[f"{k}_mean"] = float(np.nanmean(a))
             out[f"{k}_std"] = float(np.nanstd(a))
     return out
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN and infinities (undefined metrics) as ``None``, recursively.
+
+    Manifests, round records and ``--json`` outputs are strict JSON.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

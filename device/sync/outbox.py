@@ -130,20 +130,21 @@ class Outbox:
 
     # -- sending ----------------------------------------------------------------------
 
-    def flush(self, client, now: float | None = None) -> FlushResult:
+    def flush(self, client, now: float | None = None, force: bool = False) -> FlushResult:
         """Send due entries in order through ``client`` (a :class:`CoordinatorClient`).
 
         Accepted or duplicate: deleted. :class:`UpdateRefused`: moved to ``refused/``,
         never retried. :class:`CoordinatorUnavailable`: the entry's ``attempts`` grows,
         it waits its backoff, and this flush stops (the coordinator is down). An entry
         not yet due also stops the flush, so updates always leave in the order queued.
+        ``force`` (a sync a person asked for) ignores the backoff once.
         """
         now = time.time() if now is None else now
         sent = refused = 0
         with self._flush_lock:
             entries = self.pending()
             for i, entry in enumerate(entries):
-                if entry.next_attempt_at > now:
+                if entry.next_attempt_at > now and not force:
                     return FlushResult(sent, refused, len(entries) - i)
                 try:
                     answer = client.post_update(entry.payload_path.read_bytes(), entry.meta)

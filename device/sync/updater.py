@@ -13,9 +13,10 @@ reason the caller reports to the coordinator. In order:
 5. smoke test: the candidate loads and gives finite probabilities in [0, 1] on a
    synthetic head slice and the latest stored case, and its ``head.npz`` agrees with
    its model (devices train from ``head.npz``; LiteRT serves ``model.tflite``);
-6. local gate on held-out confirmed cases (:func:`is_gate_case`): refused if accuracy
-   (or AUC or sensitivity, with both classes present) is worse than the current one's by more
-   than ``settings.gate_margin``; skipped, and said so, with fewer than
+6. local gate on held-out confirmed cases (:func:`is_gate_case`): refused if it gets
+   more cases wrong or misses more tumours than the current model by more than
+   ``settings.gate_margin`` of them (at least one), or, with enough of each class, has an
+   AUC lower by more than the margin; skipped, and said so, with fewer than
    :data:`MIN_GATE_CASES`;
 7. :meth:`InstalledBundles.install`, then ``slot.swap``: requests in flight finish on
    the old predictor.
@@ -26,7 +27,6 @@ import base64
 import binascii
 import contextlib
 import logging
-import math
 import re
 import threading
 from dataclasses import asdict, dataclass, field
@@ -41,6 +41,7 @@ from device.inference.predictor import Predictor, create_predictor
 from device.inference.slot import ModelSlot
 from device.store.base import MAX_LIST_LIMIT, Case, CaseStore
 from device.sync.bundles import InstalledBundles
+from device.training.head import predict as head_predict
 from models import metrics
 from models.bundle import (
     MANIFEST, SIGNATURE, Bundle, BundleError, canonical_bytes, verify_bundle,
@@ -51,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 GATE_PREFIXES = "0123"    # first hex digit of a held-out case id: ~25% of cases
 MIN_GATE_CASES = 4        # fewer: the gate is skipped (and the result says so)
+MIN_CLASS_CASES = 5       # fewer of either class: AUC and sensitivity are not compared
 MAX_GATE_CASES = 300      # newest first; bounds the time a check takes on a Pi
 HEAD_TOLERANCE = 0.15     # mean |p(model.tflite) - p(head.npz)|; int8 gives ~0.01
 MAX_FILES = 16
@@ -101,17 +103,6 @@ class _Refused(Exception):
     def __init__(self, reason: str, metrics_: dict[str, Any] | None = None) -> None:
         super().__init__(reason)
         self.reason, self.metrics = reason, metrics_ or {}
-
-
-def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in d.items()}
-
-
-def _head_probabilities(head: dict[str, np.ndarray], emb: np.ndarray) -> np.ndarray:
-    """Dense(relu) then Dense(sigmoid) in NumPy: what ``head.npz`` predicts."""
-    hidden = np.maximum(emb @ head["hidden/kernel"] + head["hidden/bias"], 0.0)
-    z = (hidden @ head["output/kernel"] + head["output/bias"])[:, 0]
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0)))
 
 
 class BundleUpdater:
@@ -304,18 +295,26 @@ class BundleUpdater:
               p_cur: np.ndarray, p_new: np.ndarray, info: dict[str, Any]) -> dict[str, Any]:
         old = metrics.binary_metrics(y, np.clip(p_cur, 0.0, 1.0), current.threshold)
         new = metrics.binary_metrics(y, p_new, candidate.threshold)
-        info["current"] = _json_safe({k: old[k] for k in _REPORTED})
-        info["candidate"] = _json_safe({k: new[k] for k in _REPORTED})
+        info["current"] = metrics.json_safe({k: old[k] for k in _REPORTED})
+        info["candidate"] = metrics.json_safe({k: new[k] for k in _REPORTED})
         margin = float(self.settings.gate_margin)
-        both_classes = 0 < int(y.sum()) < y.size
-        figures = (f"accuracy {new['accuracy']:.3f} vs {old['accuracy']:.3f}"
+        # Gate sets are small: judge counts, not rates. Refuse a candidate that gets more
+        # than max(1, margin*n) more cases wrong, or misses more than max(1, margin*n_pos)
+        # more tumours (a screening model must not start missing them). AUC is compared
+        # only with MIN_CLASS_CASES of each class; on fewer it is noise.
+        c_old, c_new = old["confusion"], new["confusion"]
+        n_pos = int(y.sum())
+        extra_wrong = (c_new["fp"] + c_new["fn"]) - (c_old["fp"] + c_old["fn"])
+        extra_missed = c_new["fn"] - c_old["fn"]
+        both_classes = min(n_pos, int(y.size - n_pos)) >= MIN_CLASS_CASES
+        figures = (f"accuracy {new['accuracy']:.3f} vs {old['accuracy']:.3f}, missed "
+                   f"tumours {c_new['fn']} vs {c_old['fn']} of {n_pos}"
                    + (f", AUC {new['auc']:.3f} vs {old['auc']:.3f}" if both_classes
-                      else ", AUC not compared (one class)")
+                      else f", AUC not compared (fewer than {MIN_CLASS_CASES} of a class)")
                    + f" on {y.size} held-out cases (margin {margin})")
-        # A screening model must not start missing tumours: sensitivity is gated too.
-        worse = new["accuracy"] < old["accuracy"] - margin or (
-            both_classes and (new["auc"] < old["auc"] - margin
-                              or new["sensitivity"] < old["sensitivity"] - margin))
+        worse = (extra_wrong > max(1.0, margin * y.size)
+                 or extra_missed > max(1.0, margin * n_pos)
+                 or (both_classes and new["auc"] < old["auc"] - margin))
         info["gate"] = "failed" if worse else "passed"
         if worse:
             raise _Refused(f"local gate: v{candidate.version} worse than "
@@ -339,7 +338,7 @@ class BundleUpdater:
             raise _Refused(f"candidate fails the {step}: non-finite output")
         if (prob < 0).any() or (prob > 1).any():
             raise _Refused(f"candidate fails the {step}: probability outside [0, 1]")
-        return prob, _head_probabilities(head, emb)
+        return prob, head_predict(head, emb)
 
     def _gate_cases(self) -> list[Case]:
         """Held-out cases with a clinician label (agreeing or not), newest first."""
