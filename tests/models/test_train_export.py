@@ -98,3 +98,21 @@ def test_pruning_reaches_the_target_and_keeps_zeros_through_fine_tuning(images):
     assert sparsity_of(model) == pytest.approx(0.6, abs=0.02)
     head = get_head(model)
     assert (head["hidden/kernel"] == 0).mean() == pytest.approx(0.6, abs=0.02)
+
+
+def test_batch_norm_statistics_are_those_of_clean_images_after_training(images):
+    import keras
+
+    from models.architectures import build_model
+    from models.train import recalibrate_batch_norm
+    x, _ = images
+    model = build_model("edge")
+    bn = next(layer for layer in model.layers
+              if isinstance(layer, keras.layers.BatchNormalization))
+    before = keras.Model(model.inputs, bn.input)(x, training=False).numpy()
+
+    recalibrate_batch_norm(model, x)
+
+    np.testing.assert_allclose(bn.moving_mean.numpy(), before.mean(axis=(0, 1, 2)),
+                               rtol=1e-3, atol=1e-4)
+    assert bn.momentum == pytest.approx(0.99)
