@@ -61,7 +61,8 @@ def evaluate_tflite(model: bytes | Path, data: EvalData, threshold: float) -> di
 
 def publish(current: Bundle, float_weights: Path, head: dict[str, np.ndarray],
             data: EvalData, key: SigningKey, out_dir: Path, *, sparsity: float,
-            margin: float, min_sensitivity: float = 0.95) -> Outcome:
+            margin: float, min_sensitivity: float = 0.95, min_specificity: float = 0.5
+            ) -> Outcome:
     """Rebuild ``current``'s architecture with ``head``; write bundle v+1 if it passes.
 
     The gate compares validation AUC and accuracy (each at its own threshold) of the
@@ -81,7 +82,7 @@ def publish(current: Bundle, float_weights: Path, head: dict[str, np.ndarray],
         reason = f"candidate does not run in LiteRT: {exc}"
         logger.warning("not publishing: %s", reason)
         return Outcome(False, None, reason, {}, time.perf_counter() - start)
-    threshold = metrics.choose_threshold(data.y_val, prob, min_sensitivity)
+    threshold = metrics.choose_threshold(data.y_val, prob, min_sensitivity, min_specificity)
     candidate = metrics.binary_metrics(data.y_val, prob, threshold)
     baseline = evaluate_tflite(current.path / MODEL, data, current.threshold)
     drop_auc = baseline["auc"] - candidate["auc"]

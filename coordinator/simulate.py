@@ -218,7 +218,8 @@ def baselines(bundle_dir: Path, part: Partition) -> dict:
 
     def accuracy(xs: np.ndarray, ys: np.ndarray) -> float:
         trained = train_head(head, xs, ys, TrainConfig()).head
-        threshold = metrics.choose_threshold(y_coord, predict(trained, x_coord))
+        threshold = metrics.choose_threshold(y_coord, predict(trained, x_coord),
+                                             min_specificity=0.5)
         return metrics.binary_metrics(y_test, predict(trained, x_test), threshold)["accuracy"]
 
     local = []

@@ -79,7 +79,8 @@ def build_bundle(data: str | Path, out: str | Path, key: SigningKey, cfg: BuildC
     tflite = to_tflite(t.model, "int8", calibration=x_tr)
     lite = TFLiteModel(tflite)
     val_prob, test_prob = lite.predict(x_va)[0], lite.predict(x_te)[0]
-    threshold = metrics.choose_threshold(y_va, val_prob, cfg.train.min_sensitivity)
+    threshold = metrics.choose_threshold(y_va, val_prob, cfg.train.min_sensitivity,
+                                         cfg.train.min_specificity)
     test = metrics.binary_metrics(y_te, test_prob, threshold)
     test["agreement_with_float"] = float(np.mean((test_prob >= threshold)
                                                  == (float_test >= threshold)))

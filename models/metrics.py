@@ -167,17 +167,19 @@ def binary_metrics(y_true: Sequence[int], prob: Sequence[float],
 
 
 def choose_threshold(y_true: Sequence[int], prob: Sequence[float],
-                     min_sensitivity: float = 0.95) -> float:
+                     min_sensitivity: float = 0.95, min_specificity: float = 0.0) -> float:
     """Operating threshold favouring sensitivity (a screening tool must not miss tumours).
 
     Candidates are the midpoints between sorted unique probabilities plus 0.5 and the
     clip bounds 0.05 and 0.95 (0.05 = "almost everything positive"), all clipped into
     [0.05, 0.95] *before* evaluation, so the guarantee holds for the returned value.
-    Among candidates with sensitivity >= ``min_sensitivity`` pick the highest
-    specificity, then the highest sensitivity, then the one closest to 0.5, then the
-    lower one. If none reaches ``min_sensitivity``: highest sensitivity, then
-    specificity, then closest to 0.5, then lower. Raises ValueError unless both
-    classes are present.
+    Among candidates with sensitivity >= ``min_sensitivity`` and specificity >=
+    ``min_specificity`` pick the highest specificity, then the highest sensitivity,
+    then the one closest to 0.5, then the lower one. If none qualifies, maximise
+    ``2 * sensitivity + specificity`` (a missed tumour costs twice a false alarm), then
+    sensitivity, closest to 0.5, lower. ``min_specificity`` keeps a small validation set
+    from pushing the threshold to "everything is a tumour". Raises ValueError unless
+    both classes are present.
 
     Returns
     -------
@@ -194,8 +196,8 @@ def choose_threshold(y_true: Sequence[int], prob: Sequence[float],
     best, best_key = 0.5, None
     for t in map(float, cands):
         sens, spec = _rates(y, p, t)
-        ok = sens >= min_sensitivity
-        key = (ok, spec, sens) if ok else (ok, sens, spec)
+        ok = sens >= min_sensitivity and spec >= min_specificity
+        key = (ok, spec, sens) if ok else (ok, 2 * sens + spec, sens)
         key += (-abs(t - 0.5), -t)
         if best_key is None or key > best_key:
             best, best_key = t, key

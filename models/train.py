@@ -29,6 +29,7 @@ class TrainConfig:
     rotation: float = 0.5  # fraction of a full turn, either way
     cosine: bool = True  # cosine learning-rate decay over the epochs
     min_sensitivity: float = 0.95
+    min_specificity: float = 0.5
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -169,7 +170,7 @@ def train_model(arch: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.n
     model = build_model(arch, dropout=cfg.dropout if arch != "paper" else 0.0)
     history = fit(model, x_train, y_train, x_val, y_val, cfg, verbose)
     prob = predict(model, x_val)
-    threshold = metrics.choose_threshold(y_val, prob, cfg.min_sensitivity)
+    threshold = metrics.choose_threshold(y_val, prob, cfg.min_sensitivity, cfg.min_specificity)
     val = metrics.binary_metrics(y_val, prob, threshold)
     val["epochs"] = len(history.history["loss"])
     logger.info("%s: %d epochs, val AUC %.3f, threshold %.3f", arch, val["epochs"],

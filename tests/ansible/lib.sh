@@ -22,6 +22,7 @@ ensure_rootfs() {
         bookworm "$build" http://deb.debian.org/debian >"$build.log" 2>&1 \
         || { tail -n 20 "$build.log" >&2; rm -rf "$build"; return 1; }
     rm -f "$build"/var/cache/apt/archives/*.deb
+    chmod 0755 "$build"          # mktemp made it 0700: it becomes the targets' /
     tar -C "$build" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
     rm -rf "$build" "$build.log"
 }
@@ -46,6 +47,7 @@ target_create() {
     dir=$work/$name; ns=$p-$name
     mkdir -p "$dir"
     tar -C "$dir" -xf "$tarball"
+    chmod 0755 "$dir"
     echo "$name" >"$dir/etc/hostname"
     printf '127.0.0.1 localhost\n127.0.1.1 %s\n' "$name" >"$dir/etc/hosts"
     : >"$dir/etc/machine-id"

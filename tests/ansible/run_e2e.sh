@@ -17,8 +17,6 @@ CACHE=${NEUROEDGE_CI_CACHE:-/var/cache/neuroedge-ci}
 SUBNET=${NEUROEDGE_E2E_SUBNET:-10.250.77}     # our own /24, only inside our namespaces
 ANSIBLE_CORE_PIN=${ANSIBLE_CORE_PIN:-ansible-core==2.17.14}
 ANSIBLE_LINT_PIN=${ANSIBLE_LINT_PIN:-ansible-lint==26.6.0}
-HOST_PY=${HOST_PY:-$REPO/.venv/bin/python}    # builds the wheelhouse (Python 3.11)
-[ -x "$HOST_PY" ] || HOST_PY=python3
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # shellcheck source=tests/ansible/lib.sh
@@ -40,9 +38,16 @@ mkdir -p "$CACHE"
 WORK=$(mktemp -d /var/tmp/neuroedge-e2e.XXXXXX)
 P=nx$(printf '%04x' $((RANDOM % 65536)))
 KEEP=${NEUROEDGE_E2E_KEEP:-0}
+SUMMARY_DONE=0
 finish() {
     local rc=$?
     teardown
+    if [ "$SUMMARY_DONE" = 0 ]; then   # aborted before the end: count it, still summarise
+        FAILED=$((FAILED + 1))
+        log "FAIL aborted (exit $rc) before all checks ran"
+        echo "ansible-e2e: $PASSED passed, $FAILED failed"
+        [ "$rc" -ne 0 ] || rc=1
+    fi
     if [ "$KEEP" = 1 ] || [ "$FAILED" -gt 0 ] || [ "$rc" -ne 0 ]; then
         # keep logs, drop the (large) root filesystems
         rm -rf "$WORK/coord" "$WORK/pi1"
@@ -50,6 +55,7 @@ finish() {
     else
         rm -rf "$WORK"
     fi
+    exit "$rc"
 }
 trap finish EXIT
 trap 'exit 130' INT TERM
@@ -81,7 +87,8 @@ export PATH=$AV/bin:$PATH
 
 # --- wheelhouse (project wheel rebuilt every run; dependencies cached) ---------------
 T=$SECONDS
-PYTHON=$HOST_PY "$REPO/ansible/build-wheelhouse.sh" "$CACHE/wheelhouse-ci" >&2
+# Python 3.11 with pip (the ansible venv's), like the targets' Debian 12 / Raspberry Pi OS.
+PYTHON=${HOST_PY:-$AV/bin/python} "$REPO/ansible/build-wheelhouse.sh" "$CACHE/wheelhouse-ci" >&2
 log "wheelhouse: $((SECONDS - T)) s"
 
 # --- targets ------------------------------------------------------------------------
@@ -98,8 +105,10 @@ target_create "$P" coord "$COORD_IP" "$CACHE/rootfs-bookworm.tar" "$WORK" "$KEY.
 target_create "$P" pi1 "$PI_IP" "$CACHE/rootfs-bookworm.tar" "$WORK" "$KEY.pub"
 target_boot "$P" coord "$WORK"
 target_boot "$P" pi1 "$WORK"
-wait_ssh "$KEY" "$COORD_IP" || { cat "$WORK/coord.console.log" >&2; exit 1; }
-wait_ssh "$KEY" "$PI_IP" || { cat "$WORK/pi1.console.log" >&2; exit 1; }
+for t in "coord $COORD_IP" "pi1 $PI_IP"; do
+    set -- $t
+    wait_ssh "$KEY" "$2" || { log "target $1: no SSH after 90 s (console: $WORK/$1.console.log)"; exit 1; }
+done
 log "targets up: $((SECONDS - T)) s"
 
 cat >"$WORK/hosts.ini" <<INI
@@ -196,5 +205,6 @@ check "signing key, CA key and token unchanged by the second run" test "$KEYSUM1
 check "Pi /healthz after the second run" curl -fsS --max-time 10 "http://$PI_IP:8080/healthz"
 
 log "total: $((SECONDS - T0)) s"
+SUMMARY_DONE=1
 echo "ansible-e2e: $PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

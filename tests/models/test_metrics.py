@@ -264,3 +264,19 @@ def test_module_is_pure_numpy() -> None:
             "bad = {'tensorflow', 'sklearn', 'matplotlib'} & set(sys.modules); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_min_specificity_keeps_the_threshold_from_calling_everything_a_tumour() -> None:
+    # Prepare: reaching 0.95 sensitivity would need t=0.05 (specificity 0); one tumour
+    # scores below every normal slice.
+    y = [1, 0, 0, 0, 0, 1, 1, 1, 1, 1]
+    p = [0.1, 0.2, 0.25, 0.3, 0.35, 0.7, 0.75, 0.8, 0.85, 0.9]
+
+    # Execute
+    strict = m.choose_threshold(y, p, min_sensitivity=0.95)
+    guarded = m.choose_threshold(y, p, min_sensitivity=0.95, min_specificity=0.5)
+
+    # Assert: without the guard every normal slice is flagged; with it the cost rule
+    # (2 x sensitivity + specificity) keeps all normals right and misses one tumour.
+    assert strict == pytest.approx(0.05)
+    assert 0.35 < guarded < 0.7
