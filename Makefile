@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps run test bench bundle clean
+.PHONY: install system-deps run test bench bundle clean ansible-e2e
 
 install: $(STAMP)
 
@@ -46,6 +46,11 @@ bench: install system-deps
 bundle: install
 	$(PY) -m models train --data $(DATA) --arch edge --out $(BUNDLE) \
 		--sign-key models/dev_keys/dev_signing.key --float-out models/default_float.weights.h5
+
+# Provisioning test: ansible/deploy.yml against a Pi-like and a coordinator target booted
+# with systemd-nspawn (root, Debian 12; caches in /var/cache/neuroedge-ci). ~3 min warm.
+ansible-e2e:
+	$(SUDO) tests/ansible/run_e2e.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -105,9 +105,9 @@ target_create "$P" coord "$COORD_IP" "$CACHE/rootfs-bookworm.tar" "$WORK" "$KEY.
 target_create "$P" pi1 "$PI_IP" "$CACHE/rootfs-bookworm.tar" "$WORK" "$KEY.pub"
 target_boot "$P" coord "$WORK"
 target_boot "$P" pi1 "$WORK"
-for t in "coord $COORD_IP" "pi1 $PI_IP"; do
-    set -- $t
-    wait_ssh "$KEY" "$2" || { log "target $1: no SSH after 90 s (console: $WORK/$1.console.log)"; exit 1; }
+for t in "coord=$COORD_IP" "pi1=$PI_IP"; do
+    wait_ssh "$KEY" "${t#*=}" \
+        || { log "target ${t%%=*}: no SSH after 90 s (console: $WORK/${t%%=*}.console.log)"; exit 1; }
 done
 log "targets up: $((SECONDS - T)) s"
 
@@ -156,6 +156,7 @@ on() { local ip=$1; shift; ssh_t "$KEY" "$ip" "$@"; }
 check "coordinator service active" on "$COORD_IP" systemctl is-active neuroedge-coordinator
 check "device service active" on "$PI_IP" systemctl is-active neuroedge-device
 check "Pi /healthz from the host" curl -fsS --max-time 10 "http://$PI_IP:8080/healthz"
+# shellcheck disable=SC2016  # the script runs on the Pi: $tok expands there
 check "Pi reaches the coordinator over TLS with its token" on "$PI_IP" 'sudo sh -c '\''
     tok=$(sed -n "s/^device_token = \"\(.*\)\"$/\1/p" /etc/neuroedge/device.toml)
     code=$(curl -sS -o /dev/null -w "%{http_code}" --cacert /etc/neuroedge/coordinator-ca.crt \
