@@ -95,7 +95,9 @@ class Cluster:
         self.state = root / "coordinator"
         self.coord_port = free_port()
         cfg = root / "coordinator.toml"
-        cfg.write_text(f"min_updates = {n_sites}\nmin_quorum = 1\nround_deadline_s = 3600\n"
+        # A site that cannot train this round (too few cases, one class) sends nothing:
+        # the deadline then closes the round with the others (quorum 1).
+        cfg.write_text(f"min_updates = {n_sites}\nmin_quorum = 1\nround_deadline_s = 20\n"
                        f"method = '{method}'\npublish_margin = 0.05\nmax_norm = 100.0\n"
                        f"initial_weights = '{initial / 'model.weights.h5'}'\n")
         self.coord_url = f"http://127.0.0.1:{self.coord_port}"
@@ -277,6 +279,8 @@ def simulate(data: Path, sites: int, rounds: int, spec: str = "iid", method: str
                            for k in range(n)]
                 for k in range(n):
                     cluster.call(k, "POST", "/api/v1/federation/sync")
+                if not any(t.get("action") == "queued" for t in trained):
+                    raise RuntimeError(f"round {r}: no site could train: {trained}")
                 outcome = wait_for_outcome(cluster, last_round)
                 last_round = outcome["round"]
                 synced = [cluster.call(k, "POST", "/api/v1/federation/sync") for k in range(n)]
@@ -293,6 +297,8 @@ def simulate(data: Path, sites: int, rounds: int, spec: str = "iid", method: str
                     "bytes_down_per_device": float(np.mean([s["bytes_down"] - d
                                                             for s, d in zip(synced, down)])),
                     "update_bytes": [t.get("payload_bytes") for t in trained],
+                    "skipped": [t.get("reason") for t in trained
+                                if t.get("action") == "skipped"],
                     "local": [{k: t.get(k) for k in ("local_accuracy_before",
                                                      "local_accuracy_after", "local_n")}
                               for t in trained],

@@ -74,6 +74,9 @@ class Federation:
         try:
             with self.svc.status.activity(State.TRAINING):
                 return self._train()
+        except ValueError as exc:  # too few confirmed cases, or only one class
+            logger.info("training skipped: %s", exc)
+            return {"action": "skipped", "reason": str(exc)}
         finally:
             self._train_lock.release()
 
@@ -81,7 +84,10 @@ class Federation:
         predictor = self.svc.slot.current
         base = predictor.bundle.load_head()
         x, y, x_gate, y_gate = self.examples()
-        result = train_head(base, x, y, self.train_config)  # ValueError: too few / one class
+        if len(y) < self.train_config.min_examples:
+            raise ValueError(f"need at least {self.train_config.min_examples} confirmed "
+                             f"training examples, have {len(y)}")
+        result = train_head(base, x, y, self.train_config)  # ValueError: one class
         delta = {k: result.head[k] - base[k] for k in base}
         delta = self._privatise(delta)
         delta = {k: v + self._residual().get(k, 0) for k, v in delta.items()}

@@ -517,3 +517,12 @@ def test_a_bundle_with_a_bad_signature_is_refused_and_reported(pair):
     answer = device.call("POST", "/api/v1/federation/sync")
 
     assert_refused_and_reported(coord, device, answer, "signature")
+
+
+def test_training_without_enough_confirmed_cases_is_skipped_with_a_reason(services):
+    from device.federation import Federation
+    fed = Federation(services, client=None, outbox=None, updater=None)
+
+    result = fed.train_now()
+
+    assert result["action"] == "skipped" and "example" in result["reason"]
