@@ -114,3 +114,20 @@ def test_evaluate_on_a_missing_dataset_is_a_clear_error(tmp_path, capsys):
 
     assert code == 2
     assert "not a dataset folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_reproduce_paper_runs_the_protocol_on_grouped_splits(small_data, tmp_path, capsys):
+    out = tmp_path / "reproduce.json"
+
+    code = main(["reproduce-paper", "--data", str(small_data), "--epochs", "1",
+                 "--json", str(out)])
+
+    result = json.loads(out.read_text())
+    table = capsys.readouterr().out
+    assert code == 0
+    assert sum(result["sizes"].values()) == 48
+    assert result["sizes"]["main"] > result["sizes"]["pi1"]
+    for key in ("pi1_before", "pi1_after_finetune", "pi1_after_average", "pi2_before"):
+        assert 0.0 <= result[key] <= 1.0
+    assert "pi1_after_average" in table and "0.89" in table  # the paper's figure beside ours
