@@ -138,7 +138,7 @@ class RoundManager:
         """After a restart: finish rounds that closed but were never aggregated."""
         for rnd in self.store.list_rounds():
             if rnd.status == "closed" and not rnd.metrics and rnd.published_version is None \
-                    and not rnd.reason.startswith("outcome:"):
+                    and not (rnd.reason or "").startswith("outcome:"):
                 logger.info("resuming round %d after a restart", rnd.id)
                 self.pending = self._worker.submit(self.finish, rnd.id)
 
