@@ -16,16 +16,16 @@ import math
 import os
 import re
 import sqlite3
-import tempfile
 import threading
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
 from device.exc import InputError, NotFoundError, StoreError
+from models import sqlitedb
+from models.sqlitedb import TMP_PREFIX, fsync_dir, now_iso
 from device.store.base import (
     EXPORT_FIELDS, MAX_LIST_LIMIT, ROLES, SOURCES, AccountStore, Case, CaseStore, Token,
     User, check_case_id, check_label, check_name, check_status,
@@ -37,10 +37,8 @@ DB_NAME = "neuroedge.db"
 IMAGES_DIR = "images"
 SCHEMA = Path(__file__).with_name("schema.sql")
 SCHEMA_VERSION = 1
-BUSY_TIMEOUT_MS = 5000
 FAILURE_TTL_S = 86400.0  # login failures older than this are pruned on every insert
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_TMP_PREFIX = ".tmp-"
 _OWNED_FILE = re.compile(r"[0-9a-f]{32}(-heatmap)?\.png")  # the only names we create
 _FIELDS = tuple(Case.__dataclass_fields__)
 _COLUMNS = ", ".join(_FIELDS)
@@ -49,113 +47,11 @@ _WHERE = {"all": "1", "unconfirmed": "confirmed_label IS NULL",
           "disagreed": "confirmed_label <> predicted_label"}
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-@contextlib.contextmanager
-def _sqlite_errors() -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.Error as exc:  # messages name constraints, never row values
-        raise StoreError(f"database error: {exc}") from exc
-
-
-class Database:
-    """The appliance database: opens it (WAL, foreign keys, busy_timeout), applies
-    ``schema.sql`` and serialises access.
-
-    Threads share ONE connection (``check_same_thread=False``) behind a lock rather
-    than a connection per thread: the appliance serves a handful of clinicians, so
-    serialising millisecond statements costs nothing measurable, no in-process writer
-    ever waits on ``busy_timeout`` or fails with "database is locked", and ``close()``
-    really closes (a ``threading.local`` connection of a server thread cannot be closed
-    from the thread that shuts down). WAL + ``busy_timeout`` still let other processes
-    (CLI ``adduser``, a sync worker) use the file concurrently.
-
-    Stores built on a shared instance :meth:`acquire` it and :meth:`release` it in
-    their ``close()``; the last release closes the connection.
-    """
+class Database(sqlitedb.Database):
+    """The appliance database (``schema.sql``); see :class:`models.sqlitedb.Database`."""
 
     def __init__(self, path: Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        created = not path.exists()
-        try:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open database: {exc}") from exc
-        try:
-            if created:  # before the first write: -wal/-shm copy the file's mode
-                os.chmod(path, 0o600)
-            with _sqlite_errors():
-                conn.row_factory = sqlite3.Row
-                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                conn.execute("PRAGMA foreign_keys = ON")
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                # FULL: a committed case survives power loss (the Pi has no UPS).
-                conn.execute("PRAGMA synchronous = FULL")
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise StoreError(f"database schema {version} is newer than this "
-                                     f"software supports ({SCHEMA_VERSION})")
-                conn.executescript(SCHEMA.read_text(encoding="utf-8"))
-        except BaseException:
-            conn.close()
-            raise
-        if mode != "wal":
-            log.warning("SQLite journal mode is %s, not wal", mode)
-        self.path = path
-        self._conn: sqlite3.Connection | None = conn
-        self._lock = threading.RLock()
-        self._holders = 0
-
-    def _live(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StoreError("store is closed")
-        return self._conn
-
-    @contextlib.contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """One IMMEDIATE transaction under the lock; rolled back on any exception.
-
-        sqlite3 errors surface as StoreError; other exceptions propagate unchanged.
-        """
-        with self._lock, _sqlite_errors():
-            conn = self._live()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
-
-    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        """All rows of one query (StoreError on a database error)."""
-        with self._lock, _sqlite_errors():
-            return self._live().execute(sql, params).fetchall()
-
-    def acquire(self) -> Database:
-        """Register one more store using this database; returns ``self``."""
-        with self._lock:
-            self._holders += 1
-        return self
-
-    def release(self) -> None:
-        """Unregister a store; the last one out closes the connection."""
-        with self._lock:
-            self._holders -= 1
-            if self._holders <= 0:
-                self.close()
-
-    def close(self) -> None:
-        """Close the connection now, whoever still uses it; idempotent."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        super().__init__(path, SCHEMA, SCHEMA_VERSION, StoreError)
 
 
 def _number(value: Any, what: str, lo: float, hi: float = math.inf,
@@ -179,14 +75,6 @@ def _text(value: Any, what: str, max_len: int = 1024) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= max_len:
         raise InputError(f"{what} must be a non-empty string of at most {max_len} chars")
     return value
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _case(row: sqlite3.Row) -> Case:
@@ -227,7 +115,7 @@ class SQLiteCaseStore(CaseStore):
             raise InputError("uncertain must be a bool")
         case_id = uuid.uuid4().hex
         case = Case(
-            id=case_id, created_at=_now(), source=source, image_name=f"{case_id}.png",
+            id=case_id, created_at=now_iso(), source=source, image_name=f"{case_id}.png",
             image_sha256=hashlib.sha256(png).hexdigest(),
             width=_number(width, "width", 1, integer=True),
             height=_number(height, "height", 1, integer=True),
@@ -243,7 +131,7 @@ class SQLiteCaseStore(CaseStore):
                 self._write_durably(case.image_name, png, written)
                 if heatmap is not None and case.heatmap_name is not None:
                     self._write_durably(case.heatmap_name, heatmap, written)
-                _fsync_dir(self._images)
+                fsync_dir(self._images)
                 with self._db.tx() as conn:
                     conn.execute(f"INSERT INTO cases ({_COLUMNS}) VALUES "
                                  f"({', '.join('?' * len(_FIELDS))})",
@@ -259,18 +147,7 @@ class SQLiteCaseStore(CaseStore):
         return case
 
     def _write_durably(self, name: str, data: bytes, written: list[Path]) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self._images)  # mode 0600
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self._images / name)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        written.append(self._images / name)
+        written.append(sqlitedb.write_file(self._images, name, data))
 
     def get(self, case_id: str) -> Case:
         rows = self._db.read(f"SELECT {_COLUMNS} FROM cases WHERE id = ?",
@@ -298,7 +175,7 @@ class SQLiteCaseStore(CaseStore):
         with self._db.tx() as conn:
             if conn.execute("UPDATE cases SET confirmed_label = ?, confirmed_by = ?, "
                             "confirmed_at = ? WHERE id = ?",
-                            (label, user, _now(), case_id)).rowcount == 0:
+                            (label, user, now_iso(), case_id)).rowcount == 0:
                 raise NotFoundError("no such case")
             row = conn.execute(f"SELECT {_COLUMNS} FROM cases WHERE id = ?",
                                (case_id,)).fetchone()
@@ -335,7 +212,7 @@ class SQLiteCaseStore(CaseStore):
         with self._files_lock:
             written: list[Path] = []
             self._write_durably(name, _png(png, "heat map"), written)
-            _fsync_dir(self._images)
+            fsync_dir(self._images)
             with self._db.tx() as conn:
                 updated = conn.execute("UPDATE cases SET heatmap_name = ? WHERE id = ?",
                                        (name, case.id)).rowcount
@@ -406,7 +283,7 @@ class SQLiteCaseStore(CaseStore):
                 for entry in entries:
                     if not entry.is_file(follow_symlinks=False):
                         continue
-                    if entry.name.startswith(_TMP_PREFIX):
+                    if entry.name.startswith(TMP_PREFIX):
                         temps += 1
                     elif _OWNED_FILE.fullmatch(entry.name) and entry.name not in referenced:
                         orphans += 1
@@ -416,7 +293,7 @@ class SQLiteCaseStore(CaseStore):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
             if temps or orphans:
-                _fsync_dir(self._images)
+                fsync_dir(self._images)
                 log.info("recovery removed %d temp file(s) and %d orphan image(s)",
                          temps, orphans)
             if referenced - present:  # never created by us; report, never delete records
@@ -464,7 +341,7 @@ class SQLiteAccountStore(AccountStore):
             if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
                 raise InputError("a user with that name already exists")
             conn.execute("INSERT INTO users (name, role, password_hash, created_at) "
-                         "VALUES (?, ?, ?, ?)", (name, role, password_hash, _now()))
+                         "VALUES (?, ?, ?, ?)", (name, role, password_hash, now_iso()))
         log.info("added user %s (%s)", name, role)
 
     def get_user(self, name: str) -> User | None:
@@ -501,7 +378,7 @@ class SQLiteAccountStore(AccountStore):
                             (name, token_hash)).fetchone():
                 raise InputError("a token with that name or hash already exists")
             conn.execute("INSERT INTO tokens (name, token_hash, user, created_at) "
-                         "VALUES (?, ?, ?, ?)", (name, token_hash, user, _now()))
+                         "VALUES (?, ?, ?, ?)", (name, token_hash, user, now_iso()))
         log.info("added API token %s for user %s", name, user)
 
     def find_token(self, token_hash: str) -> Token | None:
@@ -511,7 +388,7 @@ class SQLiteAccountStore(AccountStore):
     def touch_token(self, token_hash: str) -> None:
         with self._db.tx() as conn:
             conn.execute("UPDATE tokens SET last_used_at = ? WHERE token_hash = ?",
-                         (_now(), token_hash))
+                         (now_iso(), token_hash))
 
     def revoke_token(self, name: str) -> None:
         with self._db.tx() as conn:

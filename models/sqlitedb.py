@@ -1,0 +1,165 @@
+"""SQLite and durable-file plumbing shared by the appliance's and coordinator's stores.
+
+WAL, foreign keys, ``busy_timeout``, ``synchronous = FULL`` (an acknowledged record
+survives a power cut), one connection behind a re-entrant lock, IMMEDIATE transactions,
+and files made durable (fsync, rename, directory fsync) before the row naming them
+commits. Each store binds its own schema and exception class.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import tempfile
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 5000
+TMP_PREFIX = ".tmp-"
+
+
+def now_iso() -> str:
+    """The current time as ISO-8601 UTC with microseconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+@contextlib.contextmanager
+def sqlite_errors(error: type[Exception]) -> Iterator[None]:
+    """Turn sqlite3 errors into ``error`` (their messages name constraints, not values)."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise error(f"database error: {exc}") from exc
+
+
+class Database:
+    """Opens the file (mode 0600, WAL, foreign keys, busy_timeout), applies ``schema``
+    and serialises access.
+
+    Threads share ONE connection (``check_same_thread=False``) behind a lock rather than
+    a connection per thread: these services serve a handful of users, so serialising
+    millisecond statements costs nothing measurable, no in-process writer ever fails
+    with "database is locked", and ``close()`` really closes (a per-thread connection of
+    a server thread cannot be closed from the thread that shuts down). WAL +
+    ``busy_timeout`` still let the CLI use the file from another process.
+
+    Stores built on a shared instance :meth:`acquire` it and :meth:`release` it in
+    their ``close()``; the last release closes the connection.
+    """
+
+    def __init__(self, path: Path, schema: Path, schema_version: int,
+                 error: type[Exception]) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.error = error
+        created = not path.exists()
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise error(f"cannot open database: {exc}") from exc
+        try:
+            if created:  # before the first write: -wal/-shm copy the file's mode
+                os.chmod(path, 0o600)
+            with sqlite_errors(error):
+                conn.row_factory = sqlite3.Row
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA foreign_keys = ON")
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                conn.execute("PRAGMA synchronous = FULL")
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > schema_version:
+                    raise error(f"database schema {version} is newer than this "
+                                f"software supports ({schema_version})")
+                conn.executescript(schema.read_text(encoding="utf-8"))
+        except BaseException:
+            conn.close()
+            raise
+        if mode != "wal":
+            log.warning("SQLite journal mode is %s, not wal", mode)
+        self.path = path
+        self._conn: sqlite3.Connection | None = conn
+        self._lock = threading.RLock()
+        self._holders = 0
+
+    def _live(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise self.error("store is closed")
+        return self._conn
+
+    @contextlib.contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction under the lock; rolled back on any exception.
+
+        IMMEDIATE takes SQLite's write lock at BEGIN, so checks made inside the block
+        still hold at COMMIT even against another process. sqlite3 errors surface as the
+        store's error; other exceptions propagate unchanged.
+        """
+        with self._lock, sqlite_errors(self.error):
+            conn = self._live()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+
+    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """All rows of one query (the store's error on a database error)."""
+        with self._lock, sqlite_errors(self.error):
+            return self._live().execute(sql, params).fetchall()
+
+    def acquire(self) -> "Database":
+        """Register one more store using this database; returns ``self``."""
+        with self._lock:
+            self._holders += 1
+        return self
+
+    def release(self) -> None:
+        """Unregister a store; the last one out closes the connection."""
+        with self._lock:
+            self._holders -= 1
+            if self._holders <= 0:
+                self.close()
+
+    def close(self) -> None:
+        """Close the connection now, whoever still uses it; idempotent."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the directory entries of ``path`` (creations, renames, unlinks) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file(directory: Path, name: str, data: bytes) -> Path:
+    """Write ``data`` to ``directory/name`` atomically and fsynced (not the directory).
+
+    Temp file (mode 0600, :data:`TMP_PREFIX`) in the same directory, fsync, rename: the
+    final name holds nothing or all of ``data``; a store's ``recover()`` removes temps.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, directory / name)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return directory / name
