@@ -67,55 +67,41 @@ def create_token(data_dir: Path, name: str, user: str) -> str:
                       data_dir=data_dir).strip().splitlines()[-1]
 
 
-class Appliance:
-    """One ``python -m device serve`` process on loopback, logs in files."""
+class ServerProcess:
+    """A server process on loopback: spawn, wait for ``/healthz``, SIGKILL or stop."""
 
-    def __init__(self, data_dir: Path, log_dir: Path, number: int) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.stdout_path = log_dir / f"appliance-{number}.stdout.log"
-        self.stderr_path = log_dir / f"appliance-{number}.stderr.log"
-        self.proc: subprocess.Popen | None = None
+    name = "server"
+    proc: subprocess.Popen | None = None
+    url = ""
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None, "not started"
-        return self.proc.pid
+    def log(self) -> str:
+        """The process's stderr so far (for failure messages)."""
+        raise NotImplementedError
 
-    def start(self) -> "Appliance":
-        """Start the process and wait until ``/healthz`` answers 200."""
-        cmd = [sys.executable, "-m", "device", "serve", "--data-dir", str(self.data_dir),
-               "--host", "127.0.0.1", "--port", str(self.port)]
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+    def spawn(self, cmd: list[str], stdout: Path, stderr: Path) -> None:
+        """Start ``cmd`` with output in files and wait until ``/healthz`` answers 200."""
+        with open(stdout, "wb") as out, open(stderr, "wb") as err:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                          cwd=REPO, env=_env())
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                pytest.fail(f"appliance exited {self.proc.returncode} during start-up:\n"
-                            f"{self.stderr()[-3000:]}")
+                pytest.fail(f"{self.name} exited {self.proc.returncode} during start-up:\n"
+                            f"{self.log()[-3000:]}")
             try:
                 if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
+                    return
             except requests.RequestException:
                 pass
             time.sleep(0.1)
         self.stop()
-        pytest.fail(f"appliance gave no 200 on /healthz within {START_TIMEOUT_S:g} s:\n"
-                    f"{self.stderr()[-3000:]}")
+        pytest.fail(f"{self.name} gave no 200 on /healthz within {START_TIMEOUT_S:g} s:\n"
+                    f"{self.log()[-3000:]}")
 
-    def stdout(self) -> str:
-        return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
-
-    def setup_code(self) -> str:
-        """The one-time setup code the process logged (only when no account exists)."""
-        found = SETUP_CODE.search(self.stderr())
-        assert found, f"no setup code in the server log:\n{self.stderr()[-3000:]}"
-        return found.group(1)
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -137,6 +123,42 @@ class Appliance:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=STOP_TIMEOUT_S)
+
+
+class Appliance(ServerProcess):
+    """One ``python -m device serve`` process on loopback, logs in files."""
+
+    name = "appliance"
+
+    def __init__(self, data_dir: Path, log_dir: Path, number: int) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.stdout_path = log_dir / f"appliance-{number}.stdout.log"
+        self.stderr_path = log_dir / f"appliance-{number}.stderr.log"
+        self.proc = None
+
+    def start(self) -> "Appliance":
+        """Start the process and wait until ``/healthz`` answers 200."""
+        self.spawn([sys.executable, "-m", "device", "serve", "--data-dir", str(self.data_dir),
+                    "--host", "127.0.0.1", "--port", str(self.port)],
+                   self.stdout_path, self.stderr_path)
+        return self
+
+    def log(self) -> str:
+        return self.stderr()
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def setup_code(self) -> str:
+        """The one-time setup code the process logged (only when no account exists)."""
+        found = SETUP_CODE.search(self.stderr())
+        assert found, f"no setup code in the server log:\n{self.stderr()[-3000:]}"
+        return found.group(1)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

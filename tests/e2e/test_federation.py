@@ -25,8 +25,8 @@ from device.sync.bundles import InstalledBundles
 from device.sync.outbox import Outbox
 from models.bundle import verify_bundle
 from models.signing import load_public_key
-from tests.e2e.conftest import (CLI_TIMEOUT_S, REPO, START_TIMEOUT_S, STOP_TIMEOUT_S, _env,
-                                add_user, create_token, free_port)
+from tests.e2e.conftest import (CLI_TIMEOUT_S, REPO, ServerProcess, _env, add_user,
+                                create_token, free_port)
 
 DEVICE_ID = "pi-1"
 N_SLICES = 24
@@ -46,13 +46,13 @@ SLOW_TRAINING = (
 SLOW_EPOCHS = 200_000   # about a minute: far longer than the test waits
 
 
-class Process:
+class Process(ServerProcess):
     """One server process on loopback with its logs in files; ``start`` waits for
     ``/healthz``."""
 
     def __init__(self, name: str, log_dir: Path) -> None:
         self.name, self.log_dir = name, log_dir
-        self.proc: subprocess.Popen | None = None
+        self.proc = None
         self.url = ""
         self.starts = 0
 
@@ -69,45 +69,9 @@ class Process:
         self.starts += 1
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, *argv, "--host", "127.0.0.1", "--port", str(port)]
-        with open(self.log_dir / f"{self.name}-{self.starts}.stdout.log", "wb") as out, \
-                open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                         cwd=REPO, env=_env())
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"{self.name} exited {self.proc.returncode} during start-up:\n"
-                            f"{self.log()[-3000:]}")
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        pytest.fail(f"{self.name} gave no 200 on /healthz within {START_TIMEOUT_S:g} s:\n"
-                    f"{self.log()[-3000:]}")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up handler runs, as on a power cut."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(timeout=STOP_TIMEOUT_S)
-
-    def stop(self) -> None:
-        if not self.alive():
-            return
-        assert self.proc is not None
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
+        self.spawn([sys.executable, *argv, "--host", "127.0.0.1", "--port", str(port)],
+                   self.log_dir / f"{self.name}-{self.starts}.stdout.log", self.stderr_path)
+        return self
 
 
 @dataclass
