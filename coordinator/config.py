@@ -1,7 +1,6 @@
 """Coordinator settings: defaults, a TOML file, ``NEUROEDGE_COORD_*`` env, CLI overrides."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,19 +11,12 @@ MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 METHODS = ("fedavg", "median", "trimmed_mean", "clipped_fedavg")
 
 
-def default_state_dir() -> Path:
-    env = os.environ.get("NEUROEDGE_COORD_STATE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "neuroedge-coordinator"
-
-
 @dataclass
 class Settings:
     """Every tunable of the coordinator; the README's "Coordinator" section explains each."""
 
-    state_dir: Path = field(default_factory=default_state_dir)
+    state_dir: Path = field(
+        default_factory=lambda: configfile.user_data_dir("neuroedge-coordinator"))
     host: str = "127.0.0.1"
     port: int = 8443
     tls_cert: Path | None = None

@@ -18,20 +18,11 @@ DEFAULT_BUNDLE = MODELS_DIR / "default_bundle"
 DEV_PUBLIC_KEY = MODELS_DIR / "dev_keys" / "dev_signing.key.pub"
 
 
-def default_data_dir() -> Path:
-    """``$NEUROEDGE_DATA_DIR``, else a per-user folder (XDG data home)."""
-    env = os.environ.get("NEUROEDGE_DATA_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "neuroedge"
-
-
 @dataclass
 class Settings:
     """Every tunable of the appliance; see README "Configuration" for each."""
 
-    data_dir: Path = field(default_factory=default_data_dir)
+    data_dir: Path = field(default_factory=lambda: configfile.user_data_dir("neuroedge"))
     host: str = "127.0.0.1"
     port: int = 8080
     bundle: Path = DEFAULT_BUNDLE

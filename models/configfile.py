@@ -15,6 +15,15 @@ T = TypeVar("T")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
+def user_data_dir(name: str) -> Path:
+    """``$XDG_DATA_HOME/name`` (default ``~/.local/share/name``): a per-user data folder.
+
+    The ``<PREFIX>DATA_DIR``-style environment variables are applied by :func:`load`.
+    """
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / name
+
+
 def _coerce(name: str, kind: str, value: object, error: type[Exception]) -> object:
     """``value`` as the field's annotated type (annotations are strings here)."""
     try:
