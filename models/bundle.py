@@ -37,6 +37,7 @@ import nacl.signing
 import numpy as np
 
 from models import signing, weights
+from models.sqlitedb import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,7 @@ def _write_tree(out_dir: Path, files: Mapping[str, bytes]) -> None:
                 fh.flush()
                 os.fsync(fh.fileno())
         os.chmod(tmp, 0o755)  # mkdtemp gives 0700; services read bundles as other users
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         # There is a brief window with no out_dir; devices should swap via their own slot.
         replaced = out_dir.exists()
         if replaced:
@@ -316,19 +317,11 @@ def _write_tree(out_dir: Path, files: Mapping[str, bytes]) -> None:
             if replaced:
                 os.rename(old, out_dir)
             raise
-        _fsync_dir(out_dir.parent)
+        fsync_dir(out_dir.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _build(out_dir: str | os.PathLike, files: Mapping[str, bytes], fields: Mapping[str, Any],

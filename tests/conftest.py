@@ -53,10 +53,11 @@ def trained_bundle(small_data: Path, signing_key_file: Path,
 
 
 @contextmanager
-def running(app) -> Iterator[str]:
-    """A real waitress server for ``app`` on 127.0.0.1 (ephemeral port); yields its URL."""
+def running(app, port: int = 0) -> Iterator[str]:
+    """A real waitress server for ``app`` on 127.0.0.1 (``port`` 0: ephemeral); yields
+    its URL."""
     from waitress.server import create_server
-    srv = create_server(app, host="127.0.0.1", port=0, threads=4)
+    srv = create_server(app, host="127.0.0.1", port=port, threads=4)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     try:

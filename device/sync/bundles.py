@@ -34,6 +34,7 @@ import nacl.signing
 
 from device.exc import RollbackError
 from models.bundle import BundleError, verify_bundle
+from models.sqlitedb import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -47,21 +48,13 @@ _TRASH_PREFIX = ".trash-"
 _TMP_SUFFIX = ".tmp"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(path: Path) -> None:
     """Flush every file of a flat bundle folder, then the folder itself."""
     for child in path.iterdir():
         if child.is_file() and not child.is_symlink():
             with open(child, "rb") as fh:
                 os.fsync(fh.fileno())
-    _fsync_dir(path)
+    fsync_dir(path)
 
 
 class InstalledBundles:
@@ -185,7 +178,7 @@ class InstalledBundles:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def _write_pointer(self, pointer: str, name: str) -> None:
         self._write_file(pointer, name + "\n")
@@ -195,7 +188,7 @@ class InstalledBundles:
         # Rename first: a half-deleted folder never sits under a v<N> name.
         trash = self.root / f"{_TRASH_PREFIX}{path.name}-{secrets.token_hex(4)}"
         os.rename(path, trash)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         shutil.rmtree(trash, ignore_errors=True)
 
     def staging_dir(self, version: int) -> Path:
@@ -249,7 +242,7 @@ class InstalledBundles:
             if target.exists():  # e.g. left by a crash before its pointer was written
                 self._remove_dir(target)
             os.rename(staged, target)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             # A crash before this line: CURRENT unchanged, v<N> is an orphan (pruned).
             self._write_pointer(PREVIOUS, previous)
             # A crash here: CURRENT and PREVIOUS both name the old bundle.
@@ -294,6 +287,6 @@ class InstalledBundles:
                 self._write_file(REJECTED, "".join(f"{v}\n" for v in sorted(rejected)))
             self._write_pointer(CURRENT, target)
             (self.root / PREVIOUS).unlink(missing_ok=True)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         logger.warning("rolled back from %s to %s", leaving, target)
         return self._path_of(target)

@@ -14,7 +14,7 @@ import re
 import socket
 import threading
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -25,6 +25,7 @@ import requests
 
 from device.config import DEV_PUBLIC_KEY
 from device.sync.updater import MIN_GATE_CASES, is_gate_case
+from tests.conftest import running
 
 ADMIN, PASSWORD, API_TOKEN = "alice", "correct horse battery", "ne_federation_admin_token"
 DEVICE_ID = "pi-1"
@@ -43,24 +44,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@contextmanager
-def serve(app, port: int = 0) -> Iterator[str]:
-    """``tests.conftest.running`` on a chosen port (0: ephemeral); yields the URL."""
-    from waitress.server import create_server
-    srv = create_server(app, host="127.0.0.1", port=port, threads=4)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{srv.effective_port}"
-    finally:
-        def stop() -> None:
-            for channel in list(srv._map.values()):
-                channel.close()
-            srv._map.clear()
-
-        srv.trigger.pull_trigger(stop)
-        thread.join(timeout=10)
-        srv.task_dispatcher.shutdown()
+serve = running  # a chosen port lets a test bring a stopped coordinator back
 
 
 class Recorder:
