@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -e '.[device,coordinator,train,test]'
+	$(PY) -m pip install --quiet -e '.[device,coordinator,train,test,flower]'
 	$(PY) -m pip check
 	touch $@
 
