@@ -39,7 +39,7 @@ class Receipt:
     round_closed: bool
 
 
-def _parse_time(iso: str) -> float:
+def parse_time(iso: str) -> float:
     """Seconds since the epoch of a stored ISO-8601 time (UTC when no offset is given)."""
     t = datetime.fromisoformat(iso)
     return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
@@ -114,20 +114,33 @@ class RoundManager:
         now = time.time() if now is None else now
         with self._lock:
             rnd = self.store.current_round()
-            if rnd is None or now - _parse_time(rnd.opened_at) < self.settings.round_deadline_s:
-                return
-            if rnd.n_updates >= self.settings.min_quorum:
-                self._close(rnd.id, f"deadline with {rnd.n_updates} updates (quorum)")
-            elif self.settings.carry_over and rnd.n_updates:
-                self.store.close_round(rnd.id, "expired", "deadline below quorum; carried over")
-                nxt = self.store.open_round(rnd.base_version)
-                moved = self.store.carry_over(rnd.id, nxt.id)
-                self.store.audit("round_carried_over", None, {"round": rnd.id, "to": nxt.id,
-                                                              "updates": moved})
-            else:
-                self.store.close_round(rnd.id, "expired", "deadline below quorum")
-                self.store.audit("round_expired", None, {"round": rnd.id,
-                                                         "updates": rnd.n_updates})
+            if rnd is not None and \
+                    now - parse_time(rnd.opened_at) >= self.settings.round_deadline_s:
+                self._end(rnd, "deadline")
+
+    def end_now(self, why: str) -> Future | None:
+        """End the open round now, as its deadline would (a transport that drives rounds
+        itself, Flower, calls this once replies are in); returns the latest aggregation
+        job (also one that ``min_updates`` started), None if there was never one."""
+        with self._lock:
+            rnd = self.store.current_round()
+            if rnd is not None:
+                self._end(rnd, why)
+            return self.pending
+
+    def _end(self, rnd, why: str) -> None:
+        if rnd.n_updates >= self.settings.min_quorum:
+            self._close(rnd.id, f"{why} with {rnd.n_updates} updates (quorum)")
+        elif self.settings.carry_over and rnd.n_updates:
+            self.store.close_round(rnd.id, "expired", f"{why} below quorum; carried over")
+            nxt = self.store.open_round(rnd.base_version)
+            moved = self.store.carry_over(rnd.id, nxt.id)
+            self.store.audit("round_carried_over", None, {"round": rnd.id, "to": nxt.id,
+                                                          "updates": moved})
+        else:
+            self.store.close_round(rnd.id, "expired", f"{why} below quorum")
+            self.store.audit("round_expired", None, {"round": rnd.id,
+                                                     "updates": rnd.n_updates})
 
     def _close(self, round_id: int, reason: str) -> None:
         self.store.close_round(round_id, "closed", reason)

@@ -1,0 +1,55 @@
+"""What the coordinator does with a device's update or report, whatever the transport.
+
+The HTTP API (:mod:`coordinator.api.updates`) and the Flower ServerApp
+(:mod:`coordinator.flower_server`) both call these, so validation, the audit log and
+the counters are the same for both.
+"""
+from __future__ import annotations
+
+import json
+
+from coordinator.exc import InputError, RejectedError
+from coordinator.rounds import Receipt
+
+REPORT_KINDS = ("bundle_refused", "bundle_installed", "rollback")
+
+
+def receive_update(svc, device_id: str, meta_text: str | None, payload: bytes | None
+                   ) -> Receipt:
+    """Validate and keep one head update (``meta`` JSON text, npz ``payload``) of an
+    authenticated device.
+
+    Raises :class:`InputError` / :class:`RejectedError` (also ConflictError for a second
+    update in a round); a refusal is audited as ``update_refused`` with its reason.
+    """
+    try:
+        if meta_text is None or payload is None:
+            raise InputError("an update needs 'weights' (npz) and 'meta' (JSON)")
+        try:
+            meta = json.loads(meta_text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"meta is not JSON: {exc.msg}") from None
+        if not isinstance(meta, dict):
+            raise InputError("meta must be a JSON object")
+        receipt = svc.rounds.submit(device_id, meta, payload)
+    except (InputError, RejectedError) as exc:
+        svc.telemetry.updates.labels("refused").inc()
+        svc.store.audit("update_refused", device_id,
+                        {"reason": getattr(exc, "reason", None) or "malformed",
+                         "message": str(exc)[:300]})
+        raise
+    svc.store.touch_device(device_id, meta.get("base_version"))
+    svc.telemetry.updates.labels("duplicate" if receipt.duplicate else "accepted").inc()
+    if not receipt.duplicate:
+        svc.telemetry.bytes_received.inc(len(payload))
+    return receipt
+
+
+def receive_report(svc, device_id: str, body: object) -> None:
+    """A device says what it did with a bundle (refusals feed the audit log)."""
+    if not isinstance(body, dict) or body.get("kind") not in REPORT_KINDS:
+        raise InputError(f"a report needs kind in {', '.join(REPORT_KINDS)}")
+    detail = {"version": body.get("version"), "reason": str(body.get("reason", ""))[:500]}
+    svc.store.audit(body["kind"], device_id, detail)
+    if body["kind"] != "bundle_refused" and isinstance(body.get("version"), int):
+        svc.store.touch_device(device_id, body["version"])
