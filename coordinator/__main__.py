@@ -152,7 +152,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from coordinator.simulate import print_table, simulate, write_report
     report = simulate(args.data, args.sites, args.rounds, args.partition, args.method,
-                      args.arch, args.seed, args.epochs)
+                      args.arch, args.seed, args.epochs, transport=args.transport)
     print_table(report)
     if args.json:
         write_report(report, args.json)
@@ -198,6 +198,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--arch", default="edge")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--epochs", type=int, help="cap on the initial model's epochs")
+    sp.add_argument("--transport", choices=("http", "flower"), default="http",
+                    help="our HTTP coordinator, or Flower SuperLink/SuperNodes")
     sp.add_argument("--json", type=Path)
     sp.set_defaults(func=cmd_simulate)
     return p

@@ -1,12 +1,15 @@
 """``python -m coordinator simulate``: a real federation on one machine.
 
-A coordinator process and N appliance processes on loopback, each with its own data
-folder and token. Each site's images go through the appliance's own JSON API (upload,
-then confirm the label); rounds are driven through the appliances' federation API
-(train + sync), exactly what the button or the schedule would do. The global model is
-judged on a held-out test partition that no site and not the coordinator trains on.
-Baselines on the same partition: centralized (one head trained on all sites' data) and
-local-only (each site's head alone), both with the same NumPy head trainer.
+A coordinator and N appliance processes on loopback, each with its own data folder and
+token. Each site's images go through the appliance's own JSON API (upload, then
+confirm the label). With ``--transport http`` rounds are driven through the
+appliances' federation API (train + sync), exactly what the button or the schedule
+would do; with ``--transport flower`` a real ``flower-superlink``, one
+``flower-supernode`` per site and ``flwr run`` carry them (:class:`FlowerCluster`).
+The global model is judged on a held-out test partition that no site and not the
+coordinator trains on. Baselines on the same partition: centralized (one head trained
+on all sites' data) and local-only (each site's head alone), both with the same NumPy
+head trainer.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from coordinator.rounds import parse_time
 from models import metrics
 from models.bundle import read_manifest
 from models.dataset import Sample, load_images, load_samples
@@ -36,6 +40,8 @@ from models.splits import (duplicate_groups, paper_partition, parse_partition, s
 logger = logging.getLogger(__name__)
 ADMIN_PASSWORD = "simulation-admin-password"
 READY_TIMEOUT_S = 120
+FLOWER_APP = Path(__file__).resolve().parent / "flower_app"
+FLOWER_RUN_TIMEOUT_S = 3600
 
 
 @dataclass
@@ -86,58 +92,108 @@ def write_csv(samples: list[Sample], path: Path) -> Path:
 
 
 class Cluster:
-    """The coordinator and appliance processes, started and stopped together."""
+    """The coordinator and appliance processes of one transport, started and stopped
+    together; ``run_rounds`` drives R rounds and returns one report row per round."""
+
+    transport = "http"
 
     def __init__(self, root: Path, n_sites: int, coordinator_data: Path, method: str,
                  initial: Path) -> None:
-        self.root, self.procs = root, []
-        self.env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock"}
+        self.root, self.procs, self.n = root, [], n_sites
+        self.coordinator_data = coordinator_data
+        bin_dir = str(Path(sys.executable).parent)  # flower-* and flwr-* live beside python
+        self.env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock",
+                    "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
         self.state = root / "coordinator"
-        self.coord_port = free_port()
-        cfg = root / "coordinator.toml"
+        self.coord_cfg = root / "coordinator.toml"
         # A site that cannot train this round (too few cases, one class) sends nothing:
         # the deadline then closes the round with the others (quorum 1).
-        cfg.write_text(f"min_updates = {n_sites}\nmin_quorum = 1\nround_deadline_s = 20\n"
-                       f"method = '{method}'\npublish_margin = 0.05\nmax_norm = 100.0\n"
-                       f"initial_weights = '{initial / 'model.weights.h5'}'\n")
-        self.coord_url = f"http://127.0.0.1:{self.coord_port}"
-        self.device_tokens = tokens = [
+        self.coord_cfg.write_text(
+            f"min_updates = {n_sites}\nmin_quorum = 1\nround_deadline_s = 20\n"
+            f"method = '{method}'\npublish_margin = 0.05\nmax_norm = 100.0\n"
+            f"initial_weights = '{initial / 'model.weights.h5'}'\n")
+        self.device_tokens = [
             self._cli("coordinator", "enroll", f"site-{k}", "--state-dir", str(self.state))
             for k in range(n_sites)]
-        self._start("coordinator", "serve", "--state-dir", str(self.state), "--port",
-                    str(self.coord_port), "--config", str(cfg), "--data", str(coordinator_data),
-                    "--initial-bundle", str(initial / "bundle"), log=root / "coordinator.log")
-        self._wait(self.coord_url)
-        pub = self.state / "signing.key.pub"
+        self.start_coordinator(initial)  # v1: the initial bundle re-signed, which sites ship
         self.sites = []
         for k in range(n_sites):
             data, port = root / f"site-{k}", free_port()
             data.mkdir()
             (data / "device.toml").write_text(
                 f"gpio = false\ncamera = false\nsync_interval_s = 86400\n"
-                f"bundle = '{initial / 'bundle'}'\n"
-                f"coordinator_url = '{self.coord_url}'\ndevice_id = 'site-{k}'\n"
-                f"device_token = '{tokens[k]}'\n"
-                f"trusted_keys = ['{pub}', '{_dev_key()}']\nsecret_key = 'sim-{k}'\n")
+                f"bundle = '{self.state / 'bundles' / 'v1'}'\ndevice_id = 'site-{k}'\n"
+                f"trusted_keys = ['{self.state / 'signing.key.pub'}']\n"
+                f"secret_key = 'sim-{k}'\n" + self.device_settings(k))
             common = ["--data-dir", str(data), "--config", str(data / "device.toml")]
             self._cli("device", "adduser", "admin", "--role", "admin", "--password-stdin",
                       *common, stdin=ADMIN_PASSWORD + "\n")
             token = self._cli("device", "token", "create", "sim", "--user", "admin", *common)
-            self._start("device", "serve", "--port", str(port), *common,
-                        log=data / "device.log")
-            self.sites.append({"url": f"http://127.0.0.1:{port}", "token": token})
+            self._start([sys.executable, "-m", "device", "serve", "--port", str(port),
+                         *common], log=data / "device.log")
+            self.sites.append({"url": f"http://127.0.0.1:{port}", "token": token,
+                               "data": data})
         for site in self.sites:
             self._wait(site["url"])
 
+    # -- what the transports do differently --------------------------------------------
+    def start_coordinator(self, initial: Path) -> None:
+        self.coord_url = f"http://127.0.0.1:{free_port()}"
+        self._start([sys.executable, "-m", "coordinator", "serve", "--state-dir",
+                     str(self.state), "--port", self.coord_url.rsplit(":", 1)[1], "--config",
+                     str(self.coord_cfg), "--data", str(self.coordinator_data),
+                     "--initial-bundle", str(initial / "bundle")],
+                    log=self.root / "coordinator.log")
+        self._wait(self.coord_url)
+
+    def device_settings(self, k: int) -> str:
+        return (f"coordinator_url = '{self.coord_url}'\n"
+                f"device_token = '{self.device_tokens[k]}'\n")
+
+    def run_rounds(self, rounds: int, evaluate) -> list[dict]:
+        """Train and sync through the appliances' API, as the button or schedule would."""
+        rows, version, last_round = [], 1, 0
+        up, down = [0] * self.n, [0] * self.n
+        for r in range(1, rounds + 1):
+            start = time.time()
+            trained = [self.call(k, "POST", "/api/v1/federation/train") for k in range(self.n)]
+            for k in range(self.n):
+                self.call(k, "POST", "/api/v1/federation/sync")
+            if not any(t.get("action") == "queued" for t in trained):
+                raise RuntimeError(f"round {r}: no site could train: {trained}")
+            outcome = wait_for_outcome(self, last_round)
+            last_round = outcome["round"]
+            synced = [self.call(k, "POST", "/api/v1/federation/sync") for k in range(self.n)]
+            version = outcome["published_version"] or version
+            rows.append(round_row(
+                r, last_round, version, outcome["published_version"] is not None,
+                outcome["reason"], evaluate(version),
+                [s["bytes_up"] - u for s, u in zip(synced, up)],
+                [s["bytes_down"] - d for s, d in zip(synced, down)], trained,
+                [s["bundle"] for s in synced], time.time() - start))
+            up, down = [s["bytes_up"] for s in synced], [s["bytes_down"] for s in synced]
+        return rows
+
+    def served_versions(self, expected: list[int], timeout: float = 60) -> list[int]:
+        """The bundle version each appliance serves, once they serve ``expected`` (or at
+        ``timeout``): under Flower the serving process adopts what its ClientApp installed."""
+        deadline = time.time() + timeout
+        while True:
+            served = [self.call(k, "GET", "/healthz")["model_version"] for k in range(self.n)]
+            if served == expected or time.time() > deadline:
+                return served
+            time.sleep(1)
+
+    # -- processes ---------------------------------------------------------------------
     def _cli(self, module: str, *args: str, stdin: str | None = None) -> str:
         out = subprocess.run([sys.executable, "-m", module, *args], input=stdin, text=True,
                              capture_output=True, env=self.env, check=True)
         return out.stdout.strip().splitlines()[-1]
 
-    def _start(self, module: str, *args: str, log: Path) -> None:
+    def _start(self, argv: list[str], log: Path, env: dict | None = None) -> None:
         fh = log.open("w")
-        self.procs.append(subprocess.Popen([sys.executable, "-m", module, *args],
-                                           stdout=fh, stderr=subprocess.STDOUT, env=self.env))
+        self.procs.append(subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT,
+                                           env=env or self.env))
 
     @staticmethod
     def _wait(url: str) -> None:
@@ -167,6 +223,79 @@ class Cluster:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+class FlowerCluster(Cluster):
+    """The same sites and coordinator state, with Flower carrying the rounds: a real
+    ``flower-superlink``, one ``flower-supernode`` per site (its ClientApp opens the
+    site's data folder), and ``flwr run`` submitting the NeuroEdge app, whose ServerApp
+    is the coordinator (:mod:`coordinator.flower_server`)."""
+
+    transport = "flower"
+
+    def start_coordinator(self, initial: Path) -> None:
+        from coordinator.config import load_settings
+        from coordinator.services import build_services
+        # What `coordinator serve` does on its first start: its key, v1 re-signed.
+        build_services(load_settings(self.coord_cfg, state_dir=self.state,
+                                     initial_bundle=initial / "bundle")).close()
+        self.link_port = free_port()
+        home = self.root / "flwr-home"
+        home.mkdir()
+        (home / "config.toml").write_text(
+            f"[superlink]\ndefault = 'local'\n\n[superlink.local]\n"
+            f"address = '127.0.0.1:{self.link_port}'\ninsecure = true\n")
+        self.flwr_env = {**self.env, "FLWR_HOME": str(home)}
+        self._start(["flower-superlink", "--insecure", "--port", str(self.link_port),
+                     "--disable-runtime-dependency-installation"],
+                    log=self.root / "superlink.log", env=self.flwr_env)
+
+    def device_settings(self, k: int) -> str:
+        data = self.root / f"site-{k}"
+        home = self.root / f"flwr-node-{k}"
+        self._start(["flower-supernode", "--insecure", "--superlink",
+                     f"127.0.0.1:{self.link_port}", "--port", str(free_port()),
+                     "--node-config", f'data-dir="{data}" config="{data / "device.toml"}"'],
+                    log=self.root / f"supernode-{k}.log",
+                    env={**self.env, "FLWR_HOME": str(home)})
+        return "transport = 'flower'\n"
+
+    def run_rounds(self, rounds: int, evaluate) -> list[dict]:
+        from coordinator.store.sqlite import SQLiteCoordinatorStore
+        start = time.time()
+        config = (f'state-dir="{self.state}" config="{self.coord_cfg}" '
+                  f'data="{self.coordinator_data}" num-rounds={rounds} min-nodes={self.n}')
+        log = self.root / "flwr-run.log"
+        with log.open("w") as fh:
+            done = subprocess.run(["flwr", "run", str(FLOWER_APP), "local", "--stream",
+                                   "--run-config", config], stdout=fh,
+                                  stderr=subprocess.STDOUT, env=self.flwr_env,
+                                  timeout=FLOWER_RUN_TIMEOUT_S)
+        store = SQLiteCoordinatorStore(self.state)
+        try:
+            events = sorted(store.audit_events(kind="flower_round"), key=lambda e: e.id)
+        finally:
+            store.close()
+        if done.returncode != 0 or len(events) != rounds:
+            raise RuntimeError(f"flwr run exited {done.returncode} after {len(events)} of "
+                               f"{rounds} rounds; see {log}:\n{log.read_text()[-2000:]}")
+        rows, version, previous = [], 1, start
+        for r, event in enumerate(events, 1):
+            d = event.detail
+            at = parse_time(event.at)
+            version = d["published_version"] or version
+            by_device = {s.get("device_id"): s for s in d["sites"]}
+            sites = [by_device.get(f"site-{k}", {}) for k in range(self.n)]
+            trained = [{**(s.get("train", {}).get("sync", {}).get("train") or {}),
+                        "payload_bytes": s.get("update", {}).get("bytes")} for s in sites]
+            rows.append(round_row(
+                r, d["coordinator_round"], version, d["published_version"] is not None,
+                d["outcome"], evaluate(version), [s.get("bytes_up", 0) for s in sites],
+                [s.get("bytes_down", 0) for s in sites], trained,
+                [s.get("evaluate", {}).get("sync", {}).get("bundle") for s in sites],
+                at - previous))
+            previous = at
+        return rows
 
 
 def _dev_key() -> Path:
@@ -200,6 +329,22 @@ def wait_for_outcome(cluster: Cluster, after: int, timeout: float = 600) -> dict
                 return rnd
         time.sleep(1)
     raise RuntimeError(f"no round after {after} had an outcome within {timeout} s")
+
+
+def round_row(r: int, coordinator_round: int | None, version: int, published: bool,
+              reason: str, result: dict, up: list[int], down: list[int], trained: list[dict],
+              installed: list, seconds: float) -> dict:
+    """One report row; the same keys for both transports."""
+    return {"round": r, "coordinator_round": coordinator_round, "model_version": version,
+            "published": published, "reason": reason, "global_accuracy": result["accuracy"],
+            "global_auc": result["auc"], "global": result,
+            "bytes_up_per_device": float(np.mean(up)),
+            "bytes_down_per_device": float(np.mean(down)),
+            "update_bytes": [t.get("payload_bytes") for t in trained],
+            "skipped": [t.get("reason") for t in trained if t.get("action") == "skipped"],
+            "local": [{k: t.get(k) for k in ("local_accuracy_before", "local_accuracy_after",
+                                             "local_n")} for t in trained],
+            "installed": installed, "seconds": seconds}
 
 
 def embed(bundle_dir: Path, samples: list[Sample]) -> tuple[np.ndarray, np.ndarray]:
@@ -251,15 +396,22 @@ def initial_model(coordinator_csv: Path, arch: str, out: Path, epochs: int | Non
 
 def simulate(data: Path, sites: int, rounds: int, spec: str = "iid", method: str = "fedavg",
              arch: str = "edge", seed: int = 0, epochs: int | None = None,
-             workdir: Path | None = None) -> dict:
-    """Run the federation; returns the report (see the module docstring)."""
+             workdir: Path | None = None, transport: str = "http",
+             initial: Path | None = None) -> dict:
+    """Run the federation; returns the report (see the module docstring).
+
+    ``initial``: a folder with ``bundle/`` and ``model.weights.h5`` to start from
+    instead of training the initial model on the coordinator's share (it must not have
+    seen the test or site images).
+    """
     part = partition(load_samples(data), spec, sites, seed)
     n = len(part.sites)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         root = Path(tmp)
         coordinator_csv = write_csv(part.coordinator, root / "coordinator.csv")
-        initial = initial_model(coordinator_csv, arch, root / "initial", epochs)
-        cluster = Cluster(root, n, coordinator_csv, method, initial)
+        initial = initial or initial_model(coordinator_csv, arch, root / "initial", epochs)
+        kind = {"http": Cluster, "flower": FlowerCluster}[transport]
+        cluster = kind(root, n, coordinator_csv, method, initial)
         try:
             for k, site in enumerate(part.sites):
                 feed(cluster, k, site)
@@ -267,43 +419,17 @@ def simulate(data: Path, sites: int, rounds: int, spec: str = "iid", method: str
             spec_in = InputSpec.from_dict(read_manifest(bundles / "v1")["input"])
             x_test, y_test, _ = load_images(part.test, spec_in)
             report = {"partition": spec, "sites": n, "method": method, "seed": seed,
-                      "arch": arch,
+                      "arch": arch, "transport": transport,
                       "site_sizes": [len(s) for s in part.sites],
                       "coordinator_images": len(part.coordinator), "test_images": len(y_test),
                       "initial": evaluate_bundle(bundles / "v1", x_test, y_test),
-                      **baselines(bundles / "v1", part), "rounds": []}
-            version, last_round, up, down = 1, 0, [0] * n, [0] * n
-            for r in range(1, rounds + 1):
-                start = time.time()
-                trained = [cluster.call(k, "POST", "/api/v1/federation/train")
-                           for k in range(n)]
-                for k in range(n):
-                    cluster.call(k, "POST", "/api/v1/federation/sync")
-                if not any(t.get("action") == "queued" for t in trained):
-                    raise RuntimeError(f"round {r}: no site could train: {trained}")
-                outcome = wait_for_outcome(cluster, last_round)
-                last_round = outcome["round"]
-                synced = [cluster.call(k, "POST", "/api/v1/federation/sync") for k in range(n)]
-                seconds = time.time() - start
-                version = outcome["published_version"] or version
-                result = evaluate_bundle(bundles / f"v{version}", x_test, y_test)
-                report["rounds"].append({
-                    "round": r, "coordinator_round": last_round, "model_version": version,
-                    "published": outcome["published_version"] is not None,
-                    "reason": outcome["reason"], "global_accuracy": result["accuracy"],
-                    "global_auc": result["auc"], "global": result,
-                    "bytes_up_per_device": float(np.mean([s["bytes_up"] - u
-                                                          for s, u in zip(synced, up)])),
-                    "bytes_down_per_device": float(np.mean([s["bytes_down"] - d
-                                                            for s, d in zip(synced, down)])),
-                    "update_bytes": [t.get("payload_bytes") for t in trained],
-                    "skipped": [t.get("reason") for t in trained
-                                if t.get("action") == "skipped"],
-                    "local": [{k: t.get(k) for k in ("local_accuracy_before",
-                                                     "local_accuracy_after", "local_n")}
-                              for t in trained],
-                    "installed": [s["bundle"] for s in synced], "seconds": seconds})
-                up, down = [s["bytes_up"] for s in synced], [s["bytes_down"] for s in synced]
+                      **baselines(bundles / "v1", part)}
+            report["rounds"] = cluster.run_rounds(rounds, lambda version: evaluate_bundle(
+                bundles / f"v{version}", x_test, y_test))
+            # What each site should serve: the last version it installed (it may refuse).
+            expected = [max([1] + [r["model_version"] for r in report["rounds"]
+                                   if r["installed"][k] == "installed"]) for k in range(n)]
+            report["served_versions"] = cluster.served_versions(expected)
         finally:
             cluster.stop()
     return report

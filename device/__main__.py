@@ -43,6 +43,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if svc.federation is not None:
         threading.Thread(target=svc.federation.run, args=(stop,), daemon=True,
                          name="federation").start()
+    elif settings.transport == "flower":
+        threading.Thread(target=svc.follow_installed, args=(stop,), daemon=True,
+                         name="follow-installed").start()
     url = f"http://{settings.host}:{settings.port}/"
     print(f"NeuroEdge appliance serving on {url} (data in {settings.data_dir})", flush=True)
     # SIGTERM (systemd stop) unwinds through the finally below: pins and store closed.

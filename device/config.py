@@ -39,7 +39,11 @@ class Settings:
     login_attempts: int = 5          # failures allowed per user+address ...
     login_window_s: int = 900        # ... within this many seconds
     secret_key: str = field(default="", repr=False)
-    # Federation (empty coordinator_url: this appliance works alone).
+    # Federation (empty coordinator_url: this appliance works alone). Transport "http"
+    # talks to `python -m coordinator serve`; "flower" takes rounds from a Flower
+    # SuperNode on this machine (see README "Flower transport"), which runs the ClientApp
+    # on this data folder; the appliance then only serves what that installed.
+    transport: str = "http"
     coordinator_url: str = ""
     device_id: str = ""
     device_token: str = field(default="", repr=False)
@@ -51,6 +55,7 @@ class Settings:
     update_topk: float = 0.0             # > 0: send only this fraction of the delta
     dp_clip: float = 0.0                 # > 0 with dp_noise: local DP on the delta
     dp_noise: float = 0.0
+    bundle_poll_s: float = 5.0           # transport "flower": adopt a newly installed bundle
 
     @property
     def max_upload_bytes(self) -> int:
@@ -70,6 +75,13 @@ class Settings:
             raise ConfigError("trusted_keys: at least one public key is needed")
         if self.login_attempts < 1 or self.login_window_s < 1:
             raise ConfigError("login_attempts and login_window_s must be positive")
+        if self.transport not in ("http", "flower"):
+            raise ConfigError(f"transport: {self.transport!r} is not 'http' or 'flower'")
+        if self.transport == "flower" and not self.device_id:
+            raise ConfigError("transport 'flower' needs device_id (the coordinator's name "
+                              "for this appliance)")
+        if self.bundle_poll_s <= 0:
+            raise ConfigError("bundle_poll_s must be positive")
         if self.coordinator_url and not (self.device_id and self.device_token):
             raise ConfigError("coordinator_url needs device_id and device_token")
         if self.coordinator_url and not self.coordinator_url.startswith(("http://",

@@ -132,6 +132,16 @@ class Federation:
         return {"local_accuracy_before": before, "local_accuracy_after": after,
                 "local_n": int(len(y))}
 
+    def evaluate_local(self) -> dict:
+        """The model in service on this site's held-out (gate) confirmed cases."""
+        predictor = self.svc.slot.current
+        _, _, x, y = self.examples()
+        if len(y) == 0:
+            return {"local_n": 0}
+        m = metrics.binary_metrics(y, predict(predictor.bundle.load_head(), x),
+                                   predictor.threshold)
+        return {"local_accuracy": m["accuracy"], "local_auc": m["auc"], "local_n": int(len(y))}
+
     # --- sync -------------------------------------------------------------------------
     def sync_now(self, force: bool = True) -> dict:
         """Send queued updates, then take a newer bundle if one passes every check.

@@ -58,7 +58,9 @@ class Services:
     def request_sync(self) -> None:
         """Button press: sync with the coordinator now, in the background."""
         if self.federation is None:
-            logger.info("sync requested from the button; no coordinator configured")
+            logger.info("sync requested from the button; %s", "rounds come from the Flower "
+                        "SuperNode" if self.settings.transport == "flower"
+                        else "no coordinator configured")
             return
         threading.Thread(target=self._sync_quietly, daemon=True, name="sync-now").start()
 
@@ -68,6 +70,27 @@ class Services:
         except Exception as exc:  # shown on the LED and /healthz, never fatal
             logger.warning("sync failed: %s", exc)
             self.telemetry.record_error("sync", f"sync failed: {type(exc).__name__}")
+
+    def adopt_installed(self) -> bool:
+        """Serve the bundle another process of this appliance installed (the Flower
+        ClientApp verified and gated it), if it is not the one in service."""
+        path = self.bundles.current_path().resolve()
+        if path == Path(self.slot.current.bundle.path).resolve():
+            return False
+        predictor = load_predictor(self.settings, path)
+        self.slot.swap(predictor)
+        logger.info("now serving bundle version %d installed by the Flower client",
+                    predictor.version)
+        return True
+
+    def follow_installed(self, stop: threading.Event) -> None:
+        """Background loop of transport "flower": adopt installed bundles."""
+        while not stop.wait(self.settings.bundle_poll_s):
+            try:
+                self.adopt_installed()
+            except Exception as exc:  # a bad install must not stop serving
+                logger.warning("could not adopt the installed bundle: %s", exc)
+                self.telemetry.record_error("sync", f"adopt failed: {type(exc).__name__}")
 
     def close(self) -> None:
         self.status.close()
@@ -85,16 +108,19 @@ def open_stores(settings: Settings) -> tuple[CaseStore, AccountStore]:
             SQLiteAccountStore(settings.data_dir, db=db))
 
 
-def build_federation(svc: Services):
-    """Client, outbox and updater for a configured coordinator (None without one)."""
+def build_federation(svc: Services, client=None):
+    """Federation over ``client``; by default the HTTP client of a configured
+    coordinator (None without one, or with transport "flower", whose ClientApp brings
+    its own :class:`~device.sync.message_link.MessageLink`)."""
     s = svc.settings
-    if not s.coordinator_url:
-        return None
+    if client is None:
+        if s.transport != "http" or not s.coordinator_url:
+            return None
+        from device.sync.client import CoordinatorClient
+        client = CoordinatorClient(s.coordinator_url, s.device_token, s.coordinator_ca)
     from device.federation import Federation
-    from device.sync.client import CoordinatorClient
     from device.sync.outbox import Outbox
     from device.sync.updater import BundleUpdater
-    client = CoordinatorClient(s.coordinator_url, s.device_token, s.coordinator_ca)
     updater = BundleUpdater(s, svc.slot, svc.store, svc.bundles, status=svc.status)
     return Federation(svc, client, Outbox(s.data_dir), updater)
 

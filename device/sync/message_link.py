@@ -1,0 +1,76 @@
+"""The coordinator as seen through one transport message (Flower) instead of HTTP.
+
+:class:`device.federation.Federation` talks to its coordinator through four calls --
+``post_update``, ``latest``, ``download``, ``report`` -- and two byte counters.
+:class:`MessageLink` answers them from the bundle a message carried and collects what
+goes back in the reply, so the same Federation code (outbox, verification, local gate,
+swap) runs under either transport. Nothing here imports Flower.
+
+Byte counters count what the records carry (payload, meta and report JSON up; bundle
+files down), like the HTTP client counts bodies: framing is excluded.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from device.sync.client import CoordinatorUnavailable, UnsafeDownload
+
+
+class MessageLink:
+    """One round's exchange: the offered bundle in, updates and reports out.
+
+    Parameters
+    ----------
+    version : int or None
+        The coordinator's latest bundle version (None: it did not say).
+    files : dict
+        ``{file name: bytes}`` of that bundle; empty when the coordinator knows this
+        device already has it.
+    max_updates : int
+        Updates one reply may carry (the coordinator takes one per device per round);
+        more wait in the outbox for the next round.
+    """
+
+    def __init__(self, version: int | None, files: dict[str, bytes] | None = None,
+                 max_updates: int = 1) -> None:
+        self.version, self.files = version, dict(files or {})
+        self.max_updates = max_updates
+        self.updates: list[tuple[bytes, dict]] = []
+        self.reports: list[dict] = []
+        self.bytes_up = 0
+        self.bytes_down = 0
+
+    def post_update(self, payload: bytes, meta: dict) -> dict:
+        if len(self.updates) >= self.max_updates:
+            raise CoordinatorUnavailable(f"a reply carries {self.max_updates} update(s); "
+                                         "the others wait for the next round")
+        self.updates.append((payload, meta))
+        self.bytes_up += len(payload) + len(json.dumps(meta))
+        return {"update_id": meta.get("update_id"), "round": None, "duplicate": False}
+
+    def latest(self, model_version: int | None = None) -> dict:
+        """What ``GET /api/v1/bundles/latest`` would say; files named by themselves."""
+        return {"version": self.version, "files": {name: name for name in self.files}}
+
+    def download(self, name: str, dest: Path, max_bytes: int) -> int:
+        data = self.files.get(name)
+        if data is None:
+            raise UnsafeDownload(f"the message carries no file {name!r}", "origin")
+        if len(data) > max_bytes:
+            raise UnsafeDownload(f"file of {len(data)} bytes exceeds {max_bytes}", "size")
+        tmp = Path(dest).with_name(Path(dest).name + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+        self.bytes_down += len(data)
+        return len(data)
+
+    def report(self, kind: str, version: int | None, reason: str = "") -> dict:
+        body = {"kind": kind, "version": version, "reason": reason}
+        self.reports.append(body)
+        self.bytes_up += len(json.dumps(body))
+        return {"recorded": True}

@@ -1,0 +1,128 @@
+"""The coordinator's Flower ServerApp round driver on real Flower ``Message`` objects
+and real coordinator services (SQLite, validation, aggregation, audit). Flower's Grid
+is the seam: a scripted one plays five SuperNodes -- a good update, a poisoned one, an
+unknown device, a crashed ClientApp and a malformed reply. The real SuperLink and
+SuperNodes carry these messages in ``tests/e2e/test_flower.py``."""
+from __future__ import annotations
+
+import json
+import uuid
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+
+from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+from coordinator.flower_server import FlowerRounds  # noqa: E402
+from models import message_records as rec  # noqa: E402
+from models.update_codec import encode  # noqa: E402
+
+
+POISON_REASON = "payload"   # a NaN is refused when the update is decoded
+
+
+@pytest.fixture(autouse=True)
+def serverapp_process(monkeypatch):
+    """Flower stamps messages with the identity of the process that makes them; this
+    test is the ServerApp process (node 0) and, while replying, each node."""
+    for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+class ScriptedGrid:
+    """Flower's ``Grid`` as the round driver uses it; replies come from ``nodes``."""
+
+    def __init__(self, nodes: dict) -> None:
+        self.nodes, self.sent = nodes, []
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for msg in messages:
+            self.sent.append(msg)
+            TaskIdentity._node_id = msg.metadata.dst_node_id
+            try:
+                replies.append(self.nodes[msg.metadata.dst_node_id](msg))
+            finally:
+                TaskIdentity._node_id = 0
+        return replies
+
+
+def reply(msg: Message, device_id: str | None, update: tuple | None = None) -> Message:
+    status = ConfigRecord(rec.status_record(device_id, 1, [], {"bundle": "none"})
+                          if device_id else {"model_version": 1})
+    content = RecordDict({rec.STATUS: status,
+                          rec.METRICS: MetricRecord({"num-examples": 20})})
+    if update is not None and msg.metadata.message_type == "train":
+        payload, meta = update
+        content[rec.UPDATE] = ConfigRecord({"payload": payload, "meta": json.dumps(meta)})
+    return Message(content, reply_to=msg)
+
+
+def update(coord, device_id: str, poison: bool = False) -> tuple[bytes, dict]:
+    rng = np.random.default_rng(0)
+    delta = {k: rng.normal(0, 0.01, s).astype(np.float32)
+             for k, s in coord.bundles.latest().head_shapes.items()}
+    if poison:
+        next(iter(delta.values())).flat[0] = np.nan
+    payload, extra = encode(delta, "float32" if poison else "int8")
+    return payload, {"device_id": device_id, "base_version": 1, "examples": 20,
+                     "update_id": uuid.uuid4().hex, **extra}
+
+
+def test_a_round_takes_the_good_update_and_audits_every_bad_reply(coord, enroll):
+    enroll("pi-1")
+    enroll("pi-2")
+    good, poisoned = update(coord, "pi-1"), update(coord, "pi-2", poison=True)
+    grid = ScriptedGrid({
+        1: lambda m: reply(m, "pi-1", good),
+        2: lambda m: reply(m, "pi-2", poisoned),
+        3: lambda m: reply(m, "intruder", update(coord, "intruder")),
+        4: lambda m: Message(Error(code=0, reason="ClientApp raised OSError"), reply_to=m),
+        5: lambda m: reply(m, None),
+    })
+
+    FlowerRounds(coord, grid, timeout=5).run(rounds=1, min_nodes=5, node_wait=1)
+
+    # Train then evaluate to every node; nodes that said they run v1 get no files.
+    assert [m.metadata.message_type for m in grid.sent] == ["train"] * 5 + ["evaluate"] * 5
+    assert all(set(m.content[rec.BUNDLE]) == {"version"} for m in grid.sent)
+    # The round holds only pi-1's update; it was aggregated (no data: not published).
+    (rnd,) = coord.store.list_rounds()
+    assert [u.device_id for u in coord.store.updates_for_round(rnd.id)] == ["pi-1"]
+    assert rnd.status == "closed" and "publishing disabled" in rnd.reason
+    refused = sorted(((e.device_id or "", e.detail["reason"], e.detail.get("node", ""))
+                      for e in coord.store.audit_events(kind="update_refused")))
+    # Unknown and anonymous nodes are refused in both phases; the poisoned update once.
+    assert refused == [("", "identity", "3")] * 2 + [("", "identity", "5")] * 2 + \
+        [("pi-2", POISON_REASON, "")], refused
+    assert [e.detail["reason"] for e in coord.store.audit_events(kind="flower_error")] \
+        == ["ClientApp raised OSError"] * 2
+    (event,) = coord.store.audit_events(kind="flower_round")
+    sites = {s["node"]: s for s in event.detail["sites"]}
+    assert sites["1"]["update"]["round"] == rnd.id and "refused" in sites["2"]["update"]
+    assert "error" in sites["3"] and "error" in sites["4"] and "error" in sites["5"]
+    assert event.detail["coordinator_round"] == rnd.id
+
+
+def test_a_node_that_is_behind_gets_the_bundle_files(coord, enroll):
+    enroll("pi-1")
+
+    def behind(msg: Message) -> Message:
+        status = rec.status_record("pi-1", 0, [], {})
+        return Message(RecordDict({rec.STATUS: ConfigRecord(status)}), reply_to=msg)
+
+    grid = ScriptedGrid({1: behind})
+    FlowerRounds(coord, grid, timeout=5).run(rounds=1, min_nodes=1, node_wait=1)
+
+    first, second = (m.content[rec.BUNDLE] for m in grid.sent)
+    version, files = rec.read_bundle_record(second)
+    assert set(first) == {"version"} and version == 1
+    assert {"manifest.json", "signature", "model.tflite", "head.npz"} <= set(files)
+    assert files["model.tflite"] == (coord.bundles.latest().path / "model.tflite").read_bytes()
+    assert not coord.store.list_rounds()   # no update: no round

@@ -1,0 +1,117 @@
+"""The device side of the Flower transport without Flower: the appliance's own
+Federation code over a MessageLink (what ``device.flower_client`` builds from a round
+message), on real bundles, a real SQLite store and a second Services on the same data
+folder playing the serving appliance that adopts what the ClientApp installed."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from device.config import load_settings
+from device.services import build_federation, build_services
+from device.sync.client import CoordinatorUnavailable
+from device.sync.message_link import MessageLink
+from device.sync.outbox import Outbox
+from device.sync.updater import synthetic_slice
+from models.bundle import resign_bundle
+from models.preprocess import preprocess
+from models.signing import load_signing_key
+
+
+@pytest.fixture
+def settings(tmp_path, trained_bundle, signing_key_file):
+    return load_settings(data_dir=tmp_path / "data", bundle=trained_bundle[0], gpio=False,
+                         camera=False, trusted_keys=[f"{signing_key_file}.pub"],
+                         transport="flower", device_id="pi-1", secret_key="test")
+
+
+@pytest.fixture
+def v2_files(trained_bundle, signing_key_file, tmp_path) -> dict[str, bytes]:
+    out = tmp_path / "v2"
+    resign_bundle(trained_bundle[0], out, load_signing_key(signing_key_file), version=2,
+                  parent_version=1)
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+@pytest.fixture
+def client_app(settings):
+    """Services as the ClientApp opens them for one message (closed afterwards)."""
+    svc = build_services(settings)
+    yield svc
+    svc.close()
+
+
+def test_a_transport_flower_appliance_builds_no_http_federation(client_app):
+    assert client_app.federation is None
+
+
+def test_the_offered_bundle_is_verified_installed_and_reported(client_app, v2_files):
+    link = MessageLink(2, v2_files)
+    fed = build_federation(client_app, link)
+
+    result = fed.sync_now()
+
+    assert result["bundle"] == "installed" and result["version"] == 2, result
+    assert client_app.slot.current.version == 2
+    assert link.reports == [{"kind": "bundle_installed", "version": 2, "reason": ""}]
+    assert link.bytes_down == sum(len(b) for b in v2_files.values())
+    assert link.updates == []
+
+
+def test_a_tampered_file_is_refused_reported_and_nothing_changes(client_app, v2_files):
+    model = bytearray(v2_files["model.tflite"])
+    model[len(model) // 2] ^= 0xFF
+    link = MessageLink(2, {**v2_files, "model.tflite": bytes(model)})
+
+    result = build_federation(client_app, link).sync_now()
+
+    assert result["bundle"] == "refused" and "SHA-256" in result["reason"], result
+    assert [r["kind"] for r in link.reports] == ["bundle_refused"]
+    assert client_app.slot.current.version == 1
+    assert client_app.bundles.current_name() is None
+
+
+def test_no_files_for_the_version_in_service_means_nothing_to_do(client_app):
+    link = MessageLink(1, {})
+
+    result = build_federation(client_app, link).sync_now()
+
+    assert result["bundle"] == "none" and link.reports == [] and link.bytes_down == 0
+
+
+def test_a_reply_carries_one_update_the_next_waits_in_the_outbox(settings, tmp_path):
+    outbox = Outbox(settings.data_dir)
+    for n in range(2):
+        outbox.put(f"{n:032x}", b"payload-%d" % n, {"update_id": f"{n:032x}", "n": n})
+    link = MessageLink(1)
+
+    flushed = outbox.flush(link, force=True)
+
+    assert (flushed.sent, flushed.deferred) == (1, 1)
+    assert [meta["n"] for _, meta in link.updates] == [0]
+    assert link.bytes_up == len(b"payload-0") + len(json.dumps(link.updates[0][1]))
+    assert [e.update_id for e in outbox.pending()] == [f"{1:032x}"]
+    with pytest.raises(CoordinatorUnavailable):
+        link.post_update(b"x", {})
+
+
+def test_the_serving_appliance_adopts_what_its_client_app_installed(settings, v2_files):
+    serving = build_services(settings)          # `python -m device serve`
+    try:
+        client_app = build_services(settings)   # one Flower round message
+        try:
+            assert build_federation(client_app, MessageLink(2, v2_files)).sync_now()[
+                "bundle"] == "installed"
+        finally:
+            client_app.close()
+
+        assert serving.slot.current.version == 1
+        assert serving.adopt_installed() is True
+        assert serving.slot.current.version == 2
+        assert serving.adopt_installed() is False   # already serving it
+        spec = serving.slot.current.input_spec
+        x = preprocess(synthetic_slice(), spec)[None]
+        assert 0.0 <= float(serving.slot.current.probabilities(x)[0][0]) <= 1.0
+    finally:
+        serving.close()
