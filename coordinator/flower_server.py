@@ -3,7 +3,8 @@
 Run through a Flower SuperLink with ``flwr run`` (see README "Flower transport"): the
 run config names the coordinator's state folder, settings file and images, so this is
 the same coordinator -- SQLite state, enrolled devices, validation, aggregation,
-pruned int8 signed publishing, audit log -- with Flower carrying the messages:
+pruned int8 signed publishing, audit log -- with Flower carrying the messages and
+:class:`NeuroEdgeStrategy` (a Flower ``Strategy``) running the rounds:
 
 1. ``train`` to every connected node, with the latest signed bundle (its files only to
    nodes not known to have it); each reply's update goes through
@@ -20,12 +21,17 @@ Record layout: :mod:`models.message_records`.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
+from typing import Iterable
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+import numpy as np
+from flwr.app import (Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord,
+                      RecordDict)
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from coordinator.config import load_settings
 from coordinator.exc import CoordinatorError, NotFoundError
@@ -48,81 +54,123 @@ def main(grid: Grid, context: Context) -> None:
                              data=Path(str(cfg["data"])) if cfg.get("data") else None)
     svc = build_services(settings)
     try:
-        FlowerRounds(svc, grid, timeout=float(cfg["round-timeout"])).run(
-            int(cfg["num-rounds"]), int(cfg["min-nodes"]), float(cfg["node-wait"]))
+        strategy = NeuroEdgeStrategy(svc, int(cfg["min-nodes"]), float(cfg["node-wait"]))
+        strategy.start(grid, strategy.global_head(), num_rounds=int(cfg["num-rounds"]),
+                       timeout=float(cfg["round-timeout"]))
     finally:
         svc.close()
 
 
-class FlowerRounds:
-    """Drives rounds over a Flower ``Grid`` with the coordinator's services."""
+class NeuroEdgeStrategy(Strategy):
+    """A Flower strategy whose maths and state are the coordinator's.
 
-    def __init__(self, svc: Services, grid: Grid, timeout: float) -> None:
-        self.svc, self.grid, self.timeout = svc, grid, timeout
+    ``configure_*`` offer the latest signed bundle; ``aggregate_train`` feeds replies to
+    :mod:`coordinator.intake` and ends the round with :class:`RoundManager` (the
+    configured aggregation, then publishing), returning the global head as arrays;
+    ``aggregate_evaluate`` records the round (``flower_round`` audit event).
+    """
+
+    def __init__(self, svc: Services, min_nodes: int = 1, node_wait: float = 120.0) -> None:
+        self.svc, self.min_nodes, self.node_wait = svc, min_nodes, node_wait
         self.known: dict[int, int] = {}  # node id -> bundle version it reported
+        self.sites: dict[int, dict] = {}  # this round's record per node
+        self.sent: dict[int, int] = {}    # bundle bytes in the last message per node
+        self.round_id: int | None = None
 
-    def run(self, rounds: int, min_nodes: int, node_wait: float) -> None:
-        for r in range(1, rounds + 1):
-            nodes = self._nodes(min_nodes, node_wait)
-            sites: dict[int, dict] = {}
-            for node, reply, down in self._exchange(nodes, "train", r):
-                sites[node] = {"bytes_down": down, **self._take(node, reply, train=True)}
-            job = self.svc.rounds.end_now(f"Flower round {r}")
-            if job is not None:
-                job.result()  # aggregation and publishing of the round just ended
-            ids = [s["update"]["round"] for s in sites.values() if "round" in s.get("update", {})]
-            last = self.svc.store.get_round(max(ids)) if ids else None
-            for node, reply, down in self._exchange(nodes, "evaluate", r):
-                site = sites.setdefault(node, {"bytes_down": 0})
-                site["bytes_down"] += down
-                evaluated = self._take(node, reply, train=False)
-                site["bytes_up"] = site.get("bytes_up", 0) + evaluated.pop("bytes_up")
-                site.update(evaluated)
-            self.svc.store.audit("flower_round", None, {
-                "round": r, "coordinator_round": last.id if last else None,
-                "outcome": last.reason if last else "no update received",
-                "published_version": last.published_version if last else None,
-                "latest_version": self.svc.bundles.latest().version,
-                "sites": list(sites.values())})
-            logger.info("Flower round %d done: %s", r,
-                        last.reason if last else "no update received")
+    def summary(self) -> None:
+        s = self.svc.settings
+        logger.info("NeuroEdge strategy: %s, min_updates %d, quorum %d, publish margin %s",
+                    s.method, s.min_updates, s.min_quorum, s.publish_margin)
 
-    def _nodes(self, min_nodes: int, wait: float) -> list[int]:
-        deadline = time.monotonic() + wait
+    def global_head(self) -> ArrayRecord:
+        return ArrayRecord({k: Array(np.ascontiguousarray(v))
+                            for k, v in self.svc.bundles.latest().load_head().items()})
+
+    # -- train ---------------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.sites, self.round_id = {}, None
+        return self._offer(grid, "train", server_round)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        examples = 0
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            site = self._take(node, reply, train=True)
+            self.sites[node] = {**site, "bytes_down": self.sent.get(node, 0)}
+            if "round" in site.get("update", {}):
+                self.round_id = site["update"]["round"]
+                examples += int(site["train"]["metrics"].get("num-examples", 0))
+        job = self.svc.rounds.end_now(f"Flower round {server_round}")
+        if job is not None:
+            job.result()  # aggregation and publishing of the round just ended
+        rnd = self.svc.store.get_round(self.round_id) if self.round_id else None
+        if rnd is None or rnd.published_version is None:
+            return None, MetricRecord({"examples": examples})
+        return self.global_head(), MetricRecord({"examples": examples,
+                                                 "version": rnd.published_version})
+
+    # -- evaluate ------------------------------------------------------------------------
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
+                           config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        return self._offer(grid, "evaluate", server_round)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        accuracies = []
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            evaluated = self._take(node, reply, train=False)
+            site = self.sites.setdefault(node, {"bytes_down": 0, "bytes_up": 0})
+            site["bytes_down"] += self.sent.get(node, 0)
+            site["bytes_up"] = site.get("bytes_up", 0) + evaluated.pop("bytes_up")
+            site.update(evaluated)
+            local = evaluated.get("evaluate", {}).get("metrics", {})
+            if local.get("local_n"):
+                accuracies.append(local["local_accuracy"])
+        rnd = self.svc.store.get_round(self.round_id) if self.round_id else None
+        self.svc.store.audit("flower_round", None, {
+            "round": server_round, "coordinator_round": rnd.id if rnd else None,
+            "outcome": rnd.reason if rnd else "no update received",
+            "published_version": rnd.published_version if rnd else None,
+            "latest_version": self.svc.bundles.latest().version,
+            "sites": list(self.sites.values())})
+        logger.info("Flower round %d done: %s", server_round,
+                    rnd.reason if rnd else "no update received")
+        return MetricRecord({"local_accuracy_mean": float(np.mean(accuracies))}) \
+            if accuracies else None
+
+    # -- messages ------------------------------------------------------------------------
+    def _nodes(self, grid: Grid) -> list[int]:
+        deadline = time.monotonic() + self.node_wait
         while True:
-            nodes = sorted(self.grid.get_node_ids())
-            if len(nodes) >= min_nodes or time.monotonic() > deadline:
+            nodes = sorted(grid.get_node_ids())
+            if len(nodes) >= self.min_nodes or time.monotonic() > deadline:
                 break
             time.sleep(1.0)
         if not nodes:
-            raise RuntimeError(f"no Flower node connected within {wait:.0f} s")
-        if len(nodes) < min_nodes:
-            logger.warning("only %d of %d nodes connected; going on", len(nodes), min_nodes)
+            raise RuntimeError(f"no Flower node connected within {self.node_wait:.0f} s")
+        if len(nodes) < self.min_nodes:
+            logger.warning("only %d of %d nodes connected; going on", len(nodes),
+                           self.min_nodes)
         return nodes
 
-    def _exchange(self, nodes: list[int], kind: str, r: int):
-        """Send ``kind`` with the latest bundle to each node; yield (node, reply, bytes
-        of bundle files sent to it) for every reply that came back in time."""
+    def _offer(self, grid: Grid, kind: str, server_round: int) -> list[Message]:
+        """A ``kind`` message with the latest bundle for each connected node."""
         latest = self.svc.bundles.latest()
         names = [MANIFEST, SIGNATURE, *latest.manifest["files"]]
         files = {name: (latest.path / name).read_bytes() for name in names}
-        messages, sent = [], {}
-        for node in nodes:
+        messages, self.sent = [], {}
+        for node in self._nodes(grid):
             # Files only to a node known to be behind: every node starts from a shipped
             # or installed bundle, and says which in each reply.
             give = files if self.known.get(node, latest.version) < latest.version else {}
-            sent[node] = sum(len(b) for b in give.values())
+            self.sent[node] = sum(len(b) for b in give.values())
             messages.append(Message(RecordDict({rec.BUNDLE: ConfigRecord(
                 rec.bundle_record(latest.version, give))}), dst_node_id=node,
-                message_type=kind, group_id=str(r)))
-        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
-        for reply in replies:
-            node = reply.metadata.src_node_id
-            yield node, reply, sent.get(node, 0)
-        missing = set(nodes) - {r.metadata.src_node_id for r in replies}
-        if missing:
-            logger.warning("round %d %s: no reply from node(s) %s within %.0f s", r, kind,
-                           sorted(missing), self.timeout)
+                message_type=kind, group_id=str(server_round)))
+        return messages
 
     def _take(self, node: int, reply: Message, train: bool) -> dict:
         """Audit and apply one reply; returns what the round record keeps of it."""
@@ -143,7 +191,7 @@ class FlowerRounds:
             return {"node": str(node), "error": str(exc)[:300], "bytes_up": 0}
         device_id = status["device_id"]
         self.known[node] = status["model_version"]
-        up = len(str(status["reports"]))
+        up = len(json.dumps(status["reports"]))
         for report in status["reports"]:
             try:
                 receive_report(self.svc, device_id, report)

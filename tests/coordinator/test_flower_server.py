@@ -1,8 +1,8 @@
-"""The coordinator's Flower ServerApp round driver on real Flower ``Message`` objects
-and real coordinator services (SQLite, validation, aggregation, audit). Flower's Grid
-is the seam: a scripted one plays five SuperNodes -- a good update, a poisoned one, an
-unknown device, a crashed ClientApp and a malformed reply. The real SuperLink and
-SuperNodes carry these messages in ``tests/e2e/test_flower.py``."""
+"""The coordinator's Flower strategy (``NeuroEdgeStrategy.start``) on real Flower
+``Message`` objects and real coordinator services (SQLite, validation, aggregation,
+audit). Flower's Grid is the seam: a scripted one plays five SuperNodes -- a good
+update, a poisoned one, an unknown device, a crashed ClientApp and a malformed reply.
+The real SuperLink and SuperNodes carry these messages in ``tests/e2e/test_flower.py``."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,7 @@ pytest.importorskip("flwr")
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
-from coordinator.flower_server import FlowerRounds  # noqa: E402
+from coordinator.flower_server import NeuroEdgeStrategy  # noqa: E402
 from models import message_records as rec  # noqa: E402
 from models.update_codec import encode  # noqa: E402
 
@@ -87,7 +87,8 @@ def test_a_round_takes_the_good_update_and_audits_every_bad_reply(coord, enroll)
         5: lambda m: reply(m, None),
     })
 
-    FlowerRounds(coord, grid, timeout=5).run(rounds=1, min_nodes=5, node_wait=1)
+    strategy = NeuroEdgeStrategy(coord, min_nodes=5, node_wait=1)
+    result = strategy.start(grid, strategy.global_head(), num_rounds=1, timeout=5)
 
     # Train then evaluate to every node; nodes that said they run v1 get no files.
     assert [m.metadata.message_type for m in grid.sent] == ["train"] * 5 + ["evaluate"] * 5
@@ -108,6 +109,8 @@ def test_a_round_takes_the_good_update_and_audits_every_bad_reply(coord, enroll)
     assert sites["1"]["update"]["round"] == rnd.id and "refused" in sites["2"]["update"]
     assert "error" in sites["3"] and "error" in sites["4"] and "error" in sites["5"]
     assert event.detail["coordinator_round"] == rnd.id
+    # Flower's own result: the round's example count; no new global head (unpublished).
+    assert result.train_metrics_clientapp[1]["examples"] == 20
 
 
 def test_a_node_that_is_behind_gets_the_bundle_files(coord, enroll):
@@ -118,7 +121,8 @@ def test_a_node_that_is_behind_gets_the_bundle_files(coord, enroll):
         return Message(RecordDict({rec.STATUS: ConfigRecord(status)}), reply_to=msg)
 
     grid = ScriptedGrid({1: behind})
-    FlowerRounds(coord, grid, timeout=5).run(rounds=1, min_nodes=1, node_wait=1)
+    strategy = NeuroEdgeStrategy(coord, min_nodes=1, node_wait=1)
+    strategy.start(grid, strategy.global_head(), num_rounds=1, timeout=5)
 
     first, second = (m.content[rec.BUNDLE] for m in grid.sent)
     version, files = rec.read_bundle_record(second)

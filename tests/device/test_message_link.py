@@ -46,6 +46,17 @@ def test_a_transport_flower_appliance_builds_no_http_federation(client_app):
     assert client_app.federation is None
 
 
+@pytest.mark.parametrize("values, message", [
+    ({"transport": "pigeon"}, "transport"),
+    ({"transport": "flower", "device_id": ""}, "device_id"),
+    ({"transport": "flower", "device_id": "pi-1", "bundle_poll_s": 0}, "bundle_poll_s"),
+])
+def test_transport_settings_are_validated(tmp_path, values, message):
+    from device.exc import ConfigError
+    with pytest.raises(ConfigError, match=message):
+        load_settings(data_dir=tmp_path, gpio=False, **values)
+
+
 def test_the_offered_bundle_is_verified_installed_and_reported(client_app, v2_files):
     link = MessageLink(2, v2_files)
     fed = build_federation(client_app, link)
