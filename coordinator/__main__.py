@@ -101,6 +101,20 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_flower_credentials(args: argparse.Namespace) -> int:
+    from coordinator.flower_credentials import make_credentials
+    if args.out.exists() and any(args.out.iterdir()):
+        print(f"error: {args.out} is not empty; refusing to replace Flower credentials "
+              "(SuperNodes registered with them would be locked out)", file=sys.stderr)
+        return 1
+    creds = make_credentials(args.out, args.host, args.nodes)
+    print(f"CA {creds.ca_cert} (give it to every SuperNode); SuperLink certificate "
+          f"{creds.server_cert} and key {creds.server_key} (mode 0600); "
+          f"{len(creds.node_keys)} SuperNode key(s): register each .pub with "
+          "`flwr supernode register`, copy the private key to its Pi only")
+    return 0
+
+
 def _store(args: argparse.Namespace):
     from coordinator.store.sqlite import SQLiteCoordinatorStore
     settings = _settings(args)
@@ -189,6 +203,13 @@ def parser() -> argparse.ArgumentParser:
                         help="add a dashboard administrator (password on stdin)")
     sp.add_argument("name")
     sp.set_defaults(func=cmd_admin)
+    sp = sub.add_parser("flower-credentials",
+                        help="TLS CA, SuperLink certificate and SuperNode keys for Flower")
+    sp.add_argument("--out", type=Path, required=True, help="an empty or new folder")
+    sp.add_argument("--host", action="append", required=True,
+                    help="SuperLink host name or IP (repeat for several)")
+    sp.add_argument("--nodes", type=int, default=1, help="SuperNode keys to make")
+    sp.set_defaults(func=cmd_flower_credentials)
     sp = sub.add_parser("simulate", help="a federation of real processes on this machine")
     sp.add_argument("--data", type=Path, required=True)
     sp.add_argument("--sites", type=int, default=3)

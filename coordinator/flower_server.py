@@ -8,8 +8,9 @@ pruned int8 signed publishing, audit log -- with Flower carrying the messages an
 
 1. ``train`` to every connected node, with the latest signed bundle (its files only to
    nodes not known to have it); each reply's update goes through
-   :func:`coordinator.intake.receive_update` (devices must be enrolled and not revoked)
-   and its reports through :func:`~coordinator.intake.receive_report`;
+   :func:`coordinator.intake.receive_update` (devices must be enrolled, not revoked,
+   and speak from the Flower node first seen for them) and its reports through
+   :func:`~coordinator.intake.receive_report`;
 2. the round ends (:meth:`RoundManager.end_now`): aggregate with the configured method
    and publish v+1 if it passes the coordinator's gate;
 3. ``evaluate`` to every node with the (new) latest bundle: devices install it through
@@ -42,6 +43,7 @@ from models.bundle import MANIFEST, SIGNATURE
 
 logger = logging.getLogger(__name__)
 app = ServerApp()
+PINS_FILE = "flower_nodes.json"  # device id -> the Flower node id that speaks for it
 
 
 @app.main()
@@ -172,6 +174,21 @@ class NeuroEdgeStrategy(Strategy):
                 message_type=kind, group_id=str(server_round)))
         return messages
 
+    def _pin(self, device_id: str, node: int) -> None:
+        """Bind a device id to the first Flower node that speaks for it (with SuperNode
+        authentication a node id stands for a registered key); another node claiming it
+        is refused. Moving a device to a new Pi: delete its line in the pins file."""
+        path = self.svc.settings.state_dir / PINS_FILE
+        pins = json.loads(path.read_text()) if path.exists() else {}
+        if device_id not in pins:
+            pins[device_id] = str(node)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(pins, indent=1))
+            tmp.replace(path)
+        elif pins[device_id] != str(node):
+            raise NotFoundError(f"device {device_id} is bound to Flower node "
+                                f"{pins[device_id]}, not {node} (see {path})")
+
     def _take(self, node: int, reply: Message, train: bool) -> dict:
         """Audit and apply one reply; returns what the round record keeps of it."""
         if reply.has_error():
@@ -184,6 +201,7 @@ class NeuroEdgeStrategy(Strategy):
             device = self.svc.store.get_device(status["device_id"])
             if not device.active:
                 raise NotFoundError(f"device {device.id} is revoked")
+            self._pin(device.id, node)
         except (ValueError, NotFoundError) as exc:
             self.svc.store.audit("update_refused", None, {"reason": "identity",
                                                           "message": str(exc)[:300],

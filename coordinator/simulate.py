@@ -227,9 +227,10 @@ class Cluster:
 
 class FlowerCluster(Cluster):
     """The same sites and coordinator state, with Flower carrying the rounds: a real
-    ``flower-superlink``, one ``flower-supernode`` per site (its ClientApp opens the
-    site's data folder), and ``flwr run`` submitting the NeuroEdge app, whose ServerApp
-    is the coordinator (:mod:`coordinator.flower_server`)."""
+    ``flower-superlink`` (TLS, SuperNode authentication), one registered
+    ``flower-supernode`` per site (its ClientApp opens the site's data folder), and
+    ``flwr run`` submitting the NeuroEdge app, whose ServerApp is the coordinator
+    (:mod:`coordinator.flower_server`)."""
 
     transport = "flower"
 
@@ -239,22 +240,46 @@ class FlowerCluster(Cluster):
         # What `coordinator serve` does on its first start: its key, v1 re-signed.
         build_services(load_settings(self.coord_cfg, state_dir=self.state,
                                      initial_bundle=initial / "bundle")).close()
+        # Production settings on loopback: TLS, and only registered SuperNodes admitted.
+        from coordinator.flower_credentials import make_credentials
+        self.creds = make_credentials(self.root / "flower-credentials", ["127.0.0.1"],
+                                      self.n)
         self.link_port = free_port()
         home = self.root / "flwr-home"
         home.mkdir()
         (home / "config.toml").write_text(
             f"[superlink]\ndefault = 'local'\n\n[superlink.local]\n"
-            f"address = '127.0.0.1:{self.link_port}'\ninsecure = true\n")
+            f"address = '127.0.0.1:{self.link_port}'\n"
+            f"root-certificates = '{self.creds.ca_cert}'\n")
         self.flwr_env = {**self.env, "FLWR_HOME": str(home)}
-        self._start(["flower-superlink", "--insecure", "--port", str(self.link_port),
+        self._start(["flower-superlink", "--port", str(self.link_port),
+                     "--ssl-certfile", str(self.creds.server_cert),
+                     "--ssl-keyfile", str(self.creds.server_key),
+                     "--ssl-ca-certfile", str(self.creds.ca_cert), "--enable-supernode-auth",
                      "--disable-runtime-dependency-installation"],
                     log=self.root / "superlink.log", env=self.flwr_env)
+        for key in self.creds.node_keys:
+            self._register(key.with_name(key.name + ".pub"))
+
+    def _register(self, public_key: Path) -> None:
+        """``flwr supernode register`` (retried while the SuperLink starts)."""
+        deadline = time.time() + READY_TIMEOUT_S
+        while True:
+            done = subprocess.run(["flwr", "supernode", "register", str(public_key), "local"],
+                                  capture_output=True, text=True, env=self.flwr_env)
+            if done.returncode == 0 and "registered" in done.stdout:
+                return
+            if time.time() > deadline:
+                raise RuntimeError(f"could not register {public_key}: {done.stdout[-500:]}")
+            time.sleep(1)
 
     def device_settings(self, k: int) -> str:
         data = self.root / f"site-{k}"
         home = self.root / f"flwr-node-{k}"
-        self._start(["flower-supernode", "--insecure", "--superlink",
-                     f"127.0.0.1:{self.link_port}", "--port", str(free_port()),
+        self._start(["flower-supernode", "--superlink", f"127.0.0.1:{self.link_port}",
+                     "--root-certificates", str(self.creds.ca_cert),
+                     "--auth-supernode-private-key", str(self.creds.node_keys[k]),
+                     "--port", str(free_port()),
                      "--node-config", f'data-dir="{data}" config="{data / "device.toml"}"'],
                     log=self.root / f"supernode-{k}.log",
                     env={**self.env, "FLWR_HOME": str(home)})

@@ -200,3 +200,22 @@ def test_validate_config_accepts_a_good_file(state, tmp_path):
     # Assert
     assert done.returncode == 0, done.stderr
     assert "configuration OK" in done.stdout
+
+
+def test_flower_credentials_are_made_once_and_never_replaced(tmp_path):
+    pytest.importorskip("flwr")
+    out = tmp_path / "flower"
+    argv = [sys.executable, "-m", "coordinator", "flower-credentials", "--out", str(out),
+            "--host", "link.example.org", "--nodes", "2"]
+
+    first = subprocess.run(argv, capture_output=True, text=True, cwd=REPO,
+                           timeout=CLI_TIMEOUT_S)
+    made = {p.name: p.read_bytes() for p in out.iterdir()}
+    again = subprocess.run(argv, capture_output=True, text=True, cwd=REPO,
+                           timeout=CLI_TIMEOUT_S)
+
+    assert first.returncode == 0, first.stderr
+    assert set(made) == {"ca.crt", "superlink.crt", "superlink.key", "supernode-0",
+                         "supernode-0.pub", "supernode-1", "supernode-1.pub"}
+    assert again.returncode == 1 and "refusing" in again.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == made

@@ -16,7 +16,7 @@ pytest.importorskip("flwr")
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
-from coordinator.flower_server import NeuroEdgeStrategy  # noqa: E402
+from coordinator.flower_server import PINS_FILE, NeuroEdgeStrategy  # noqa: E402
 from models import message_records as rec  # noqa: E402
 from models.update_codec import encode  # noqa: E402
 
@@ -85,13 +85,14 @@ def test_a_round_takes_the_good_update_and_audits_every_bad_reply(coord, enroll)
         3: lambda m: reply(m, "intruder", update(coord, "intruder")),
         4: lambda m: Message(Error(code=0, reason="ClientApp raised OSError"), reply_to=m),
         5: lambda m: reply(m, None),
+        6: lambda m: reply(m, "pi-1", update(coord, "pi-1")),   # another node, same id
     })
 
-    strategy = NeuroEdgeStrategy(coord, min_nodes=5, node_wait=1)
+    strategy = NeuroEdgeStrategy(coord, min_nodes=6, node_wait=1)
     result = strategy.start(grid, strategy.global_head(), num_rounds=1, timeout=5)
 
     # Train then evaluate to every node; nodes that said they run v1 get no files.
-    assert [m.metadata.message_type for m in grid.sent] == ["train"] * 5 + ["evaluate"] * 5
+    assert [m.metadata.message_type for m in grid.sent] == ["train"] * 6 + ["evaluate"] * 6
     assert all(set(m.content[rec.BUNDLE]) == {"version"} for m in grid.sent)
     # The round holds only pi-1's update; it was aggregated (no data: not published).
     (rnd,) = coord.store.list_rounds()
@@ -99,15 +100,18 @@ def test_a_round_takes_the_good_update_and_audits_every_bad_reply(coord, enroll)
     assert rnd.status == "closed" and "publishing disabled" in rnd.reason
     refused = sorted(((e.device_id or "", e.detail["reason"], e.detail.get("node", ""))
                       for e in coord.store.audit_events(kind="update_refused")))
-    # Unknown and anonymous nodes are refused in both phases; the poisoned update once.
+    # Unknown, anonymous and impostor nodes are refused in both phases (node 6 claims
+    # pi-1, which node 1 spoke for first); the poisoned update once.
     assert refused == [("", "identity", "3")] * 2 + [("", "identity", "5")] * 2 + \
-        [("pi-2", POISON_REASON, "")], refused
+        [("", "identity", "6")] * 2 + [("pi-2", POISON_REASON, "")], refused
+    assert json.loads((coord.settings.state_dir / PINS_FILE).read_text()) == \
+        {"pi-1": "1", "pi-2": "2"}
     assert [e.detail["reason"] for e in coord.store.audit_events(kind="flower_error")] \
         == ["ClientApp raised OSError"] * 2
     (event,) = coord.store.audit_events(kind="flower_round")
     sites = {s["node"]: s for s in event.detail["sites"]}
     assert sites["1"]["update"]["round"] == rnd.id and "refused" in sites["2"]["update"]
-    assert "error" in sites["3"] and "error" in sites["4"] and "error" in sites["5"]
+    assert all("error" in sites[n] for n in ("3", "4", "5", "6"))
     assert event.detail["coordinator_round"] == rnd.id
     # Flower's own result: the round's example count; no new global head (unpublished).
     assert result.train_metrics_clientapp[1]["examples"] == 20
