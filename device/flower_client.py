@@ -56,7 +56,6 @@ def _round(msg: Message, context: Context, train: bool) -> Message:
     try:
         fed = build_federation(svc, link)
         sync = fed.sync_now()
-        numbers: dict[str, float] = {}
         if train:
             trained = fed.train_now()
             if trained.get("action") == "queued":
