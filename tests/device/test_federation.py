@@ -184,7 +184,7 @@ def make_appliance(stack: ExitStack, data_dir: Path, trained_bundle, signing_key
 
 
 def slices(small_data: Path) -> list[tuple[Path, int]]:
-    """The small set's slices, tumour and normal interleaved."""
+    """A dataset folder's slices, tumour and normal interleaved."""
     yes = sorted((small_data / "yes").iterdir())
     no = sorted((small_data / "no").iterdir())
     return [pair for both in zip([(p, 1) for p in yes], [(p, 0) for p in no])
@@ -464,7 +464,7 @@ def destroyed_v2(coord: Coordinator, trained_bundle, small_data: Path) -> None:
 
 
 def test_a_bundle_worse_on_local_cases_is_refused_and_reported(pair, trained_bundle,
-                                                               small_data):
+                                                               small_data, data_dir):
     coord, device = pair()
 
     def gate_can_fail() -> bool:
@@ -477,7 +477,8 @@ def test_a_bundle_worse_on_local_cases_is_refused_and_reported(pair, trained_bun
         return (len(gate) >= MIN_GATE_CASES and 0 < tumours < len(gate)
                 and found > max(1.0, device.svc.settings.gate_margin * tumours))
 
-    device.feed(slices(small_data), until=gate_can_fail)
+    # Case ids (hence the gate set) are random: the whole dataset leaves room to wait.
+    device.feed(slices(data_dir), until=gate_can_fail)
     destroyed_v2(coord, trained_bundle, small_data)
 
     answer = device.call("POST", "/api/v1/federation/sync")
