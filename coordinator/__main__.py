@@ -77,6 +77,10 @@ def _serve_tls(app, settings: Settings) -> None:
     from cheroot.wsgi import Server
     server = Server((settings.host, settings.port), app, numthreads=settings.threads)
     server.ssl_adapter = BuiltinSSLAdapter(str(settings.tls_cert), str(settings.tls_key))
+    # At stop, a worker held by an idle keep-alive client is waited for this long, then
+    # its socket is closed (cheroot's 5 s default left too little of a 10 s stop budget;
+    # devices retry an interrupted request with the same update id).
+    server.shutdown_timeout = 2
     # SIGTERM -> SystemExit in this (serving) thread; safe_start() then stops the server.
     # server.stop() in the handler deadlocks: it waits for the loop the handler interrupted.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
