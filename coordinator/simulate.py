@@ -95,8 +95,6 @@ class Cluster:
     """The coordinator and appliance processes of one transport, started and stopped
     together; ``run_rounds`` drives R rounds and returns one report row per round."""
 
-    transport = "http"
-
     def __init__(self, root: Path, n_sites: int, coordinator_data: Path, method: str,
                  initial: Path) -> None:
         self.root, self.procs, self.n = root, [], n_sites
@@ -131,8 +129,7 @@ class Cluster:
             token = self._cli("device", "token", "create", "sim", "--user", "admin", *common)
             self._start([sys.executable, "-m", "device", "serve", "--port", str(port),
                          *common], log=data / "device.log")
-            self.sites.append({"url": f"http://127.0.0.1:{port}", "token": token,
-                               "data": data})
+            self.sites.append({"url": f"http://127.0.0.1:{port}", "token": token})
         for site in self.sites:
             self._wait(site["url"])
 
@@ -232,16 +229,14 @@ class FlowerCluster(Cluster):
     ``flwr run`` submitting the NeuroEdge app, whose ServerApp is the coordinator
     (:mod:`coordinator.flower_server`)."""
 
-    transport = "flower"
-
     def start_coordinator(self, initial: Path) -> None:
         from coordinator.config import load_settings
+        from coordinator.flower_credentials import make_credentials
         from coordinator.services import build_services
         # What `coordinator serve` does on its first start: its key, v1 re-signed.
         build_services(load_settings(self.coord_cfg, state_dir=self.state,
                                      initial_bundle=initial / "bundle")).close()
         # Production settings on loopback: TLS, and only registered SuperNodes admitted.
-        from coordinator.flower_credentials import make_credentials
         self.creds = make_credentials(self.root / "flower-credentials", ["127.0.0.1"],
                                       self.n)
         self.link_port = free_port()
@@ -274,6 +269,8 @@ class FlowerCluster(Cluster):
             time.sleep(1)
 
     def device_settings(self, k: int) -> str:
+        """Start site k's SuperNode (its ClientApp opens the site's data folder); the
+        appliance then only serves what that installs."""
         data = self.root / f"site-{k}"
         home = self.root / f"flwr-node-{k}"
         self._start(["flower-supernode", "--superlink", f"127.0.0.1:{self.link_port}",
