@@ -39,11 +39,13 @@ from coordinator.exc import CoordinatorError, NotFoundError
 from coordinator.intake import receive_report, receive_update
 from coordinator.services import Services, build_services
 from models import message_records as rec
+from models.metrics import json_safe
 from models.bundle import MANIFEST, SIGNATURE
 
 logger = logging.getLogger(__name__)
 app = ServerApp()
 PINS_FILE = "flower_nodes.json"  # device id -> the Flower node id that speaks for it
+ONE_ROUND = 2**31 - 1  # min_updates under Flower: only the end of a Flower round closes
 
 
 @app.main()
@@ -54,6 +56,9 @@ def main(grid: Grid, context: Context) -> None:
     settings = load_settings(Path(str(cfg["config"])) if cfg.get("config") else None,
                              state_dir=Path(str(cfg["state-dir"])),
                              data=Path(str(cfg["data"])) if cfg.get("data") else None)
+    # One Flower round is one coordinator round: it ends when the replies are in, not
+    # when min_updates have arrived (later replies would meet a newer bundle).
+    settings.min_updates = ONE_ROUND
     svc = build_services(settings)
     try:
         strategy = NeuroEdgeStrategy(svc, int(cfg["min-nodes"]), float(cfg["node-wait"]))
@@ -103,7 +108,7 @@ class NeuroEdgeStrategy(Strategy):
             self.sites[node] = {**site, "bytes_down": self.sent.get(node, 0)}
             if "round" in site.get("update", {}):
                 self.round_id = site["update"]["round"]
-                examples += int(site["train"]["metrics"].get("num-examples", 0))
+                examples += site["update"]["examples"]
         job = self.svc.rounds.end_now(f"Flower round {server_round}")
         if job is not None:
             job.result()  # aggregation and publishing of the round just ended
@@ -129,10 +134,10 @@ class NeuroEdgeStrategy(Strategy):
             site["bytes_up"] = site.get("bytes_up", 0) + evaluated.pop("bytes_up")
             site.update(evaluated)
             local = evaluated.get("evaluate", {}).get("metrics", {})
-            if local.get("local_n"):
+            if isinstance(local.get("local_accuracy"), float):
                 accuracies.append(local["local_accuracy"])
         rnd = self.svc.store.get_round(self.round_id) if self.round_id else None
-        self.svc.store.audit("flower_round", None, {
+        self._audit("flower_round", {
             "round": server_round, "coordinator_round": rnd.id if rnd else None,
             "outcome": rnd.reason if rnd else "no update received",
             "published_version": rnd.published_version if rnd else None,
@@ -190,11 +195,30 @@ class NeuroEdgeStrategy(Strategy):
                                 f"{pins[device_id]}, not {node} (see {path})")
 
     def _take(self, node: int, reply: Message, train: bool) -> dict:
-        """Audit and apply one reply; returns what the round record keeps of it."""
+        """Audit and apply one reply; returns what the round record keeps of it. A reply
+        that breaks anything is audited and skipped: one node never stops the run."""
+        try:
+            return self._apply(node, reply, train)
+        except Exception as exc:
+            logger.exception("reply of node %s skipped", node)
+            self._audit("flower_error", {"node": str(node),
+                                         "reason": f"malformed reply: {exc!r}"[:500]})
+            return {"node": str(node), "error": f"malformed reply: {exc!r}"[:300],
+                    "bytes_up": 0}
+
+    def _audit(self, kind: str, detail: dict, device_id: str | None = None) -> None:
+        try:
+            self.svc.store.audit(kind, device_id, json_safe(detail))
+        except CoordinatorError as exc:  # e.g. a detail too large: keep the essentials
+            logger.warning("audit %s shortened: %s", kind, exc)
+            self.svc.store.audit(kind, device_id, {k: v for k, v in detail.items()
+                                                   if not isinstance(v, (list, dict))})
+
+    def _apply(self, node: int, reply: Message, train: bool) -> dict:
         if reply.has_error():
             logger.warning("node %s failed: %s", node, reply.error.reason)
-            self.svc.store.audit("flower_error", None, {"node": str(node),
-                                                        "reason": reply.error.reason[:500]})
+            self._audit("flower_error", {"node": str(node),
+                                         "reason": reply.error.reason[:500]})
             return {"node": str(node), "error": reply.error.reason[:300], "bytes_up": 0}
         try:
             status = rec.read_status_record(reply.content.config_records.get(rec.STATUS))
@@ -203,32 +227,37 @@ class NeuroEdgeStrategy(Strategy):
                 raise NotFoundError(f"device {device.id} is revoked")
             self._pin(device.id, node)
         except (ValueError, NotFoundError) as exc:
-            self.svc.store.audit("update_refused", None, {"reason": "identity",
-                                                          "message": str(exc)[:300],
-                                                          "node": str(node)})
+            self._audit("reply_refused", {"reason": "identity", "message": str(exc)[:300],
+                                          "node": str(node)})
             return {"node": str(node), "error": str(exc)[:300], "bytes_up": 0}
         device_id = status["device_id"]
-        self.known[node] = status["model_version"]
+        # What the node has, or was offered and refused: do not send those files again.
+        sync = status["sync"]
+        refused = sync.get("version") if sync.get("bundle") == "refused" else None
+        self.known[node] = max(status["model_version"],
+                               refused if type(refused) is int else 0)
         up = len(json.dumps(status["reports"]))
         for report in status["reports"]:
             try:
                 receive_report(self.svc, device_id, report)
             except CoordinatorError as exc:
                 logger.warning("report of %s ignored: %s", device_id, exc)
-        metrics = dict(reply.content.metric_records.get(rec.METRICS) or {})
+        metrics = json_safe(dict(reply.content.metric_records.get(rec.METRICS) or {}))
         site = {"device_id": device_id, "node": str(node),
                 "model_version": status["model_version"]}
         update = reply.content.config_records.get(rec.UPDATE)
         if update is not None:
             payload, meta = update.get("payload"), update.get("meta")
+            payload = payload if isinstance(payload, bytes) else None
+            meta = meta if isinstance(meta, str) else None
             up += len(payload or b"") + len(meta or "")
             try:
-                receipt = receive_update(self.svc, device_id, meta if isinstance(
-                    meta, str) else None, payload if isinstance(payload, bytes) else None)
+                receipt = receive_update(self.svc, device_id, meta, payload)
                 site["update"] = {"update_id": receipt.update_id, "round": receipt.round_id,
-                                  "bytes": len(payload)}
+                                  "bytes": len(payload), "examples": int(json.loads(meta)[
+                                      "examples"])}
             except CoordinatorError as exc:  # audited by receive_update
                 site["update"] = {"refused": str(exc)[:300]}
         site["bytes_up"] = up
-        site["train" if train else "evaluate"] = {"sync": status["sync"], "metrics": metrics}
+        site["train" if train else "evaluate"] = {"sync": json_safe(sync), "metrics": metrics}
         return site

@@ -19,8 +19,8 @@ def receive_update(svc, device_id: str, meta_text: str | None, payload: bytes | 
     """Validate and keep one head update (``meta`` JSON text, npz ``payload``) of an
     authenticated device.
 
-    Raises :class:`InputError` / :class:`RejectedError` (also ConflictError for a second
-    update in a round); a refusal is audited as ``update_refused`` with its reason.
+    Raises :class:`InputError` / :class:`RejectedError`, audited as ``update_refused``
+    with the reason, or ConflictError (a second update from the device in the round).
     """
     try:
         if meta_text is None or payload is None:
@@ -49,7 +49,10 @@ def receive_report(svc, device_id: str, body: object) -> None:
     """A device says what it did with a bundle (refusals feed the audit log)."""
     if not isinstance(body, dict) or body.get("kind") not in REPORT_KINDS:
         raise InputError(f"a report needs kind in {', '.join(REPORT_KINDS)}")
-    detail = {"version": body.get("version"), "reason": str(body.get("reason", ""))[:500]}
+    version = body.get("version")
+    if version is not None and not (type(version) is int and 0 <= version < 2**31):
+        raise InputError("a report's version must be a bundle version (int) or null")
+    detail = {"version": version, "reason": str(body.get("reason", ""))[:500]}
     svc.store.audit(body["kind"], device_id, detail)
-    if body["kind"] != "bundle_refused" and isinstance(body.get("version"), int):
-        svc.store.touch_device(device_id, body["version"])
+    if body["kind"] != "bundle_refused" and version is not None:
+        svc.store.touch_device(device_id, version)

@@ -17,15 +17,18 @@ Record layout: :mod:`models.message_records`.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 from pathlib import Path
+from typing import Iterator
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from device.config import load_settings
-from device.services import build_federation, build_services
+from device.services import Services, build_federation, build_services
 from device.sync.message_link import MessageLink
 from models import message_records as rec
 
@@ -51,9 +54,8 @@ def _round(msg: Message, context: Context, train: bool) -> Message:
                              data_dir=Path(str(cfg["data-dir"])), gpio=False, camera=False,
                              transport="flower")
     version, files = rec.read_bundle_record(msg.content.config_records.get(rec.BUNDLE))
-    link = MessageLink(version, files)
-    svc = build_services(settings)
-    try:
+    link = MessageLink(version, files, max_updates=1 if train else 0)
+    with _exclusive(settings.data_dir), _services(settings) as svc:
         fed = build_federation(svc, link)
         sync = fed.sync_now()
         if train:
@@ -67,15 +69,33 @@ def _round(msg: Message, context: Context, train: bool) -> Message:
         else:
             numbers = {k: float(v) for k, v in fed.evaluate_local().items()}
         model_version = svc.slot.current.version
-    finally:
-        svc.close()
     content = RecordDict({rec.STATUS: ConfigRecord(rec.status_record(
         settings.device_id, model_version, link.reports,
         {k: sync.get(k) for k in ("bundle", "version", "reason", "train")})),
         rec.METRICS: MetricRecord({"num-examples": int(numbers.pop("examples", 0)),
                                    **numbers})})
-    for payload, meta in link.updates:
+    if link.updates:  # at most one (max_updates)
+        payload, meta = link.updates[0]
         content[rec.UPDATE] = ConfigRecord({"payload": payload, "meta": json.dumps(meta)})
     logger.info("round message %s: bundle %s, %d update(s) in the reply",
                 msg.metadata.message_type, sync.get("bundle"), len(link.updates))
     return Message(content, reply_to=msg)
+
+
+@contextlib.contextmanager
+def _exclusive(data_dir: Path) -> Iterator[None]:
+    """One round message at a time on a data folder (a late ``train`` and the next
+    ``evaluate`` can overlap): they share the outbox and the bundle staging folder."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / "flower.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+@contextlib.contextmanager
+def _services(settings) -> Iterator[Services]:
+    svc = build_services(settings)
+    try:
+        yield svc
+    finally:
+        svc.close()

@@ -49,6 +49,7 @@ class Services:
     bundles: InstalledBundles
     telemetry: Telemetry = field(default_factory=Telemetry)
     federation: object | None = None  # device.federation.Federation when configured
+    _adopted: str | None = field(default=None, repr=False)  # CURRENT last adopted
 
     @staticmethod
     def backbone_id(predictor: Predictor) -> str:
@@ -73,14 +74,19 @@ class Services:
 
     def adopt_installed(self) -> bool:
         """Serve the bundle another process of this appliance installed (the Flower
-        ClientApp verified and gated it), if it is not the one in service."""
+        ClientApp verified and gated it), if it is not the one in service. Only a
+        changed ``CURRENT`` pointer is looked at (verifying a bundle costs a read)."""
+        name = self.bundles.current_name()
+        if name == self._adopted:
+            return False
+        self._adopted = name
         path = self.bundles.current_path().resolve()
         if path == Path(self.slot.current.bundle.path).resolve():
             return False
         predictor = load_predictor(self.settings, path)
         self.slot.swap(predictor)
-        logger.info("now serving bundle version %d installed by the Flower client",
-                    predictor.version)
+        logger.info("now serving bundle version %d (installed by another process of this "
+                    "appliance)", predictor.version)
         return True
 
     def follow_installed(self, stop: threading.Event) -> None:

@@ -15,7 +15,7 @@ bp = Blueprint("updates", __name__, url_prefix="/api/v1")
 def post_update():
     weights = request.files.get("weights")
     receipt = receive_update(services(), g.device.id, request.form.get("meta"),
-                             weights.read() if weights else None)
+                             weights.read() if weights is not None else None)
     return jsonify(update_id=receipt.update_id, round=receipt.round_id,
                    duplicate=receipt.duplicate, round_closed=receipt.round_closed), \
         200 if receipt.duplicate else 202

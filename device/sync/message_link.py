@@ -29,8 +29,10 @@ class MessageLink:
         ``{file name: bytes}`` of that bundle; empty when the coordinator knows this
         device already has it.
     max_updates : int
-        Updates one reply may carry (the coordinator takes one per device per round);
-        more wait in the outbox for the next round.
+        Updates one reply may carry: 1 for ``train`` (the coordinator takes one per
+        device per round), 0 for ``evaluate``; the others wait in the outbox. An update
+        placed in a reply counts as delivered: a reply lost in transit loses it (the
+        next round trains again), and the coordinator's refusals are in its audit log.
     """
 
     def __init__(self, version: int | None, files: dict[str, bytes] | None = None,
@@ -51,7 +53,13 @@ class MessageLink:
         return {"update_id": meta.get("update_id"), "round": None, "duplicate": False}
 
     def latest(self, model_version: int | None = None) -> dict:
-        """What ``GET /api/v1/bundles/latest`` would say; files named by themselves."""
+        """What ``GET /api/v1/bundles/latest`` would say; files named by themselves.
+
+        Without files nothing is offered (the coordinator believes this device has the
+        latest; it learns otherwise from the reply's ``model_version`` and sends them
+        next time): the version in service is answered, so nothing is refused."""
+        if not self.files:
+            return {"version": model_version, "files": {}}
         return {"version": self.version, "files": {name: name for name in self.files}}
 
     def download(self, name: str, dest: Path, max_bytes: int) -> int:

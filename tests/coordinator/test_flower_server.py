@@ -56,8 +56,9 @@ class ScriptedGrid:
 def reply(msg: Message, device_id: str | None, update: tuple | None = None) -> Message:
     status = ConfigRecord(rec.status_record(device_id, 1, [], {"bundle": "none"})
                           if device_id else {"model_version": 1})
-    content = RecordDict({rec.STATUS: status,
-                          rec.METRICS: MetricRecord({"num-examples": 20})})
+    # A site whose held-out cases are of one class has no AUC: NaN must not break a run.
+    content = RecordDict({rec.STATUS: status, rec.METRICS: MetricRecord(
+        {"num-examples": 20, "local_accuracy": 0.5, "local_auc": float("nan")})})
     if update is not None and msg.metadata.message_type == "train":
         payload, meta = update
         content[rec.UPDATE] = ConfigRecord({"payload": payload, "meta": json.dumps(meta)})
@@ -76,8 +77,8 @@ def update(coord, device_id: str, poison: bool = False) -> tuple[bytes, dict]:
 
 
 def test_a_round_takes_the_good_update_and_audits_every_bad_reply(coord, enroll):
-    enroll("pi-1")
-    enroll("pi-2")
+    for device_id in ("pi-1", "pi-2", "pi-3"):
+        enroll(device_id)
     good, poisoned = update(coord, "pi-1"), update(coord, "pi-2", poison=True)
     grid = ScriptedGrid({
         1: lambda m: reply(m, "pi-1", good),
@@ -86,32 +87,36 @@ def test_a_round_takes_the_good_update_and_audits_every_bad_reply(coord, enroll)
         4: lambda m: Message(Error(code=0, reason="ClientApp raised OSError"), reply_to=m),
         5: lambda m: reply(m, None),
         6: lambda m: reply(m, "pi-1", update(coord, "pi-1")),   # another node, same id
+        7: lambda m: reply(m, "pi-3", (12345, {"not": "an update"})),   # wrong types
     })
 
-    strategy = NeuroEdgeStrategy(coord, min_nodes=6, node_wait=1)
+    strategy = NeuroEdgeStrategy(coord, min_nodes=7, node_wait=1)
     result = strategy.start(grid, strategy.global_head(), num_rounds=1, timeout=5)
 
     # Train then evaluate to every node; nodes that said they run v1 get no files.
-    assert [m.metadata.message_type for m in grid.sent] == ["train"] * 6 + ["evaluate"] * 6
+    assert [m.metadata.message_type for m in grid.sent] == ["train"] * 7 + ["evaluate"] * 7
     assert all(set(m.content[rec.BUNDLE]) == {"version"} for m in grid.sent)
     # The round holds only pi-1's update; it was aggregated (no data: not published).
     (rnd,) = coord.store.list_rounds()
     assert [u.device_id for u in coord.store.updates_for_round(rnd.id)] == ["pi-1"]
     assert rnd.status == "closed" and "publishing disabled" in rnd.reason
-    refused = sorted(((e.device_id or "", e.detail["reason"], e.detail.get("node", ""))
-                      for e in coord.store.audit_events(kind="update_refused")))
+    refused = sorted((e.device_id, e.detail["reason"]) for e in
+                     coord.store.audit_events(kind="update_refused"))
+    assert refused == [("pi-2", POISON_REASON), ("pi-3", "malformed")], refused
     # Unknown, anonymous and impostor nodes are refused in both phases (node 6 claims
-    # pi-1, which node 1 spoke for first); the poisoned update once.
-    assert refused == [("", "identity", "3")] * 2 + [("", "identity", "5")] * 2 + \
-        [("", "identity", "6")] * 2 + [("pi-2", POISON_REASON, "")], refused
+    # pi-1, which node 1 spoke for first).
+    identity = sorted(e.detail["node"] for e in coord.store.audit_events(kind="reply_refused"))
+    assert identity == ["3", "3", "5", "5", "6", "6"]
     assert json.loads((coord.settings.state_dir / PINS_FILE).read_text()) == \
-        {"pi-1": "1", "pi-2": "2"}
+        {"pi-1": "1", "pi-2": "2", "pi-3": "7"}
     assert [e.detail["reason"] for e in coord.store.audit_events(kind="flower_error")] \
         == ["ClientApp raised OSError"] * 2
     (event,) = coord.store.audit_events(kind="flower_round")
     sites = {s["node"]: s for s in event.detail["sites"]}
     assert sites["1"]["update"]["round"] == rnd.id and "refused" in sites["2"]["update"]
     assert all("error" in sites[n] for n in ("3", "4", "5", "6"))
+    assert "refused" in sites["7"]["update"]
+    assert sites["1"]["evaluate"]["metrics"]["local_auc"] is None   # NaN, stored as null
     assert event.detail["coordinator_round"] == rnd.id
     # Flower's own result: the round's example count; no new global head (unpublished).
     assert result.train_metrics_clientapp[1]["examples"] == 20
@@ -134,3 +139,17 @@ def test_a_node_that_is_behind_gets_the_bundle_files(coord, enroll):
     assert {"manifest.json", "signature", "model.tflite", "head.npz"} <= set(files)
     assert files["model.tflite"] == (coord.bundles.latest().path / "model.tflite").read_bytes()
     assert not coord.store.list_rounds()   # no update: no round
+
+
+def test_a_node_that_refused_the_latest_bundle_is_not_sent_it_again(coord, enroll):
+    enroll("pi-1")
+
+    def refusing(msg: Message) -> Message:
+        status = rec.status_record("pi-1", 0, [], {"bundle": "refused", "version": 1})
+        return Message(RecordDict({rec.STATUS: ConfigRecord(status)}), reply_to=msg)
+
+    grid = ScriptedGrid({1: refusing})
+    strategy = NeuroEdgeStrategy(coord, min_nodes=1, node_wait=1)
+    strategy.start(grid, strategy.global_head(), num_rounds=1, timeout=5)
+
+    assert all(set(m.content[rec.BUNDLE]) == {"version"} for m in grid.sent)

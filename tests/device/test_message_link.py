@@ -83,12 +83,27 @@ def test_a_tampered_file_is_refused_reported_and_nothing_changes(client_app, v2_
     assert client_app.bundles.current_name() is None
 
 
-def test_no_files_for_the_version_in_service_means_nothing_to_do(client_app):
-    link = MessageLink(1, {})
+def test_no_files_offered_means_nothing_to_do_and_nothing_refused(client_app, v2_files):
+    # The coordinator did not know this device is behind (first message of a run): it
+    # announced v2 without files. Nothing is installed, nothing refused for later.
+    fed = build_federation(client_app, MessageLink(2, {}))
+    nothing = fed.sync_now()
 
-    result = build_federation(client_app, link).sync_now()
+    fed.client = MessageLink(2, v2_files)   # the next message, after the reply said v1
+    installed = fed.sync_now()
 
-    assert result["bundle"] == "none" and link.reports == [] and link.bytes_down == 0
+    assert nothing["bundle"] == "none" and nothing["version"] == 1, nothing
+    assert installed["bundle"] == "installed" and installed["version"] == 2, installed
+
+
+def test_an_evaluate_reply_carries_no_update(settings):
+    outbox = Outbox(settings.data_dir)
+    outbox.put(f"{0:032x}", b"payload", {"update_id": f"{0:032x}"})
+    link = MessageLink(1, max_updates=0)
+
+    flushed = outbox.flush(link, force=True)
+
+    assert (flushed.sent, flushed.deferred, link.updates) == (0, 1, [])
 
 
 def test_a_reply_carries_one_update_the_next_waits_in_the_outbox(settings, tmp_path):
