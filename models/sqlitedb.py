@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sqlite3
 import tempfile
 import threading
@@ -143,6 +144,34 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sweep_dir(directory: Path, referenced: set[str], owned: re.Pattern[str]
+              ) -> tuple[int, int, set[str]]:
+    """A store's ``recover()`` scan: delete :data:`TMP_PREFIX` temps and files named like
+    ours (``owned``) that no record references; returns ``(temps, orphans, present)``.
+
+    Other files are kept and only listed in ``present``; the directory is fsynced if
+    anything was deleted. The caller holds what keeps writers out during the scan.
+    """
+    temps = orphans = 0
+    present = set()
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if entry.name.startswith(TMP_PREFIX):
+                temps += 1
+            elif owned.fullmatch(entry.name) and entry.name not in referenced:
+                orphans += 1
+            else:
+                present.add(entry.name)
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+    if temps or orphans:
+        fsync_dir(directory)
+    return temps, orphans, present
 
 
 def write_file(directory: Path, name: str, data: bytes) -> Path:

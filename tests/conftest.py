@@ -71,3 +71,32 @@ def running(app, port: int = 0) -> Iterator[str]:
         srv.trigger.pull_trigger(stop)
         thread.join(timeout=10)
         srv.task_dispatcher.shutdown()
+
+
+def write_destroyed_v2(trained_bundle: tuple[Path, Path], small_data: Path, key,
+                       out: Path) -> Path:
+    """A validly signed v2 of ``trained_bundle`` whose head says "no tumour" to every
+    slice (output bias -50): built from the real float weights and converted to int8,
+    calibrated on 8 small-set slices, like a real bundle."""
+    import numpy as np
+
+    from models.architectures import build_model, get_head, set_head
+    from models.bundle import read_manifest, write_bundle
+    from models.export import to_tflite
+    from models.preprocess import InputSpec, preprocess, read_image
+    bundle, weights = trained_bundle
+    manifest = read_manifest(bundle)
+    model = build_model(manifest["architecture"])
+    model.load_weights(str(weights))
+    head = get_head(model)
+    head["output/bias"] = np.array([-50.0], np.float32)
+    set_head(model, head)
+    spec = InputSpec.from_dict(manifest["input"])
+    calibration = np.stack([preprocess(read_image(p), spec)
+                            for p in sorted((small_data / "yes").iterdir())[:4]
+                            + sorted((small_data / "no").iterdir())[:4]])
+    fields = {k: manifest[k] for k in ("architecture", "input", "labels", "threshold",
+                                       "uncertain_band")}
+    write_bundle(out, to_tflite(model, "int8", calibration=calibration), head,
+                 {**fields, "version": 2, "parent_version": 1}, key)
+    return out

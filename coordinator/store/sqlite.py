@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import re
 import sqlite3
 from pathlib import Path
@@ -26,10 +25,11 @@ from coordinator.store.base import (
     check_update_id, known_device_id,
 )
 from coordinator.store.db import (
-    TMP_PREFIX, Database, fsync_dir, from_json, now_iso, number, text,
+    Database, fsync_dir, from_json, now_iso, number, text,
     to_json, write_durably,
 )
 from coordinator.store.records import RecordsMixin
+from models.sqlitedb import sweep_dir
 
 log = logging.getLogger(__name__)
 
@@ -369,23 +369,8 @@ class SQLiteCoordinatorStore(RecordsMixin, CoordinatorStore):
         with self._db.tx() as conn:
             referenced = {f"{row[0]}.npz" for row in conn.execute(
                 "SELECT id FROM updates WHERE payload_deleted = 0")}
-            temps = orphans = 0
-            present = set()
-            with os.scandir(self.updates_dir) as entries:
-                for entry in entries:
-                    if not entry.is_file(follow_symlinks=False):
-                        continue
-                    if entry.name.startswith(TMP_PREFIX):
-                        temps += 1
-                    elif _OWNED_FILE.fullmatch(entry.name) and entry.name not in referenced:
-                        orphans += 1
-                    else:
-                        present.add(entry.name)
-                        continue
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
+            temps, orphans, present = sweep_dir(self.updates_dir, referenced, _OWNED_FILE)
         if temps or orphans:
-            fsync_dir(self.updates_dir)
             log.info("recovery removed %d temp file(s) and %d orphan payload(s)",
                      temps, orphans)
         if referenced - present:  # never deleted by us; report, never delete records

@@ -13,7 +13,6 @@ import csv
 import hashlib
 import logging
 import math
-import os
 import re
 import sqlite3
 import threading
@@ -25,7 +24,7 @@ import numpy as np
 
 from device.exc import InputError, NotFoundError, StoreError
 from models import sqlitedb
-from models.sqlitedb import TMP_PREFIX, fsync_dir, now_iso
+from models.sqlitedb import fsync_dir, now_iso, sweep_dir
 from device.store.base import (
     EXPORT_FIELDS, MAX_LIST_LIMIT, ROLES, SOURCES, AccountStore, Case, CaseStore, Token,
     User, check_case_id, check_label, check_name, check_status,
@@ -277,23 +276,8 @@ class SQLiteCaseStore(CaseStore):
             referenced = {row[0] for row in self._db.read(
                 "SELECT image_name FROM cases UNION "
                 "SELECT heatmap_name FROM cases WHERE heatmap_name IS NOT NULL")}
-            temps = orphans = 0
-            present = set()
-            with os.scandir(self._images) as entries:
-                for entry in entries:
-                    if not entry.is_file(follow_symlinks=False):
-                        continue
-                    if entry.name.startswith(TMP_PREFIX):
-                        temps += 1
-                    elif _OWNED_FILE.fullmatch(entry.name) and entry.name not in referenced:
-                        orphans += 1
-                    else:
-                        present.add(entry.name)
-                        continue
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
+            temps, orphans, present = sweep_dir(self._images, referenced, _OWNED_FILE)
             if temps or orphans:
-                fsync_dir(self._images)
                 log.info("recovery removed %d temp file(s) and %d orphan image(s)",
                          temps, orphans)
             if referenced - present:  # never created by us; report, never delete records

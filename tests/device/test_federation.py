@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 import pytest
 import requests
 
 from device.config import DEV_PUBLIC_KEY
 from device.sync.updater import MIN_GATE_CASES, is_gate_case
-from tests.conftest import running
+from tests.conftest import running, write_destroyed_v2
 
 ADMIN, PASSWORD, API_TOKEN = "alice", "correct horse battery", "ne_federation_admin_token"
 DEVICE_ID = "pi-1"
@@ -439,27 +438,9 @@ def assert_refused_and_reported(coord: Coordinator, device: Appliance, answer: d
 
 
 def destroyed_v2(coord: Coordinator, trained_bundle, small_data: Path) -> None:
-    """Publish a validly signed v2 whose head says "no tumour" to every slice (output bias
-    -50), built from the real float weights and converted to int8 like a real bundle."""
-    from models.architectures import build_model, get_head, set_head
-    from models.bundle import read_manifest, write_bundle
-    from models.export import to_tflite
-    from models.preprocess import InputSpec, preprocess, read_image
-    bundle, weights = trained_bundle
-    manifest = read_manifest(bundle)
-    model = build_model(manifest["architecture"])
-    model.load_weights(str(weights))
-    head = get_head(model)
-    head["output/bias"] = np.array([-50.0], np.float32)
-    set_head(model, head)
-    spec = InputSpec.from_dict(manifest["input"])
-    calibration = np.stack([preprocess(read_image(p), spec) for p, _ in
-                            slices(small_data)[:8]])
-    fields = {k: manifest[k] for k in ("architecture", "input", "labels", "threshold",
-                                       "uncertain_band")}
+    """Publish a validly signed v2 that says "no tumour" to every slice."""
     registry = coord.svc.bundles
-    write_bundle(registry.path(2), to_tflite(model, "int8", calibration=calibration), head,
-                 {**fields, "version": 2, "parent_version": 1}, coord.svc.key)
+    write_destroyed_v2(trained_bundle, small_data, coord.svc.key, registry.path(2))
     assert registry.latest().version == 2
 
 

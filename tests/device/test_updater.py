@@ -28,6 +28,7 @@ from device.sync.updater import BundleUpdater, is_gate_case, synthetic_slice
 from models.bundle import read_manifest, resign_bundle, verify_bundle, write_bundle
 from models.preprocess import preprocess, read_image
 from models.signing import generate_signing_key, load_signing_key
+from tests.conftest import write_destroyed_v2
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_CASES = 400   # add_gate_cases: cases stored at most
@@ -55,26 +56,8 @@ def variants(trained_bundle, key, tmp_path_factory):
 @pytest.fixture(scope="module")
 def destroyed(trained_bundle, key, small_data, tmp_path_factory):
     """v2 with the real model's output bias set to -50: says "no tumour" to everything."""
-    from models.architectures import build_model, get_head, set_head
-    from models.export import to_tflite
-    from models.preprocess import InputSpec, preprocess, read_image
-    v1, float_weights = trained_bundle
-    manifest = read_manifest(v1)
-    model = build_model(manifest["architecture"])
-    model.load_weights(str(float_weights))
-    head = get_head(model)
-    head["output/bias"] = np.array([-50.0], np.float32)
-    set_head(model, head)
-    spec = InputSpec.from_dict(manifest["input"])
-    calib = np.stack([preprocess(read_image(p), spec)
-                      for p in sorted((small_data / "yes").iterdir())[:4]
-                      + sorted((small_data / "no").iterdir())[:4]])
-    out = tmp_path_factory.mktemp("destroyed") / "v2"
-    fields = {k: manifest[k] for k in ("architecture", "input", "labels", "threshold",
-                                       "uncertain_band")}
-    write_bundle(out, to_tflite(model, "int8", calibration=calib), head,
-                 {**fields, "version": 2, "parent_version": 1}, key)
-    return out
+    return write_destroyed_v2(trained_bundle, small_data, key,
+                              tmp_path_factory.mktemp("destroyed") / "v2")
 
 
 @pytest.fixture
