@@ -40,6 +40,7 @@ from coordinator.intake import receive_report, receive_update
 from coordinator.services import Services, build_services
 from models import message_records as rec
 from models.metrics import json_safe
+from models.sqlitedb import write_file
 from models.bundle import MANIFEST, SIGNATURE
 
 logger = logging.getLogger(__name__)
@@ -166,13 +167,15 @@ class NeuroEdgeStrategy(Strategy):
     def _offer(self, grid: Grid, kind: str, server_round: int) -> list[Message]:
         """A ``kind`` message with the latest bundle for each connected node."""
         latest = self.svc.bundles.latest()
-        names = [MANIFEST, SIGNATURE, *latest.manifest["files"]]
+        nodes = self._nodes(grid)
+        # Files only to a node known to be behind: every node starts from a shipped or
+        # installed bundle, and says which in each reply.
+        behind = {n for n in nodes if self.known.get(n, latest.version) < latest.version}
+        names = [MANIFEST, SIGNATURE, *latest.manifest["files"]] if behind else []
         files = {name: (latest.path / name).read_bytes() for name in names}
         messages, self.sent = [], {}
-        for node in self._nodes(grid):
-            # Files only to a node known to be behind: every node starts from a shipped
-            # or installed bundle, and says which in each reply.
-            give = files if self.known.get(node, latest.version) < latest.version else {}
+        for node in nodes:
+            give = files if node in behind else {}
             self.sent[node] = sum(len(b) for b in give.values())
             messages.append(Message(RecordDict({rec.BUNDLE: ConfigRecord(
                 rec.bundle_record(latest.version, give))}), dst_node_id=node,
@@ -187,9 +190,7 @@ class NeuroEdgeStrategy(Strategy):
         pins = json.loads(path.read_text()) if path.exists() else {}
         if device_id not in pins:
             pins[device_id] = str(node)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(pins, indent=1))
-            tmp.replace(path)
+            write_file(path.parent, path.name, json.dumps(pins, indent=1).encode())
         elif pins[device_id] != str(node):
             raise NotFoundError(f"device {device_id} is bound to Flower node "
                                 f"{pins[device_id]}, not {node} (see {path})")

@@ -12,10 +12,10 @@ files down), like the HTTP client counts bodies: framing is excluded.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from device.sync.client import CoordinatorUnavailable, UnsafeDownload
+from models.sqlitedb import write_file
 
 
 class MessageLink:
@@ -68,12 +68,7 @@ class MessageLink:
             raise UnsafeDownload(f"the message carries no file {name!r}", "origin")
         if len(data) > max_bytes:
             raise UnsafeDownload(f"file of {len(data)} bytes exceeds {max_bytes}", "size")
-        tmp = Path(dest).with_name(Path(dest).name + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
+        write_file(Path(dest).parent, Path(dest).name, data)
         self.bytes_down += len(data)
         return len(data)
 
