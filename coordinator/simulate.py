@@ -408,9 +408,8 @@ def initial_model(coordinator_csv: Path, arch: str, out: Path, epochs: int | Non
     so no test or site image has been seen by the backbone the devices freeze."""
     from models.build import BuildConfig, build_bundle
     from models.signing import load_signing_key
-    from models.train import TrainConfig
     key = load_signing_key(_dev_key().with_suffix(""))  # the coordinator re-signs it
-    cfg = BuildConfig(arch=arch, train=TrainConfig(**({"epochs": epochs} if epochs else {})))
+    cfg = BuildConfig.for_arch(arch, epochs)
     build_bundle(coordinator_csv, out / "bundle", key, cfg,
                  float_out=out / "model.weights.h5")
     return out

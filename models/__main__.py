@@ -29,18 +29,14 @@ def _dump(obj: dict, path: str | None = None) -> None:
         print(text)
 
 
-def _train_config(args: argparse.Namespace):
-    from models.train import TrainConfig
-    cfg = TrainConfig(seed=args.seed)
-    if args.epochs:
-        cfg.epochs = args.epochs
-    return cfg
-
-
 def cmd_train(args: argparse.Namespace) -> int:
+    from models.architectures import get_architecture
     from models.build import BuildConfig, build_bundle
+    from models.train import recipe
     key = load_signing_key(args.sign_key)
-    cfg = BuildConfig(arch=args.arch, sparsity=args.sparsity, train=_train_config(args))
+    sparsity = get_architecture(args.arch).sparsity if args.sparsity is None else args.sparsity
+    cfg = BuildConfig(arch=args.arch, sparsity=sparsity,
+                      train=recipe(args.arch, args.seed, args.epochs))
     manifest = build_bundle(args.data, args.out, key, cfg, verbose=2, float_out=args.float_out)
     print(f"wrote {args.out} (version {manifest['version']}, signer {manifest['signer']})")
     _print_metrics(manifest["metrics"]["test"], "held-out test split")
@@ -75,8 +71,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_cv(args: argparse.Namespace) -> int:
     from models.architectures import DEFAULT_ARCH
     from models.cv import cross_validate
-    result = cross_validate(args.data, args.arch or DEFAULT_ARCH, args.folds,
-                            _train_config(args))
+    from models.train import recipe
+    arch = args.arch or DEFAULT_ARCH
+    result = cross_validate(args.data, arch, args.folds, recipe(arch, args.seed, args.epochs))
     for k in ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity"):
         print(f"{k:<18} {result[k + '_mean']:.3f} ± {result[k + '_std']:.3f}")
     if args.json:
@@ -145,7 +142,8 @@ def parser() -> argparse.ArgumentParser:
 
     def train_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--seed", type=int, default=0)
-        sp.add_argument("--epochs", type=int, help="maximum epochs (early stopping decides)")
+        sp.add_argument("--epochs", type=int,
+                        help="epochs (default: the architecture's training recipe)")
 
     sp = sub.add_parser("train", help="train, prune, int8-quantize and sign a bundle")
     data_arg(sp)
@@ -153,7 +151,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--arch", default="edge")
     sp.add_argument("--out", required=True, help="bundle directory to write")
     sp.add_argument("--sign-key", required=True, help="Ed25519 private key file")
-    sp.add_argument("--sparsity", type=float, default=0.5)
+    sp.add_argument("--sparsity", type=float,
+                    help="pruning target (default: the architecture's; 0 = no pruning)")
     sp.add_argument("--float-out", help="also save the float Keras weights (.weights.h5) "
                     "for a coordinator to rebuild from")
     sp.set_defaults(func=cmd_train)

@@ -15,11 +15,11 @@ import numpy as np
 
 from models import metrics
 from models.architectures import ARCHITECTURES
-from models.build import train_on_split
+from models.build import BuildConfig, train_on_split
 from models.compress import prune
 from models.export import gzip_size, to_tflite
 from models.runtime import TFLiteModel
-from models.train import TrainConfig, predict
+from models.train import predict
 
 LATENCY_RUNS = 50
 
@@ -35,13 +35,14 @@ def latency_ms(lite: TFLiteModel, image: np.ndarray, runs: int = LATENCY_RUNS) -
     return statistics.median(times)
 
 
-def bench_arch(data: str | Path, arch: str, cfg: TrainConfig, sparsity: float) -> list[dict]:
-    """One row per format for ``arch``: sizes, test accuracy, agreement, latency."""
-    t = train_on_split(data, arch, cfg)
+def bench_arch(data: str | Path, cfg: BuildConfig) -> list[dict]:
+    """One row per format for ``cfg.arch``: sizes, test accuracy, agreement, latency."""
+    arch, sparsity = cfg.arch, cfg.sparsity
+    t = train_on_split(data, arch, cfg.train)
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (t.part(r) for r in ("train", "val", "test"))
     float_pred = predict(t.model, x_te) >= 0.5
     models = {kind: to_tflite(t.model, kind, x_tr) for kind in ("float", "dynamic", "int8")}
-    prune(t.model, sparsity, x_tr, y_tr, x_va, y_va, cfg)
+    prune(t.model, sparsity, x_tr, y_tr, x_va, y_va, cfg.train)
     models[f"pruned{int(sparsity * 100)}+int8"] = to_tflite(t.model, "int8", x_tr)
     rows = []
     for kind, blob in models.items():
@@ -67,13 +68,11 @@ def print_rows(rows: list[dict]) -> None:
               f"{r['latency_ms']:>8.2f}{r['latency_ratio']:>9.2f}")
 
 
-def run_bench(data: str | Path, seed: int = 0, epochs: int | None = None,
-              sparsity: float = 0.5) -> list[dict]:
-    """Bench every architecture's formats and print the table."""
-    cfg = TrainConfig(seed=seed, **({"epochs": epochs} if epochs else {}))
+def run_bench(data: str | Path, seed: int = 0, epochs: int | None = None) -> list[dict]:
+    """Bench every architecture's formats (its own recipe and sparsity); print the table."""
     rows = []
     for arch in ARCHITECTURES:
-        rows += bench_arch(data, arch, cfg, sparsity)
+        rows += bench_arch(data, BuildConfig.for_arch(arch, epochs, seed))
     print(f"held-out test split of {data} (grouped by duplicates), threshold 0.5, "
           f"latency = median of {LATENCY_RUNS} single-image LiteRT runs; 'x float' is "
           "the ratio to the same architecture's float model in this process")

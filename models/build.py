@@ -18,7 +18,7 @@ from models.dataset import Sample
 from models.export import gzip_size, to_tflite
 from models.runtime import TFLiteModel
 from models.splits import train_val_test_split
-from models.train import TrainConfig, predict, train_model
+from models.train import TrainConfig, predict, recipe, train_model
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,11 @@ class BuildConfig:
     arch: str = "edge"
     sparsity: float = 0.5
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def for_arch(cls, arch: str, epochs: int | None = None, seed: int = 0) -> "BuildConfig":
+        """``arch`` with its own training recipe and pruning target."""
+        return cls(arch, get_architecture(arch).sparsity, recipe(arch, seed, epochs))
 
 
 @dataclass

@@ -42,19 +42,21 @@ def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig
     Returns
     -------
     dict with ``<metric>_mean``/``<metric>_std`` over folds, ``per_fold`` metrics and
-    ``folds`` mapping each file (relative to ``data``) to its test fold.
+    ``folds`` mapping each file (relative to ``data``) to its test fold, and
+    ``predictions`` its out-of-fold tumour probability (from the model that never saw it).
     """
     cfg = cfg or TrainConfig()
     x, y, groups, kept = load_grouped(data, arch)
     fold_of = stratified_group_kfold(y, groups, k=folds, seed=cfg.seed)
-    per_fold = []
+    per_fold, prob = [], np.zeros(len(y))
     for f in range(folds):
         start = time.perf_counter()
         train, test = np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)
         tr, va = inner_split(y[train], groups[train], cfg.seed + f)
         model, threshold, _ = train_model(arch, x[train][tr], y[train][tr], x[train][va],
                                           y[train][va], cfg, verbose)
-        result = metrics.binary_metrics(y[test], predict(model, x[test]), threshold)
+        prob[test] = predict(model, x[test])
+        result = metrics.binary_metrics(y[test], prob[test], threshold)
         result["fold"], result["seconds"] = f, round(time.perf_counter() - start, 1)
         logger.info("fold %d: accuracy %.3f AUC %.3f sensitivity %.3f (%.0f s)", f,
                     result["accuracy"], result["auc"], result["sensitivity"], result["seconds"])
@@ -64,4 +66,5 @@ def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig
                                                 "ece", "threshold"])
     return {"arch": arch, "n": len(y), "n_groups": int(len(np.unique(groups))),
             "k": folds, "config": cfg.to_dict(), **summary, "per_fold": per_fold,
-            "folds": {s.rel: int(f) for s, f in zip(kept, fold_of)}}
+            "folds": {s.rel: int(f) for s, f in zip(kept, fold_of)},
+            "predictions": {s.rel: round(float(p), 5) for s, p in zip(kept, prob)}}

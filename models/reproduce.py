@@ -17,7 +17,7 @@ from models import metrics
 from models.architectures import build_model, freeze_backbone, get_head, set_head
 from models.cv import load_grouped
 from models.splits import paper_partition
-from models.train import TrainConfig, fit, predict, set_seeds, train_model
+from models.train import TrainConfig, fit, predict, recipe, set_seeds, train_model
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +44,9 @@ def _fine_tune(main: keras.Model, arch: str, x_tr: np.ndarray, y_tr: np.ndarray,
 def reproduce_paper(data: str | Path, arch: str = "paper", seed: int = 0,
                     epochs: int | None = None) -> dict:
     """Run the protocol; returns measured figures beside :data:`PAPER`."""
-    # The paper's recipe, not ours: Adam 1e-3, no schedule, ~30 epochs, flips and small
-    # rotations (ours, lr 3e-3 cosine with +-180 deg, does not train this BN-free CNN).
-    paper = {"dropout": 0.0, "learning_rate": 1e-3, "cosine": False, "rotation": 0.05}
-    cfg = TrainConfig(seed=seed, epochs=epochs or 30, **paper)
-    tune = TrainConfig(seed=seed, epochs=min(cfg.epochs, 20), **paper)
+    # The architecture's own recipe: for ``paper``, the paper's (models.architectures).
+    cfg = recipe(arch, seed, epochs)
+    tune = recipe(arch, seed, min(cfg.epochs, 20))
     x, y, groups, _ = load_grouped(data, arch)
     site, role = paper_partition(y, groups, seed=seed)
 

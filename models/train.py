@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from models import metrics
-from models.architectures import build_model
+from models.architectures import build_model, get_architecture
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,14 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def recipe(arch: str, seed: int = 0, epochs: int | None = None) -> TrainConfig:
+    """The training configuration of ``arch``: defaults, its recipe, then the overrides."""
+    cfg = TrainConfig(**{**get_architecture(arch).recipe, "seed": seed})
+    if epochs:
+        cfg.epochs = epochs
+    return cfg
 
 
 def set_seeds(seed: int) -> None:
@@ -167,7 +175,7 @@ def train_model(arch: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.n
     model, threshold, validation metrics at that threshold (with ``epochs`` trained)
     """
     set_seeds(cfg.seed)
-    model = build_model(arch, dropout=cfg.dropout if arch != "paper" else 0.0)
+    model = build_model(arch, dropout=cfg.dropout)
     history = fit(model, x_train, y_train, x_val, y_val, cfg, verbose)
     prob = predict(model, x_val)
     threshold = metrics.choose_threshold(y_val, prob, cfg.min_sensitivity, cfg.min_specificity)

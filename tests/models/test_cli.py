@@ -131,3 +131,39 @@ def test_reproduce_paper_runs_the_protocol_on_grouped_splits(small_data, tmp_pat
     for key in ("pi1_before", "pi1_after_finetune", "pi1_after_average", "pi2_before"):
         assert 0.0 <= result[key] <= 1.0
     assert "pi1_after_average" in table and "0.89" in table  # the paper's figure beside ours
+
+
+@pytest.mark.slow
+def test_cv_writes_grouped_folds_and_out_of_fold_predictions(small_data, tmp_path, capsys):
+    from models.dataset import load_samples
+    from models.splits import duplicate_groups
+    out = tmp_path / "cv.json"
+
+    code = main(["cv", "--data", str(small_data), "--folds", "2", "--epochs", "2",
+                 "--json", str(out)])
+
+    result = json.loads(out.read_text())
+    assert code == 0
+    assert result["arch"] == "edge" and result["k"] == 2 and len(result["per_fold"]) == 2
+    for key in ("accuracy_mean", "accuracy_std", "auc_mean", "sensitivity_mean",
+                "specificity_mean"):
+        assert 0.0 <= result[key] <= 1.0
+    assert "accuracy" in capsys.readouterr().out
+    samples = load_samples(small_data)
+    files = sorted(s.rel for s in samples)
+    assert sorted(result["folds"]) == sorted(result["predictions"]) == files
+    assert set(result["folds"].values()) == {0, 1}
+    assert all(0.0 <= p <= 1.0 for p in result["predictions"].values())
+    fold_of_group: dict[int, set[int]] = {}
+    for s, g in zip(samples, duplicate_groups(samples)):
+        fold_of_group.setdefault(int(g), set()).add(result["folds"][s.rel])
+    assert all(len(f) == 1 for f in fold_of_group.values())  # no group straddles folds
+
+
+def test_each_architecture_trains_with_its_own_recipe():
+    from models.train import TrainConfig, recipe
+
+    paper, edge = recipe("paper", seed=3), recipe("edge", epochs=7)
+
+    assert (paper.learning_rate, paper.cosine, paper.epochs, paper.seed) == (1e-3, False, 30, 3)
+    assert edge.epochs == 7 and edge.learning_rate == TrainConfig().learning_rate
