@@ -30,13 +30,11 @@ def _dump(obj: dict, path: str | None = None) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from models.architectures import get_architecture
     from models.build import BuildConfig, build_bundle
-    from models.train import recipe
     key = load_signing_key(args.sign_key)
-    sparsity = get_architecture(args.arch).sparsity if args.sparsity is None else args.sparsity
-    cfg = BuildConfig(arch=args.arch, sparsity=sparsity,
-                      train=recipe(args.arch, args.seed, args.epochs))
+    cfg = BuildConfig.for_arch(args.arch, args.epochs, args.seed)
+    if args.sparsity is not None:
+        cfg.sparsity = args.sparsity
     manifest = build_bundle(args.data, args.out, key, cfg, verbose=2, float_out=args.float_out)
     print(f"wrote {args.out} (version {manifest['version']}, signer {manifest['signer']})")
     _print_metrics(manifest["metrics"]["test"], "held-out test split")

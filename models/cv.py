@@ -11,7 +11,7 @@ from models import metrics
 from models.architectures import get_architecture
 from models.dataset import Sample, load_images, load_samples
 from models.splits import duplicate_groups, stratified_group_kfold
-from models.train import TrainConfig, predict, train_model
+from models.train import TrainConfig, predict, recipe, train_model
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig
     ``folds`` mapping each file (relative to ``data``) to its test fold, and
     ``predictions`` its out-of-fold tumour probability (from the model that never saw it).
     """
-    cfg = cfg or TrainConfig()
+    cfg = cfg or recipe(arch)
     x, y, groups, kept = load_grouped(data, arch)
     fold_of = stratified_group_kfold(y, groups, k=folds, seed=cfg.seed)
     per_fold, prob = [], np.zeros(len(y))

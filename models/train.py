@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 class TrainConfig:
     """Hyper-parameters of one training run (recorded in the bundle manifest)."""
 
-    epochs: int = 120
+    epochs: int = 240
     batch_size: int = 16
     learning_rate: float = 3e-3
     patience: int = 0  # > 0: early stopping on validation AUC with this patience
