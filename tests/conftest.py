@@ -1,6 +1,7 @@
 """Shared fixtures: the real dataset, a small balanced copy of it, a signing key."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 from contextlib import contextmanager
@@ -68,9 +69,16 @@ def running(app, port: int = 0) -> Iterator[str]:
                 channel.close()
             srv._map.clear()
 
-        srv.trigger.pull_trigger(stop)
-        thread.join(timeout=10)
+        # Workers first: a worker still streaming a response the client cut could
+        # otherwise touch a channel after stop() closed it and its fd was reused (seen
+        # in CI as EBADF on the next server's wake-up pipe).
         srv.task_dispatcher.shutdown()
+        try:
+            srv.trigger.pull_trigger(stop)
+        except OSError:  # the pipe is gone all the same: close from here, loop then ends
+            with contextlib.suppress(OSError):
+                stop()
+        thread.join(timeout=10)
 
 
 def write_destroyed_v2(trained_bundle: tuple[Path, Path], small_data: Path, key,
