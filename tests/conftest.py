@@ -1,10 +1,9 @@
 """Shared fixtures: the real dataset, a small balanced copy of it, a signing key."""
 from __future__ import annotations
 
-import contextlib
 import shutil
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
@@ -76,7 +75,7 @@ def running(app, port: int = 0) -> Iterator[str]:
         try:
             srv.trigger.pull_trigger(stop)
         except OSError:  # the pipe is gone all the same: close from here, loop then ends
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 stop()
         thread.join(timeout=10)
 
