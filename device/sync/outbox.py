@@ -17,6 +17,7 @@ answer cannot count an update twice.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device.sync.client import CoordinatorUnavailable, UpdateRefused
+from models.sqlitedb import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -271,13 +273,5 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def _fsync_dir(path: Path) -> None:
     """Make renames durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with contextlib.suppress(OSError):
+        fsync_dir(path)
