@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from models import metrics
 from models.architectures import build_model, get_architecture
+from models.augment import Augmentation, augment
 
 logger = logging.getLogger(__name__)
 
@@ -52,27 +53,6 @@ def set_seeds(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def augmenter(seed: int, rotation: float = 0.5) -> keras.Sequential:
-    """Geometric and intensity augmentation for slices from other scanners and views.
-
-    Flips and rotations as the paper did, plus zoom/shift (crop and scale variation)
-    and contrast; gamma is applied separately in :func:`_augment`.
-    """
-    return keras.Sequential([
-        keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
-        keras.layers.RandomRotation(rotation, fill_mode="constant", seed=seed + 1),
-        keras.layers.RandomZoom((-0.15, 0.15), fill_mode="constant", seed=seed + 2),
-        keras.layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=seed + 3),
-        keras.layers.RandomContrast(0.3, value_range=(0, 255), seed=seed + 4),
-    ], name="augment")
-
-
-def _augment(aug: keras.Sequential, x: tf.Tensor) -> tf.Tensor:
-    x = aug(x, training=True)
-    gamma = tf.exp(tf.random.uniform((tf.shape(x)[0], 1, 1, 1), -0.4, 0.4))
-    return tf.clip_by_value(255.0 * tf.pow(tf.clip_by_value(x / 255.0, 0, 1), gamma), 0, 255)
-
-
 def make_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, train: bool) -> tf.data.Dataset:
     """Batched ``tf.data`` pipeline; shuffled and augmented when ``train``."""
     ds = tf.data.Dataset.from_tensor_slices((x.astype(np.float32), y.astype(np.float32)))
@@ -80,8 +60,8 @@ def make_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, train: bool) ->
         ds = ds.shuffle(len(x), seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.batch(cfg.batch_size)
     if train and cfg.augment:
-        aug = augmenter(cfg.seed, cfg.rotation)
-        ds = ds.map(lambda a, b: (_augment(aug, a), b), num_parallel_calls=tf.data.AUTOTUNE)
+        aug = Augmentation(rotation=cfg.rotation)
+        ds = ds.map(lambda a, b: (augment(a, aug), b), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -122,8 +102,10 @@ def fit(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.
     if cfg.patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_auc", mode="max", patience=cfg.patience, restore_best_weights=True))
+    # Without early stopping the validation figures are only shown: every 10th epoch.
     history = model.fit(make_dataset(x_train, y_train, cfg, train=True),
                         validation_data=make_dataset(x_val, y_val, cfg, train=False),
+                        validation_freq=1 if cfg.patience else 10,
                         epochs=cfg.epochs, class_weight=class_weights(y_train),
                         callbacks=callbacks, verbose=verbose)
     if cfg.augment:

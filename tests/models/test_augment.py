@@ -1,0 +1,81 @@
+"""The fused augmentation: its affine matrices do what each transform alone would."""
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models.augment import Augmentation, affine_transforms, augment, warp
+
+H, W = 12, 16
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.uniform(0, 255, (1, H, W, 1)).astype(np.float32)
+
+
+def warped(image, angle=0.0, scale=1.0, shift=(0.0, 0.0), flip=(1.0, 1.0)) -> np.ndarray:
+    t = affine_transforms(tf.constant([angle]), tf.constant([scale]), tf.constant([shift]),
+                          tf.constant([flip]), H, W)
+    return warp(tf.constant(image), t).numpy()
+
+
+def test_identity(image):
+    np.testing.assert_allclose(warped(image), image, atol=1e-4)
+
+
+@pytest.mark.parametrize("flip,expected", [((-1.0, 1.0), lambda a: a[:, :, ::-1]),
+                                           ((1.0, -1.0), lambda a: a[:, ::-1, :]),
+                                           ((-1.0, -1.0), lambda a: a[:, ::-1, ::-1])])
+def test_flips(image, flip, expected):
+    np.testing.assert_allclose(warped(image, flip=flip), expected(image), atol=1e-4)
+
+
+def test_half_turn_is_both_flips(image):
+    np.testing.assert_allclose(warped(image, angle=math.pi), image[:, ::-1, ::-1], atol=1e-3)
+
+
+def test_quarter_turn_of_a_square():
+    square = np.arange(64, dtype=np.float32).reshape(1, 8, 8, 1)
+    t = affine_transforms(tf.constant([math.pi / 2]), tf.constant([1.0]),
+                          tf.zeros((1, 2)), tf.ones((1, 2)), 8, 8)
+    out = warp(tf.constant(square), t).numpy()[0, :, :, 0]
+    rotations = [np.rot90(square[0, :, :, 0], k) for k in (1, 3)]
+    assert min(np.abs(out - r).max() for r in rotations) < 1e-3
+
+
+def test_shift_moves_content_and_fills_black(image):
+    out = warped(image, shift=(3.0, 2.0))
+    np.testing.assert_allclose(out[:, 2:, 3:], image[:, :-2, :-3], atol=1e-4)
+    assert not out[:, :2, :].any() and not out[:, :, :3].any()
+
+
+def test_zoom_keeps_the_centre_and_zooms_out():
+    img = np.zeros((1, 33, 33, 1), np.float32)
+    img[0, 12:21, 12:21] = 200.0  # a 9-pixel square in the middle
+    t = affine_transforms(tf.constant([0.0]), tf.constant([1.5]), tf.zeros((1, 2)),
+                          tf.ones((1, 2)), 33, 33)
+    out = warp(tf.constant(img), t).numpy()[0, :, :, 0]
+    assert out[16, 16] == pytest.approx(200.0)
+    assert 4 <= (out > 100).sum(axis=1).max() <= 7  # 9 / 1.5 = 6 pixels wide
+
+
+def test_random_batch_stays_in_range_and_varies():
+    tf.random.set_seed(1)
+    batch = np.full((64, 32, 32, 1), 128.0, np.float32)
+    batch[:, 8:24, 8:24] = 240.0
+    out = augment(tf.constant(batch)).numpy()
+    assert out.shape == batch.shape and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 255.0
+    assert (out[:, 0, 0, 0] == 0).mean() > 0.3  # rotated corners come in black
+    assert len({round(float(v), 2) for v in out.mean(axis=(1, 2, 3))}) > 50  # all differ
+
+
+def test_no_transform_ranges_leave_the_image(image):
+    still = Augmentation(rotation=0.0, zoom=0.0, shift=0.0, contrast=0.0, log_gamma=0.0)
+    out = augment(tf.constant(np.repeat(image, 8, axis=0)), still).numpy()
+    flips = [image, image[:, ::-1], image[:, :, ::-1], image[:, ::-1, ::-1]]
+    for one in out:
+        assert min(np.abs(one - f[0]).max() for f in flips) < 1e-3  # flips only
