@@ -44,22 +44,28 @@ def _paper_backbone(x: keras.KerasTensor) -> keras.KerasTensor:
     return layers.Flatten(name=EMBEDDING)(x)
 
 
-def _edge_backbone(x: keras.KerasTensor) -> keras.KerasTensor:
-    """Four conv-BN-ReLU-pool stages on a 128x128 grayscale slice, then average+max pool.
+def _conv_bn_relu(x: keras.KerasTensor, filters: int, strides: int = 1) -> keras.KerasTensor:
+    x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    return layers.ReLU()(x)
 
-    Global pooling makes the head 256x32 instead of 21632x32: the federated update is
-    ~33 KB as float32 rather than 2.7 MB. Max pooling keeps small bright lesions that
-    averaging alone would wash out.
+
+def _edge_backbone(x: keras.KerasTensor) -> keras.KerasTensor:
+    """A stride-2 stem and three conv-BN-ReLU-pool stages on a 128x128 grayscale slice,
+    then average+max pooling.
+
+    Global pooling makes the head 192x32 instead of 21632x32: the federated update is
+    ~25 KB as float32 rather than 2.7 MB. Max pooling keeps small bright lesions that
+    averaging alone would wash out. The stem (no activation kept at 128x128) and the
+    narrow stages (24/48/96) halve a training step on 2 cores against four full-width
+    pooled stages (16/32/64/128), and scored higher in grouped CV (see the README).
     """
-    for filters in (16, 32, 64, 128):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.ReLU()(x)
-        x = layers.MaxPooling2D(2)(x)
+    x = _conv_bn_relu(x, 16, strides=2)
+    for filters in (24, 48, 96):
+        x = layers.MaxPooling2D(2)(_conv_bn_relu(x, filters))
     avg = layers.GlobalAveragePooling2D()(x)
     mx = layers.GlobalMaxPooling2D()(x)
-    x = layers.Concatenate(name=EMBEDDING)([avg, mx])
-    return x
+    return layers.Concatenate(name=EMBEDDING)([avg, mx])
 
 
 ARCHITECTURES = {
@@ -71,7 +77,7 @@ ARCHITECTURES = {
                                   "rotation": 0.05, "dropout": 0.0},
                           sparsity=0.8),
     "edge": Architecture("edge", InputSpec(128, 128, 1), _edge_backbone,
-                         "4-stage CNN with BN and global avg+max pooling (small head)"),
+                         "stride-2 stem, 3 conv-BN stages, global avg+max pooling (small head)"),
 }
 DEFAULT_ARCH = "edge"
 

@@ -30,7 +30,7 @@ def test_two_rounds_through_flower_aggregate_both_sites_and_devices_serve_the_re
     assert flower_report["transport"] == "flower" and len(rounds) == ROUNDS
     for r in rounds:
         # Each round is one coordinator round that received both sites' int8 deltas
-        # (edge head: 8,257 parameters -> a few KB) and ended with an outcome.
+        # (edge head: 6,209 parameters -> a few KB) and ended with an outcome.
         assert r["coordinator_round"] is not None and r["reason"].startswith("outcome:"), r
         assert all(isinstance(b, int) and 1_000 < b < 12_000 for b in r["update_bytes"]), r
         assert r["skipped"] == []

@@ -22,9 +22,9 @@ def test_edge_model_has_a_small_head():
 
     head = get_head(model)
 
-    assert {k: v.shape for k, v in head.items()} == head_shapes(256)
-    assert sum(a.size for a in head.values()) == 8_257
-    assert model.count_params() < 120_000
+    assert {k: v.shape for k, v in head.items()} == head_shapes(192)
+    assert sum(a.size for a in head.values()) == 6_209
+    assert model.count_params() == 62_385
 
 
 def test_set_head_round_trips_and_leaves_backbone_alone():
@@ -58,7 +58,7 @@ def test_with_embedding_exposes_probability_and_embedding():
 
     prob, emb = with_embedding(model).predict(x, verbose=0)
 
-    assert prob.shape == (2, 1) and emb.shape == (2, 256)
+    assert prob.shape == (2, 1) and emb.shape == (2, 192)
     np.testing.assert_allclose(prob, model.predict(x, verbose=0), atol=1e-6)
 
 

@@ -50,7 +50,7 @@ def test_float_tflite_matches_keras_through_litert(trained, images):
     prob, emb = lite.predict(x[:6])
 
     np.testing.assert_allclose(prob, predict(model, x[:6]), atol=1e-4)
-    assert emb.shape == (6, 256) and lite.embedding_dim == 256
+    assert emb.shape == (6, 192) and lite.embedding_dim == 192
 
 
 def test_int8_model_is_smaller_and_agrees_with_float(trained, images):
