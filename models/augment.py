@@ -62,6 +62,8 @@ def augment(images: tf.Tensor, aug: Augmentation = Augmentation()) -> tf.Tensor:
     angle = uniform((n,), aug.rotation * 2 * math.pi)
     scale = 1.0 + uniform((n,), aug.zoom)
     shift = uniform((n, 2), aug.shift) * tf.constant([width, height], tf.float32)
+    # Each axis on its own, so slices are mirrored too (Keras' RandomFlip draws one value
+    # for both axes: a half turn, which the rotation already covers).
     flip = tf.where(tf.random.uniform((n, 2)) < 0.5, -1.0, 1.0)
     x = warp(images, affine_transforms(angle, scale, shift, flip, height, width))
     mean = tf.reduce_mean(x, axis=(1, 2), keepdims=True)

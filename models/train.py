@@ -102,10 +102,11 @@ def fit(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.
     if cfg.patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_auc", mode="max", patience=cfg.patience, restore_best_weights=True))
-    # Without early stopping the validation figures are only shown: every 10th epoch.
+    # Without early stopping the validation figures are only shown (every 10th epoch),
+    # and not computed at all when nothing is shown.
+    val = make_dataset(x_val, y_val, cfg, train=False) if cfg.patience or verbose else None
     history = model.fit(make_dataset(x_train, y_train, cfg, train=True),
-                        validation_data=make_dataset(x_val, y_val, cfg, train=False),
-                        validation_freq=1 if cfg.patience else 10,
+                        validation_data=val, validation_freq=1 if cfg.patience else 10,
                         epochs=cfg.epochs, class_weight=class_weights(y_train),
                         callbacks=callbacks, verbose=verbose)
     if cfg.augment:

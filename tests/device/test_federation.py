@@ -29,7 +29,7 @@ from tests.conftest import running, write_destroyed_v2
 ADMIN, PASSWORD, API_TOKEN = "alice", "correct horse battery", "ne_federation_admin_token"
 DEVICE_ID = "pi-1"
 N_SLICES = 24
-HEAD_FLOAT_BYTES = 8_257 * 4          # the edge head (256->32->1) as float32
+HEAD_FLOAT_BYTES = 6_209 * 4          # the edge head (192->32->1) as float32
 ROUND_TIMEOUT_S = 120
 JPEG = re.compile(rb"\xff\xd8\xff[\xc0-\xfe]")   # SOI + the first marker of every JPEG
 PNG, DICOM = b"\x89PNG", b"DICM"

@@ -69,13 +69,57 @@ def test_random_batch_stays_in_range_and_varies():
     out = augment(tf.constant(batch)).numpy()
     assert out.shape == batch.shape and out.dtype == np.float32
     assert out.min() >= 0.0 and out.max() <= 255.0
-    assert (out[:, 0, 0, 0] == 0).mean() > 0.3  # rotated corners come in black
     assert len({round(float(v), 2) for v in out.mean(axis=(1, 2, 3))}) > 50  # all differ
+    no_contrast = augment(tf.constant(batch), Augmentation(contrast=0.0)).numpy()
+    assert (no_contrast[:, 0, 0, 0] == 0).mean() > 0.3  # rotated corners come in black
+
+
+def test_geometry_is_drawn_over_the_whole_ranges(monkeypatch):
+    import models.augment as module
+    drawn = {}
+    real = module.affine_transforms
+
+    def capture(angle, scale, shift, flip, height, width):
+        drawn.update(angle=angle.numpy(), scale=scale.numpy(), flip=flip.numpy(),
+                     shift=shift.numpy() / np.array([width, height]))
+        return real(angle, scale, shift, flip, height, width)
+
+    monkeypatch.setattr(module, "affine_transforms", capture)
+    tf.random.set_seed(2)
+    augment(tf.zeros((4000, 8, 8, 1)))
+
+    def spans(values, bound):
+        return np.abs(values).max() <= bound and values.min() < -0.95 * bound \
+            and values.max() > 0.95 * bound
+
+    assert spans(drawn["angle"], math.pi)  # rotation 0.5 = half a turn either way
+    assert spans(drawn["scale"] - 1.0, 0.15)
+    assert spans(drawn["shift"][:, 0], 0.08) and spans(drawn["shift"][:, 1], 0.08)
+    # Each axis flips on its own: mirror images, not only half turns.
+    combos, counts = np.unique(drawn["flip"], axis=0, return_counts=True)
+    assert len(combos) == 4 and (np.abs(counts / 4000 - 0.25) < 0.04).all()
+
+
+def test_contrast_and_gamma_are_drawn_over_their_ranges():
+    tf.random.set_seed(3)
+    still = dict(rotation=0.0, zoom=0.0, shift=0.0)
+    halves = np.full((2000, 4, 4, 1), 100.0, np.float32)
+    halves[:, :, 2:] = 150.0  # mean 125, deviation +-25
+    out = augment(tf.constant(halves), Augmentation(**still, log_gamma=0.0)).numpy()
+    factor = np.abs(out[:, 0, 3, 0] - out[:, 0, 0, 0]) / 50.0  # flips may swap halves
+    assert 0.7 <= factor.min() < 0.72 and 1.28 < factor.max() <= 1.3
+    grey = np.full((2000, 4, 4, 1), 127.5, np.float32)
+    out = augment(tf.constant(grey), Augmentation(**still, contrast=0.0)).numpy()
+    log_gamma = np.log(np.log(out[:, 0, 0, 0] / 255.0) / np.log(0.5))
+    assert -0.4 - 1e-4 <= log_gamma.min() < -0.38 and 0.38 < log_gamma.max() <= 0.4 + 1e-4
 
 
 def test_no_transform_ranges_leave_the_image(image):
     still = Augmentation(rotation=0.0, zoom=0.0, shift=0.0, contrast=0.0, log_gamma=0.0)
-    out = augment(tf.constant(np.repeat(image, 8, axis=0)), still).numpy()
-    flips = [image, image[:, ::-1], image[:, :, ::-1], image[:, ::-1, ::-1]]
+    tf.random.set_seed(4)
+    out = augment(tf.constant(np.repeat(image, 32, axis=0)), still).numpy()
+    flips = [image[0], image[0, ::-1], image[0, :, ::-1], image[0, ::-1, ::-1]]
+    seen = {min(range(4), key=lambda i: np.abs(one - flips[i]).max()) for one in out}
     for one in out:
-        assert min(np.abs(one - f[0]).max() for f in flips) < 1e-3  # flips only
+        assert min(np.abs(one - f).max() for f in flips) < 1e-3  # flips only
+    assert seen == {0, 1, 2, 3}
