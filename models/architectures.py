@@ -58,7 +58,8 @@ def _edge_backbone(x: keras.KerasTensor) -> keras.KerasTensor:
     ~25 KB as float32 rather than 2.7 MB. Max pooling keeps small bright lesions that
     averaging alone would wash out. The stem (no activation kept at 128x128) and the
     narrow stages (24/48/96) cut a training step on 2 cores to 0.51-0.66 of four
-    full-width pooled stages (16/32/64/128), which scored lower in grouped CV (README).
+    full-width pooled stages (16/32/64/128), at the same grouped-CV AUC within the spread
+    between fold arrangements (README).
     """
     x = _conv_bn_relu(x, 16, strides=2)
     for filters in (24, 48, 96):
