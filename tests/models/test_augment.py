@@ -75,16 +75,14 @@ def test_random_batch_stays_in_range_and_varies():
 
 
 def test_geometry_is_drawn_over_the_whole_ranges(monkeypatch):
-    import models.augment as module
     drawn = {}
-    real = module.affine_transforms
 
     def capture(angle, scale, shift, flip, height, width):
         drawn.update(angle=angle.numpy(), scale=scale.numpy(), flip=flip.numpy(),
                      shift=shift.numpy() / np.array([width, height]))
-        return real(angle, scale, shift, flip, height, width)
+        return affine_transforms(angle, scale, shift, flip, height, width)
 
-    monkeypatch.setattr(module, "affine_transforms", capture)
+    monkeypatch.setattr("models.augment.affine_transforms", capture)
     tf.random.set_seed(2)
     augment(tf.zeros((4000, 8, 8, 1)))
 
