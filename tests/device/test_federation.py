@@ -264,7 +264,9 @@ def test_confirmed_cases_train_a_small_update_that_comes_back_as_v2(flow):
     assert trained["base_version"] == 1
     gate = sum(is_gate_case(case_id) for case_id, *_ in device.cases)
     assert trained["examples"] == len(device.cases) - gate
-    assert 0 < trained["payload_bytes"] <= HEAD_FLOAT_BYTES / 4
+    # int8: a quarter of the float head, plus the npz container (a zip entry and a .npy
+    # header for each of the 4 arrays, ~1 KB), which compression does not always repay.
+    assert 0 < trained["payload_bytes"] <= HEAD_FLOAT_BYTES / 4 + 1_024
     assert trained["local_n"] == gate > 0
     for key in ("local_accuracy_before", "local_accuracy_after"):
         assert 0.0 <= trained[key] <= 1.0
