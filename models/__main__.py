@@ -68,12 +68,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_cv(args: argparse.Namespace) -> int:
     from models.architectures import DEFAULT_ARCH
-    from models.cv import cross_validate
+    from models.cv import REVIEW_MARGIN, cross_validate
     from models.train import recipe
     arch = args.arch or DEFAULT_ARCH
     result = cross_validate(args.data, arch, args.folds, recipe(arch, args.seed, args.epochs))
     for k in ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity"):
         print(f"{k:<18} {result[k + '_mean']:.3f} ± {result[k + '_std']:.3f}")
+    if result["review"]:
+        print(f"for label review ({len(result['review'])} files, the out-of-fold probability "
+              f"contradicts the label by >= {REVIEW_MARGIN}):")
+        for r in result["review"]:
+            print(f"  {r['file']:<24} label {r['label']}  probability {r['probability']:.3f}")
     if args.json:
         _dump(result, args.json)
     return 0

@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 
 # Share of each training fold held out (by group) for early stopping and the threshold.
 VAL_FOLDS = 6  # one of six groups' folds, about 17%
+# An out-of-fold probability this far from a file's label puts the file on the review list.
+REVIEW_MARGIN = 0.9
 
 
 def load_grouped(data: str | Path, arch: str
@@ -35,6 +37,16 @@ def inner_split(y: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarra
     return np.flatnonzero(inner != 0), np.flatnonzero(inner == 0)
 
 
+def review_list(files: list[str], y: np.ndarray, prob: np.ndarray,
+                margin: float = REVIEW_MARGIN) -> list[dict]:
+    """Files whose out-of-fold probability contradicts their label by ``margin`` or more,
+    most confident first: either the model is wrong or the label is, for an expert to say.
+    """
+    gap = np.abs(y - prob)
+    return [{"file": files[i], "label": int(y[i]), "probability": round(float(prob[i]), 3)}
+            for i in np.argsort(-gap, kind="stable") if gap[i] >= margin]
+
+
 def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig | None = None,
                    verbose: int = 0) -> dict:
     """Train ``folds`` models, each tested on a fold none of its duplicates trained on.
@@ -43,7 +55,8 @@ def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig
     -------
     dict with ``<metric>_mean``/``<metric>_std`` over folds, ``per_fold`` metrics and
     ``folds`` mapping each file (relative to ``data``) to its test fold, and
-    ``predictions`` its out-of-fold tumour probability (from the model that never saw it).
+    ``predictions`` its out-of-fold tumour probability (from the model that never saw it),
+    ``review`` the files whose prediction contradicts their label (:func:`review_list`).
     """
     cfg = cfg or recipe(arch)
     x, y, groups, kept = load_grouped(data, arch)
@@ -67,4 +80,5 @@ def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig
     return {"arch": arch, "n": len(y), "n_groups": int(len(np.unique(groups))),
             "k": folds, "config": cfg.to_dict(), **summary, "per_fold": per_fold,
             "folds": {s.rel: int(f) for s, f in zip(kept, fold_of)},
-            "predictions": {s.rel: round(float(p), 5) for s, p in zip(kept, prob)}}
+            "predictions": {s.rel: round(float(p), 5) for s, p in zip(kept, prob)},
+            "review": review_list([s.rel for s in kept], y, prob)}

@@ -135,6 +135,7 @@ def test_reproduce_paper_runs_the_protocol_on_grouped_splits(small_data, tmp_pat
 
 @pytest.mark.slow
 def test_cv_writes_grouped_folds_and_out_of_fold_predictions(small_data, tmp_path, capsys):
+    from models.cv import REVIEW_MARGIN
     from models.dataset import load_samples
     from models.splits import duplicate_groups
     out = tmp_path / "cv.json"
@@ -154,6 +155,9 @@ def test_cv_writes_grouped_folds_and_out_of_fold_predictions(small_data, tmp_pat
     assert sorted(result["folds"]) == sorted(result["predictions"]) == files
     assert set(result["folds"].values()) == {0, 1}
     assert all(0.0 <= p <= 1.0 for p in result["predictions"].values())
+    listed = {r["file"] for r in result["review"]}
+    for rel, p in result["predictions"].items():  # exactly the confident contradictions
+        assert (abs(rel.startswith("yes/") - p) >= REVIEW_MARGIN) == (rel in listed)
     fold_of_group: dict[int, set[int]] = {}
     for s, g in zip(samples, duplicate_groups(samples)):
         fold_of_group.setdefault(int(g), set()).add(result["folds"][s.rel])
