@@ -7,7 +7,7 @@ import pytest
 from models.architectures import get_architecture, get_head
 from models.compress import magnitude_mask, prune, sparsity_of
 from models.dataset import load_folder, load_images
-from models.export import gzip_size, to_tflite
+from models.export import CALIBRATION_IMAGES, calibration_sample, gzip_size, to_tflite
 from models.runtime import TFLiteModel
 from models.train import TrainConfig, class_weights, predict, train_model
 
@@ -65,6 +65,20 @@ def test_int8_model_is_smaller_and_agrees_with_float(trained, images):
     keras_prob = predict(model, x)
     assert np.max(np.abs(prob - keras_prob)) < 0.1
     assert gzip_size(int8_blob) < len(int8_blob)
+
+
+@pytest.mark.parametrize("n", [40, 177, 1000])
+def test_calibration_draws_from_the_whole_set_not_its_first_files(n):
+    # Datasets come ordered by label: a prefix (or every k-th file of a set under twice
+    # the sample size) would calibrate on one class only.
+    picked = calibration_sample(n)
+
+    assert len(picked) == min(n, CALIBRATION_IMAGES) == len(set(picked.tolist()))
+    assert picked.min() >= 0 and picked.max() < n
+    if n > CALIBRATION_IMAGES:
+        share_of_last_third = np.mean(picked >= 2 * n // 3)
+        assert 0.2 < share_of_last_third < 0.47
+    np.testing.assert_array_equal(picked, calibration_sample(n))  # repeatable
 
 
 def test_dynamic_range_model_loads_in_litert(trained, images):
