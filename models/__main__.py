@@ -12,6 +12,7 @@ from pathlib import Path
 
 from models.bundle import BundleError, read_manifest, resign_bundle, verify_bundle
 from models.metrics import json_safe
+from models.shifts import SHIFTS, format_report
 from models.signing import (generate_signing_key, key_id, load_public_key, load_signing_key,
                             save_signing_key)
 
@@ -71,7 +72,9 @@ def cmd_cv(args: argparse.Namespace) -> int:
     from models.cv import REVIEW_MARGIN, cross_validate
     from models.train import recipe
     arch = args.arch or DEFAULT_ARCH
-    result = cross_validate(args.data, arch, args.folds, recipe(arch, args.seed, args.epochs))
+    shifts = list(SHIFTS) if args.shifts else []
+    result = cross_validate(args.data, arch, args.folds, recipe(arch, args.seed, args.epochs),
+                            shifts=shifts)
     for k in ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity"):
         print(f"{k:<18} {result[k + '_mean']:.3f} ± {result[k + '_std']:.3f}")
     if result["review"]:
@@ -79,8 +82,23 @@ def cmd_cv(args: argparse.Namespace) -> int:
               f"contradicts the label by >= {REVIEW_MARGIN}):")
         for r in result["review"]:
             print(f"  {r['file']:<24} label {r['label']}  probability {r['probability']:.3f}")
+    if shifts:
+        print("out-of-fold decisions under acquisition shifts (each fold's threshold):")
+        print(format_report(result["shifts"]))
     if args.json:
         _dump(result, args.json)
+    return 0
+
+
+def cmd_shifts(args: argparse.Namespace) -> int:
+    from models.evaluate import shift_evaluation
+    report = shift_evaluation(args.model, args.data, args.split)
+    if args.json:
+        _dump(report)
+    else:
+        print(f"bundle {args.model} on {args.split} files of {args.data}, via LiteRT, "
+              f"at the bundle's threshold:")
+        print(format_report(report))
     return 0
 
 
@@ -175,7 +193,18 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--arch", help="architecture (default: the default architecture)")
     sp.add_argument("--folds", type=int, default=5)
     sp.add_argument("--json", help="write the full result here")
+    sp.add_argument("--shifts", action="store_true",
+                    help="also test each fold model on its fold after acquisition shifts")
     sp.set_defaults(func=cmd_cv)
+
+    sp = sub.add_parser("shifts", help="a bundle's decisions under acquisition shifts "
+                        "(other scanners, protocols, exports), via LiteRT")
+    data_arg(sp)
+    sp.add_argument("--model", default=str(DEFAULT_BUNDLE), help="bundle directory")
+    sp.add_argument("--split", choices=("all", "test"), default="test",
+                    help="'test' (default): only the files the bundle's manifest held out")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_shifts)
 
     sp = sub.add_parser("keygen", help="create an Ed25519 signing key (mode 0600)")
     sp.add_argument("--out", required=True)

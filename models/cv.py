@@ -4,12 +4,14 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from models import metrics
 from models.architectures import get_architecture
 from models.dataset import Sample, load_images, load_samples
+from models.shifts import load_shifted, shift_report
 from models.splits import duplicate_groups, stratified_group_kfold
 from models.train import TrainConfig, predict, recipe, train_model
 
@@ -48,7 +50,7 @@ def review_list(files: list[str], y: np.ndarray, prob: np.ndarray,
 
 
 def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig | None = None,
-                   verbose: int = 0) -> dict:
+                   verbose: int = 0, shifts: Sequence[str] = ()) -> dict:
     """Train ``folds`` models, each tested on a fold none of its duplicates trained on.
 
     Returns
@@ -57,18 +59,26 @@ def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig
     ``folds`` mapping each file (relative to ``data``) to its test fold, and
     ``predictions`` its out-of-fold tumour probability (from the model that never saw it),
     ``review`` the files whose prediction contradicts their label (:func:`review_list`).
+    With ``shifts`` (names in :data:`models.shifts.SHIFTS`), ``shifts`` holds each fold
+    model's decisions on its test fold after each acquisition shift, pooled over folds
+    (:func:`models.shifts.shift_report`).
     """
     cfg = cfg or recipe(arch)
     x, y, groups, kept = load_grouped(data, arch)
+    spec = get_architecture(arch).input_spec
+    x_shifted = {name: load_shifted(kept, spec, name, cfg.seed) for name in shifts}
     fold_of = stratified_group_kfold(y, groups, k=folds, seed=cfg.seed)
-    per_fold, prob = [], np.zeros(len(y))
+    per_fold, prob, thresholds = [], np.zeros(len(y)), np.zeros(len(y))
+    prob_shifted = {name: np.zeros(len(y)) for name in shifts}
     for f in range(folds):
         start = time.perf_counter()
         train, test = np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)
         tr, va = inner_split(y[train], groups[train], cfg.seed + f)
         model, threshold, _ = train_model(arch, x[train][tr], y[train][tr], x[train][va],
                                           y[train][va], cfg, verbose)
-        prob[test] = predict(model, x[test])
+        prob[test], thresholds[test] = predict(model, x[test]), threshold
+        for name in shifts:
+            prob_shifted[name][test] = predict(model, x_shifted[name][test])
         result = metrics.binary_metrics(y[test], prob[test], threshold)
         result["fold"], result["seconds"] = f, round(time.perf_counter() - start, 1)
         logger.info("fold %d: accuracy %.3f AUC %.3f sensitivity %.3f (%.0f s)", f,
@@ -77,8 +87,11 @@ def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig
     summary = metrics.summarize(per_fold, keys=["accuracy", "balanced_accuracy", "auc",
                                                 "sensitivity", "specificity", "f1", "brier",
                                                 "ece", "threshold"])
-    return {"arch": arch, "n": len(y), "n_groups": int(len(np.unique(groups))),
-            "k": folds, "config": cfg.to_dict(), **summary, "per_fold": per_fold,
-            "folds": {s.rel: int(f) for s, f in zip(kept, fold_of)},
-            "predictions": {s.rel: round(float(p), 5) for s, p in zip(kept, prob)},
-            "review": review_list([s.rel for s in kept], y, prob)}
+    out = {"arch": arch, "n": len(y), "n_groups": int(len(np.unique(groups))),
+           "k": folds, "config": cfg.to_dict(), **summary, "per_fold": per_fold,
+           "folds": {s.rel: int(f) for s, f in zip(kept, fold_of)},
+           "predictions": {s.rel: round(float(p), 5) for s, p in zip(kept, prob)},
+           "review": review_list([s.rel for s in kept], y, prob)}
+    if shifts:
+        out["shifts"] = shift_report(y, prob, prob_shifted, thresholds)
+    return out

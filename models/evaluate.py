@@ -12,6 +12,7 @@ from models.bundle import MODEL, read_manifest
 from models.dataset import Sample, load_images, load_samples
 from models.preprocess import InputSpec
 from models.runtime import TFLiteModel
+from models.shifts import SHIFTS, load_shifted, shift_report
 
 logger = logging.getLogger(__name__)
 
@@ -50,3 +51,17 @@ def evaluate_bundle(bundle_dir: str | Path, data: str | Path, split: str = "all"
     result.update(model_version=manifest["version"], architecture=manifest["architecture"],
                   split=split)
     return result, labels, prob
+
+
+def shift_evaluation(bundle_dir: str | Path, data: str | Path, split: str = "test"
+                     ) -> dict[str, dict]:
+    """The bundle's decisions on ``data`` clean and after each acquisition shift
+    (:mod:`models.shifts`), at its own threshold, through LiteRT."""
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    spec = InputSpec.from_dict(manifest["input"])
+    images, labels, kept = load_images(
+        select_split(load_samples(data), manifest, split), spec)
+    model = TFLiteModel(bundle_dir / MODEL)
+    shifted = {name: model.predict(load_shifted(kept, spec, name))[0] for name in SHIFTS}
+    return shift_report(labels, model.predict(images)[0], shifted, manifest["threshold"])

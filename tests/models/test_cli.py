@@ -16,7 +16,7 @@ from models.bundle import read_manifest
 ROOT = Path(__file__).resolve().parents[2]
 PURE_MODULES = ["models.preprocess", "models.dataset", "models.splits", "models.bundle",
                 "models.signing", "models.weights", "models.metrics", "models.runtime",
-                "models.evaluate", "models.plots"]
+                "models.evaluate", "models.plots", "models.shifts"]
 
 
 def test_pure_modules_import_without_tensorflow():
@@ -109,6 +109,24 @@ def test_evaluate_json_on_the_held_out_split_runs_through_litert(
     assert names == ["calibration.png", "confusion.png", "roc.png"]
 
 
+def test_shifts_scores_the_shipped_bundle_clean_as_evaluate_does_and_under_each_shift(
+        data_dir, capsys):
+    from models.shifts import SHIFTS
+    assert main(["evaluate", "--data", str(data_dir), "--split", "test", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+
+    code = main(["shifts", "--data", str(data_dir), "--json"])  # shipped bundle, test split
+
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert list(report) == ["clean", *SHIFTS]
+    for key in ("n", "balanced_accuracy", "sensitivity", "specificity", "auc"):
+        assert report["clean"][key] == pytest.approx(evaluated[key], abs=1e-9)
+    for name in SHIFTS:
+        assert report[name]["n"] == evaluated["n"]
+        assert 0.0 <= report[name]["agreement"] <= 1.0
+
+
 def test_evaluate_on_a_missing_dataset_is_a_clear_error(tmp_path, capsys):
     code = main(["evaluate", "--data", str(tmp_path / "nowhere")])
 
@@ -136,12 +154,13 @@ def test_reproduce_paper_runs_the_protocol_on_grouped_splits(small_data, tmp_pat
 @pytest.mark.slow
 def test_cv_writes_grouped_folds_and_out_of_fold_predictions(small_data, tmp_path, capsys):
     from models.cv import REVIEW_MARGIN
+    from models.shifts import SHIFTS
     from models.dataset import load_samples
     from models.splits import duplicate_groups
     out = tmp_path / "cv.json"
 
     code = main(["cv", "--data", str(small_data), "--folds", "2", "--epochs", "2",
-                 "--json", str(out)])
+                 "--shifts", "--json", str(out)])
 
     result = json.loads(out.read_text())
     assert code == 0
@@ -149,7 +168,8 @@ def test_cv_writes_grouped_folds_and_out_of_fold_predictions(small_data, tmp_pat
     for key in ("accuracy_mean", "accuracy_std", "auc_mean", "sensitivity_mean",
                 "specificity_mean"):
         assert 0.0 <= result[key] <= 1.0
-    assert "accuracy" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "rician noise" in printed
     samples = load_samples(small_data)
     files = sorted(s.rel for s in samples)
     assert sorted(result["folds"]) == sorted(result["predictions"]) == files
@@ -158,6 +178,14 @@ def test_cv_writes_grouped_folds_and_out_of_fold_predictions(small_data, tmp_pat
     listed = {r["file"] for r in result["review"]}
     for rel, p in result["predictions"].items():  # exactly the confident contradictions
         assert (abs(rel.startswith("yes/") - p) >= REVIEW_MARGIN) == (rel in listed)
+    # The shift report's clean row: out-of-fold decisions at each fold's own threshold.
+    threshold = {f["fold"]: f["threshold"] for f in result["per_fold"]}
+    positive = {rel: p >= threshold[result["folds"][rel]]
+                for rel, p in result["predictions"].items()}
+    tumours = [rel for rel in files if rel.startswith("yes/")]
+    assert result["shifts"]["clean"]["sensitivity"] == pytest.approx(
+        sum(positive[rel] for rel in tumours) / len(tumours), abs=1e-4)
+    assert set(result["shifts"]) == {"clean", *SHIFTS}
     fold_of_group: dict[int, set[int]] = {}
     for s, g in zip(samples, duplicate_groups(samples)):
         fold_of_group.setdefault(int(g), set()).add(result["folds"][s.rel])
