@@ -28,6 +28,8 @@ class TrainConfig:
     dropout: float = 0.3
     augment: bool = True
     rotation: float = 0.5  # fraction of a full turn, either way
+    blur: float = 0.5  # share of training images blurred (models.augment.Augmentation)
+    bias: float = 0.3  # strength of the random intensity ramp
     cosine: bool = True  # cosine learning-rate decay over the epochs
     min_sensitivity: float = 0.95
     min_specificity: float = 0.5
@@ -60,7 +62,7 @@ def make_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, train: bool) ->
         ds = ds.shuffle(len(x), seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.batch(cfg.batch_size)
     if train and cfg.augment:
-        aug = Augmentation(rotation=cfg.rotation)
+        aug = Augmentation(rotation=cfg.rotation, blur=cfg.blur, bias=cfg.bias)
         ds = ds.map(lambda a, b: (augment(a, aug), b), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.augment import Augmentation, affine_transforms, augment, warp
+from models.augment import (Augmentation, affine_transforms, augment, bias_field,
+                            gaussian_blur, warp)
 
 H, W = 12, 16
 
@@ -100,7 +101,7 @@ def test_geometry_is_drawn_over_the_whole_ranges(monkeypatch):
 
 def test_contrast_and_gamma_are_drawn_over_their_ranges():
     tf.random.set_seed(3)
-    still = dict(rotation=0.0, zoom=0.0, shift=0.0)
+    still = dict(rotation=0.0, zoom=0.0, shift=0.0, blur=0.0, bias=0.0)
     halves = np.full((2000, 4, 4, 1), 100.0, np.float32)
     halves[:, :, 2:] = 150.0  # mean 125, deviation +-25
     out = augment(tf.constant(halves), Augmentation(**still, log_gamma=0.0)).numpy()
@@ -113,7 +114,8 @@ def test_contrast_and_gamma_are_drawn_over_their_ranges():
 
 
 def test_no_transform_ranges_leave_the_image(image):
-    still = Augmentation(rotation=0.0, zoom=0.0, shift=0.0, contrast=0.0, log_gamma=0.0)
+    still = Augmentation(rotation=0.0, zoom=0.0, shift=0.0, contrast=0.0, log_gamma=0.0,
+                         blur=0.0, bias=0.0)
     tf.random.set_seed(4)
     out = augment(tf.constant(np.repeat(image, 32, axis=0)), still).numpy()
     flips = [image[0], image[0, ::-1], image[0, :, ::-1], image[0, ::-1, ::-1]]
@@ -121,3 +123,37 @@ def test_no_transform_ranges_leave_the_image(image):
     for one in out:
         assert min(np.abs(one - f).max() for f in flips) < 1e-3  # flips only
     assert seen == {0, 1, 2, 3}
+
+
+def test_gaussian_blur_keeps_the_mass_and_spreads_a_point_by_sigma():
+    point = np.zeros((1, 41, 41, 2), np.float32)
+    point[0, 20, 20] = 1000.0
+    out = gaussian_blur(tf.constant(point), 2.0).numpy()[0]
+    assert out.sum() == pytest.approx(2000.0, rel=1e-4)
+    row = out[20, :, 0] / out[20, :, 0].sum()
+    spread = np.sqrt((row * (np.arange(41) - 20) ** 2).sum())
+    assert spread == pytest.approx(2.0, rel=0.02)
+    np.testing.assert_allclose(out[:, :, 0], out[:, :, 1])  # channels alike, not mixed
+    np.testing.assert_allclose(out[:, :, 0], out[:, :, 0].T, atol=1e-3)  # both axes
+
+
+def test_bias_fields_are_linear_ramps_within_the_bound():
+    tf.random.set_seed(5)
+    fields = bias_field(tf.constant(2000), 16, 16, 0.3).numpy()[:, :, :, 0]
+    assert fields.min() >= 0.7 - 1e-5 and fields.max() <= 1.3 + 1e-5
+    assert fields.min() < 0.72 and fields.max() > 1.28
+    np.testing.assert_allclose(fields.mean(axis=(1, 2)), 1.0, atol=1e-4)  # no net gain
+    second = np.diff(fields, 2, axis=1)  # a plane: no curvature along either axis
+    assert np.abs(second).max() < 1e-4
+
+
+def test_about_half_the_images_are_blurred():
+    tf.random.set_seed(6)
+    still = Augmentation(rotation=0.0, zoom=0.0, shift=0.0, contrast=0.0, log_gamma=0.0,
+                         bias=0.0)
+    dots = np.zeros((2000, 9, 9, 1), np.float32)
+    dots[:, 4, 4] = 255.0
+    peak = augment(tf.constant(dots), still).numpy()[:, 4, 4, 0]
+    assert 0.45 < (peak == 255.0).mean() < 0.55  # untouched
+    blurred = peak[peak < 255.0]
+    assert blurred.min() < 255.0 * 0.15  # the full blur leaves ~8% of a point's peak
