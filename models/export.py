@@ -45,10 +45,10 @@ def to_tflite(model: tf.keras.Model, kind: str = "int8",
 def calibration_sample(n: int, size: int = CALIBRATION_IMAGES, seed: int = 0) -> np.ndarray:
     """Indices of up to ``size`` of ``n`` calibration images, drawn at random (seeded).
 
-    Not the first ones nor every k-th: datasets come ordered by label (``yes/`` then
-    ``no/``), and a calibration set of tumours only gave the int8 logit no room below
-    -1.2, so every clearly healthy slice came out at the same floor probability (0.24
-    in the shipped bundle: 78 of 253 slices tied there).
+    Not a prefix (nor every k-th, which is a prefix below twice ``size``): datasets come
+    ordered by label (``yes/`` then ``no/``), and a calibration set of tumours only gave
+    the int8 logit no room below -1.2, so every clearly healthy slice came out at one
+    floor probability (0.24 in the bundle shipped until then: 78 of 253 slices tied).
     """
     return np.sort(np.random.default_rng(seed).permutation(n)[:size])
 
