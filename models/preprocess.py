@@ -11,18 +11,15 @@ brain -> resize -> intensity normalisation inside the brain mask -> float32 in [
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-# Refuse decompression bombs before OpenCV allocates them (a 30000x30000 PNG is a few KB).
-# PNG/JPEG headers are checked below; OpenCV's own limit covers the other formats, and
-# must be set before cv2 is imported.
-MAX_PIXELS = 40_000_000
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+import cv2
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+# Refuse decompression bombs before OpenCV allocates them: PNG/JPEG headers are checked
+# below; OpenCV's own limit (set in ``models/__init__``) covers the other formats.
+from models import MAX_PIXELS
 
 logger = logging.getLogger(__name__)
 MIN_SIDE = 16

@@ -1,6 +1,9 @@
 """Decoding and preprocessing: real slices, brain crop, normalisation, formats, bad input."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -8,12 +11,14 @@ import cv2
 import numpy as np
 import pytest
 
+from models import MAX_PIXELS
 from models import preprocess as pp
 from models.preprocess import (ImageDecodeError, InputSpec, UnusableImageError, brain_mask,
                                crop_to_mask, decode_image, preprocess, preprocess_bytes,
                                to_gray)
 
 DATA = Path(__file__).resolve().parents[3] / "shared/data/brain_tumor_dataset"
+ROOT = Path(__file__).resolve().parents[2]
 H, W = 600, 800
 CENTRE, AXES = (520, 260), (150, 190)  # synthetic head: (x, y) centre and half-axes
 
@@ -201,3 +206,27 @@ def test_preprocess_bytes_is_decode_then_preprocess() -> None:
     spec = InputSpec(96, 80, 3)
     assert np.array_equal(preprocess_bytes(data, spec), preprocess(decode_image(data), spec))
     assert InputSpec.from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize("entry", ["models.__main__", "models.shifts", "models.splits",
+                                   "device.imaging.decode", "device.__main__",
+                                   "coordinator.__main__"])
+def test_opencv_gets_its_decode_limit_before_it_is_first_imported(entry: str) -> None:
+    # OpenCV reads OPENCV_IO_MAX_IMAGE_PIXELS when cv2 is imported: a module importing
+    # cv2 before the limit was set left BMP/TIFF bombs to be decoded in full. Entry
+    # points that import cv2 only later must have set it by the time they do.
+    code = (
+        "import importlib.abc, os, sys\n"
+        "class Watch(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'cv2' and 'cv2' not in sys.modules:\n"
+        "            print('limit', os.environ.get('OPENCV_IO_MAX_IMAGE_PIXELS'))\n"
+        "sys.meta_path.insert(0, Watch())\n"
+        f"import {entry}\n"
+        "import cv2\n")  # for entry points that import it later
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
+                         capture_output=True, text=True).stdout.split("\n")
+
+    assert out[0] == f"limit {MAX_PIXELS}"
