@@ -27,7 +27,7 @@ class Augmentation:
     log_gamma: float = 0.4  # intensity ** exp(+-log_gamma)
     blur: float = 0.5  # share of images blended with their Gaussian blur (weight U(0, 1))
     blur_sigma: float = 2.0  # pixels at the model input
-    bias: float = 0.3  # multiplicative linear ramp, up to 1 +- bias at the edges
+    bias: float = 0.3  # multiplicative linear ramp, up to 1 +- bias at the far corners
 
 
 def affine_transforms(angle: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor, flip: tf.Tensor,
@@ -58,6 +58,8 @@ def warp(images: tf.Tensor, transforms: tf.Tensor) -> tf.Tensor:
 
 def gaussian_blur(images: tf.Tensor, sigma: float) -> tf.Tensor:
     """Separable Gaussian blur of (N, H, W, C) images, zero padded."""
+    if sigma <= 0:
+        raise ValueError(f"blur sigma must be positive, got {sigma}")
     radius = max(1, math.ceil(3 * sigma))
     t = tf.range(-radius, radius + 1, dtype=tf.float32)
     k = tf.exp(-0.5 * (t / sigma) ** 2)
@@ -71,7 +73,8 @@ def gaussian_blur(images: tf.Tensor, sigma: float) -> tf.Tensor:
 
 def bias_field(n: tf.Tensor, height: int, width: int, bias: float) -> tf.Tensor:
     """(N, H, W, 1) multiplicative fields: a linear ramp in a random direction whose
-    strength is drawn from U(-bias, bias) per image."""
+    strength is drawn from U(-bias, bias) per image; it reaches 1 +- strength at the far
+    corners of a diagonal ramp and 1 +- 0.71 strength at the edges of an axis-aligned one."""
     angle = tf.random.uniform((n, 1, 1, 1), 0.0, 2 * math.pi)
     strength = tf.random.uniform((n, 1, 1, 1), -bias, bias)
     yy = tf.reshape(tf.linspace(-1.0, 1.0, height), (1, height, 1, 1))

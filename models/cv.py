@@ -66,7 +66,6 @@ def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig
     cfg = cfg or recipe(arch)
     x, y, groups, kept = load_grouped(data, arch)
     spec = get_architecture(arch).input_spec
-    x_shifted = {name: load_shifted(kept, spec, name, cfg.seed) for name in shifts}
     fold_of = stratified_group_kfold(y, groups, k=folds, seed=cfg.seed)
     per_fold, prob, thresholds = [], np.zeros(len(y)), np.zeros(len(y))
     prob_shifted = {name: np.zeros(len(y)) for name in shifts}
@@ -78,7 +77,8 @@ def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig
                                           y[train][va], cfg, verbose)
         prob[test], thresholds[test] = predict(model, x[test]), threshold
         for name in shifts:
-            prob_shifted[name][test] = predict(model, x_shifted[name][test])
+            shifted = load_shifted([kept[i] for i in test], spec, name, cfg.seed)
+            prob_shifted[name][test] = predict(model, shifted)
         result = metrics.binary_metrics(y[test], prob[test], threshold)
         result["fold"], result["seconds"] = f, round(time.perf_counter() - start, 1)
         logger.info("fold %d: accuracy %.3f AUC %.3f sensitivity %.3f (%.0f s)", f,

@@ -135,7 +135,10 @@ def expected_calibration_error(y_true: Sequence[int], prob: Sequence[float],
     return float(np.sum(b["count"][full] * gap) / b["count"].sum())
 
 
-def _rates(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float, float]:
+def sensitivity_specificity(y: np.ndarray, p: np.ndarray, threshold: float | np.ndarray
+                            ) -> tuple[float, float]:
+    """Sensitivity and specificity of ``p >= threshold`` (one threshold or one per item);
+    NaN for a class with no items."""
     pred = p >= threshold
     return (_ratio((pred & (y == 1)).sum(), (y == 1).sum()),
             _ratio((~pred & (y == 0)).sum(), (y == 0).sum()))
@@ -195,7 +198,7 @@ def choose_threshold(y_true: Sequence[int], prob: Sequence[float],
     cands = np.unique(np.clip(np.r_[(u[:-1] + u[1:]) / 2.0, 0.5, CLIP], *CLIP))
     best, best_key = 0.5, None
     for t in map(float, cands):
-        sens, spec = _rates(y, p, t)
+        sens, spec = sensitivity_specificity(y, p, t)
         ok = sens >= min_sensitivity and spec >= min_specificity
         key = (ok, spec, sens) if ok else (ok, 2 * sens + spec, sens)
         key += (-abs(t - 0.5), -t)

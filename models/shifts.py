@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import zlib
+
 import cv2
 import numpy as np
 
@@ -65,14 +67,16 @@ def _rician_noise(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _jpeg(quality: int) -> Shift:
     def shift(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        ok, data = cv2.imencode(".jpg", (x * 255).astype(np.uint8),
+        ok, data = cv2.imencode(".jpg", np.round(x * 255).astype(np.uint8),
                                 [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise ValueError("JPEG encoding failed")
         return cv2.imdecode(data, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
     return shift
 
 
 def _stretch(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Non-square pixels shown square: the slice 30% wider than tall."""
+    """Non-square pixels shown square: the slice 30% wider than acquired."""
     h, w = x.shape
     return cv2.resize(x, (round(w * 1.3), h), interpolation=cv2.INTER_LINEAR)
 
@@ -91,18 +95,18 @@ SHIFTS: dict[str, Shift] = {
 }
 
 
-def shifted_image(path, spec: InputSpec, shift: str, seed: int) -> np.ndarray:
-    """Model input of the file at ``path`` after ``shift`` (``SHIFTS`` key)."""
-    gray = to_gray(read_image(path))
-    return preprocess(SHIFTS[shift](gray, np.random.default_rng(seed)), spec)
+def shifted_image(sample: Sample, spec: InputSpec, shift: str, seed: int = 0) -> np.ndarray:
+    """Model input of ``sample`` after ``shift`` (``SHIFTS`` key). The randomness comes
+    from ``seed`` and the file's name, so a file is shifted alike in any selection."""
+    rng = np.random.default_rng([seed, zlib.crc32(sample.rel.encode())])
+    return preprocess(SHIFTS[shift](to_gray(read_image(sample.path)), rng), spec)
 
 
 def load_shifted(samples: Sequence[Sample], spec: InputSpec, shift: str, seed: int = 0
                  ) -> np.ndarray:
     """Model inputs of ``samples`` (all readable: those :func:`load_images` kept) after
-    ``shift``; image ``i`` draws its randomness from ``seed + i``."""
-    return np.stack([shifted_image(s.path, spec, shift, seed + i)
-                     for i, s in enumerate(samples)])
+    ``shift``."""
+    return np.stack([shifted_image(s, spec, shift, seed) for s in samples])
 
 
 def shift_report(y: np.ndarray, clean: np.ndarray, shifted: dict[str, np.ndarray],
@@ -117,9 +121,7 @@ def shift_report(y: np.ndarray, clean: np.ndarray, shifted: dict[str, np.ndarray
     threshold = np.broadcast_to(np.asarray(threshold, float), y.shape)
 
     def row(prob: np.ndarray) -> dict:
-        c = metrics.confusion(y, (prob >= threshold).astype(np.int64))
-        sens = c["tp"] / max(c["tp"] + c["fn"], 1)
-        spec = c["tn"] / max(c["tn"] + c["fp"], 1)
+        sens, spec = metrics.sensitivity_specificity(y, prob, threshold)
         return {"n": int(len(y)), "balanced_accuracy": (sens + spec) / 2,
                 "sensitivity": sens, "specificity": spec, "auc": metrics.roc_auc(y, prob)}
 

@@ -5,20 +5,21 @@ import cv2
 import numpy as np
 import pytest
 
+from models.dataset import Sample
 from models.preprocess import InputSpec, preprocess, read_image, to_gray
-from models.shifts import SHIFTS, shift_report, shifted_image
+from models.shifts import SHIFTS, load_shifted, shift_report, shifted_image
 
 SPEC = InputSpec(128, 128, 1)
 
 
 @pytest.fixture(scope="module")
-def slice_path(data_dir):
-    return data_dir / "yes" / "Y1.jpg"
+def sample(data_dir):
+    return Sample(data_dir / "yes" / "Y1.jpg", 1, "yes/Y1.jpg")
 
 
 @pytest.fixture(scope="module")
-def gray(slice_path):
-    return to_gray(read_image(slice_path))
+def gray(sample):
+    return to_gray(read_image(sample.path))
 
 
 def sharpness(img: np.ndarray) -> float:
@@ -26,7 +27,7 @@ def sharpness(img: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("name", list(SHIFTS))
-def test_each_shift_gives_a_repeatable_usable_slice(name, gray, slice_path):
+def test_each_shift_gives_a_repeatable_usable_slice(name, gray, sample):
     out = SHIFTS[name](gray, np.random.default_rng(7))
 
     assert out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 1.0
@@ -34,7 +35,7 @@ def test_each_shift_gives_a_repeatable_usable_slice(name, gray, slice_path):
     expected = {"stretched 1.3x": (gray.shape[0], round(gray.shape[1] * 1.3)),
                 "rotated 90": gray.shape[::-1]}.get(name, gray.shape)
     assert out.shape == expected
-    x = shifted_image(slice_path, SPEC, name, seed=7)
+    x = shifted_image(sample, SPEC, name, seed=7)
     assert x.shape == (128, 128, 1) and 0.0 <= x.min() and x.max() <= 255.0
 
 
@@ -56,11 +57,23 @@ def test_intensity_shifts(gray):
     assert 0.6 - 1e-5 <= ratio.min() < 0.8 and 1.2 < ratio.max() <= 1.4 + 1e-5
 
 
-def test_preprocessing_undoes_a_grey_background_and_a_narrow_window(slice_path):
+def test_preprocessing_undoes_a_grey_background_and_a_narrow_window(sample):
     # Normalising inside the brain mask: a linear intensity change costs nothing.
-    clean = preprocess(read_image(slice_path), SPEC)
-    shifted = shifted_image(slice_path, SPEC, "low contrast, grey background", seed=0)
+    clean = preprocess(read_image(sample.path), SPEC)
+    shifted = shifted_image(sample, SPEC, "low contrast, grey background", seed=0)
     assert np.abs(shifted - clean).mean() < 1.0  # of 255
+
+
+def test_a_file_is_shifted_alike_in_any_selection_and_otherwise_per_seed(data_dir):
+    files = [Sample(data_dir / "no" / f"no {i}.jpg", 0, f"no/no {i}.jpg") for i in (1, 2)]
+
+    both = load_shifted(files, SPEC, "rician noise", seed=0)
+    alone = load_shifted(files[1:], SPEC, "rician noise", seed=0)
+    other_seed = load_shifted(files[1:], SPEC, "rician noise", seed=1)
+
+    np.testing.assert_array_equal(both[1], alone[0])  # its draw is its own, not its index
+    assert np.abs(other_seed[0] - alone[0]).mean() > 1.0
+    assert np.abs(both[0] - both[1]).mean() > 1.0
 
 
 def test_report_scores_decisions_at_each_images_threshold():
@@ -77,3 +90,10 @@ def test_report_scores_decisions_at_each_images_threshold():
     assert (r["sensitivity"], r["specificity"], r["auc"]) == (1.0, 0.0, 1.0)
     assert r["agreement"] == 0.75  # the last slice crossed its fold's threshold
     assert r["delta_balanced_accuracy"] == pytest.approx(-0.25)
+
+
+def test_report_leaves_a_missing_class_undefined_not_zero():
+    report = shift_report(np.array([1, 1]), np.array([0.9, 0.2]), {}, 0.5)
+
+    assert report["clean"]["sensitivity"] == 0.5
+    assert np.isnan(report["clean"]["specificity"]) and np.isnan(report["clean"]["auc"])
