@@ -12,7 +12,6 @@ from pathlib import Path
 
 from models.bundle import BundleError, read_manifest, resign_bundle, verify_bundle
 from models.metrics import json_safe
-from models.shifts import SHIFTS, format_report
 from models.signing import (generate_signing_key, key_id, load_public_key, load_signing_key,
                             save_signing_key)
 
@@ -70,6 +69,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_cv(args: argparse.Namespace) -> int:
     from models.architectures import DEFAULT_ARCH
     from models.cv import REVIEW_MARGIN, cross_validate
+    from models.shifts import SHIFTS, format_report
     from models.train import recipe
     arch = args.arch or DEFAULT_ARCH
     shifts = list(SHIFTS) if args.shifts else []
@@ -92,6 +92,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 def cmd_shifts(args: argparse.Namespace) -> int:
     from models.evaluate import shift_evaluation
+    from models.shifts import format_report
     report = shift_evaluation(args.model, args.data, args.split)
     if args.json:
         _dump(report)

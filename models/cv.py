@@ -76,9 +76,10 @@ def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig
         model, threshold, _ = train_model(arch, x[train][tr], y[train][tr], x[train][va],
                                           y[train][va], cfg, verbose)
         prob[test], thresholds[test] = predict(model, x[test]), threshold
-        for name in shifts:
-            shifted = load_shifted([kept[i] for i in test], spec, name, cfg.seed)
-            prob_shifted[name][test] = predict(model, shifted)
+        if shifts:
+            shifted = load_shifted([kept[i] for i in test], spec, shifts, cfg.seed)
+            for name, images in shifted.items():
+                prob_shifted[name][test] = predict(model, images)
         result = metrics.binary_metrics(y[test], prob[test], threshold)
         result["fold"], result["seconds"] = f, round(time.perf_counter() - start, 1)
         logger.info("fold %d: accuracy %.3f AUC %.3f sensitivity %.3f (%.0f s)", f,

@@ -34,6 +34,16 @@ def select_split(samples: Sequence[Sample], manifest: dict, split: str) -> list[
     return chosen
 
 
+def _bundle_and_data(bundle_dir: str | Path, data: str | Path, split: str
+                     ) -> tuple[dict, TFLiteModel, np.ndarray, np.ndarray, list[Sample]]:
+    """The bundle's manifest and LiteRT model, and the ``split`` of ``data`` as its input."""
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    samples = select_split(load_samples(data), manifest, split)
+    images, labels, kept = load_images(samples, InputSpec.from_dict(manifest["input"]))
+    return manifest, TFLiteModel(bundle_dir / MODEL), images, labels, kept
+
+
 def evaluate_bundle(bundle_dir: str | Path, data: str | Path, split: str = "all"
                     ) -> tuple[dict, np.ndarray, np.ndarray]:
     """Metrics of the bundle's model at its own threshold on ``data``.
@@ -42,11 +52,8 @@ def evaluate_bundle(bundle_dir: str | Path, data: str | Path, split: str = "all"
     -------
     metrics dict (with ``model_version`` and ``split``), labels, probabilities
     """
-    bundle_dir = Path(bundle_dir)
-    manifest = read_manifest(bundle_dir)
-    samples = select_split(load_samples(data), manifest, split)
-    images, labels, _ = load_images(samples, InputSpec.from_dict(manifest["input"]))
-    prob, _ = TFLiteModel(bundle_dir / MODEL).predict(images)
+    manifest, model, images, labels, _ = _bundle_and_data(bundle_dir, data, split)
+    prob, _ = model.predict(images)
     result = metrics.binary_metrics(labels, prob, manifest["threshold"])
     result.update(model_version=manifest["version"], architecture=manifest["architecture"],
                   split=split)
@@ -57,11 +64,7 @@ def shift_evaluation(bundle_dir: str | Path, data: str | Path, split: str = "tes
                      ) -> dict[str, dict]:
     """The bundle's decisions on ``data`` clean and after each acquisition shift
     (:mod:`models.shifts`), at its own threshold, through LiteRT."""
-    bundle_dir = Path(bundle_dir)
-    manifest = read_manifest(bundle_dir)
-    spec = InputSpec.from_dict(manifest["input"])
-    images, labels, kept = load_images(
-        select_split(load_samples(data), manifest, split), spec)
-    model = TFLiteModel(bundle_dir / MODEL)
-    shifted = {name: model.predict(load_shifted(kept, spec, name))[0] for name in SHIFTS}
+    manifest, model, images, labels, kept = _bundle_and_data(bundle_dir, data, split)
+    shifted = load_shifted(kept, InputSpec.from_dict(manifest["input"]), list(SHIFTS))
+    shifted = {name: model.predict(x)[0] for name, x in shifted.items()}
     return shift_report(labels, model.predict(images)[0], shifted, manifest["threshold"])

@@ -95,18 +95,23 @@ SHIFTS: dict[str, Shift] = {
 }
 
 
-def shifted_image(sample: Sample, spec: InputSpec, shift: str, seed: int = 0) -> np.ndarray:
-    """Model input of ``sample`` after ``shift`` (``SHIFTS`` key). The randomness comes
-    from ``seed`` and the file's name, so a file is shifted alike in any selection."""
-    rng = np.random.default_rng([seed, zlib.crc32(sample.rel.encode())])
-    return preprocess(SHIFTS[shift](to_gray(read_image(sample.path)), rng), spec)
-
-
-def load_shifted(samples: Sequence[Sample], spec: InputSpec, shift: str, seed: int = 0
-                 ) -> np.ndarray:
+def load_shifted(samples: Sequence[Sample], spec: InputSpec, shifts: Sequence[str],
+                 seed: int = 0) -> dict[str, np.ndarray]:
     """Model inputs of ``samples`` (all readable: those :func:`load_images` kept) after
-    ``shift``."""
-    return np.stack([shifted_image(s, spec, shift, seed) for s in samples])
+    each of ``shifts`` (``SHIFTS`` keys), each file decoded once. The randomness comes
+    from ``seed`` and the file's name, so a file is shifted alike in any selection."""
+    inputs: dict[str, list[np.ndarray]] = {name: [] for name in shifts}
+    for sample in samples:
+        gray = to_gray(read_image(sample.path))
+        for name in shifts:
+            rng = np.random.default_rng([seed, zlib.crc32(sample.rel.encode())])
+            inputs[name].append(preprocess(SHIFTS[name](gray, rng), spec))
+    return {name: np.stack(images) for name, images in inputs.items()}
+
+
+def shifted_image(sample: Sample, spec: InputSpec, shift: str, seed: int = 0) -> np.ndarray:
+    """Model input of one ``sample`` after ``shift``; see :func:`load_shifted`."""
+    return load_shifted([sample], spec, [shift], seed)[shift][0]
 
 
 def shift_report(y: np.ndarray, clean: np.ndarray, shifted: dict[str, np.ndarray],

@@ -27,9 +27,10 @@ class TrainConfig:
     patience: int = 0  # > 0: early stopping on validation AUC with this patience
     dropout: float = 0.3
     augment: bool = True
-    rotation: float = 0.5  # fraction of a full turn, either way
-    blur: float = 0.5  # share of training images blurred (models.augment.Augmentation)
-    bias: float = 0.3  # strength of the random intensity ramp
+    # Augmentation ranges that differ between recipes (the rest: Augmentation's own).
+    rotation: float = Augmentation.rotation
+    blur: float = Augmentation.blur
+    bias: float = Augmentation.bias
     cosine: bool = True  # cosine learning-rate decay over the epochs
     min_sensitivity: float = 0.95
     min_specificity: float = 0.5

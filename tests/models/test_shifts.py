@@ -67,9 +67,9 @@ def test_preprocessing_undoes_a_grey_background_and_a_narrow_window(sample):
 def test_a_file_is_shifted_alike_in_any_selection_and_otherwise_per_seed(data_dir):
     files = [Sample(data_dir / "no" / f"no {i}.jpg", 0, f"no/no {i}.jpg") for i in (1, 2)]
 
-    both = load_shifted(files, SPEC, "rician noise", seed=0)
-    alone = load_shifted(files[1:], SPEC, "rician noise", seed=0)
-    other_seed = load_shifted(files[1:], SPEC, "rician noise", seed=1)
+    both = load_shifted(files, SPEC, ["rician noise"], seed=0)["rician noise"]
+    alone = load_shifted(files[1:], SPEC, ["rician noise"], seed=0)["rician noise"]
+    other_seed = load_shifted(files[1:], SPEC, ["rician noise"], seed=1)["rician noise"]
 
     np.testing.assert_array_equal(both[1], alone[0])  # its draw is its own, not its index
     assert np.abs(other_seed[0] - alone[0]).mean() > 1.0
