@@ -92,6 +92,16 @@ def test_brain_mask_and_crop_keep_the_head_and_drop_clutter(frame: bool) -> None
     assert crop[~crop_mask].max() < 0.05
 
 
+@pytest.mark.parametrize("rel", ["no/N3.jpg", "no/38 no.jpg", "yes/Y245.jpg"])
+def test_brain_mask_keeps_the_head_of_a_darker_slice(rel: str) -> None:
+    # Prepare: the same slice under a darkening gamma curve (another scanner's transfer)
+    x = to_gray(decode_image(_real_bytes(rel)))
+    # Execute
+    clean, dark = brain_mask(x), brain_mask(x ** 1.7)
+    # Assert: the same head (Otsu alone cut it to a sliver: IoU 0.06, 0.07, 0.43)
+    assert (clean & dark).sum() / (clean | dark).sum() > 0.9
+
+
 @pytest.mark.parametrize("frame", [False, True])
 def test_clutter_does_not_change_model_input(frame: bool) -> None:
     # Prepare / Execute
