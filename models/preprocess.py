@@ -125,8 +125,11 @@ def to_gray(img: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(out), 0.0, 1.0)
 
 
-# Lowering the cut further is taken when it grows the mask by more than this factor.
+# Lowering the cut further is taken when it grows the mask by more than this factor...
 MASK_GROWTH = 1.5
+# ...and leaves it below this share of the image: a filled ellipse inscribed in the image
+# covers 79 %; more is a frame or a bright background joined to the head.
+MASK_MAX_SHARE = 0.9
 
 
 def brain_mask(gray: np.ndarray) -> np.ndarray:
@@ -137,8 +140,9 @@ def brain_mask(gray: np.ndarray) -> np.ndarray:
     markers, which are then dropped as smaller components. Where Otsu splits the tissue
     itself (bright fat, skull or lesion from the rest: a darker image, a bright tumour),
     that cut keeps only part of the head; so the cut is halved towards the background
-    while that grows the mask by more than :data:`MASK_GROWTH`. Returns an all-False mask
-    for a blank image.
+    while that grows the mask by more than :data:`MASK_GROWTH` (or finds one where there
+    was none) without covering more than :data:`MASK_MAX_SHARE` of the image. Each lower
+    cut costs one more component pass. Returns an all-False mask for a blank image.
     """
     g8 = cv2.GaussianBlur((gray * 255).astype(np.uint8), (5, 5), 0)
     if int(g8.max()) - int(g8.min()) < 8:
@@ -148,11 +152,16 @@ def brain_mask(gray: np.ndarray) -> np.ndarray:
     # scanner's black level, the cut stays 8 grey levels above it.
     bg = float(np.searchsorted(np.cumsum(np.bincount(g8.ravel(), minlength=256)),
                                0.01 * g8.size))
-    cut = max(bg + (thr - bg) * 0.5, bg + 8)
+
+    def halfway(level: float) -> float:
+        return max(bg + (level - bg) * 0.5, bg + 8)
+
+    cut = halfway(thr)
     mask = _largest_component(g8 > cut)
-    while (lower := max(bg + (cut - bg) * 0.5, bg + 8)) < cut:
+    while (lower := halfway(cut)) < cut:
         grown = _largest_component(g8 > lower)
-        if grown.sum() <= MASK_GROWTH * mask.sum():
+        if grown.mean() > MASK_MAX_SHARE or (
+                mask.any() and grown.sum() <= MASK_GROWTH * mask.sum()):
             break
         mask, cut = grown, lower
     return mask

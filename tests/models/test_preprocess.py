@@ -98,8 +98,22 @@ def test_brain_mask_keeps_the_head_of_a_darker_slice(rel: str) -> None:
     x = to_gray(decode_image(_real_bytes(rel)))
     # Execute
     clean, dark = brain_mask(x), brain_mask(x ** 1.7)
-    # Assert: the same head (Otsu alone cut it to a sliver: IoU 0.06, 0.07, 0.43)
+    # Assert: the same head (Otsu alone cut it to a sliver: IoU 0.06, 0.07, 0.43), and a
+    # head, not the whole image
     assert (clean & dark).sum() / (clean | dark).sum() > 0.9
+    assert 0.2 < clean.mean() < 0.8
+
+
+@pytest.mark.parametrize("rel", ["yes/Y89.JPG", "yes/Y167.JPG"])
+def test_lowering_the_cut_does_not_join_a_frame_or_background_to_the_head(rel: str) -> None:
+    # Prepare: a thin white frame (Y89) and a white background (Y167) around the head
+    x = to_gray(decode_image(_real_bytes(rel)))
+    # Execute
+    mask = brain_mask(x)
+    # Assert: the corners stay outside (joined at a lower cut, the filled mask was 100 %
+    # and 97 % of the image)
+    assert mask.mean() < 0.6
+    assert not (mask[0, 0] or mask[0, -1] or mask[-1, 0] or mask[-1, -1])
 
 
 @pytest.mark.parametrize("frame", [False, True])
