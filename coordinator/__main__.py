@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import secrets
@@ -15,6 +16,21 @@ from coordinator.exc import CoordinatorError
 
 logger = logging.getLogger("coordinator")
 TICK_S = 5.0
+# A stop still running this long after SIGTERM (in the server, the store or the joining
+# of threads at exit) writes every thread's stack to stderr, the journal under systemd,
+# so a hang shows where it waits.
+STOP_DUMP_S = 5.0
+
+
+def _exit_on_sigterm(*_: object) -> None:
+    """SIGTERM (systemd stop) -> SystemExit in the main thread, with a stack-dump watchdog.
+
+    The exit unwinds through ``cmd_serve``'s ``finally`` (store closed). The handler does
+    not stop a server itself: in cheroot that deadlocks, as stop() waits for the very
+    loop the handler interrupted.
+    """
+    faulthandler.dump_traceback_later(STOP_DUMP_S, exit=False)
+    sys.exit(0)
 
 
 def _settings(args: argparse.Namespace, **extra: object) -> Settings:
@@ -61,8 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             _serve_tls(app, settings)
         else:
             import waitress
-            # SIGTERM (systemd stop) unwinds through the finally below, closing the store.
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
             waitress.serve(app, host=settings.host, port=settings.port,
                            threads=settings.threads, ident="neuroedge-coordinator")
     finally:
@@ -81,9 +96,8 @@ def _serve_tls(app, settings: Settings) -> None:
     # its socket is closed (cheroot's 5 s default left too little of a 10 s stop budget;
     # devices retry an interrupted request with the same update id).
     server.shutdown_timeout = 2
-    # SIGTERM -> SystemExit in this (serving) thread; safe_start() then stops the server.
-    # server.stop() in the handler deadlocks: it waits for the loop the handler interrupted.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # SystemExit in this (serving) thread; safe_start() then stops the server.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     server.safe_start()
 
 

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
 from datetime import datetime, timezone
@@ -332,9 +333,48 @@ def test_tls_server_stops_cleanly_on_sigterm(tmp_path, start_coordinator, tls_fi
     started = time.monotonic()
     code = server.stop()
 
-    # Assert: it exits by itself, promptly (not killed after STOP_TIMEOUT_S).
-    assert code == 0, f"exit code {code}; log:\n{server.stderr()[-2000:]}"
+    # Assert: it exits by itself, promptly (not killed after STOP_TIMEOUT_S); a stop that
+    # hangs has dumped every thread's stack into the log by then.
+    assert code == 0, f"exit code {code}; log:\n{server.stderr()[-8000:]}"
     assert time.monotonic() - started < STOP_TIMEOUT_S
+
+
+def test_a_stop_that_hangs_dumps_every_threads_stack_and_still_exits(tmp_path):
+    # Prepare: a coordinator whose round manager takes longer than STOP_DUMP_S to close
+    from coordinator.__main__ import STOP_DUMP_S
+    launcher = tmp_path / "slow_stop.py"
+    launcher.write_text(textwrap.dedent(f"""
+        import sys, time
+        from coordinator import rounds
+        close = rounds.RoundManager.close
+        def slow_close(self):
+            time.sleep({STOP_DUMP_S + 2})
+            close(self)
+        rounds.RoundManager.close = slow_close
+        from coordinator.__main__ import main
+        sys.exit(main(sys.argv[1:]))
+        """))
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(launcher), "serve", "--state-dir", str(tmp_path / "state"),
+         "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO, env=_env())
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.1)
+        # Execute
+        proc.terminate()
+        _, err = proc.communicate(timeout=STOP_DUMP_S + 2 + STOP_TIMEOUT_S)
+    finally:
+        proc.kill()
+    # Assert: the log shows where the stop waited, and the process still exits cleanly
+    assert "most recent call first" in err and "in slow_close" in err, err[-3000:]
+    assert proc.returncode == 0
 
 
 @pytest.fixture
