@@ -4,14 +4,13 @@ The external test this model is judged on comes from other scanners; the 253-sli
 cannot show how the model fares there, but it can show how much each kind of change the
 model meets in the field costs it. Each shift turns a decoded grayscale slice (float in
 [0, 1], before the shared preprocessing, as an upload would arrive) into the slice
-another site might have produced. Deterministic for a given seed and image index. NumPy
+another site might have produced. Deterministic for a given seed and file name. NumPy
 and OpenCV only.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
-
 import zlib
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
