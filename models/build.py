@@ -18,7 +18,7 @@ from models.dataset import Sample
 from models.export import gzip_size, to_tflite
 from models.runtime import TFLiteModel
 from models.splits import train_val_test_split
-from models.train import TrainConfig, predict, recipe, train_model
+from models.train import TrainConfig, operating_threshold, predict, recipe, train_model
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ def build_bundle(data: str | Path, out: str | Path, key: SigningKey, cfg: BuildC
     """Train ``cfg.arch`` on a grouped 70/15/15 split of ``data`` and write a bundle.
 
     The model is pruned to ``cfg.sparsity`` with fine-tuning and int8-quantized; the
-    threshold is chosen on the validation split with the int8 model (what devices run);
+    threshold is the recipe's, or chosen on the validation split with the int8 model
+    (what devices run) when the recipe leaves it open;
     test metrics come from the test split, which no duplicate of a training image
     reaches. The test files are listed in the manifest so anyone can re-check.
     ``float_out`` keeps the float Keras weights: the coordinator rebuilds and
@@ -84,8 +85,7 @@ def build_bundle(data: str | Path, out: str | Path, key: SigningKey, cfg: BuildC
     tflite = to_tflite(t.model, "int8", calibration=x_tr)
     lite = TFLiteModel(tflite)
     val_prob, test_prob = lite.predict(x_va)[0], lite.predict(x_te)[0]
-    threshold = metrics.choose_threshold(y_va, val_prob, cfg.train.min_sensitivity,
-                                         cfg.train.min_specificity)
+    threshold = operating_threshold(cfg.train, y_va, val_prob)
     test = metrics.binary_metrics(y_te, test_prob, threshold)
     test["agreement_with_float"] = float(np.mean((test_prob >= threshold)
                                                  == (float_test >= threshold)))

@@ -52,6 +52,7 @@ def test_train_writes_a_signed_int8_bundle_with_held_out_metrics(bundle, small_d
 
     assert manifest["architecture"] == "edge" and manifest["version"] == 1
     assert manifest["training"]["format"] == "int8"
+    assert manifest["threshold"] == manifest["training"]["config"]["threshold"] == 0.25
     assert manifest["training"]["sparsity"] >= 0.45
     split = manifest["training"]["split"]
     assert split["counts"]["test"] == len(split["test_files"]) > 0
@@ -199,3 +200,4 @@ def test_each_architecture_trains_with_its_own_recipe():
 
     assert (paper.learning_rate, paper.cosine, paper.epochs, paper.seed) == (1e-3, False, 30, 3)
     assert edge.epochs == 7 and edge.learning_rate == TrainConfig().learning_rate
+    assert (paper.threshold, edge.threshold) == (None, 0.25)  # paper: chosen on validation
