@@ -61,7 +61,8 @@ def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig
     ``review`` the files whose prediction contradicts their label (:func:`review_list`).
     With ``shifts`` (names in :data:`models.shifts.SHIFTS`), ``shifts`` holds each fold
     model's decisions on its test fold after each acquisition shift, pooled over folds
-    (:func:`models.shifts.shift_report`).
+    (:func:`models.shifts.shift_report`), and ``shift_predictions`` the probabilities
+    behind them (shift -> file -> probability), to re-score at another threshold.
     """
     cfg = cfg or recipe(arch)
     x, y, groups, kept = load_grouped(data, arch)
@@ -95,4 +96,6 @@ def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig
            "review": review_list([s.rel for s in kept], y, prob)}
     if shifts:
         out["shifts"] = shift_report(y, prob, prob_shifted, thresholds)
+        out["shift_predictions"] = {name: {s.rel: round(float(q), 5) for s, q in zip(kept, p)}
+                                    for name, p in prob_shifted.items()}
     return out

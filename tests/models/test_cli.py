@@ -187,6 +187,12 @@ def test_cv_writes_grouped_folds_and_out_of_fold_predictions(small_data, tmp_pat
     assert result["shifts"]["clean"]["sensitivity"] == pytest.approx(
         sum(positive[rel] for rel in tumours) / len(tumours), abs=1e-4)
     assert set(result["shifts"]) == {"clean", *SHIFTS}
+    assert set(result["shift_predictions"]) == set(SHIFTS)
+    blur = result["shift_predictions"]["blur"]
+    assert sorted(blur) == files and blur != result["predictions"]
+    assert result["shifts"]["blur"]["specificity"] == pytest.approx(
+        sum(blur[rel] < threshold[result["folds"][rel]] for rel in files if rel.startswith("no/"))
+        / (len(files) - len(tumours)), abs=1e-4)
     fold_of_group: dict[int, set[int]] = {}
     for s, g in zip(samples, duplicate_groups(samples)):
         fold_of_group.setdefault(int(g), set()).add(result["folds"][s.rel])
