@@ -39,7 +39,8 @@ class TrainConfig:
     bias: float = Augmentation.bias
     cosine: bool = True  # cosine learning-rate decay over the epochs
     # Decision threshold on the (class-balanced) probability; None: chosen on the
-    # validation split by metrics.choose_threshold with the two bounds below.
+    # validation split by metrics.choose_threshold within the two bounds below, which
+    # are used only then.
     threshold: float | None = BALANCED_THRESHOLD
     min_sensitivity: float = 0.95
     min_specificity: float = 0.5

@@ -187,6 +187,7 @@ def test_cv_writes_grouped_folds_and_out_of_fold_predictions(small_data, tmp_pat
     assert result["shifts"]["clean"]["sensitivity"] == pytest.approx(
         sum(positive[rel] for rel in tumours) / len(tumours), abs=1e-4)
     assert set(result["shifts"]) == {"clean", *SHIFTS}
+    assert all(f["threshold"] == 0.25 for f in result["per_fold"])  # the edge recipe's
     assert set(result["shift_predictions"]) == set(SHIFTS)
     blur = result["shift_predictions"]["blur"]
     assert sorted(blur) == files and blur != result["predictions"]
@@ -207,3 +208,20 @@ def test_each_architecture_trains_with_its_own_recipe():
     assert (paper.learning_rate, paper.cosine, paper.epochs, paper.seed) == (1e-3, False, 30, 3)
     assert edge.epochs == 7 and edge.learning_rate == TrainConfig().learning_rate
     assert (paper.threshold, edge.threshold) == (None, 0.25)  # paper: chosen on validation
+
+
+def test_a_recipes_fixed_threshold_is_used_whatever_validation_says():
+    import numpy as np
+    from models import metrics
+    from models.train import BALANCED_THRESHOLD, TrainConfig, operating_threshold
+    y, prob = np.array([0, 0, 1, 1, 1]), np.array([0.1, 0.7, 0.05, 0.8, 0.9])
+
+    assert operating_threshold(TrainConfig(), y, prob) == BALANCED_THRESHOLD == 0.25
+    assert operating_threshold(TrainConfig(threshold=0.4), y, prob) == 0.4
+    # Left open, it is chosen on validation within the recipe's bounds: with the default
+    # floor of 0.5 specificity, sensitivity 0.95 is out of reach and 2 x sensitivity +
+    # specificity decides; with no floor, the threshold goes below every tumour.
+    assert operating_threshold(TrainConfig(threshold=None), y, prob) == pytest.approx(0.75)
+    unbounded = TrainConfig(threshold=None, min_specificity=0.0)
+    assert operating_threshold(unbounded, y, prob) == metrics.choose_threshold(
+        y, prob, 0.95, 0.0) == pytest.approx(0.05)

@@ -9,9 +9,7 @@ from models.compress import magnitude_mask, prune, sparsity_of
 from models.dataset import load_folder, load_images
 from models.export import CALIBRATION_IMAGES, calibration_sample, gzip_size, to_tflite
 from models.runtime import TFLiteModel
-from models import metrics
-from models.train import (BALANCED_THRESHOLD, TrainConfig, class_weights, operating_threshold,
-                          predict, train_model)
+from models.train import TrainConfig, class_weights, predict, train_model
 
 pytestmark = pytest.mark.slow
 # threshold=None: choose it on validation, so training exercises that path too.
@@ -37,17 +35,6 @@ def test_training_runs_with_early_stopping_and_a_valid_threshold(trained):
     assert 1 <= val["epochs"] <= FAST.epochs
     assert 0.05 <= threshold <= 0.95
     assert val["n"] == 24
-
-
-def test_a_recipes_fixed_threshold_is_used_whatever_validation_says():
-    y, prob = np.array([0, 0, 1, 1, 1]), np.array([0.1, 0.7, 0.05, 0.8, 0.9])
-
-    assert operating_threshold(TrainConfig(), y, prob) == BALANCED_THRESHOLD == 0.25
-    assert operating_threshold(TrainConfig(threshold=0.4), y, prob) == 0.4
-    # Left open, it is chosen on validation: here the 0.95 sensitivity bound is out of
-    # reach above the specificity floor, so 2 x sensitivity + specificity decides.
-    chosen = operating_threshold(TrainConfig(threshold=None), y, prob)
-    assert chosen == metrics.choose_threshold(y, prob, 0.95, 0.5) == pytest.approx(0.75)
 
 
 def test_class_weights_balance_the_classes():
