@@ -43,20 +43,21 @@ def bench_arch(data: str | Path, cfg: BuildConfig) -> list[dict]:
     arch, sparsity = cfg.arch, cfg.sparsity
     t = train_on_split(data, arch, cfg.train)
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (t.part(r) for r in ("train", "val", "test"))
-    float_pred, float_all = predict(t.model, x_te) >= 0.5, predict(t.model, t.x) >= 0.5
+    test = t.role == "test"
+    float_all = predict(t.model, t.x) >= 0.5
     models = {kind: to_tflite(t.model, kind, x_tr) for kind in ("float", "dynamic", "int8")}
     prune(t.model, sparsity, x_tr, y_tr, x_va, y_va, cfg.train)
     models[f"pruned{int(sparsity * 100)}+int8"] = to_tflite(t.model, "int8", x_tr)
     rows = []
     for kind, blob in models.items():
         lite = TFLiteModel(blob)
-        prob = lite.predict(x_te)[0]
+        prob_all = lite.predict(t.x)[0]
+        prob = prob_all[test]
         rows.append({"arch": arch, "format": kind, "bytes": len(blob), "gzip": gzip_size(blob),
                      "accuracy": metrics.binary_metrics(y_te, prob, 0.5)["accuracy"],
                      "auc": metrics.roc_auc(y_te, prob),
-                     "agreement": float(np.mean((prob >= 0.5) == float_pred)),
-                     "agreement_all": float(np.mean((lite.predict(t.x)[0] >= 0.5)
-                                                    == float_all)),
+                     "agreement": float(np.mean((prob >= 0.5) == float_all[test])),
+                     "agreement_all": float(np.mean((prob_all >= 0.5) == float_all)),
                      "latency_ms": latency_ms(lite, x_te[0])})
     base = rows[0]["latency_ms"]
     for row in rows:

@@ -41,6 +41,11 @@ def inner_split(y: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarra
     return np.flatnonzero(inner != 0), np.flatnonzero(inner == 0)
 
 
+def _by_file(kept: list[Sample], prob: np.ndarray) -> dict[str, float]:
+    """Probabilities keyed by file (relative to the dataset), as the JSON carries them."""
+    return {s.rel: round(float(p), 5) for s, p in zip(kept, prob)}
+
+
 def review_list(files: list[str], y: np.ndarray, prob: np.ndarray,
                 margin: float = REVIEW_MARGIN) -> list[dict]:
     """Files whose out-of-fold probability contradicts their label by ``margin`` or more,
@@ -94,10 +99,9 @@ def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig
     out = {"arch": arch, "n": len(y), "n_groups": int(len(np.unique(groups))),
            "k": folds, "config": cfg.to_dict(), **summary, "per_fold": per_fold,
            "folds": {s.rel: int(f) for s, f in zip(kept, fold_of)},
-           "predictions": {s.rel: round(float(p), 5) for s, p in zip(kept, prob)},
+           "predictions": _by_file(kept, prob),
            "review": review_list([s.rel for s in kept], y, prob)}
     if shifts:
         out["shifts"] = shift_report(y, prob, prob_shifted, thresholds)
-        out["shift_predictions"] = {name: {s.rel: round(float(q), 5) for s, q in zip(kept, p)}
-                                    for name, p in prob_shifted.items()}
+        out["shift_predictions"] = {name: _by_file(kept, p) for name, p in prob_shifted.items()}
     return out
