@@ -19,7 +19,6 @@ from nacl.signing import SigningKey
 from models import metrics
 from models.bundle import MODEL, Bundle, write_bundle
 from models.runtime import TFLiteModel
-from models.weights import HEAD_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +44,12 @@ class Outcome:
 
 
 def prune_head(head: dict[str, np.ndarray], sparsity: float) -> dict[str, np.ndarray]:
-    """Zero the smallest-magnitude fraction of each head kernel (biases kept)."""
+    """Zero the smallest-magnitude fraction of the hidden head kernel. The output unit
+    stays dense, as in :func:`models.compress.prune`: its 32 weights cost nothing, and
+    halving them changes the model most."""
     from models.compress import magnitude_mask
     out = {k: v.copy() for k, v in head.items()}
-    for name in HEAD_NAMES:
-        if name.endswith("kernel"):
-            out[name] = out[name] * magnitude_mask(out[name], sparsity)
+    out["hidden/kernel"] = out["hidden/kernel"] * magnitude_mask(out["hidden/kernel"], sparsity)
     return out
 
 

@@ -46,7 +46,7 @@ def bench_arch(data: str | Path, cfg: BuildConfig) -> list[dict]:
     test = t.role == "test"
     float_all = predict(t.model, t.x) >= 0.5
     models = {kind: to_tflite(t.model, kind, x_tr) for kind in ("float", "dynamic", "int8")}
-    prune(t.model, sparsity, x_tr, y_tr, x_va, y_va, cfg.train)
+    prune(t.model, sparsity, x_tr, x_va, y_va, cfg.train)
     models[f"pruned{int(sparsity * 100)}+int8"] = to_tflite(t.model, "int8", x_tr)
     rows = []
     for kind, blob in models.items():

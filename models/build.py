@@ -81,7 +81,7 @@ def build_bundle(data: str | Path, out: str | Path, key: SigningKey, cfg: BuildC
     t = train_on_split(data, cfg.arch, cfg.train, verbose)
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (t.part(r) for r in ("train", "val", "test"))
     float_test = predict(t.model, x_te)
-    prune(t.model, cfg.sparsity, x_tr, y_tr, x_va, y_va, cfg.train)
+    prune(t.model, cfg.sparsity, x_tr, x_va, y_va, cfg.train)
     tflite = to_tflite(t.model, "int8", calibration=x_tr)
     lite = TFLiteModel(tflite)
     val_prob, test_prob = lite.predict(x_va)[0], lite.predict(x_te)[0]

@@ -1,12 +1,24 @@
-"""Magnitude pruning of Conv/Dense kernels with fine-tuning (no tfmot needed).
+"""Magnitude pruning of Conv/Dense kernels, fine-tuned by distillation (no tfmot needed).
 
 Each pruned layer keeps the largest-magnitude fraction of its kernel; the zeroed
 weights are held at zero while the model fine-tunes, over a few steps of rising
-sparsity, so accuracy recovers. Zeros cost nothing after int8 + gzip.
+sparsity. Zeros cost nothing after int8 + gzip.
+
+Pruning is compression: the pruned model should decide as the unpruned one does, at
+the same threshold. So the fine-tuning target is the unpruned model's probability on
+the same augmented image, not the label, and batch norm and dropout stay in inference
+mode, so the model trains as it runs. Fine-tuned on labels with both in training mode,
+the pruned `edge` model's logits shrank to 0.66-0.83 of the unpruned model's and its
+median probability on healthy training slices rose from 0.09 to 0.17: the recipe's
+fixed threshold, measured on unpruned models, no longer carried over (README).
+The first layer and the output unit are left dense: together they hold 0.3 % of the
+`edge` weights, and halving them changed the model most.
 """
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
+from typing import Iterator
 
 import keras
 import numpy as np
@@ -50,30 +62,75 @@ def prunable_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return [layer for layer in model.layers if isinstance(layer, PRUNABLE)]
 
 
+def pruned_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The prunable layers but the first and the last (the output unit), kept dense."""
+    return prunable_layers(model)[1:-1]
+
+
 def sparsity_of(model: keras.Model) -> float:
     """Fraction of zero weights over all prunable kernels."""
     kernels = [layer.kernel.numpy() for layer in prunable_layers(model)]
     return float(sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels))
 
 
-def prune(model: keras.Model, sparsity: float, x_train: np.ndarray, y_train: np.ndarray,
-          x_val: np.ndarray, y_val: np.ndarray, cfg: TrainConfig, steps: int = 3,
-          epochs_per_step: int = 8) -> keras.Model:
-    """Prune ``model`` in place to ``sparsity`` in ``steps`` stages, fine-tuning each.
+def _size(layers: list[keras.layers.Layer]) -> int:
+    return sum(int(np.prod(layer.kernel.shape)) for layer in layers)
+
+
+@contextmanager
+def inference_mode_layers(model: keras.Model) -> Iterator[None]:
+    """Batch norm on its moving statistics (not updated) and dropout off, inside."""
+    norms = [layer for layer in model.layers
+             if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    drops = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    rates = [layer.rate for layer in drops]
+    for layer in norms:
+        layer.trainable = False
+    for layer in drops:
+        layer.rate = 0.0
+    try:
+        yield
+    finally:
+        for layer in norms:
+            layer.trainable = True
+        for layer, rate in zip(drops, rates):
+            layer.rate = rate
+
+
+def distill(student: keras.Model, teacher: keras.Model, x_train: np.ndarray,
+            x_val: np.ndarray, y_val: np.ndarray, cfg: TrainConfig,
+            extra_callbacks: list[keras.callbacks.Callback] | None = None) -> None:
+    """Fine-tune ``student`` towards ``teacher``'s probabilities on augmented ``x_train``,
+    with batch norm and dropout in inference mode (as the teacher runs)."""
+    with inference_mode_layers(student):
+        fit(student, x_train, None, x_val, y_val, cfg, extra_callbacks=extra_callbacks,
+            teacher=teacher)
+
+
+def prune(model: keras.Model, sparsity: float, x_train: np.ndarray, x_val: np.ndarray,
+          y_val: np.ndarray, cfg: TrainConfig, steps: int = 3, epochs_per_step: int = 8
+          ) -> keras.Model:
+    """Prune ``model`` in place to ``sparsity`` of its prunable weights in ``steps``
+    stages, each fine-tuned by :func:`distill` from the model as it was before pruning.
 
     Fine-tuning uses a tenth of the training learning rate and keeps the last weights.
     """
     if sparsity <= 0:
         return model
+    teacher = keras.models.clone_model(model)
+    teacher.set_weights(model.get_weights())
+    layers = pruned_layers(model)
+    share = sparsity * _size(prunable_layers(model)) / _size(layers)
+    if share >= 1:
+        raise ValueError(f"sparsity {sparsity} needs more than the pruned layers hold")
     tune = TrainConfig(**{**cfg.to_dict(), "epochs": epochs_per_step,
                           "learning_rate": cfg.learning_rate / 10, "patience": 0})
     for step in range(1, steps + 1):
-        target = sparsity * step / steps
-        masks = {layer.name: magnitude_mask(layer.kernel.numpy(), target)
-                 for layer in prunable_layers(model)}
+        masks = {layer.name: magnitude_mask(layer.kernel.numpy(), share * step / steps)
+                 for layer in layers}
         hold = _HoldMasks(masks)
         hold.apply(model)
-        fit(model, x_train, y_train, x_val, y_val, tune, extra_callbacks=[hold])
-        hold.apply(model)  # early stopping may restore weights from before the last batch
+        distill(model, teacher, x_train, x_val, y_val, tune, extra_callbacks=[hold])
+        hold.apply(model)
         logger.info("pruning step %d/%d: sparsity %.2f", step, steps, sparsity_of(model))
     return model

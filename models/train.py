@@ -66,8 +66,12 @@ def set_seeds(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, train: bool) -> tf.data.Dataset:
-    """Batched ``tf.data`` pipeline; shuffled and augmented when ``train``."""
+def make_dataset(x: np.ndarray, y: np.ndarray | None, cfg: TrainConfig, train: bool,
+                 teacher: keras.Model | None = None) -> tf.data.Dataset:
+    """Batched ``tf.data`` pipeline; shuffled and augmented when ``train``. With a
+    ``teacher`` (and ``y`` None) the targets are its probabilities on the images as
+    augmented."""
+    y = np.zeros(len(x)) if y is None else y
     ds = tf.data.Dataset.from_tensor_slices((x.astype(np.float32), y.astype(np.float32)))
     if train:
         ds = ds.shuffle(len(x), seed=cfg.seed, reshuffle_each_iteration=True)
@@ -75,6 +79,8 @@ def make_dataset(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, train: bool) ->
     if train and cfg.augment:
         aug = Augmentation(rotation=cfg.rotation, blur=cfg.blur, bias=cfg.bias)
         ds = ds.map(lambda a, b: (augment(a, aug), b), num_parallel_calls=tf.data.AUTOTUNE)
+    if teacher is not None:
+        ds = ds.map(lambda a, _: (a, tf.reshape(teacher(a, training=False), (-1,))))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -94,13 +100,16 @@ def compile_model(model: keras.Model,
                   metrics=[keras.metrics.AUC(name="auc"), "accuracy"])
 
 
-def fit(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
-        y_val: np.ndarray, cfg: TrainConfig, verbose: int = 0,
-        extra_callbacks: list[keras.callbacks.Callback] | None = None
-        ) -> keras.callbacks.History:
+def fit(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray | None,
+        x_val: np.ndarray, y_val: np.ndarray, cfg: TrainConfig, verbose: int = 0,
+        extra_callbacks: list[keras.callbacks.Callback] | None = None,
+        teacher: keras.Model | None = None) -> keras.callbacks.History:
     """Train for ``cfg.epochs`` on a cosine schedule, keeping the last weights, then
     recalibrate batch norm on the clean training images (see
     :func:`recalibrate_batch_norm`).
+
+    With a ``teacher`` (``y_train`` None) the model learns the teacher's probabilities
+    on the augmented images, without class weights: the teacher's carry them.
 
     With ``cfg.patience`` > 0, stop early on validation AUC and restore the best epoch
     instead. On this dataset (validation sets of ~35 slices) the full cosine schedule
@@ -118,9 +127,10 @@ def fit(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.
     # Without early stopping the validation figures are only shown (every 10th epoch),
     # and not computed at all when nothing is shown.
     val = make_dataset(x_val, y_val, cfg, train=False) if cfg.patience or verbose else None
-    history = model.fit(make_dataset(x_train, y_train, cfg, train=True),
+    history = model.fit(make_dataset(x_train, y_train, cfg, train=True, teacher=teacher),
                         validation_data=val, validation_freq=1 if cfg.patience else 10,
-                        epochs=cfg.epochs, class_weight=class_weights(y_train),
+                        epochs=cfg.epochs,
+                        class_weight=None if teacher is not None else class_weights(y_train),
                         callbacks=callbacks, verbose=verbose)
     if cfg.augment:
         recalibrate_batch_norm(model, x_train)
