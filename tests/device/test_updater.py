@@ -270,7 +270,7 @@ def test_head_npz_that_disagrees_with_the_model_is_refused(appliance, variants, 
     add_gate_cases(appliance, data_dir, ("yes",), 4)
     bundle = verify_bundle(variants[1], [key.verify_key])
     head = bundle.load_head()
-    head["output/bias"] = np.array([-50.0], np.float32)
+    head["output/bias"] = np.array([50.0], np.float32)  # far from any model output
     fields = {k: bundle.manifest[k]
               for k in ("architecture", "input", "labels", "threshold", "uncertain_band")}
     write_bundle(tmp_path / "b", bundle.model_path.read_bytes(), head,
@@ -283,7 +283,7 @@ def test_head_npz_that_disagrees_with_the_model_is_refused(appliance, variants, 
 
 
 def test_local_gate_refuses_a_destroyed_head(appliance, destroyed, data_dir):
-    # Tumours v1 finds (v1 is a 3-epoch model: on random ones it may find 1 of 6, and
+    # Tumours v1 finds (v1 is a 10-epoch model: on random ones it may miss some, and
     # missing one more is within the gate's margin): v2, which finds none, misses 6.
     current = appliance.slot.current
     n = add_gate_cases(appliance, data_dir, ("yes",), 6, keep=lambda path: current.predict(
