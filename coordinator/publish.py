@@ -45,8 +45,8 @@ class Outcome:
 
 def prune_head(head: dict[str, np.ndarray], sparsity: float) -> dict[str, np.ndarray]:
     """Zero the smallest-magnitude fraction of the hidden head kernel. The output unit
-    stays dense, as in :func:`models.compress.prune`: its 32 weights cost nothing, and
-    halving them changes the model most."""
+    stays dense, as in :func:`models.compress.prune`: its 32 weights cost nothing and
+    make every decision."""
     from models.compress import magnitude_mask
     out = {k: v.copy() for k, v in head.items()}
     out["hidden/kernel"] = out["hidden/kernel"] * magnitude_mask(out["hidden/kernel"], sparsity)
