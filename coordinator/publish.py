@@ -1,9 +1,10 @@
 """Publishing: a new head on the frozen backbone -> pruned, int8, evaluated, signed bundle.
 
 The coordinator keeps the float Keras weights of the current model (devices only ever
-get the int8 TFLite). It sets the aggregated head, magnitude-prunes the head, converts
-to full int8 calibrated on its own images, evaluates on its own validation images, and
-publishes only if the result is not worse than the current bundle by more than a margin.
+get the int8 TFLite). It sets the aggregated head, magnitude-prunes its hidden layer,
+converts to full int8 calibrated on its own images, evaluates on its own validation
+images, and publishes only if the result is not worse than the current bundle by more
+than a margin.
 It never sees a device's images.
 """
 from __future__ import annotations

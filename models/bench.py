@@ -42,11 +42,11 @@ def bench_arch(data: str | Path, cfg: BuildConfig) -> list[dict]:
     all slices), latency."""
     arch, sparsity = cfg.arch, cfg.sparsity
     t = train_on_split(data, arch, cfg.train)
-    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (t.part(r) for r in ("train", "val", "test"))
+    (x_tr, _), (x_te, y_te) = t.part("train"), t.part("test")
     test = t.role == "test"
     float_all = predict(t.model, t.x) >= 0.5
     models = {kind: to_tflite(t.model, kind, x_tr) for kind in ("float", "dynamic", "int8")}
-    prune(t.model, sparsity, x_tr, x_va, y_va, cfg.train)
+    prune(t.model, sparsity, x_tr, cfg.train)
     models[f"pruned{int(sparsity * 100)}+int8"] = to_tflite(t.model, "int8", x_tr)
     rows = []
     for kind, blob in models.items():

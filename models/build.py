@@ -70,7 +70,8 @@ def build_bundle(data: str | Path, out: str | Path, key: SigningKey, cfg: BuildC
                  ) -> dict:
     """Train ``cfg.arch`` on a grouped 70/15/15 split of ``data`` and write a bundle.
 
-    The model is pruned to ``cfg.sparsity`` with fine-tuning and int8-quantized; the
+    The model is pruned to ``cfg.sparsity`` (:func:`models.compress.prune`, fine-tuned by
+    distillation from the unpruned model) and int8-quantized; the
     threshold is the recipe's, or chosen on the validation split with the int8 model
     (what devices run) when the recipe leaves it open;
     test metrics come from the test split, which no duplicate of a training image
@@ -79,9 +80,9 @@ def build_bundle(data: str | Path, out: str | Path, key: SigningKey, cfg: BuildC
     re-quantizes the model from them when it publishes a new head.
     """
     t = train_on_split(data, cfg.arch, cfg.train, verbose)
-    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = (t.part(r) for r in ("train", "val", "test"))
+    (x_tr, _), (x_va, y_va), (x_te, y_te) = (t.part(r) for r in ("train", "val", "test"))
     float_test = predict(t.model, x_te)
-    prune(t.model, cfg.sparsity, x_tr, x_va, y_va, cfg.train)
+    prune(t.model, cfg.sparsity, x_tr, cfg.train)
     tflite = to_tflite(t.model, "int8", calibration=x_tr)
     lite = TFLiteModel(tflite)
     val_prob, test_prob = lite.predict(x_va)[0], lite.predict(x_te)[0]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Iterator
 
 import keras
@@ -81,7 +82,8 @@ def _size(layers: list[keras.layers.Layer]) -> int:
 
 @contextmanager
 def inference_mode_layers(model: keras.Model) -> Iterator[None]:
-    """Batch norm on its moving statistics (not updated) and dropout off, inside."""
+    """Batch norm on its moving statistics (not updated) and dropout off, inside.
+    Top-level layers only: no architecture here nests them."""
     norms = [layer for layer in model.layers
              if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
     drops = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
@@ -100,18 +102,20 @@ def inference_mode_layers(model: keras.Model) -> Iterator[None]:
 
 
 def distill(student: keras.Model, teacher: keras.Model, x_train: np.ndarray,
-            x_val: np.ndarray, y_val: np.ndarray, cfg: TrainConfig,
+            cfg: TrainConfig,
             extra_callbacks: list[keras.callbacks.Callback] | None = None) -> None:
     """Fine-tune ``student`` towards ``teacher``'s probabilities on augmented ``x_train``,
-    with batch norm and dropout in inference mode (as the teacher runs)."""
+    with batch norm and dropout in inference mode (as the teacher runs), for all of
+    ``cfg.epochs``. Batch norm keeps the statistics it had: frozen, it is not
+    recalibrated at the end of :func:`models.train.fit`."""
+    no_val = x_train[:0], np.zeros(0)  # no early stopping, nothing shown
     with inference_mode_layers(student):
-        fit(student, x_train, None, x_val, y_val, cfg, extra_callbacks=extra_callbacks,
-            teacher=teacher)
+        fit(student, x_train, None, *no_val, replace(cfg, patience=0),
+            extra_callbacks=extra_callbacks, teacher=teacher)
 
 
-def prune(model: keras.Model, sparsity: float, x_train: np.ndarray, x_val: np.ndarray,
-          y_val: np.ndarray, cfg: TrainConfig, steps: int = 3, epochs_per_step: int = 8
-          ) -> keras.Model:
+def prune(model: keras.Model, sparsity: float, x_train: np.ndarray, cfg: TrainConfig,
+          steps: int = 3, epochs_per_step: int = 8) -> keras.Model:
     """Prune ``model`` in place to ``sparsity`` of its prunable weights in ``steps``
     stages, each fine-tuned by :func:`distill` from the model as it was before pruning.
 
@@ -119,20 +123,20 @@ def prune(model: keras.Model, sparsity: float, x_train: np.ndarray, x_val: np.nd
     """
     if sparsity <= 0:
         return model
-    teacher = keras.models.clone_model(model)
-    teacher.set_weights(model.get_weights())
     layers = pruned_layers(model)
+    if not layers:
+        raise ValueError(f"{model.name} has no layer to prune but its first and last")
     share = sparsity * _size(prunable_layers(model)) / _size(layers)
     if share >= 1:
         raise ValueError(f"sparsity {sparsity} needs more than the pruned layers hold")
-    tune = TrainConfig(**{**cfg.to_dict(), "epochs": epochs_per_step,
-                          "learning_rate": cfg.learning_rate / 10, "patience": 0})
+    teacher = keras.models.clone_model(model)
+    teacher.set_weights(model.get_weights())
+    tune = replace(cfg, epochs=epochs_per_step, learning_rate=cfg.learning_rate / 10)
     for step in range(1, steps + 1):
         masks = {layer.name: magnitude_mask(layer.kernel.numpy(), share * step / steps)
                  for layer in layers}
         hold = _HoldMasks(masks)
         hold.apply(model)
-        distill(model, teacher, x_train, x_val, y_val, tune, extra_callbacks=[hold])
-        hold.apply(model)
+        distill(model, teacher, x_train, tune, extra_callbacks=[hold])
         logger.info("pruning step %d/%d: sparsity %.2f", step, steps, sparsity_of(model))
     return model

@@ -71,7 +71,9 @@ def make_dataset(x: np.ndarray, y: np.ndarray | None, cfg: TrainConfig, train: b
     """Batched ``tf.data`` pipeline; shuffled and augmented when ``train``. With a
     ``teacher`` (and ``y`` None) the targets are its probabilities on the images as
     augmented."""
-    y = np.zeros(len(x)) if y is None else y
+    if (y is None) != (teacher is not None):
+        raise ValueError("give labels or a teacher, not both or neither")
+    y = np.zeros(len(x)) if y is None else y  # replaced by the teacher's below
     ds = tf.data.Dataset.from_tensor_slices((x.astype(np.float32), y.astype(np.float32)))
     if train:
         ds = ds.shuffle(len(x), seed=cfg.seed, reshuffle_each_iteration=True)
