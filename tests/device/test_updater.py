@@ -15,7 +15,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
-import numpy as np
 import pytest
 
 from device.config import load_settings
@@ -270,7 +269,10 @@ def test_head_npz_that_disagrees_with_the_model_is_refused(appliance, variants, 
     add_gate_cases(appliance, data_dir, ("yes",), 4)
     bundle = verify_bundle(variants[1], [key.verify_key])
     head = bundle.load_head()
-    head["output/bias"] = np.array([50.0], np.float32)  # far from any model output
+    # The head's logit is the model's, negated and scaled: on every image the two
+    # probabilities sit on either side of 0.5, at least 0.5 apart, whatever the model.
+    head["output/kernel"] = -1000 * head["output/kernel"]
+    head["output/bias"] = -1000 * head["output/bias"]
     fields = {k: bundle.manifest[k]
               for k in ("architecture", "input", "labels", "threshold", "uncertain_band")}
     write_bundle(tmp_path / "b", bundle.model_path.read_bytes(), head,
