@@ -76,6 +76,13 @@ def sparsity_of(model: keras.Model) -> float:
     return float(sum((k == 0).sum() for k in kernels) / sum(k.size for k in kernels))
 
 
+def copy_model(model: keras.Model) -> keras.Model:
+    """A new model with ``model``'s layers and a copy of its weights."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def _size(layers: list[keras.layers.Layer]) -> int:
     return sum(int(np.prod(layer.kernel.shape)) for layer in layers)
 
@@ -129,8 +136,7 @@ def prune(model: keras.Model, sparsity: float, x_train: np.ndarray, cfg: TrainCo
     share = sparsity * _size(prunable_layers(model)) / _size(layers)
     if share >= 1:
         raise ValueError(f"sparsity {sparsity} needs more than the pruned layers hold")
-    teacher = keras.models.clone_model(model)
-    teacher.set_weights(model.get_weights())
+    teacher = copy_model(model)
     tune = replace(cfg, epochs=epochs_per_step, learning_rate=cfg.learning_rate / 10)
     for step in range(1, steps + 1):
         masks = {layer.name: magnitude_mask(layer.kernel.numpy(), share * step / steps)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from models.architectures import get_architecture, get_head
-from models.compress import distill, magnitude_mask, prunable_layers, prune, sparsity_of
+from models.compress import (copy_model, distill, magnitude_mask, prunable_layers, prune,
+                             sparsity_of)
 from models.dataset import load_folder, load_images
 from models.export import CALIBRATION_IMAGES, calibration_sample, gzip_size, to_tflite
 from models.runtime import TFLiteModel
@@ -126,8 +127,7 @@ def test_distillation_trains_in_inference_mode_and_restores_the_layers(images, t
 
     from models.compress import inference_mode_layers
     x, _ = images
-    model = keras.models.clone_model(trained[0])  # training-mode calls move BN statistics
-    model.set_weights(trained[0].get_weights())
+    model = copy_model(trained[0])  # training-mode calls move BN statistics
     norms = [layer for layer in model.layers
              if isinstance(layer, keras.layers.BatchNormalization)]
     norms[0].trainable = False  # frozen before: stays frozen
@@ -157,14 +157,10 @@ def test_distillation_targets_are_the_teachers_probabilities_on_the_same_images(
 
 
 def test_distillation_moves_a_pruned_student_towards_its_teacher(images, trained):
-    import keras
-
     from models.train import set_seeds
     x, _ = images
     set_seeds(0)
-    student, teacher = (keras.models.clone_model(trained[0]) for _ in range(2))
-    for model in (student, teacher):
-        model.set_weights(trained[0].get_weights())
+    student, teacher = copy_model(trained[0]), copy_model(trained[0])
     layer = prunable_layers(student)[-2]
     layer.kernel.assign(layer.kernel.numpy() * magnitude_mask(layer.kernel.numpy(), 0.9))
     target = predict(teacher, x)
