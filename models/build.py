@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from models.train import TrainConfig, operating_threshold, predict, recipe, trai
 
 logger = logging.getLogger(__name__)
 
-# Probabilities this close to the threshold are shown as "uncertain" on the device.
-UNCERTAIN_BAND = 0.15
+# Probabilities within this many logits of the threshold are shown as "uncertain" on the
+# device: 0.35-0.65 around a threshold of 0.5, 0.15-0.38 around 0.25.
+UNCERTAIN_LOGIT_BAND = round(math.log(0.65 / 0.35), 4)
 
 
 @dataclass
@@ -93,7 +95,7 @@ def build_bundle(data: str | Path, out: str | Path, key: SigningKey, cfg: BuildC
     fields = {
         "version": version, "parent_version": None, "architecture": cfg.arch,
         "input": get_architecture(cfg.arch).input_spec.to_dict(),
-        "threshold": round(float(threshold), 6), "uncertain_band": UNCERTAIN_BAND,
+        "threshold": round(float(threshold), 6), "uncertain_logit_band": UNCERTAIN_LOGIT_BAND,
         "metrics": metrics.json_safe({"test": test, "validation": metrics.binary_metrics(
             y_va, val_prob, threshold)}),
         "training": {

@@ -12,6 +12,12 @@ signature, so one signature covers everything. The manifest file must be byte-fo
 canonical: then any edit either changes the signed content or is refused as
 non-canonical. Besides the documented fields the writer adds ``head``
 ({"embedding_dim", "hidden"}) so the head's expected shapes are signed too.
+
+The device calls a probability "uncertain" when it is close to the threshold. Format 2
+gives that band as a half-width in logits (``uncertain_logit_band``), so it means the same
+at any threshold; format 1's ``uncertain_band`` was in probability (|p - threshold| <
+band), which around a low threshold reached down to where healthy slices sit. Both are
+read; the writer writes format 2 and converts a format-1 source when re-signing.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -42,8 +49,10 @@ from models.sqlitedb import fsync_dir
 log = logging.getLogger(__name__)
 
 MANIFEST, SIGNATURE, MODEL, HEAD = "manifest.json", "signature", "model.tflite", "head.npz"
-FORMAT = 1
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
 DEFAULT_LABELS = ("no_tumour", "tumour")
+MAX_LOGIT_BAND = 10.0  # +-10 logits already spans probabilities 5e-5 to 1 - 5e-5
 MAX_MANIFEST_BYTES = 1024 * 1024
 DEFAULT_MAX_ARCHIVE_BYTES = 256 * 1024 * 1024
 _MAX_MEMBERS = 64
@@ -125,7 +134,8 @@ def _positive_ints(d: Mapping, keys: Sequence[str]) -> bool:
 
 def check_manifest(m: Mapping[str, Any]) -> None:
     """Validate the manifest's required fields and types; raise :class:`ManifestError`."""
-    _field(m, "format", int, lambda v: v == FORMAT, f"the integer {FORMAT}")
+    fmt = _field(m, "format", int, lambda v: v in READABLE_FORMATS,
+                 f"one of {', '.join(map(str, READABLE_FORMATS))}")
     version = _field(m, "version", int, lambda v: v >= 1, "an integer >= 1")
     _field(m, "created_at", str, _is_utc_iso, "an ISO-8601 UTC timestamp")
     _field(m, "parent_version", (int, type(None)),
@@ -136,7 +146,15 @@ def check_manifest(m: Mapping[str, Any]) -> None:
     _field(m, "labels", list, lambda v: all(isinstance(s, str) for s in v)
            and len(v) == len(set(v)) == 2, "a list of two distinct strings")
     _field(m, "threshold", (int, float), lambda v: 0 < v < 1, "a number in (0, 1)")
-    _field(m, "uncertain_band", (int, float), lambda v: 0 <= v < 0.5, "a number in [0, 0.5)")
+    if fmt == 1:
+        _field(m, "uncertain_band", (int, float), lambda v: 0 <= v < 0.5,
+               "a number in [0, 0.5)")
+    else:
+        if "uncertain_band" in m:
+            raise ManifestError("format 2 gives the band in logits: uncertain_logit_band, "
+                                "not uncertain_band")
+        _field(m, "uncertain_logit_band", (int, float), lambda v: 0 <= v <= MAX_LOGIT_BAND,
+               f"a number in [0, {MAX_LOGIT_BAND}]")
     _field(m, "head", dict, lambda v: _positive_ints(v, ("embedding_dim", "hidden")),
            "an object with positive integer embedding_dim, hidden")
     _field(m, "metrics", dict, what="an object")
@@ -151,6 +169,23 @@ def check_manifest(m: Mapping[str, Any]) -> None:
         if not (isinstance(entry, dict) and _SHA256.fullmatch(str(entry.get("sha256")))
                 and type(entry.get("bytes")) is int and entry["bytes"] >= 0):
             raise ManifestError(f"files[{name!r}] must be {{'sha256': hex, 'bytes': n}}")
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def _sigmoid(z: float) -> float:
+    return 1 / (1 + math.exp(-z))
+
+
+def uncertain_logit_band(manifest: Mapping[str, Any]) -> float:
+    """A checked manifest's uncertain band as a half-width in logits. A format-1 band
+    (in probability) is read as the band it gives around 0.5: 0.15 -> 0.619 logits."""
+    if manifest["format"] != 1:
+        return float(manifest["uncertain_logit_band"])
+    return min(_logit(0.5 + manifest["uncertain_band"]), MAX_LOGIT_BAND)
 
 
 def _is_utc_iso(text: str) -> bool:
@@ -219,8 +254,18 @@ class Bundle:
         return float(self.manifest["threshold"])
 
     @property
-    def uncertain_band(self) -> float:
-        return float(self.manifest["uncertain_band"])
+    def uncertain_interval(self) -> tuple[float, float]:
+        """Probabilities strictly inside this interval are shown as uncertain."""
+        t = self.threshold
+        if self.manifest["format"] == 1:
+            band = float(self.manifest["uncertain_band"])
+            return t - band, t + band
+        band = uncertain_logit_band(self.manifest)
+        return _sigmoid(_logit(t) - band), _sigmoid(_logit(t) + band)
+
+    @property
+    def uncertain_logit_band(self) -> float:
+        return uncertain_logit_band(self.manifest)
 
     @property
     def labels(self) -> tuple[str, str]:
@@ -351,11 +396,12 @@ def write_bundle(out_dir: str | os.PathLike, model_bytes: bytes,
                  signing_key: nacl.signing.SigningKey) -> dict:
     """Write and sign a bundle atomically, replacing an existing bundle at ``out_dir``.
 
-    ``manifest_fields`` supplies version, architecture, input, threshold, uncertain_band
-    and optionally created_at, parent_version, labels, metrics, training; format, files,
-    head and signer are computed. Returns the manifest as signed. Raises ManifestError
-    or weights.WeightsError before writing anything, and ``FileExistsError`` if
-    ``out_dir`` is a file, a symlink or a non-empty directory that is not a bundle.
+    ``manifest_fields`` supplies version, architecture, input, threshold,
+    uncertain_logit_band and optionally created_at, parent_version, labels, metrics,
+    training; format, files, head and signer are computed. Returns the manifest as
+    signed. Raises ManifestError or weights.WeightsError before writing anything, and
+    ``FileExistsError`` if ``out_dir`` is a file, a symlink or a non-empty directory that
+    is not a bundle.
     """
     return _build(out_dir, {MODEL: bytes(model_bytes), HEAD: weights.head_to_bytes(head_arrays)},
                   manifest_fields, signing_key)
@@ -367,16 +413,20 @@ def resign_bundle(src_dir: str | os.PathLike, out_dir: str | os.PathLike,
     """Copy a bundle's files under a new manifest signed by ``signing_key``.
 
     The source's file hashes are checked but not its signature: the coordinator adopts
-    the shipped bundle, whose development key it need not trust. The source's version,
-    signer and manifest hash are recorded under ``origin``. Returns the new manifest.
+    the shipped bundle, whose development key it need not trust. A format-1 source's
+    uncertain band is converted to logits (:func:`uncertain_logit_band`). The source's
+    version, signer and manifest hash are recorded under ``origin``. Returns the new
+    manifest.
     """
     src = Path(src_dir)
     manifest, body = _load_checked_manifest(src)
     files = {name: _read_checked(src, name, e) for name, e in manifest["files"].items()}
-    fields = {k: v for k, v in manifest.items() if k not in _COMPUTED and k != "created_at"}
-    fields.update(version=version, parent_version=parent_version, origin={
-        "version": manifest["version"], "signer": manifest["signer"],
-        "manifest_sha256": hashlib.sha256(body).hexdigest()})
+    fields = {k: v for k, v in manifest.items()
+              if k not in (*_COMPUTED, "created_at", "uncertain_band")}
+    origin = {"version": manifest["version"], "signer": manifest["signer"],
+              "manifest_sha256": hashlib.sha256(body).hexdigest()}
+    fields.update(uncertain_logit_band=uncertain_logit_band(manifest), version=version,
+                  parent_version=parent_version, origin=origin)
     return _build(out_dir, files, {**fields, **overrides}, signing_key)
 
 

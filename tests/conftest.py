@@ -107,7 +107,7 @@ def write_destroyed_v2(trained_bundle: tuple[Path, Path], small_data: Path, key,
                             for p in sorted((small_data / "yes").iterdir())[:4]
                             + sorted((small_data / "no").iterdir())[:4]])
     fields = {k: manifest[k] for k in ("architecture", "input", "labels", "threshold",
-                                       "uncertain_band")}
+                                       "uncertain_logit_band")}
     write_bundle(out, to_tflite(model, "int8", calibration=calibration), head,
                  {**fields, "version": 2, "parent_version": 1}, key)
     return out

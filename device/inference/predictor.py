@@ -33,7 +33,7 @@ class Predictor(ABC):
         self.bundle = bundle
         self.version = bundle.version
         self.threshold = bundle.threshold
-        self.uncertain_band = bundle.uncertain_band
+        self.uncertain_interval = bundle.uncertain_interval
         self.input_spec = InputSpec.from_dict(bundle.manifest["input"])
 
     @abstractmethod
@@ -48,8 +48,8 @@ class Predictor(ABC):
         """Probability, label and uncertainty for one preprocessed image (H, W, C)."""
         prob, emb = self.probabilities(image[None])
         p = float(prob[0])
-        return Prediction(p, int(p >= self.threshold),
-                          abs(p - self.threshold) < self.uncertain_band, emb[0])
+        low, high = self.uncertain_interval
+        return Prediction(p, int(p >= self.threshold), low < p < high, emb[0])
 
 
 PREDICTORS: dict[str, Callable[[Bundle], Predictor]] = {}

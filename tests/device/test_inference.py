@@ -13,7 +13,7 @@ from device.config import DEFAULT_BUNDLE, DEV_PUBLIC_KEY
 from device.inference.heatmap import heatmap_png, occlusion_map
 from device.inference.predictor import Predictor, create_predictor
 from device.inference.slot import ModelSlot
-from models.bundle import verify_bundle
+from models.bundle import Bundle, verify_bundle
 from models.preprocess import preprocess_bytes
 from models.signing import load_public_key
 
@@ -53,11 +53,30 @@ def test_litert_predictor_on_the_shipped_bundle(bundle, data_dir):
 
     assert 0.0 <= result.probability <= 1.0
     assert result.label == int(result.probability >= bundle.threshold)
-    assert result.uncertain == (abs(result.probability - bundle.threshold)
-                                < bundle.uncertain_band)
+    low, high = bundle.uncertain_interval
+    assert result.uncertain == (low < result.probability < high)
     assert result.embedding.shape == (predictor.embedding_dim,)
     batch = predictor.occlusion_probabilities(np.repeat(image[None], 3, axis=0))
     np.testing.assert_allclose(batch, result.probability, atol=1e-5)
+
+
+@pytest.mark.parametrize("band, uncertain, certain", [
+    # Format 2, +-0.619 logits around 0.25: from 0.152 to 0.382.
+    ({"format": 2, "uncertain_logit_band": 0.619}, [0.16, 0.25, 0.37], [0.10, 0.14, 0.40]),
+    # Format 1 (the shipped bundle's), +-0.15 in probability: from 0.10 to 0.40.
+    ({"format": 1, "uncertain_band": 0.15}, [0.11, 0.25, 0.39], [0.09, 0.41]),
+])
+def test_uncertain_means_near_the_threshold_in_the_bundles_units(bundle, band, uncertain,
+                                                                 certain):
+    manifest = {k: v for k, v in bundle.manifest.items() if not k.startswith("uncertain")}
+    predictor = BrightSpotPredictor(Bundle(bundle.path, {**manifest, "threshold": 0.25,
+                                                         **band}))
+
+    def flagged(p):
+        return predictor.predict(np.full((128, 128, 1), 255.0 * p, np.float32)).uncertain
+
+    assert [flagged(p) for p in uncertain] == [True] * len(uncertain)
+    assert [flagged(p) for p in certain] == [False] * len(certain)
 
 
 def test_unknown_predictor_names_the_choices(bundle):

@@ -274,7 +274,8 @@ def test_head_npz_that_disagrees_with_the_model_is_refused(appliance, variants, 
     head["output/kernel"] = -1000 * head["output/kernel"]
     head["output/bias"] = -1000 * head["output/bias"]
     fields = {k: bundle.manifest[k]
-              for k in ("architecture", "input", "labels", "threshold", "uncertain_band")}
+              for k in ("architecture", "input", "labels", "threshold",
+                        "uncertain_logit_band")}
     write_bundle(tmp_path / "b", bundle.model_path.read_bytes(), head,
                  {**fields, "version": 2}, key)
 

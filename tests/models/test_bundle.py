@@ -23,7 +23,7 @@ def make_head(seed=0):
 
 FIELDS = {"version": 3, "parent_version": 2, "architecture": "edge",
           "input": {"height": 224, "width": 224, "channels": 3, "range": [0, 255]},
-          "threshold": 0.5, "uncertain_band": 0.1, "metrics": {"accuracy": 0.9},
+          "threshold": 0.5, "uncertain_logit_band": 0.5, "metrics": {"accuracy": 0.9},
           "training": {"epochs": 5}}
 
 
@@ -140,7 +140,8 @@ def test_version_gate(bdir, key):
 
 def test_path_traversal_in_manifest_refused(tmp_path, key):
     # A validly signed manifest that names "../x" must still be refused before any open.
-    manifest = dict(FIELDS, format=1, created_at="2024-01-01T00:00:00Z", labels=["a", "b"],
+    manifest = dict(FIELDS, format=bundle.FORMAT, created_at="2024-01-01T00:00:00Z",
+                    labels=["a", "b"],
                     head={"embedding_dim": D, "hidden": 32},
                     signer=signing.key_id(key.verify_key),
                     files={"model.tflite": {"sha256": "0" * 64, "bytes": 0},
@@ -164,6 +165,9 @@ def test_path_traversal_in_manifest_refused(tmp_path, key):
     ({"created_at": "2024-01-01T00:00:00+02:00"}, "created_at"),
     ({"labels": [{}, {}]}, "labels"),
     ({"metrics": {"auc": float("nan")}}, "not plain JSON"),
+    ({"uncertain_logit_band": -0.1}, "uncertain_logit_band"),
+    ({"uncertain_logit_band": 10.5}, "uncertain_logit_band"),
+    ({"uncertain_band": 0.15}, "in logits"),
 ])
 def test_write_refuses_bad_fields(tmp_path, key, change, match):
     with pytest.raises(bundle.ManifestError, match=match):
@@ -198,6 +202,68 @@ def test_resign_with_coordinator_key(bdir, key, tmp_path):
     assert (out / "head.npz").read_bytes() == (bdir / "head.npz").read_bytes()
     with pytest.raises(bundle.SignatureError):
         bundle.verify_bundle(out, [key.verify_key])
+
+
+def as_format_1(bdir, key, band):
+    """Rewrite ``bdir`` as a format-1 bundle (probability band), validly signed."""
+    manifest = bundle.read_manifest(bdir)
+    del manifest["uncertain_logit_band"]
+    body = bundle.canonical_bytes({**manifest, "format": 1, "uncertain_band": band})
+    (bdir / "manifest.json").write_bytes(body + b"\n")
+    (bdir / "signature").write_bytes(signing.sign(body, key))
+    return bdir
+
+
+def logit(p):
+    return np.log(p / (1 - p))
+
+
+@pytest.mark.parametrize("threshold", [0.05, 0.25, 0.436, 0.5, 0.9])
+def test_the_uncertain_band_is_the_same_in_logits_at_any_threshold(tmp_path, key, threshold):
+    band = np.log(0.65 / 0.35)
+    bundle.write_bundle(tmp_path / "b", MODEL_BYTES, make_head(),
+                        {**FIELDS, "threshold": threshold, "uncertain_logit_band": band}, key)
+
+    low, high = bundle.verify_bundle(tmp_path / "b", [key.verify_key]).uncertain_interval
+
+    assert logit(high) - logit(threshold) == pytest.approx(band)
+    assert logit(threshold) - logit(low) == pytest.approx(band)
+    if threshold == 0.5:
+        assert (low, high) == pytest.approx((0.35, 0.65))
+    if threshold == 0.25:  # a probability band of 0.15 would start at 0.10
+        assert (low, high) == pytest.approx((0.152, 0.382), abs=1e-3)
+
+
+def test_a_format_1_bundle_keeps_its_probability_band(bdir, key, tmp_path):
+    as_format_1(bdir, key, band=0.15)
+
+    b = bundle.verify_bundle(bdir, [key.verify_key])
+
+    assert b.manifest["format"] == 1
+    assert b.uncertain_interval == pytest.approx((0.35, 0.65))
+    assert b.uncertain_logit_band == pytest.approx(logit(0.65))
+
+
+def test_resigning_a_format_1_bundle_converts_its_band_to_logits(bdir, key, tmp_path):
+    as_format_1(bdir, key, band=0.15)
+
+    manifest = bundle.resign_bundle(bdir, tmp_path / "v1", key, version=1, threshold=0.25)
+
+    assert manifest["format"] == bundle.FORMAT == 2 and "uncertain_band" not in manifest
+    assert manifest["uncertain_logit_band"] == pytest.approx(logit(0.65))
+    b = bundle.verify_bundle(tmp_path / "v1", [key.verify_key])
+    assert b.uncertain_interval == pytest.approx((0.152, 0.382), abs=1e-3)
+
+
+@pytest.mark.parametrize("fmt", [0, 3, "2"])
+def test_an_unknown_format_is_refused(bdir, key, fmt):
+    manifest = bundle.read_manifest(bdir)
+    body = bundle.canonical_bytes({**manifest, "format": fmt})
+    (bdir / "manifest.json").write_bytes(body + b"\n")
+    (bdir / "signature").write_bytes(signing.sign(body, key))
+
+    with pytest.raises(bundle.ManifestError, match="'format' must be one of 1, 2"):
+        bundle.verify_bundle(bdir, [key.verify_key])
 
 
 def test_resign_refuses_tampered_source(bdir, tmp_path):
