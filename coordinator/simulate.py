@@ -377,18 +377,16 @@ def embed(bundle_dir: Path, samples: list[Sample]) -> tuple[np.ndarray, np.ndarr
 
 def baselines(bundle_dir: Path, part: Partition) -> dict:
     """Centralized and local-only heads: the same trainer, the same test partition, and
-    the threshold chosen on the coordinator's images as publishing does."""
+    the bundle's threshold, which publishing keeps."""
     from device.training.head import TrainConfig, predict, train_head
     from models.weights import load_head
     head = load_head(bundle_dir / "head.npz")
+    threshold = read_manifest(bundle_dir)["threshold"]
     x_test, y_test = embed(bundle_dir, part.test)
-    x_coord, y_coord = embed(bundle_dir, part.coordinator)
     sites = [embed(bundle_dir, s) for s in part.sites]
 
     def accuracy(xs: np.ndarray, ys: np.ndarray) -> float:
         trained = train_head(head, xs, ys, TrainConfig()).head
-        threshold = metrics.choose_threshold(y_coord, predict(trained, x_coord),
-                                             min_specificity=0.5)
         return metrics.binary_metrics(y_test, predict(trained, x_test), threshold)["accuracy"]
 
     local = []

@@ -113,8 +113,13 @@ def test_a_good_round_publishes_a_signed_int8_v2_that_verifies(make):
     rnd = svc.store.get_round(receipt.round_id)
     assert rnd.published_version == 2, rnd.reason
     pub = load_public_key(svc.settings.state_dir / "signing.key.pub")
+    v1 = verify_bundle(svc.bundles.path(1), [pub])
     v2 = verify_bundle(svc.bundles.path(2), [pub], min_version=1)
     assert v2.manifest["parent_version"] == 1
+    # The operating point is the current bundle's, not re-chosen on the coordinator's data.
+    assert v2.threshold == v1.threshold
+    assert v2.uncertain_interval == v1.uncertain_interval
+    assert v2.manifest["metrics"]["validation"]["threshold"] == v1.threshold
     head = v2.load_head()
     assert (head["hidden/kernel"] == 0).mean() == pytest.approx(svc.settings.sparsity, abs=0.01)
     assert (head["output/kernel"] != 0).all()
