@@ -10,7 +10,8 @@ It never sees a device's images.
 A new version keeps the current bundle's threshold and uncertain band: the operating
 point belongs to the recipe. Re-choosing it on the coordinator's images, which the
 initial model was trained on, moved it over 0.10-0.87 in simulated federations (0.40,
-0.87, 0.50 in three rounds of one) at no gain in test accuracy (README, The coordinator).
+0.87, 0.50 in three rounds of one) at no gain in test accuracy (README: The
+coordinator, Protocol).
 """
 from __future__ import annotations
 

@@ -146,14 +146,15 @@ def check_manifest(m: Mapping[str, Any]) -> None:
     _field(m, "labels", list, lambda v: all(isinstance(s, str) for s in v)
            and len(v) == len(set(v)) == 2, "a list of two distinct strings")
     _field(m, "threshold", (int, float), lambda v: 0 < v < 1, "a number in (0, 1)")
+    # Each format names its band one way; the other name is refused, never ignored.
+    band, other = (("uncertain_band", "uncertain_logit_band") if fmt == 1
+                   else ("uncertain_logit_band", "uncertain_band"))
+    if other in m:
+        raise ManifestError(f"format {fmt} gives the uncertain band as {band}, not {other}")
     if fmt == 1:
-        _field(m, "uncertain_band", (int, float), lambda v: 0 <= v < 0.5,
-               "a number in [0, 0.5)")
+        _field(m, band, (int, float), lambda v: 0 <= v < 0.5, "a number in [0, 0.5)")
     else:
-        if "uncertain_band" in m:
-            raise ManifestError("format 2 gives the band in logits: uncertain_logit_band, "
-                                "not uncertain_band")
-        _field(m, "uncertain_logit_band", (int, float), lambda v: 0 <= v <= MAX_LOGIT_BAND,
+        _field(m, band, (int, float), lambda v: 0 <= v <= MAX_LOGIT_BAND,
                f"a number in [0, {MAX_LOGIT_BAND}]")
     _field(m, "head", dict, lambda v: _positive_ints(v, ("embedding_dim", "hidden")),
            "an object with positive integer embedding_dim, hidden")
@@ -171,21 +172,13 @@ def check_manifest(m: Mapping[str, Any]) -> None:
             raise ManifestError(f"files[{name!r}] must be {{'sha256': hex, 'bytes': n}}")
 
 
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return math.log(p / (1 - p))
-
-
-def _sigmoid(z: float) -> float:
-    return 1 / (1 + math.exp(-z))
-
-
 def uncertain_logit_band(manifest: Mapping[str, Any]) -> float:
     """A checked manifest's uncertain band as a half-width in logits. A format-1 band
     (in probability) is read as the band it gives around 0.5: 0.15 -> 0.619 logits."""
-    if manifest["format"] != 1:
-        return float(manifest["uncertain_logit_band"])
-    return min(_logit(0.5 + manifest["uncertain_band"]), MAX_LOGIT_BAND)
+    if manifest["format"] == 1:
+        p = 0.5 + manifest["uncertain_band"]
+        return round(min(math.log(p / (1 - p)), MAX_LOGIT_BAND), 4)
+    return float(manifest["uncertain_logit_band"])
 
 
 def _is_utc_iso(text: str) -> bool:
@@ -260,8 +253,9 @@ class Bundle:
         if self.manifest["format"] == 1:
             band = float(self.manifest["uncertain_band"])
             return t - band, t + band
-        band = uncertain_logit_band(self.manifest)
-        return _sigmoid(_logit(t) - band), _sigmoid(_logit(t) + band)
+        # sigmoid(logit(t) -+ band) in odds form: no clamping, exact at any t in (0, 1).
+        e = math.exp(uncertain_logit_band(self.manifest))
+        return t / (t + (1 - t) * e), t * e / (t * e + 1 - t)
 
     @property
     def uncertain_logit_band(self) -> float:

@@ -9,7 +9,7 @@ import pytest
 from coordinator.config import load_settings
 from coordinator.exc import ConflictError, RejectedError
 from coordinator.services import build_services
-from models.bundle import resign_bundle, verify_bundle
+from models.bundle import read_manifest, resign_bundle, verify_bundle
 from models.signing import load_public_key
 from models.update_codec import encode
 
@@ -125,6 +125,33 @@ def test_a_good_round_publishes_a_signed_int8_v2_that_verifies(make):
     assert (head["output/kernel"] != 0).all()
     assert svc.bundles.latest().version == 2
     assert svc.store.audit_events(kind="bundle_published")[0].detail["version"] == 2
+
+
+@pytest.mark.slow
+def test_a_coordinator_on_the_shipped_format_1_bundle_publishes_format_2(tmp_path, small_data):
+    # The production path: the shipped bundle (format 1, probability band) is adopted as
+    # v1 and federated versions follow; the operating point carries through both.
+    settings = load_settings(state_dir=tmp_path / "state", data=small_data, min_updates=2,
+                             publish_margin=1.0)
+    shipped = read_manifest(settings.initial_bundle)
+    svc = build_services(settings)
+    try:
+        for name in DEVICES[:2]:
+            svc.store.enroll(name, f"token-hash-{name}")
+        submit(svc, "pi-1", constant(svc, 0.0))
+        receipt = submit(svc, "pi-2", constant(svc, 0.0))
+        svc.rounds.pending.result(timeout=120)
+
+        assert svc.store.get_round(receipt.round_id).published_version == 2
+        v1, v2 = svc.bundles.get(1), svc.bundles.get(2)
+    finally:
+        svc.close()
+    assert shipped["format"] == 1 and shipped["uncertain_band"] == 0.15
+    assert v1.manifest["format"] == v2.manifest["format"] == 2
+    assert v1.threshold == v2.threshold == shipped["threshold"]
+    assert v1.uncertain_logit_band == v2.uncertain_logit_band == 0.619
+    # +-0.15 around 0.436 was 0.286-0.586; as the band around 0.5, in logits:
+    assert v2.uncertain_interval == pytest.approx((0.294, 0.589), abs=1e-3)
 
 
 @pytest.mark.slow

@@ -167,7 +167,9 @@ def test_path_traversal_in_manifest_refused(tmp_path, key):
     ({"metrics": {"auc": float("nan")}}, "not plain JSON"),
     ({"uncertain_logit_band": -0.1}, "uncertain_logit_band"),
     ({"uncertain_logit_band": 10.5}, "uncertain_logit_band"),
-    ({"uncertain_band": 0.15}, "in logits"),
+    ({"uncertain_logit_band": True}, "uncertain_logit_band"),
+    ({"uncertain_logit_band": None}, "uncertain_logit_band"),
+    ({"uncertain_band": 0.15}, "format 2 gives the uncertain band as uncertain_logit_band"),
 ])
 def test_write_refuses_bad_fields(tmp_path, key, change, match):
     with pytest.raises(bundle.ManifestError, match=match):
@@ -204,11 +206,11 @@ def test_resign_with_coordinator_key(bdir, key, tmp_path):
         bundle.verify_bundle(out, [key.verify_key])
 
 
-def as_format_1(bdir, key, band):
+def as_format_1(bdir, key, band, **changes):
     """Rewrite ``bdir`` as a format-1 bundle (probability band), validly signed."""
     manifest = bundle.read_manifest(bdir)
     del manifest["uncertain_logit_band"]
-    body = bundle.canonical_bytes({**manifest, "format": 1, "uncertain_band": band})
+    body = bundle.canonical_bytes({**manifest, "format": 1, "uncertain_band": band, **changes})
     (bdir / "manifest.json").write_bytes(body + b"\n")
     (bdir / "signature").write_bytes(signing.sign(body, key))
     return bdir
@@ -218,7 +220,7 @@ def logit(p):
     return np.log(p / (1 - p))
 
 
-@pytest.mark.parametrize("threshold", [0.05, 0.25, 0.436, 0.5, 0.9])
+@pytest.mark.parametrize("threshold", [1e-7, 0.05, 0.25, 0.436, 0.5, 0.9])
 def test_the_uncertain_band_is_the_same_in_logits_at_any_threshold(tmp_path, key, threshold):
     band = np.log(0.65 / 0.35)
     bundle.write_bundle(tmp_path / "b", MODEL_BYTES, make_head(),
@@ -235,24 +237,43 @@ def test_the_uncertain_band_is_the_same_in_logits_at_any_threshold(tmp_path, key
 
 
 def test_a_format_1_bundle_keeps_its_probability_band(bdir, key, tmp_path):
-    as_format_1(bdir, key, band=0.15)
+    as_format_1(bdir, key, band=0.15, threshold=0.25)
 
     b = bundle.verify_bundle(bdir, [key.verify_key])
 
     assert b.manifest["format"] == 1
-    assert b.uncertain_interval == pytest.approx((0.35, 0.65))
-    assert b.uncertain_logit_band == pytest.approx(logit(0.65))
+    assert b.uncertain_interval == pytest.approx((0.10, 0.40))
+    assert b.uncertain_logit_band == pytest.approx(logit(0.65), abs=1e-4)  # as around 0.5
 
 
 def test_resigning_a_format_1_bundle_converts_its_band_to_logits(bdir, key, tmp_path):
-    as_format_1(bdir, key, band=0.15)
+    as_format_1(bdir, key, band=0.15, threshold=0.436)  # the shipped bundle's
 
-    manifest = bundle.resign_bundle(bdir, tmp_path / "v1", key, version=1, threshold=0.25)
+    manifest = bundle.resign_bundle(bdir, tmp_path / "v1", key, version=1)
 
     assert manifest["format"] == bundle.FORMAT == 2 and "uncertain_band" not in manifest
-    assert manifest["uncertain_logit_band"] == pytest.approx(logit(0.65))
+    assert manifest["uncertain_logit_band"] == 0.619  # logit(0.65), as written by build
     b = bundle.verify_bundle(tmp_path / "v1", [key.verify_key])
-    assert b.uncertain_interval == pytest.approx((0.152, 0.382), abs=1e-3)
+    # +-0.15 around 0.436 was 0.286-0.586; the same band around 0.5, in logits:
+    assert b.uncertain_interval == pytest.approx((0.294, 0.589), abs=1e-3)
+    overridden = bundle.resign_bundle(bdir, tmp_path / "v2", key, version=2,
+                                      uncertain_logit_band=1.0)
+    assert overridden["uncertain_logit_band"] == 1.0
+    with pytest.raises(bundle.ManifestError, match="not uncertain_band"):
+        bundle.resign_bundle(bdir, tmp_path / "v3", key, version=3, uncertain_band=0.15)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"uncertain_band": None}, "'uncertain_band' must be a number in \\[0, 0.5\\)"),
+    ({"uncertain_band": 0.5}, "'uncertain_band' must be a number in \\[0, 0.5\\)"),
+    ({"uncertain_band": True}, "'uncertain_band' must be"),
+    ({"uncertain_logit_band": 0.619}, "format 1 gives the uncertain band as uncertain_band"),
+])
+def test_a_bad_format_1_band_is_refused(bdir, key, change, match):
+    as_format_1(bdir, key, band=0.15, **change)
+
+    with pytest.raises(bundle.ManifestError, match=match):
+        bundle.verify_bundle(bdir, [key.verify_key])
 
 
 @pytest.mark.parametrize("fmt", [0, 3, "2"])
