@@ -96,7 +96,7 @@ class Cluster:
     together; ``run_rounds`` drives R rounds and returns one report row per round."""
 
     def __init__(self, root: Path, n_sites: int, coordinator_data: Path, method: str,
-                 initial: Path) -> None:
+                 initial: Path, publish_margin: float = 0.05) -> None:
         self.root, self.procs, self.n = root, [], n_sites
         self.coordinator_data = coordinator_data
         bin_dir = str(Path(sys.executable).parent)  # flower-* and flwr-* live beside python
@@ -108,7 +108,7 @@ class Cluster:
         # the deadline then closes the round with the others (quorum 1).
         self.coord_cfg.write_text(
             f"min_updates = {n_sites}\nmin_quorum = 1\nround_deadline_s = 20\n"
-            f"method = '{method}'\npublish_margin = 0.05\nmax_norm = 100.0\n"
+            f"method = '{method}'\npublish_margin = {publish_margin}\nmax_norm = 100.0\n"
             f"initial_weights = '{initial / 'model.weights.h5'}'\n")
         self.device_tokens = [
             self._cli("coordinator", "enroll", f"site-{k}", "--state-dir", str(self.state))
@@ -416,12 +416,13 @@ def initial_model(coordinator_csv: Path, arch: str, out: Path, epochs: int | Non
 def simulate(data: Path, sites: int, rounds: int, spec: str = "iid", method: str = "fedavg",
              arch: str = "edge", seed: int = 0, epochs: int | None = None,
              workdir: Path | None = None, transport: str = "http",
-             initial: Path | None = None) -> dict:
+             initial: Path | None = None, publish_margin: float = 0.05) -> dict:
     """Run the federation; returns the report (see the module docstring).
 
     ``initial``: a folder with ``bundle/`` and ``model.weights.h5`` to start from
     instead of training the initial model on the coordinator's share (it must not have
-    seen the test or site images).
+    seen the test or site images). ``publish_margin``: the coordinator's publishing gate
+    (1.0 publishes every version that runs).
     """
     part = partition(load_samples(data), spec, sites, seed)
     n = len(part.sites)
@@ -430,7 +431,7 @@ def simulate(data: Path, sites: int, rounds: int, spec: str = "iid", method: str
         coordinator_csv = write_csv(part.coordinator, root / "coordinator.csv")
         initial = initial or initial_model(coordinator_csv, arch, root / "initial", epochs)
         kind = {"http": Cluster, "flower": FlowerCluster}[transport]
-        cluster = kind(root, n, coordinator_csv, method, initial)
+        cluster = kind(root, n, coordinator_csv, method, initial, publish_margin)
         try:
             for k, site in enumerate(part.sites):
                 feed(cluster, k, site)
