@@ -147,15 +147,16 @@ def check_manifest(m: Mapping[str, Any]) -> None:
            and len(v) == len(set(v)) == 2, "a list of two distinct strings")
     _field(m, "threshold", (int, float), lambda v: 0 < v < 1, "a number in (0, 1)")
     # Each format names its band one way; the other name is refused, never ignored.
-    band, other = (("uncertain_band", "uncertain_logit_band") if fmt == 1
-                   else ("uncertain_logit_band", "uncertain_band"))
+    if fmt == 1:
+        band, other, ok, what = ("uncertain_band", "uncertain_logit_band",
+                                 lambda v: 0 <= v < 0.5, "a number in [0, 0.5)")
+    else:
+        band, other, ok, what = ("uncertain_logit_band", "uncertain_band",
+                                 lambda v: 0 <= v <= MAX_LOGIT_BAND,
+                                 f"a number in [0, {MAX_LOGIT_BAND}]")
     if other in m:
         raise ManifestError(f"format {fmt} gives the uncertain band as {band}, not {other}")
-    if fmt == 1:
-        _field(m, band, (int, float), lambda v: 0 <= v < 0.5, "a number in [0, 0.5)")
-    else:
-        _field(m, band, (int, float), lambda v: 0 <= v <= MAX_LOGIT_BAND,
-               f"a number in [0, {MAX_LOGIT_BAND}]")
+    _field(m, band, (int, float), ok, what)
     _field(m, "head", dict, lambda v: _positive_ints(v, ("embedding_dim", "hidden")),
            "an object with positive integer embedding_dim, hidden")
     _field(m, "metrics", dict, what="an object")
@@ -254,7 +255,7 @@ class Bundle:
             band = float(self.manifest["uncertain_band"])
             return t - band, t + band
         # sigmoid(logit(t) -+ band) in odds form: no clamping, exact at any t in (0, 1).
-        e = math.exp(uncertain_logit_band(self.manifest))
+        e = math.exp(self.manifest["uncertain_logit_band"])
         return t / (t + (1 - t) * e), t * e / (t * e + 1 - t)
 
     @property

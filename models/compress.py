@@ -26,7 +26,7 @@ from typing import Iterator
 import keras
 import numpy as np
 
-from models.train import TrainConfig, fit
+from models.train import TrainConfig, fit, trainable_batch_norms
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +91,7 @@ def _size(layers: list[keras.layers.Layer]) -> int:
 def inference_mode_layers(model: keras.Model) -> Iterator[None]:
     """Batch norm on its moving statistics (not updated) and dropout off, inside.
     Top-level layers only: no architecture here nests them."""
-    norms = [layer for layer in model.layers
-             if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    norms = trainable_batch_norms(model)
     drops = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
     rates = [layer.rate for layer in drops]
     for layer in norms:

@@ -139,6 +139,12 @@ def fit(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray | None,
     return history
 
 
+def trainable_batch_norms(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """The model's top-level batch-norm layers that training updates (not frozen)."""
+    return [layer for layer in model.layers
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+
+
 def recalibrate_batch_norm(model: keras.Model, x: np.ndarray, max_images: int = 512) -> None:
     """Set every batch-norm layer's moving statistics to those of clean images ``x``.
 
@@ -149,8 +155,7 @@ def recalibrate_batch_norm(model: keras.Model, x: np.ndarray, max_images: int = 
     AUC rose from 0.77 to 0.88 after recalibration. One pass in training mode with
     momentum 0 makes the statistics exactly those of ``x`` (frozen layers are left).
     """
-    layers = [layer for layer in model.layers
-              if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    layers = trainable_batch_norms(model)
     if not layers or not len(x):
         return
     momenta = [layer.momentum for layer in layers]
