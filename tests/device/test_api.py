@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import io
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
+import matplotlib
 import pytest
 import requests
+
+PORTRAIT = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 
 
 def post(server, token, data: bytes, name: str = "slice.jpg", field: str = "image"):
@@ -62,6 +66,7 @@ BAD_INPUTS = {
     "zip renamed": (b"PK\x03\x04" + b"\x00" * 60, 415),
     "1x1 pixel": (png(np.full((1, 1), 200, np.uint8)), 422),
     "decompression bomb": (bomb_png(), 422),
+    "colour photograph": (PORTRAIT.read_bytes(), 422),
 }
 
 
@@ -76,6 +81,15 @@ def test_bad_input_gets_a_clear_4xx_and_writes_nothing(server, api_token, servic
     assert response.json()["error"]
     assert services.store.count() == 0
     assert requests.get(f"{server}/healthz", timeout=10).json()["status"] == "ok"
+
+
+def test_a_colour_photograph_is_refused_with_the_reason(server, api_token, services):
+    response = post(server, api_token, PORTRAIT.read_bytes())
+
+    assert response.status_code == 422
+    assert "colour image" in response.json()["error"]
+    assert "greyscale" in response.json()["error"]
+    assert services.store.count() == 0
 
 
 def test_truncated_jpeg_is_400_and_writes_nothing(server, api_token, services, slice_bytes):

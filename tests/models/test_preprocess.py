@@ -174,6 +174,49 @@ def test_unusable_images_are_refused(img: np.ndarray, match: str) -> None:
         preprocess_bytes(_encode(img))
 
 
+MPL_SAMPLES = Path(__import__("matplotlib").get_data_path()) / "sample_data"
+
+
+@pytest.mark.parametrize("name", ["grace_hopper.jpg", "Minduka_Present_Blue_Pack.png"])
+def test_a_colour_photograph_is_refused_as_not_a_slice(name: str) -> None:
+    # Prepare: real photographs (a portrait, a product shot) that ship with matplotlib.
+    # Before the check the shipped model called the portrait a tumour (0.76).
+    data = (MPL_SAMPLES / name).read_bytes()
+    # Execute / Assert
+    with pytest.raises(UnusableImageError, match="colour image"):
+        preprocess_bytes(data)
+
+
+def test_a_colour_mapped_slice_is_refused() -> None:
+    gray = cv2.imdecode(np.frombuffer(_real_bytes("yes/Y1.jpg"), np.uint8), cv2.IMREAD_GRAYSCALE)
+    with pytest.raises(UnusableImageError, match="colour image"):
+        preprocess(cv2.applyColorMap(gray, cv2.COLORMAP_JET))
+
+
+@pytest.mark.parametrize("gains", [(1.25, 1.0, 0.8), (0.8, 1.0, 1.25), (1.0, 1.15, 0.85)],
+                         ids=["warm", "blue", "green"])
+def test_a_colour_cast_or_coloured_annotation_is_still_a_slice(gains) -> None:
+    # Prepare: film photographed on a tinted lightbox, plus a coloured measurement line
+    gray = cv2.imdecode(np.frombuffer(_real_bytes("yes/Y1.jpg"), np.uint8), cv2.IMREAD_GRAYSCALE)
+    bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR).astype(np.float32)
+    cast = np.clip(bgr * np.array(gains) + 20 * (np.array(gains) - 1), 0, 255).astype(np.uint8)
+    cv2.line(cast, (20, 20), (cast.shape[1] - 20, 40), (0, 255, 255), 3)
+    # Execute
+    out = preprocess(cast, InputSpec(128, 128, 1))
+    # Assert
+    assert out.shape == (128, 128, 1)
+    assert pp.colour_share(cast) < pp.MAX_COLOUR_SHARE / 2
+
+
+def test_no_slice_of_the_dataset_counts_as_a_colour_image() -> None:
+    if not DATA.is_dir():
+        pytest.skip(f"real dataset not found at {DATA}")
+    shares = [pp.colour_share(decode_image(f.read_bytes()))
+              for f in sorted(DATA.glob("*/*")) if f.suffix.lower() in {".jpg", ".jpeg", ".png"}]
+    assert len(shares) == 253
+    assert max(shares) < pp.MAX_COLOUR_SHARE / 2  # 0.036 measured: four times below
+
+
 @pytest.mark.parametrize("data", [
     b"", np.random.default_rng(2).bytes(4096), b"<!DOCTYPE html><html><body>x</body></html>",
     b"%PDF-1.7\n1 0 obj <<>> endobj\n%%EOF", b"PK\x03\x04" + bytes(60),
