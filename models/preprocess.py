@@ -130,7 +130,7 @@ def to_gray(img: np.ndarray) -> np.ndarray:
 COLOUR_CHROMA = 40 / 255
 # ...and an image with more than this share of coloured pixels is not a greyscale scan.
 # Measured (README, Preprocessing): at most 3.6 % on the 253 slices (coloured annotations),
-# at most 6 % on slices given a lightbox-like colour cast, 30-86 % on colour photographs.
+# at most 6 % on slices given a lightbox-like colour cast, 31-86 % on colour pictures.
 MAX_COLOUR_SHARE = 0.15
 
 
@@ -140,9 +140,12 @@ def colour_share(img: np.ndarray) -> float:
     is not colour). 0 for single-channel images; measured at most 256 px on a side."""
     if img.ndim != 3 or img.shape[2] < 3:
         return 0.0
-    bgr = img[:, :, :3]
-    scale = float(np.iinfo(bgr.dtype).max) if np.issubdtype(bgr.dtype, np.integer) else 1.0
-    bgr = np.nan_to_num(bgr.astype(np.float32) / scale)
+    step = max(1, max(img.shape[:2]) // 512)  # a camera frame: subsample before converting
+    bgr = np.nan_to_num(img[::step, ::step, :3].astype(np.float32))
+    if np.issubdtype(img.dtype, np.integer):
+        bgr /= float(np.iinfo(img.dtype).max)
+    else:
+        bgr /= max(1.0, float(bgr.max()))  # as to_gray reads float images
     shrink = 256 / max(bgr.shape[:2])
     if shrink < 1:
         size = (max(1, round(bgr.shape[1] * shrink)), max(1, round(bgr.shape[0] * shrink)))

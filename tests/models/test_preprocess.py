@@ -206,6 +206,8 @@ def test_a_colour_cast_or_coloured_annotation_is_still_a_slice(gains) -> None:
     # Assert
     assert out.shape == (128, 128, 1)
     assert pp.colour_share(cast) < pp.MAX_COLOUR_SHARE / 2
+    frame = cv2.resize(cast, (4056, 3040))  # the size of a Pi HQ camera frame
+    assert pp.colour_share(frame) < pp.MAX_COLOUR_SHARE / 2
 
 
 def test_no_slice_of_the_dataset_counts_as_a_colour_image() -> None:
