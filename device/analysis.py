@@ -59,7 +59,10 @@ def case_heatmap(svc, case):
     predictor = svc.slot.current
     with svc.status.activity(State.BUSY):
         pixels = mp.decode_image(svc.store.image_path(case).read_bytes())
-        image = mp.preprocess(pixels, predictor.input_spec)
+        try:
+            image = mp.preprocess(pixels, predictor.input_spec)
+        except mp.UnusableImageError as exc:  # e.g. a colour image older software kept
+            raise UnusableImageError(f"no heat map for this case: {exc}") from None
         probability = predictor.predict(image).probability
         case = svc.store.set_heatmap(case.id, heatmap_png(predictor, image, probability))
     return svc.store.heatmap_path(case)

@@ -55,8 +55,12 @@ class Federation:
         backbone = self.svc.backbone_id(predictor)
         for case_id in store.cases_missing_embedding(backbone):
             case = store.get(case_id)
-            image = mp.preprocess(mp.decode_image(store.image_path(case).read_bytes()),
-                                  predictor.input_spec)
+            try:
+                image = mp.preprocess(mp.decode_image(store.image_path(case).read_bytes()),
+                                      predictor.input_spec)
+            except (OSError, ValueError) as exc:  # e.g. a colour image older software kept
+                logger.warning("case %s left out of training: %s", case_id, exc)
+                continue
             store.set_embedding(case_id, backbone, predictor.predict(image).embedding)
         ids, x, y = store.confirmed_examples(backbone)
         gate = np.array([is_gate_case(i) for i in ids], bool)

@@ -74,7 +74,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     arch = args.arch or DEFAULT_ARCH
     shifts = list(SHIFTS) if args.shifts else []
     result = cross_validate(args.data, arch, args.folds, recipe(arch, args.seed, args.epochs),
-                            shifts=shifts, jobs=args.jobs or args.folds)
+                            shifts=shifts, jobs=args.folds if args.jobs is None else args.jobs)
     for k in ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity"):
         print(f"{k:<18} {result[k + '_mean']:.3f} ± {result[k + '_std']:.3f}")
     if result["review"]:
@@ -153,6 +153,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m models", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -196,9 +203,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", help="write the full result here")
     sp.add_argument("--shifts", action="store_true",
                     help="also test each fold model on its fold after acquisition shifts")
-    sp.add_argument("--jobs", type=int, help="folds trained at once, each in its own "
-                    "process with a share of the cores (default: all folds; 1 = in this "
-                    "process, one after another)")
+    sp.add_argument("--jobs", type=positive_int, help="folds trained at once, each in "
+                    "its own process, the cores shared among them (default: all folds; 1 = "
+                    "in this process, one after another, with the progress display)")
     sp.set_defaults(func=cmd_cv)
 
     sp = sub.add_parser("shifts", help="a bundle's decisions under acquisition shifts "

@@ -135,17 +135,15 @@ MAX_COLOUR_SHARE = 0.15
 
 
 def colour_share(img: np.ndarray) -> float:
-    """Share of pixels whose channels differ by more than :data:`COLOUR_CHROMA`, after
-    each channel is scaled to the same mean (grey world: a camera's colour cast on film
-    is not colour). 0 for single-channel images; measured at most 256 px on a side."""
+    """Share of pixels whose channels differ by more than :data:`COLOUR_CHROMA` of the
+    image's peak, after each channel is scaled to the same mean (grey world: a camera's
+    colour cast on film is not colour). 0 for single-channel images; measured at most
+    256 px on a side."""
     if img.ndim != 3 or img.shape[2] < 3:
         return 0.0
     step = max(1, max(img.shape[:2]) // 512)  # a camera frame: subsample before converting
-    bgr = np.nan_to_num(img[::step, ::step, :3].astype(np.float32))
-    if np.issubdtype(img.dtype, np.integer):
-        bgr /= float(np.iinfo(img.dtype).max)
-    else:
-        bgr /= max(1.0, float(bgr.max()))  # as to_gray reads float images
+    bgr = np.clip(np.nan_to_num(img[::step, ::step, :3].astype(np.float32)), 0, None)
+    bgr /= max(float(bgr.max()), 1e-6)  # relative to its own peak: 12-bit or dim colour too
     shrink = 256 / max(bgr.shape[:2])
     if shrink < 1:
         size = (max(1, round(bgr.shape[1] * shrink)), max(1, round(bgr.shape[0] * shrink)))
@@ -254,7 +252,8 @@ def normalize(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def preprocess(img: np.ndarray, spec: InputSpec = InputSpec()) -> np.ndarray:
-    """Model input (H, W, C) float32 in [0, 255] from a decoded image of any kind.
+    """Model input (H, W, C) float32 in [0, 255] from a decoded image of any depth and
+    channel count.
 
     Raises
     ------

@@ -3,15 +3,11 @@ from __future__ import annotations
 
 import io
 import zlib
-from pathlib import Path
 
 import cv2
 import numpy as np
-import matplotlib
 import pytest
 import requests
-
-PORTRAIT = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 
 
 def post(server, token, data: bytes, name: str = "slice.jpg", field: str = "image"):
@@ -22,6 +18,12 @@ def post(server, token, data: bytes, name: str = "slice.jpg", field: str = "imag
 
 def png(array: np.ndarray) -> bytes:
     return cv2.imencode(".png", array)[1].tobytes()
+
+
+def colour_jpeg() -> bytes:
+    """A colour picture: a slice-sized rainbow, as a screenshot of a colour scale."""
+    ramp = np.tile(np.arange(256, dtype=np.uint8), (256, 1))
+    return cv2.imencode(".jpg", cv2.applyColorMap(ramp, cv2.COLORMAP_JET))[1].tobytes()
 
 
 def bomb_png() -> bytes:
@@ -66,7 +68,7 @@ BAD_INPUTS = {
     "zip renamed": (b"PK\x03\x04" + b"\x00" * 60, 415),
     "1x1 pixel": (png(np.full((1, 1), 200, np.uint8)), 422),
     "decompression bomb": (bomb_png(), 422),
-    "colour photograph": (PORTRAIT.read_bytes(), 422),
+    "colour picture": (colour_jpeg(), 422),
 }
 
 
@@ -83,8 +85,8 @@ def test_bad_input_gets_a_clear_4xx_and_writes_nothing(server, api_token, servic
     assert requests.get(f"{server}/healthz", timeout=10).json()["status"] == "ok"
 
 
-def test_a_colour_photograph_is_refused_with_the_reason(server, api_token, services):
-    response = post(server, api_token, PORTRAIT.read_bytes())
+def test_a_colour_picture_is_refused_with_the_reason(server, api_token, services):
+    response = post(server, api_token, colour_jpeg())
 
     assert response.status_code == 422
     assert "colour image" in response.json()["error"]
@@ -197,3 +199,24 @@ def test_the_status_led_is_solid_on_when_ready_after_an_upload(server, api_token
 
     assert services.status.state is State.READY
     assert Device.pin_factory.pin(settings.led_pin).state == 1
+
+
+def test_a_colour_case_stored_by_older_software_gets_a_422_heat_map_and_no_training(
+        server, api_token, services):
+    # Prepare: a confirmed colour case, as software before the colour check stored them
+    from device.federation import Federation
+    case = services.store.add_case(
+        cv2.imencode(".png", cv2.imdecode(np.frombuffer(colour_jpeg(), np.uint8), 1))[1]
+        .tobytes(), source="upload", width=256, height=256, probability=0.7,
+        predicted_label=1, threshold=0.5, uncertain=False,
+        model_version=services.slot.current.version, latency_ms=1.0)
+    services.store.confirm(case.id, 1, "alice")
+    # Execute
+    heat = requests.get(f"{server}/cases/{case.id}/heatmap.png",
+                        headers={"Authorization": f"Bearer {api_token}"}, timeout=30)
+    x_train, _, x_gate, _ = Federation(services, client=None, outbox=None,
+                                       updater=None).examples()
+    # Assert: a clear refusal, not a server error; the case is left out, not fatal
+    assert heat.status_code == 422 and "no heat map" in heat.text
+    assert len(x_train) + len(x_gate) == 0
+    assert requests.get(f"{server}/healthz", timeout=10).json()["status"] == "ok"

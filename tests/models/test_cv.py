@@ -1,3 +1,6 @@
+import multiprocessing
+import threading
+
 import numpy as np
 import pytest
 
@@ -39,3 +42,33 @@ def test_each_fold_model_scores_its_own_fold(small_data, jobs):
         for key in ("accuracy", "auc", "brier"):
             assert again[key] == pytest.approx(fold[key], abs=1e-3), key
     assert all(0.0 < p < 1.0 for p in result["predictions"].values())
+
+
+@pytest.mark.slow
+def test_a_failing_fold_stops_the_other_fold_processes_and_raises_its_error():
+    # Prepare: fold 0 fails at once (unknown architecture); fold 1 would train for hours
+    from models.cv import _folds_in_processes
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (16, 128, 128, 1)).astype(np.float32)
+    y, groups = np.arange(16) % 2, np.arange(16)
+    fold_of = (np.arange(16) // 2) % 2
+    endless = recipe("edge", epochs=100_000)
+    args = [("no-such-arch", endless, x, y, groups, [], fold_of, 0, (), 0),
+            ("edge", endless, x, y, groups, [], fold_of, 1, (), 0)]
+    outcome: dict = {}
+
+    def run():
+        try:
+            _folds_in_processes(args, jobs=2)
+        except Exception as exc:  # noqa: BLE001 - the test inspects it below
+            outcome["error"] = exc
+
+    # Execute: in a thread, so that waiting for fold 1 fails the test instead of hanging
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=300)
+
+    # Assert
+    assert not worker.is_alive(), "waited for the endless fold instead of stopping it"
+    assert "unknown architecture 'no-such-arch'" in str(outcome["error"])
+    assert multiprocessing.active_children() == []

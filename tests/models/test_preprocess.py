@@ -8,6 +8,7 @@ import zlib
 from pathlib import Path
 
 import cv2
+import matplotlib
 import numpy as np
 import pytest
 
@@ -174,7 +175,7 @@ def test_unusable_images_are_refused(img: np.ndarray, match: str) -> None:
         preprocess_bytes(_encode(img))
 
 
-MPL_SAMPLES = Path(__import__("matplotlib").get_data_path()) / "sample_data"
+MPL_SAMPLES = Path(matplotlib.get_data_path()) / "sample_data"
 
 
 @pytest.mark.parametrize("name", ["grace_hopper.jpg", "Minduka_Present_Blue_Pack.png"])
