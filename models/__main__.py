@@ -205,7 +205,7 @@ def parser() -> argparse.ArgumentParser:
                     help="also test each fold model on its fold after acquisition shifts")
     sp.add_argument("--jobs", type=positive_int, help="folds trained at once, each in "
                     "its own process, the cores shared among them (default: all folds; 1 = "
-                    "in this process, one after another, with the progress display)")
+                    "in this process, one after another)")
     sp.set_defaults(func=cmd_cv)
 
     sp = sub.add_parser("shifts", help="a bundle's decisions under acquisition shifts "
