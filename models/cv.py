@@ -140,9 +140,9 @@ def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig
     (:func:`models.shifts.shift_report`), and ``shift_predictions`` the probabilities
     behind them (shift -> file -> probability), to re-score at another threshold.
 
-    ``jobs`` > 1 trains that many folds at once, each in its own process with an equal
-    share of the CPU cores (:func:`_folds_in_processes`); the folds, seeds and results'
-    layout are those of ``jobs=1``.
+    ``jobs`` > 1 trains that many folds at once, each in its own process, the cores
+    shared among them (:func:`_folds_in_processes`); the folds, seeds and results' layout
+    are those of ``jobs=1``.
     """
     cfg = cfg or recipe(arch)
     x, y, groups, kept = load_grouped(data, arch)

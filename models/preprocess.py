@@ -125,8 +125,8 @@ def to_gray(img: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(out), 0.0, 1.0)
 
 
-# A pixel is "coloured" when its channels differ by more than this (of full scale) once a
-# global colour cast is removed...
+# A pixel is "coloured" when its channels differ by more than this (of the image's peak)
+# once a global colour cast is removed...
 COLOUR_CHROMA = 40 / 255
 # ...and an image with more than this share of coloured pixels is not a greyscale scan.
 # Measured (README, Preprocessing): at most 3.6 % on the 253 slices (coloured annotations),
