@@ -30,6 +30,10 @@ def _real_bytes(rel: str) -> bytes:
     return (DATA / rel).read_bytes()
 
 
+def _real_gray(rel: str) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(_real_bytes(rel), np.uint8), cv2.IMREAD_GRAYSCALE)
+
+
 def _encode(img: np.ndarray, ext: str = ".png") -> bytes:
     ok, buf = cv2.imencode(ext, img)
     assert ok
@@ -189,7 +193,7 @@ def test_a_colour_photograph_is_refused_as_not_a_slice(name: str) -> None:
 
 
 def test_a_colour_mapped_slice_is_refused() -> None:
-    gray = cv2.imdecode(np.frombuffer(_real_bytes("yes/Y1.jpg"), np.uint8), cv2.IMREAD_GRAYSCALE)
+    gray = _real_gray("yes/Y1.jpg")
     with pytest.raises(UnusableImageError, match="colour image"):
         preprocess(cv2.applyColorMap(gray, cv2.COLORMAP_JET))
 
@@ -198,7 +202,7 @@ def test_a_colour_mapped_slice_is_refused() -> None:
                          ids=["warm", "blue", "green"])
 def test_a_colour_cast_or_coloured_annotation_is_still_a_slice(gains) -> None:
     # Prepare: film photographed on a tinted lightbox, plus a coloured measurement line
-    gray = cv2.imdecode(np.frombuffer(_real_bytes("yes/Y1.jpg"), np.uint8), cv2.IMREAD_GRAYSCALE)
+    gray = _real_gray("yes/Y1.jpg")
     bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR).astype(np.float32)
     cast = np.clip(bgr * np.array(gains) + 20 * (np.array(gains) - 1), 0, 255).astype(np.uint8)
     cv2.line(cast, (20, 20), (cast.shape[1] - 20, 40), (0, 255, 255), 3)
