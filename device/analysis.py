@@ -11,7 +11,7 @@ import logging
 import time
 
 from device.exc import UnusableImageError
-from device.imaging import decode_upload
+from device.imaging import decode_upload, stored_model_input
 from device.inference.heatmap import heatmap_png
 from device.hw.status import State
 from models import preprocess as mp
@@ -58,9 +58,8 @@ def case_heatmap(svc, case):
         return path
     predictor = svc.slot.current
     with svc.status.activity(State.BUSY):
-        pixels = mp.decode_image(svc.store.image_path(case).read_bytes())
         try:
-            image = mp.preprocess(pixels, predictor.input_spec)
+            image = stored_model_input(svc.store.image_path(case), predictor.input_spec)
         except mp.UnusableImageError as exc:  # e.g. a colour image older software kept
             raise UnusableImageError(f"no heat map for this case: {exc}") from None
         probability = predictor.predict(image).probability

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from device.hw.status import State
+from device.imaging import stored_model_input
 from device.sync.updater import UpdateResult, is_gate_case
 from device.training.head import TrainConfig, predict, train_head
 from models import metrics
-from models import preprocess as mp
 from models.update_codec import decode, encode
 from models.weights import head_to_bytes, load_head
 
@@ -56,8 +56,7 @@ class Federation:
         for case_id in store.cases_missing_embedding(backbone):
             case = store.get(case_id)
             try:
-                image = mp.preprocess(mp.decode_image(store.image_path(case).read_bytes()),
-                                      predictor.input_spec)
+                image = stored_model_input(store.image_path(case), predictor.input_spec)
             except (OSError, ValueError) as exc:  # e.g. a colour image older software kept
                 logger.warning("case %s left out of training: %s", case_id, exc)
                 continue

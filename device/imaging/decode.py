@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -164,3 +165,13 @@ def _decode_raster(data: bytes, kind: str) -> np.ndarray:
         # training, and the appliance must see what training saw.
         img = np.ascontiguousarray(img[:, :, :3])
     return img
+
+
+def stored_model_input(path: Path, spec: mp.InputSpec) -> np.ndarray:
+    """The model's input from an image the store kept (the PNG written from an upload).
+
+    Raises OSError when the file is gone, ``mp.UnusableImageError`` (a ValueError) for an
+    image older software accepted that preprocessing now refuses (a colour picture), and
+    ``mp.ImageDecodeError`` (a ValueError) when it no longer decodes.
+    """
+    return mp.preprocess(mp.decode_image(path.read_bytes()), spec)

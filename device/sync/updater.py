@@ -37,6 +37,7 @@ import numpy as np
 
 from device.config import Settings
 from device.hw.status import Indicator, State
+from device.imaging import stored_model_input
 from device.inference.predictor import Predictor, create_predictor
 from device.inference.slot import ModelSlot
 from device.store.base import MAX_LIST_LIMIT, Case, CaseStore
@@ -46,7 +47,7 @@ from models import metrics
 from models.bundle import (
     MANIFEST, SIGNATURE, Bundle, BundleError, canonical_bytes, verify_bundle,
 )
-from models.preprocess import InputSpec, decode_image, preprocess
+from models.preprocess import InputSpec, preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -360,8 +361,7 @@ class BundleUpdater:
         images, ok = [], []
         for case in cases:
             try:
-                data = self.store.image_path(case).read_bytes()
-                images.append(preprocess(decode_image(data), spec))
+                images.append(stored_model_input(self.store.image_path(case), spec))
                 ok.append(case)
             except (OSError, ValueError) as exc:  # deleted or unusable: skip, never fail
                 logger.info("a stored case image is unusable for the update check: %s",
