@@ -28,14 +28,23 @@ def _coerce(name: str, kind: str, value: object, error: type[Exception]) -> obje
     """``value`` as the field's annotated type (annotations are strings here)."""
     try:
         if "Path" in kind:
-            return None if value in (None, "") else Path(os.path.expanduser(str(value)))
+            if value in (None, ""):
+                if "None" not in kind:  # a required folder or file
+                    raise ValueError(value)
+                return None
+            return Path(os.path.expanduser(str(value)))
         if kind == "bool":
             if isinstance(value, str):
                 if value.lower() not in _TRUE + _FALSE:
                     raise ValueError(value)
                 return value.lower() in _TRUE
-            return bool(value)
+            if not isinstance(value, bool):
+                raise TypeError(value)
+            return value
         if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float)
+                                           and not value.is_integer()):
+                raise TypeError(value)
             return int(value)  # type: ignore[arg-type]
         if kind == "float":
             return float(value)  # type: ignore[arg-type]
