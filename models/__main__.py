@@ -1,4 +1,5 @@
-"""``python -m models``: train, evaluate, cross-validate, sign and verify bundles.
+"""``python -m models``: train, evaluate, cross-validate, test under acquisition shifts,
+reproduce the seed paper, benchmark, and create keys for, sign and verify bundles.
 
 TensorFlow is imported only by the sub-commands that train or convert.
 """
@@ -10,7 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-from models.bundle import BundleError, read_manifest, resign_bundle, verify_bundle
+from models.bundle import (BundleError, check_bundle_target, read_manifest, resign_bundle,
+                           verify_bundle)
 from models.metrics import json_safe
 from models.signing import (generate_signing_key, key_id, load_public_key, load_signing_key,
                             save_signing_key)
@@ -30,8 +32,11 @@ def _dump(obj: dict, path: str | None = None) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from models.build import BuildConfig, build_bundle
     key = load_signing_key(args.sign_key)
+    check_bundle_target(args.out)  # before training, not after it
+    if args.float_out and not args.float_out.endswith(".weights.h5"):
+        raise ValueError(f"--float-out must end in .weights.h5: {args.float_out}")
+    from models.build import BuildConfig, build_bundle
     cfg = BuildConfig.for_arch(args.arch, args.epochs, args.seed)
     if args.sparsity is not None:
         cfg.sparsity = args.sparsity
@@ -118,10 +123,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_sign(args: argparse.Namespace) -> int:
     key = load_signing_key(args.key)
     src = read_manifest(args.bundle)
-    version = args.version or src["version"]
+    version = src["version"] if args.version is None else args.version
+    parent = src.get("parent_version") if args.parent_version is None else args.parent_version
     out = args.out or args.bundle
-    resign_bundle(args.bundle, out, key, version=version,
-                  parent_version=args.parent_version)
+    resign_bundle(args.bundle, out, key, version=version, parent_version=parent)
     print(f"signed {out} as version {version} with key {key_id(key.verify_key)}")
     return 0
 
@@ -160,6 +165,27 @@ def positive_int(text: str) -> int:
     return value
 
 
+def fold_count(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2, not {value}")
+    return value
+
+
+def sparsity(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), not {value}")
+    return value
+
+
+def json_out(text: str) -> str:
+    """A file to write at the end of a long run: its folder must exist now."""
+    if not Path(text).resolve().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"no folder for {text}")
+    return text
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m models", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -171,16 +197,16 @@ def parser() -> argparse.ArgumentParser:
 
     def train_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--seed", type=int, default=0)
-        sp.add_argument("--epochs", type=int,
+        sp.add_argument("--epochs", type=positive_int,
                         help="epochs (default: the architecture's training recipe)")
 
     sp = sub.add_parser("train", help="train, prune, int8-quantize and sign a bundle")
     data_arg(sp)
     train_args(sp)
-    sp.add_argument("--arch", default="edge")
+    sp.add_argument("--arch", default="edge", help="architecture: edge (default) or paper")
     sp.add_argument("--out", required=True, help="bundle directory to write")
     sp.add_argument("--sign-key", required=True, help="Ed25519 private key file")
-    sp.add_argument("--sparsity", type=float,
+    sp.add_argument("--sparsity", type=sparsity,
                     help="pruning target (default: the architecture's; 0 = no pruning)")
     sp.add_argument("--float-out", help="also save the float Keras weights (.weights.h5) "
                     "for a coordinator to rebuild from")
@@ -191,16 +217,16 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", default=str(DEFAULT_BUNDLE), help="bundle directory")
     sp.add_argument("--split", choices=("all", "test"), default="all",
                     help="'test': only the files the bundle's manifest held out")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the result as JSON")
     sp.add_argument("--plots", help="write roc.png, calibration.png, confusion.png here")
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser("cv", help="grouped k-fold cross-validation")
     data_arg(sp)
     train_args(sp)
-    sp.add_argument("--arch", help="architecture (default: the default architecture)")
-    sp.add_argument("--folds", type=int, default=5)
-    sp.add_argument("--json", help="write the full result here")
+    sp.add_argument("--arch", help="architecture: edge (default) or paper")
+    sp.add_argument("--folds", type=fold_count, default=5)
+    sp.add_argument("--json", type=json_out, help="write the full result to this file")
     sp.add_argument("--shifts", action="store_true",
                     help="also test each fold model on its fold after acquisition shifts")
     sp.add_argument("--jobs", type=positive_int, help="folds trained at once, each in "
@@ -214,7 +240,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", default=str(DEFAULT_BUNDLE), help="bundle directory")
     sp.add_argument("--split", choices=("all", "test"), default="test",
                     help="'test' (default): only the files the bundle's manifest held out")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the result as JSON")
     sp.set_defaults(func=cmd_shifts)
 
     sp = sub.add_parser("keygen", help="create an Ed25519 signing key (mode 0600)")
@@ -225,8 +251,9 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("sign", help="(re-)sign a bundle with a key")
     sp.add_argument("bundle")
     sp.add_argument("--key", required=True)
-    sp.add_argument("--version", type=int)
-    sp.add_argument("--parent-version", type=int)
+    sp.add_argument("--version", type=positive_int, help="default: the bundle's own")
+    sp.add_argument("--parent-version", type=positive_int,
+                    help="default: the bundle's own")
     sp.add_argument("--out", help="write the signed bundle here (default: in place)")
     sp.set_defaults(func=cmd_sign)
 
@@ -234,13 +261,14 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("bundle")
     sp.add_argument("--public-key", action="append",
                     help="trusted public key file or text (repeatable; default: dev key)")
-    sp.add_argument("--min-version", type=int)
+    sp.add_argument("--min-version", type=positive_int,
+                    help="refuse a bundle older than this version")
     sp.set_defaults(func=cmd_verify)
 
     sp = sub.add_parser("reproduce-paper", help="the seed paper's protocol, leakage-free")
     data_arg(sp)
     train_args(sp)
-    sp.add_argument("--json")
+    sp.add_argument("--json", type=json_out, help="write the full result to this file")
     sp.set_defaults(func=cmd_reproduce)
 
     sp = sub.add_parser("bench", help="formats, sizes, accuracy and LiteRT latency")

@@ -94,9 +94,7 @@ def save_signing_key(key: nacl.signing.SigningKey, path: str | os.PathLike,
         # Check both up front so we never leave a private key without its public half.
         for existing in (path, pub_path):
             if existing.exists():
-                raise FileExistsError(
-                    f"refusing to overwrite existing key file {existing}; "
-                    "pass overwrite=True to replace it")
+                raise FileExistsError(f"refusing to overwrite existing key file {existing}")
     seed = base64.b64encode(bytes(key)).decode("ascii")
     _write_new(path, f"{KEY_HEADER}\n{seed}\n".encode("ascii"), 0o600, overwrite)
     _write_new(pub_path, (bytes(key.verify_key).hex() + "\n").encode("ascii"), 0o644, overwrite)

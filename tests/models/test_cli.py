@@ -91,6 +91,40 @@ def test_sign_bumps_the_version_and_min_version_refuses_rollback(
     assert read_manifest(v2)["version"] == 2
     assert main(["verify", str(v2), "--public-key", pub, "--min-version", "1"]) == 0
     assert main(["verify", str(bundle), "--public-key", pub, "--min-version", "1"]) == 1
+    # Re-signing in place (a new key, say) keeps the version and the parent it had.
+    assert main(["sign", str(v2), "--key", str(signing_key_file)]) == 0
+    assert (read_manifest(v2)["version"], read_manifest(v2)["parent_version"]) == (2, 1)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["cv", "--folds", "1"], "--folds: must be at least 2"),
+    (["cv", "--epochs", "0"], "--epochs: must be at least 1"),
+    (["cv", "--json", "/no/such/folder/cv.json"], "--json: no folder"),
+    (["reproduce-paper", "--json", "/no/such/folder/r.json"], "--json: no folder"),
+    (["train", "--out", "o", "--sign-key", "k", "--sparsity", "1"], "--sparsity: must be in"),
+    (["sign", "b", "--key", "k", "--version", "0"], "--version: must be at least 1"),
+])
+def test_bad_arguments_are_refused_before_any_work(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, *(["--data", str(tmp_path)] if args[0] != "sign" else [])])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_train_refuses_an_output_folder_that_is_not_a_bundle_before_training(
+        signing_key_file, tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+
+    code = main(["train", "--data", str(tmp_path / "no-data"), "--out", str(tmp_path / "notes"),
+                 "--sign-key", str(signing_key_file)])
+
+    assert code == 2  # before loading any data: that folder does not even exist
+    assert "is not a bundle" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "b"),
+                 "--sign-key", str(signing_key_file), "--float-out", "w.h5"]) == 2
+    assert "--float-out must end in .weights.h5" in capsys.readouterr().err
 
 
 @pytest.mark.slow
