@@ -24,7 +24,7 @@ import numpy as np
 from nacl.signing import SigningKey
 
 from models import metrics
-from models.bundle import MODEL, Bundle, write_bundle
+from models.bundle import Bundle, write_bundle
 from models.runtime import TFLiteModel
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def publish(current: Bundle, float_weights: Path, head: dict[str, np.ndarray],
         logger.warning("not publishing: %s", reason)
         return Outcome(False, None, reason, {}, time.perf_counter() - start)
     candidate = metrics.binary_metrics(data.y_val, prob, current.threshold)
-    baseline = evaluate_tflite(current.path / MODEL, data, current.threshold)
+    baseline = evaluate_tflite(current.model_path, data, current.threshold)
     drop_auc = baseline["auc"] - candidate["auc"]
     drop_acc = baseline["accuracy"] - candidate["accuracy"]
     summary = metrics.json_safe({"candidate": candidate, "current": baseline})

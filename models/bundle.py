@@ -103,10 +103,27 @@ def _parse(raw: bytes) -> dict:
     return manifest
 
 
+class _NotRegularFile(OSError):
+    pass
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``path`` if it is a regular file (OSError otherwise).
+
+    O_NOFOLLOW + fstat: judge the file actually read, never a symlink's target;
+    O_NONBLOCK so that a FIFO planted under a bundle's file name cannot hang the reader.
+    """
+    flags = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, os.O_RDONLY | flags)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _NotRegularFile(0, "not a regular file")
+        return fh.read(limit)
+
+
 def _read_raw_manifest(root: Path) -> bytes:
     try:
-        with open(root / MANIFEST, "rb") as fh:
-            raw = fh.read(MAX_MANIFEST_BYTES + 1)
+        raw = _read_regular(root / MANIFEST, MAX_MANIFEST_BYTES + 1)
     except OSError as exc:
         raise ManifestError(f"cannot read {root / MANIFEST}: {exc.strerror}") from exc
     if len(raw) > MAX_MANIFEST_BYTES:
@@ -202,16 +219,11 @@ def _load_checked_manifest(root: Path) -> tuple[dict, bytes]:
 
 def _read_checked(root: Path, name: str, entry: Mapping[str, Any]) -> bytes:
     try:
-        # O_NOFOLLOW + fstat: judge the file we actually read, never a symlink target;
-        # O_NONBLOCK so a FIFO planted under a listed name cannot hang the verifier.
-        flags = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-        fd = os.open(root / name, os.O_RDONLY | flags)
+        data = _read_regular(root / name, entry["bytes"] + 1)
+    except _NotRegularFile:
+        raise IntegrityError(f"bundle file {name} is not a regular file") from None
     except OSError as exc:
         raise IntegrityError(f"bundle file {name} is missing or unreadable") from exc
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise IntegrityError(f"bundle file {name} is not a regular file")
-        data = fh.read(entry["bytes"] + 1)
     if len(data) != entry["bytes"]:
         raise IntegrityError(f"bundle file {name} is {len(data)} bytes, manifest says "
                              f"{entry['bytes']}")
@@ -230,10 +242,6 @@ class Bundle:
     @property
     def model_path(self) -> Path:
         return self.path / MODEL
-
-    @property
-    def head_path(self) -> Path:
-        return self.path / HEAD
 
     @property
     def version(self) -> int:
@@ -309,8 +317,7 @@ def verify_bundle(bundle_dir: str | os.PathLike,
     root = Path(bundle_dir)
     manifest, body = _load_checked_manifest(root)
     try:
-        with open(root / SIGNATURE, "rb") as fh:
-            sig = fh.read(signing.SIGNATURE_BYTES + 1)
+        sig = _read_regular(root / SIGNATURE, signing.SIGNATURE_BYTES + 1)
         signer = signing.verify(body, sig, trusted_keys)
     except OSError as exc:
         raise SignatureError(f"bundle has no readable {SIGNATURE} file") from exc
@@ -330,13 +337,20 @@ def verify_bundle(bundle_dir: str | os.PathLike,
     return Bundle(root, manifest)
 
 
+def check_bundle_target(out_dir: str | os.PathLike) -> None:
+    """FileExistsError unless ``out_dir`` is absent, empty or a bundle (which a new one
+    may replace): so a long training run can check its output before it starts."""
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink() or (out_dir.exists() and not (
+            out_dir.is_dir() and (not any(out_dir.iterdir()) or (out_dir / MANIFEST).exists()))):
+        raise FileExistsError(f"{out_dir} exists and is not a bundle; refusing to replace it")
+
+
 def _write_tree(out_dir: Path, files: Mapping[str, bytes]) -> None:
     # Build beside the target (same filesystem, so rename is atomic), fsync, swap in.
     out_dir = Path(os.path.abspath(out_dir))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    if out_dir.is_symlink() or (out_dir.exists() and not (
-            out_dir.is_dir() and (not any(out_dir.iterdir()) or (out_dir / MANIFEST).exists()))):
-        raise FileExistsError(f"{out_dir} exists and is not a bundle; refusing to replace it")
+    check_bundle_target(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     old = out_dir.with_name(f".{out_dir.name}.{secrets.token_hex(4)}.old")
     try:

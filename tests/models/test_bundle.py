@@ -131,6 +131,21 @@ def test_fifo_under_listed_name_refused_without_hanging(bdir, key):
         bundle.verify_bundle(bdir, [key.verify_key])
 
 
+@pytest.mark.parametrize("name, error", [("manifest.json", bundle.ManifestError),
+                                         ("signature", bundle.SignatureError)])
+def test_fifo_as_manifest_or_signature_refused_without_hanging(bdir, key, name, error):
+    # Before, only the files the manifest lists were opened this way: a FIFO planted
+    # as manifest.json or signature hung the verifier (and `models verify`) for ever.
+    data = (bdir / name).read_bytes()
+    (bdir / name).unlink()
+    os.mkfifo(bdir / name)
+    with pytest.raises(error, match="not a regular file|no readable signature"):
+        bundle.verify_bundle(bdir, [key.verify_key])
+    (bdir / name).unlink()
+    (bdir / name).write_bytes(data)
+    assert bundle.verify_bundle(bdir, [key.verify_key]).version == 3
+
+
 def test_version_gate(bdir, key):
     assert bundle.verify_bundle(bdir, [key.verify_key], min_version=2).version == 3
     for current in (3, 4):
