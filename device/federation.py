@@ -22,6 +22,7 @@ from device.sync.updater import UpdateResult, is_gate_case
 from device.training.head import TrainConfig, predict, train_head
 from models import metrics
 from models.update_codec import decode, encode
+from models import weights
 from models.weights import head_to_bytes, load_head
 
 logger = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class Federation:
             raise ValueError(f"need at least {self.train_config.min_examples} confirmed "
                              f"training examples, have {len(y)}")
         result = train_head(base, x, y, self.train_config)  # ValueError: one class
-        delta = {k: result.head[k] - base[k] for k in base}
+        delta = weights.delta(result.head, base)
         delta = self._privatise(delta)
         delta = {k: v + self._residual().get(k, 0) for k, v in delta.items()}
         s = self.svc.settings
@@ -117,9 +118,7 @@ class Federation:
         s = self.svc.settings
         if not (s.dp_clip > 0 and s.dp_noise > 0):
             return delta
-        norm = float(np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2))
-                                 for v in delta.values())))
-        scale = min(1.0, s.dp_clip / max(norm, 1e-12))
+        scale = min(1.0, s.dp_clip / max(weights.l2_norm(delta), 1e-12))
         rng = np.random.default_rng()
         return {k: (v * scale + rng.normal(0, s.dp_noise * s.dp_clip, v.shape)).astype(
             np.float32) for k, v in delta.items()}

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 # Share of each training fold held out (by group): for early stopping and the threshold
 # where the recipe asks for them (the `edge` recipe does neither; it keeps the split, as
-# dropping it was no better in AUC: README), else only for the progress display.
+# dropping it was no better in AUC: README), else only for the validation figures logged.
 VAL_FOLDS = 6  # one of six groups' folds, about 17%
 # An out-of-fold probability this far from a file's label puts the file on the review list.
 REVIEW_MARGIN = 0.9

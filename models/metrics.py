@@ -6,7 +6,7 @@ Anything else raises ValueError with a message naming the argument.
 
 Undefined quantities (AUC with one class, sensitivity without positives, precision
 without positive predictions, ...) are ``float('nan')``; ``json.dumps`` writes them as
-``NaN`` (use ``allow_nan=False`` plus your own mapping if strict JSON is required).
+``NaN``; :func:`json_safe` maps them to ``null`` for strict JSON.
 """
 from __future__ import annotations
 

@@ -106,9 +106,9 @@ def fit(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray | None,
         x_val: np.ndarray, y_val: np.ndarray, cfg: TrainConfig, verbose: int = 0,
         extra_callbacks: list[keras.callbacks.Callback] | None = None,
         teacher: keras.Model | None = None) -> keras.callbacks.History:
-    """Train for ``cfg.epochs`` on a cosine schedule, keeping the last weights, then
-    recalibrate batch norm on the clean training images (see
-    :func:`recalibrate_batch_norm`).
+    """Train for ``cfg.epochs`` (on a cosine schedule when ``cfg.cosine``), keeping the
+    last weights; with ``cfg.augment``, then recalibrate batch norm on the clean training
+    images (see :func:`recalibrate_batch_norm`).
 
     With a ``teacher`` (``y_train`` None) the model learns the teacher's probabilities
     on the augmented images, without class weights: the teacher's carry them.
