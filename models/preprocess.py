@@ -251,6 +251,34 @@ def normalize(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def refuse_colour(img: np.ndarray) -> None:
+    """UnusableImageError if more than ``MAX_COLOUR_SHARE`` of ``img`` (gray, BGR or
+    BGRA) is coloured (:func:`colour_share`)."""
+    share = colour_share(img)
+    if share > MAX_COLOUR_SHARE:
+        raise UnusableImageError(
+            f"a colour image ({share:.0%} of its pixels are coloured), but MRI slices are "
+            "greyscale: a photograph, screenshot or colour map is not a slice this model "
+            "reads (with the camera, frame only the film)")
+
+
+# Larger images are shrunk before anything else: finding the brain and reaching the
+# model's 128 px need no more, and a 36-megapixel upload took 0.5-1.3 GB and up to 49 s
+# at full size on this machine (README). No image of the training set is this large
+# (the largest is 1920x1080), so training sees exactly what it saw before.
+WORK_SIDE = 2048
+
+
+def _shrink(img: np.ndarray) -> np.ndarray:
+    """``img`` resized (area averaging) to at most ``WORK_SIDE`` pixels on a side."""
+    side = max(img.shape[:2])
+    if side <= WORK_SIDE or img.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+        return img
+    scale = WORK_SIDE / side
+    size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+
 def preprocess(img: np.ndarray, spec: InputSpec = InputSpec()) -> np.ndarray:
     """Model input (H, W, C) float32 in [0, 255] from a decoded image of any depth and
     channel count.
@@ -263,12 +291,8 @@ def preprocess(img: np.ndarray, spec: InputSpec = InputSpec()) -> np.ndarray:
     """
     if img.ndim < 2 or min(img.shape[:2]) < MIN_SIDE:
         raise UnusableImageError(f"image too small: shape {img.shape}")
-    share = colour_share(img)
-    if share > MAX_COLOUR_SHARE:
-        raise UnusableImageError(
-            f"a colour image ({share:.0%} of its pixels are coloured), but MRI slices are "
-            "greyscale: a photograph, screenshot or colour map is not a slice this model "
-            "reads (with the camera, frame only the film)")
+    img = _shrink(img)
+    refuse_colour(img)
     gray = to_gray(img)
     if float(gray.max()) - float(gray.min()) < 1e-3:
         raise UnusableImageError("blank image (no contrast)")
