@@ -27,6 +27,7 @@ CORRUPT = "corrupt or truncated image"
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
+_JPEG_SOS = b"\xff\xda"
 _JPEG_EOI = b"\xff\xd9"
 
 
@@ -145,7 +146,7 @@ def _decode_raster(data: bytes, kind: str) -> np.ndarray:
     """PNG/JPEG through the training decoder, as 2-D gray or 3-D BGR."""
     # OpenCV builds differ: libjpeg(-turbo) in OpenCV 4 returns the decoded top of a
     # truncated JPEG with only a warning, so a missing EOI marker is refused here.
-    if kind == "jpeg" and not data.rstrip(b"\x00").endswith(_JPEG_EOI):
+    if kind == "jpeg" and not _jpeg_complete(data):
         logger.info("refused JPEG upload: no end-of-image marker")
         raise InputError(CORRUPT)
     try:
@@ -165,6 +166,17 @@ def _decode_raster(data: bytes, kind: str) -> np.ndarray:
         # training, and the appliance must see what training saw.
         img = np.ascontiguousarray(img[:, :, :3])
     return img
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """Whether an end-of-image marker follows the last start-of-scan marker.
+
+    Entropy-coded data never holds FF D9 (an FF there is followed by 00 or a restart
+    marker), and an EXIF thumbnail's EOI comes before the main scan; bytes that cameras
+    and editors append after the EOI are allowed, a truncated last scan is not.
+    """
+    sos = data.rfind(_JPEG_SOS)
+    return sos >= 0 and data.find(_JPEG_EOI, sos + 2) >= 0
 
 
 def stored_model_input(path: Path, spec: mp.InputSpec) -> np.ndarray:

@@ -5,6 +5,10 @@ are parsed (``dcmread(specific_tags=...)``): PatientName, PatientID and every ot
 identifying element are skipped by the parser, so they can reach neither the result,
 nor a log line, nor an exception message. Messages and log lines name element
 keywords and transfer syntaxes, never element values.
+
+Deflated Explicit VR Little Endian is refused from the file meta group alone, before
+``dcmread``: pydicom inflates the whole deflated dataset in memory before any element
+(let alone the pixel limits) is looked at, so a 1 MB upload could become gigabytes.
 """
 from __future__ import annotations
 
@@ -15,8 +19,13 @@ import numpy as np
 import pydicom
 from pydicom.datadict import DicomDictionary
 from pydicom.dataset import Dataset
+# The meta-group reader dcmread itself runs (private, hence pinned by the tests): the
+# transfer syntax checked here is exactly the one dcmread would act on, duplicates and
+# implicit-VR meta groups included.
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.pixels import (apply_color_lut, apply_modality_lut, apply_voi, apply_windowing,
                             get_decoder, pixel_array)
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 import models.preprocess as mp
 from device.exc import DeviceError, InputError, UnsupportedTypeError, UnusableImageError
@@ -50,9 +59,11 @@ def decode_dicom(data: bytes) -> np.ndarray:
     Steps: modality LUT (Rescale Slope/Intercept or Modality LUT Sequence), then the VOI
     LUT Sequence or the first Window Center/Width (min-max of the rescaled values when
     neither is present or they are invalid), scaled to 0..255; MONOCHROME1 is inverted
-    so it looks like MONOCHROME2. Colour (RGB, YBR, palette) is converted to luma and
-    min-max scaled. Of a multi-frame object only the middle frame is decoded: in a
-    stack of MR slices it is the one most likely to cross the middle of the brain.
+    so it looks like MONOCHROME2. Colour (RGB, YBR, palette) is refused by the rule PNG
+    and JPEG meet in ``models.preprocess`` (:func:`models.preprocess.colour_share`);
+    greyscale stored as colour (R = G = B) is converted to luma and min-max scaled. Of a
+    multi-frame object only the middle frame is decoded: in a stack of MR slices it is
+    the one most likely to cross the middle of the brain.
 
     Parameters
     ----------
@@ -71,10 +82,11 @@ def decode_dicom(data: bytes) -> np.ndarray:
         Unparsable or corrupt file, or pixel data that fails to decode (400).
     UnsupportedTypeError
         Transfer syntax this device has no decoder for, e.g. JPEG-LS without
-        ``pyjpegls`` (415).
+        ``pyjpegls``, or Deflated Explicit VR Little Endian (refused before anything
+        is inflated) (415).
     UnusableImageError
-        No pixel data, or more than ``models.preprocess.MAX_PIXELS`` pixels per frame
-        (422, checked from the header before decoding).
+        No pixel data, more than ``models.preprocess.MAX_PIXELS`` pixels per frame
+        (422, checked from the header before decoding), or a colour picture (422).
     """
     try:
         return _decode(data)
@@ -88,6 +100,7 @@ def decode_dicom(data: bytes) -> np.ndarray:
 
 def _decode(data: bytes) -> np.ndarray:
     preamble = data[_PREFIX_OFFSET:_PREFIX_OFFSET + 4] == b"DICM"
+    _refuse_deflated(data)
     ds = pydicom.dcmread(io.BytesIO(data), force=not preamble, specific_tags=_WANTED_TAGS)
     _check_decodable(ds)  # first: garbage after "DICM" parses, with no file meta
     if not any(tag in ds for tag in _PIXEL_TAGS):
@@ -101,6 +114,7 @@ def _decode(data: bytes) -> np.ndarray:
     if photometric == "PALETTE COLOR":
         arr = apply_color_lut(arr, ds)
     if arr.ndim == 3:
+        _refuse_colour(arr)
         # pixel_array already converted YBR to RGB; Rec. 601 luma, as cv2's BGR2GRAY.
         unit = _minmax(arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114]))
     else:
@@ -111,6 +125,20 @@ def _decode(data: bytes) -> np.ndarray:
     logger.debug("decoded DICOM frame %d of %d: %dx%d %s", frames // 2 + 1, frames, cols,
                  rows, photometric)
     return out
+
+
+def _refuse_deflated(data: bytes) -> None:
+    """Refuse a deflated dataset (415) from the file meta group, which is never deflated.
+
+    Only the preamble and group 0002 are read; the deflated bytes after them are not
+    touched, so the cost is bounded by the upload size, not by what it would inflate to.
+    """
+    fp = io.BytesIO(data)
+    read_preamble(fp, True)  # positions fp after "DICM", or at 0 without a preamble
+    tsuid = _read_file_meta_info(fp).get("TransferSyntaxUID")
+    if tsuid == DeflatedExplicitVRLittleEndian:
+        raise UnsupportedTypeError(
+            f"DICOM transfer syntax {tsuid.name} is not supported; {_EXPORT_HINT}")
 
 
 def _check_decodable(ds: Dataset) -> None:
@@ -129,6 +157,15 @@ def _check_decodable(ds: Dataset) -> None:
         raise UnsupportedTypeError(
             f"DICOM compressed as {tsuid.name} cannot be decoded on this device; "
             f"{_EXPORT_HINT}")
+
+
+def _refuse_colour(rgb: np.ndarray) -> None:
+    """Refuse colour as preprocessing refuses a colour PNG/JPEG (422): once reduced to
+    luma it would no longer be recognisable as colour, yet never was a slice."""
+    try:
+        mp.refuse_colour(rgb[..., 2::-1])  # RGB(A) -> the BGR it expects
+    except mp.UnusableImageError as exc:
+        raise UnusableImageError(str(exc)) from None
 
 
 def _voi(values: np.ndarray, ds: Dataset) -> np.ndarray:

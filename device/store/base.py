@@ -22,6 +22,7 @@ SOURCES = ("upload", "api", "camera")
 ROLES = ("clinician", "admin")
 STATUSES = ("all", "unconfirmed", "confirmed", "disagreed")
 MAX_LIST_LIMIT = 1000
+MAX_LIST_OFFSET = 2**63 - 1  # SQLite's largest INTEGER: larger offsets are InputError
 # uuid4().hex: the only case id shape ever accepted, so an id can never reach a path.
 CASE_ID = re.compile(r"[0-9a-f]{32}")
 # User and token names: short, printable, no separators, safe in logs and CSV cells.

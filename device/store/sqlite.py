@@ -26,8 +26,8 @@ from device.exc import InputError, NotFoundError, StoreError
 from models import sqlitedb
 from models.sqlitedb import fsync_dir, now_iso, sweep_dir
 from device.store.base import (
-    EXPORT_FIELDS, MAX_LIST_LIMIT, ROLES, SOURCES, AccountStore, Case, CaseStore, Token,
-    User, check_case_id, check_label, check_name, check_status,
+    EXPORT_FIELDS, MAX_LIST_LIMIT, MAX_LIST_OFFSET, ROLES, SOURCES, AccountStore, Case,
+    CaseStore, Token, User, check_case_id, check_label, check_name, check_status,
 )
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class SQLiteCaseStore(CaseStore):
             f"SELECT {_COLUMNS} FROM cases WHERE {where} "
             "ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
             (_number(limit, "limit", 0, MAX_LIST_LIMIT, integer=True),
-             _number(offset, "offset", 0, integer=True)))
+             _number(offset, "offset", 0, MAX_LIST_OFFSET, integer=True)))
         return [_case(row) for row in rows]
 
     def count(self, status: str = "all") -> int:

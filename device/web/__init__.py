@@ -73,7 +73,13 @@ def create_app(settings: Settings, svc) -> Flask:
     def _http_error(exc: HTTPException):
         if exc.code == 413:
             svc.telemetry.record_error("TooLargeError")
-            return _error_response(f"upload larger than {settings.max_upload_mb:g} MB", 413)
+            if _body_over_limit():
+                return _error_response(f"upload larger than {settings.max_upload_mb:g} MB",
+                                       413)
+            return _error_response(
+                f"form too large: more than {request.max_form_parts} parts, or a text "
+                f"field or part header longer than {request.max_form_memory_size:,} bytes",
+                413)
         return _error_response(exc.description or exc.name, exc.code or 500)
 
     @app.errorhandler(Exception)
@@ -84,6 +90,22 @@ def create_app(settings: Settings, svc) -> Flask:
         return _error_response("internal error", 500)
 
     return app
+
+
+def _body_over_limit() -> bool:
+    """Whether a 413 came from the body size limit rather than a form limit.
+
+    Werkzeug raises the same ``RequestEntityTooLarge`` for ``max_content_length`` (the
+    upload limit) and for ``max_form_memory_size``/``max_form_parts`` (a long text field
+    or part header, too many parts), which a small request can exceed.
+    """
+    limit = request.max_content_length
+    if limit is None:
+        return False
+    if request.content_length is not None:
+        return request.content_length > limit
+    # Chunked: the body is read through a LimitedStream that stops at the limit.
+    return bool(getattr(request.stream, "is_exhausted", True))
 
 
 def _error_response(message: str, status: int):

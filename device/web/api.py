@@ -23,9 +23,12 @@ def _auth_and_limit() -> None:
 @bp.route("/predictions", methods=["POST"])
 def predictions():
     start = time.perf_counter()
-    if "image" not in request.files:
+    images = request.files.getlist("image")
+    if not images:
         raise InputError("multipart field 'image' is required")
-    case = analyse(services(), request.files["image"].read(), "api")
+    if len(images) > 1:  # scoring the first would silently drop the others
+        raise InputError("one image per request: send each slice in its own request")
+    case = analyse(services(), images[0].read(), "api")
     return jsonify({
         "case_id": case.id, "probability": round(case.probability, 6),
         "label": "tumour" if case.predicted_label else "no_tumour",
@@ -41,7 +44,8 @@ def label(case_id: str):
     """Confirm or correct a case's label from a script (the same path as the browser)."""
     body = request.get_json(silent=True)
     value = body.get("label") if isinstance(body, dict) else None
-    if value not in (0, 1, "tumour", "no_tumour"):
+    # By type, not by ==: true == 1 and 1.0 == 1 in Python, yet neither is a label.
+    if type(value) not in (int, str) or value not in (0, 1, "tumour", "no_tumour"):
         raise InputError('JSON {"label": 0|1|"tumour"|"no_tumour"} required')
     numeric = 1 if value in (1, "tumour") else 0
     case = services().store.confirm(case_id, numeric, current_user())

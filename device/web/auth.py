@@ -118,7 +118,9 @@ def login():
     if request.method == "POST":
         check_csrf()
         name = request.form.get("username", "").strip()
-        key = f"{name}|{request.remote_addr}"
+        # User names have at most 64 characters (store.base.NAME): a longer one is never
+        # a user, and cut there it keeps the throttle key within the store's limit.
+        key = f"{name[:64]}|{request.remote_addr}"
         settings = services().settings
         since = time.time() - settings.login_window_s
         if accounts.recent_failures(key, since) >= settings.login_attempts:

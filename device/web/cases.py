@@ -25,11 +25,15 @@ def index():
     status = request.args.get("status", "all")
     if status not in FILTERS:
         raise InputError(f"unknown filter {status!r}; choose from {', '.join(FILTERS)}")
-    page = max(request.args.get("page", 1, type=int) or 1, 1)
     store = services().store
+    total = store.count(status)
+    # A page that is not a number, or before the first, shows the first; one past the
+    # last (however large: it must never reach SQLite) shows the last.
+    last = max(1, -(-total // PAGE))
+    page = min(max(request.args.get("page", 1, type=int) or 1, 1), last)
     return render_template("cases.html", cases=store.list(status, PAGE, (page - 1) * PAGE),
                            status=status, filters=FILTERS, page=page,
-                           total=store.count(status), page_size=PAGE)
+                           total=total, page_size=PAGE)
 
 
 @bp.route("/<case_id>")

@@ -6,7 +6,7 @@ import logging
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 
 from device.analysis import analyse
-from device.exc import InputError
+from device.exc import CameraUnavailableError, InputError
 from device.web import MAX_FILES_PER_UPLOAD, services
 from device.web.auth import login_required
 
@@ -53,7 +53,7 @@ def upload():
 @login_required
 def capture():
     svc = services()
-    if svc.camera is None:
-        raise InputError("no camera on this appliance")
+    if svc.camera is None:  # disabled, picamera2 missing or no sensor: see detect_camera
+        raise CameraUnavailableError("no camera on this appliance")
     case = analyse(svc, svc.camera.capture(), "camera")
     return redirect(url_for("cases.detail", case_id=case.id), 303)

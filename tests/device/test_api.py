@@ -220,3 +220,73 @@ def test_a_colour_case_stored_by_older_software_gets_a_422_heat_map_and_no_train
     assert heat.status_code == 422 and "no heat map" in heat.text
     assert len(x_train) + len(x_gate) == 0
     assert requests.get(f"{server}/healthz", timeout=10).json()["status"] == "ok"
+
+
+def test_label_must_be_the_integer_0_or_1_or_a_label_name(server, api_token, services,
+                                                          slice_bytes):
+    case_id = post(server, api_token, slice_bytes).json()["case_id"]
+    url = f"{server}/api/v1/cases/{case_id}/label"
+    headers = {"Authorization": f"Bearer {api_token}"}
+
+    refused = {repr(value): requests.post(url, json={"label": value}, headers=headers,
+                                          timeout=10).status_code
+               for value in (True, False, 1.0, -0.0, 0.5, 2, "1", None, [1])}
+    unconfirmed = services.store.get(case_id).confirmed_label
+    accepted = requests.post(url, json={"label": 0}, headers=headers, timeout=10)
+
+    assert set(refused.values()) == {400}, refused
+    assert unconfirmed is None
+    assert accepted.status_code == 200 and accepted.json()["confirmed_label"] == 0
+    assert services.store.get(case_id).confirmed_label == 0
+
+
+def test_two_images_in_one_request_are_400_and_none_is_scored(server, api_token, services,
+                                                              slice_bytes):
+    response = requests.post(f"{server}/api/v1/predictions",
+                             headers={"Authorization": f"Bearer {api_token}"},
+                             files=[("image", ("a.jpg", io.BytesIO(slice_bytes))),
+                                    ("image", ("b.jpg", io.BytesIO(slice_bytes)))],
+                             timeout=30)
+
+    assert response.status_code == 400
+    assert "one image per request" in response.json()["error"]
+    assert services.store.count() == 0
+
+
+def multipart(parts: list[tuple[str, bytes]], boundary: str = "neuroedge-test") -> bytes:
+    """A multipart/form-data body; a part named "image" is sent as a file."""
+    out = []
+    for name, value in parts:
+        file = '; filename="x.jpg"' if name == "image" else ""
+        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{file}'
+                   f'\r\n\r\n'.encode() + value + b"\r\n")
+    return b"".join(out) + f"--{boundary}--\r\n".encode()
+
+
+FORM_LIMITS = {
+    "a 5 MB text field": [("note", b"x" * (5 * 2**20))],
+    "1500 form parts": [("f", b"1")] * 1500,
+    "a 600 kB field name": [("n" * 600_000, b"1")],
+}
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("case", [*sorted(FORM_LIMITS), "a 25 MB image"])
+def test_413_says_which_limit_was_hit(server, api_token, services, slice_bytes, case,
+                                      chunked):
+    parts = [("image", slice_bytes if case in FORM_LIMITS else bytes(25 * 2**20))]
+    body = multipart(FORM_LIMITS.get(case, []) + parts)
+
+    response = requests.post(
+        f"{server}/api/v1/predictions", data=iter([body]) if chunked else body,
+        headers={"Authorization": f"Bearer {api_token}",
+                 "Content-Type": "multipart/form-data; boundary=neuroedge-test"},
+        timeout=60)
+
+    assert response.status_code == 413
+    error = response.json()["error"]
+    if case in FORM_LIMITS:
+        assert error.startswith("form too large") and "MB" not in error
+    else:
+        assert error == "upload larger than 20 MB"
+    assert services.store.count() == 0

@@ -13,9 +13,10 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.pixels import get_decoder
+from pydicom.pixels import convert_color_space, get_decoder
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, MRImageStorage, generate_uid
+from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian,
+                         JPEGLSLossless, MRImageStorage, generate_uid)
 
 import models.preprocess as mp
 from device.exc import InputError, TooLargeError, UnsupportedTypeError, UnusableImageError
@@ -50,12 +51,12 @@ def slice_like(h: int = 64, w: int = 64, dtype: type = np.uint8) -> np.ndarray:
 
 
 def make_dicom(pixels: np.ndarray, photometric: str = "MONOCHROME2", *, pixel_data: bool = True,
-               **elements: object) -> bytes:
+               syntax: str = ExplicitVRLittleEndian, **elements: object) -> bytes:
     """A Part 10 MR file built in memory; ``elements`` are extra dataset keywords."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = syntax
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = MRImageStorage
@@ -219,6 +220,30 @@ def test_jpeg_with_trailing_zero_padding_is_accepted(y1: bytes) -> None:
     assert (upload.width, upload.height) == (180, 218)
 
 
+@pytest.mark.parametrize("trailer", ["text", "second jpeg"])
+def test_jpeg_with_data_after_the_end_marker_is_accepted(y1: bytes, trailer: str) -> None:
+    # Cameras append a preview JPEG (MPF); editors and phones append their own records.
+    extra = (b"EDITOR-TRAILER\x01\x02" * 40 if trailer == "text"
+             else cv2.imencode(".jpg", np.full((16, 16), 90, np.uint8))[1].tobytes())
+
+    upload = decode_upload(y1 + extra, LIMIT)
+
+    np.testing.assert_array_equal(upload.pixels, decode_upload(y1, LIMIT).pixels)
+
+
+def test_truncated_jpeg_with_a_complete_exif_thumbnail_is_400(y1: bytes) -> None:
+    # The thumbnail's own scan and end marker come before the main image's scan.
+    thumb = cv2.imencode(".jpg", np.full((16, 16), 90, np.uint8))[1].tobytes()
+    app1 = b"Exif\x00\x00" + thumb
+    with_thumb = y1[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + y1[2:]
+    assert decode_upload(with_thumb, LIMIT).width == 180
+
+    with pytest.raises(InputError, match="corrupt or truncated") as err:
+        decode_upload(with_thumb[:len(with_thumb) * 9 // 10], LIMIT)
+
+    assert err.value.status == 400
+
+
 def test_truncated_png_is_400() -> None:
     data = png_bytes(np.random.default_rng(1).integers(0, 255, (64, 64), np.uint8))
 
@@ -302,15 +327,29 @@ def test_dicom_multiframe_takes_the_middle_frame() -> None:
     assert np.flatnonzero(out[:, 0]).tolist() == [12, 13, 14, 15]
 
 
-def test_colour_dicom_becomes_gray() -> None:
-    rgb = np.zeros((32, 32, 3), np.uint8)
-    rgb[:, :16] = (255, 0, 0)
-    rgb[:, 16:] = (0, 0, 255)
+@pytest.mark.parametrize("photometric", ["RGB", "YBR_FULL"])
+def test_colour_dicom_is_422_as_the_same_picture_in_png(photometric: str) -> None:
+    ramp = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))
+    bgr = cv2.applyColorMap(ramp, cv2.COLORMAP_JET)  # a colour scale, as a screenshot
+    rgb = np.ascontiguousarray(bgr[..., ::-1])
+    stored = rgb if photometric == "RGB" else convert_color_space(rgb, "RGB", photometric)
+    with pytest.raises(mp.UnusableImageError, match="colour image"):
+        mp.preprocess(decode_upload(png_bytes(bgr), LIMIT).pixels)
+
+    with pytest.raises(UnusableImageError, match="colour image") as err:
+        decode_upload(make_dicom(stored, photometric), LIMIT)
+
+    assert err.value.status == 422 and "greyscale" in str(err.value)
+
+
+def test_grey_dicom_stored_as_rgb_is_accepted_as_grey() -> None:
+    gray = slice_like()
+    rgb = np.repeat(gray[..., None], 3, axis=2)
 
     out = decode_dicom(make_dicom(rgb, "RGB"))
 
-    assert out.shape == (32, 32) and out.dtype == np.uint8
-    assert out[0, 0] == 255 and out[0, 31] == 0  # red is brighter luma than blue
+    assert out.shape == (64, 64) and out.dtype == np.uint8
+    np.testing.assert_allclose(out, decode_dicom(make_dicom(gray)), atol=1)
 
 
 def test_dicom_without_preamble_is_accepted() -> None:
@@ -361,6 +400,29 @@ def test_compressed_dicom_without_codec_is_415() -> None:
         decode_upload(buf.getvalue(), LIMIT)
 
     assert err.value.status == 415
+
+
+def deflate_bomb(inflated: int) -> bytes:
+    """A deflated DICOM: a real file meta group, then ``inflated`` zero bytes deflated
+    (about a thousandth of that on the wire), built in 1 MiB steps."""
+    meta_end = 132 + 12 + struct.unpack_from(  # group length value + its 12-byte element
+        "<I", make_dicom(RAMP, syntax=DeflatedExplicitVRLittleEndian), 140)[0]
+    head = make_dicom(RAMP, syntax=DeflatedExplicitVRLittleEndian)[:meta_end]
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = b"".join(deflate.compress(bytes(MB)) for _ in range(inflated // MB))
+    return head + body + deflate.flush()
+
+
+@pytest.mark.parametrize("what", ["a real slice", "a bomb"])
+def test_deflated_dicom_is_415_before_inflating(what: str) -> None:
+    data = (make_dicom(RAMP, syntax=DeflatedExplicitVRLittleEndian, **MR)
+            if what == "a real slice" else deflate_bomb(50 * MB))
+    assert len(data) < MB
+
+    with pytest.raises(UnsupportedTypeError, match="Deflated Explicit VR") as err:
+        decode_upload(data, LIMIT)
+
+    assert err.value.status == 415 and "uncompressed" in str(err.value)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "short pixel data"])

@@ -175,9 +175,10 @@ def test_confirm_refuses_labels_other_than_0_or_1(cases: CaseStore, label: Any) 
     assert cases.get(case.id).status == "unconfirmed"
 
 
-def test_list_refuses_unknown_status_and_negative_paging(cases: CaseStore) -> None:
+def test_list_refuses_unknown_status_and_out_of_range_paging(cases: CaseStore) -> None:
     for call in (lambda: cases.list("pending"), lambda: cases.count("x"),
-                 lambda: cases.list(limit=-1), lambda: cases.list(offset=-5)):
+                 lambda: cases.list(limit=-1), lambda: cases.list(offset=-5),
+                 lambda: cases.list(offset=2**63), lambda: cases.list(offset=10**20)):
         with pytest.raises(InputError):
             call()
 

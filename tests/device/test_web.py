@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import re
 
+import cv2
+import numpy as np
 import pytest
 
 from tests.device.conftest import PASSWORD
@@ -85,6 +87,20 @@ def test_repeated_wrong_passwords_are_throttled(app, admin, settings):
     assert response.status_code == 429
 
 
+def test_a_very_long_user_name_is_a_wrong_login_and_is_throttled(app, admin, settings):
+    client = app.test_client()
+    name = "alice" + "x" * 1995
+
+    first = login(client, user=name)
+    for _ in range(settings.login_attempts - 1):
+        login(client, user=name)
+
+    assert first.status_code == 401
+    assert "Wrong user name or password." in first.get_data(as_text=True)
+    assert login(client, user=name).status_code == 429
+    assert login(client).status_code == 302  # alice herself is not locked out
+
+
 def test_upload_shows_result_with_probability_heat_map_and_notice(app, admin, slice_bytes,
                                                                   services):
     client = app.test_client()
@@ -151,6 +167,29 @@ def test_bad_label_and_unknown_filter_are_400(app, admin, slice_bytes, services)
     assert client.get("/cases/?status=mine").status_code == 400
 
 
+@pytest.mark.parametrize("page, shown", [("99999999999999999999", 2), ("3", 2),
+                                         ("-99999999999999999999", 1), ("x", 1)])
+def test_a_page_out_of_range_shows_the_nearest_page(app, admin, services, monkeypatch,
+                                                    page, shown):
+    # Prepare: three cases on pages of two (newest first: the oldest alone on page 2)
+    from device.hw.status import State
+    monkeypatch.setattr("device.web.cases.PAGE", 2)
+    png = cv2.imencode(".png", np.full((64, 64), 80, np.uint8))[1].tobytes()
+    oldest, *_ = [services.store.add_case(
+        png, source="upload", width=64, height=64, probability=0.2, predicted_label=0,
+        threshold=0.5, uncertain=False, model_version=1, latency_ms=1.0) for _ in range(3)]
+    client = app.test_client()
+    login(client)
+    # Execute
+    response = client.get(f"/cases/?page={page}")
+    # Assert
+    text = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert (oldest.id[:8] in text) is (shown == 2)
+    assert ("previous" in text) is (shown == 2) and ("next" in text) is (shown == 1)
+    assert services.status.state is not State.ERROR
+
+
 def test_csv_export_has_metadata_but_no_images(app, admin, slice_bytes):
     client = app.test_client()
     login(client)
@@ -175,7 +214,7 @@ def test_capture_button_only_with_a_camera(app, admin, services, data_dir, camer
     response = client.post("/capture", data={"csrf_token": csrf(client, "/")})
 
     assert ('id="capture"' in page) is camera
-    assert response.status_code == (303 if camera else 400)
+    assert response.status_code == (303 if camera else 503)  # CameraUnavailableError
     assert services.store.count() == (1 if camera else 0)
 
 
