@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import zipfile
 from typing import BinaryIO, Mapping
@@ -57,7 +58,7 @@ def _validate(arrays: Mapping[str, np.ndarray],
         if arr.dtype.kind not in _FLOAT_KINDS:
             raise WeightsError(f"{name}: dtype {arr.dtype} refused, expected a float dtype")
         with np.errstate(over="ignore"):  # float64 overflow becomes inf, refused below
-            out[name] = np.ascontiguousarray(arr, dtype=np.float32)
+            out[name] = np.array(arr, dtype=np.float32, order="C")  # keeps a 0-d shape
     # Even without expected shapes the four arrays must form one valid head.
     kernel = out["hidden/kernel"].shape
     if len(kernel) != 2:
@@ -143,32 +144,49 @@ def load_head(source: str | os.PathLike | bytes | BinaryIO,
         With the reason: not an npz, pickled objects, wrong/missing/extra names, bad
         dtype or shape, NaN/Inf, too big.
     """
-    data = _read_source(source, max_bytes)
+    return _validate(read_npz(_read_source(source, max_bytes), max_bytes), expected_shapes)
+
+
+def read_npz(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Arrays:
+    """The arrays of untrusted ``.npz`` bytes, by name; WeightsError if it is not a
+    plain archive of ``.npy`` members that holds at most ``max_bytes`` once expanded.
+
+    Nothing is pickled (``allow_pickle=False``), and each member's header is checked
+    against the member's size before its array is allocated: a header may claim a
+    terabyte-sized shape over a few bytes of data.
+    """
     if not zipfile.is_zipfile(io.BytesIO(data)):
-        raise WeightsError("head data is not an .npz (zip) archive")
+        raise WeightsError("not an .npz (zip) archive")
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             infos = zf.infolist()
             total = sum(info.file_size for info in infos)
             if total > max_bytes:
-                raise WeightsError(f"head archive expands to {total} bytes, limit {max_bytes}")
+                raise WeightsError(f"archive expands to {total} bytes, limit {max_bytes}")
             if any(not info.filename.endswith(".npy") for info in infos):
-                raise WeightsError("head archive holds a member that is not a .npy array")
+                raise WeightsError("archive holds a member that is not a .npy array")
             names = [info.filename[:-len(".npy")] for info in infos]
             if len(set(names)) != len(names):
-                raise WeightsError("head archive holds duplicate array names")
+                raise WeightsError("archive holds duplicate array names")
             arrays = {}
             for info, name in zip(infos, names):
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                       else np.lib.format.read_array_header_2_0)(fh)
+                    if math.prod(shape) * dtype.itemsize > info.file_size:
+                        raise WeightsError(f"{name}: header claims shape {shape} of "
+                                           f"{dtype}, more than the member holds")
                 with zf.open(info) as fh:
                     # allow_pickle=False: object arrays raise instead of unpickling.
                     arrays[name] = np.lib.format.read_array(fh, allow_pickle=False)
     except WeightsError:
         raise
     except ValueError as exc:
-        raise WeightsError(f"head archive refused: {exc}") from exc
+        raise WeightsError(f"archive refused: {exc}") from exc
     except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
-        raise WeightsError(f"head archive is corrupt: {exc}") from exc
-    return _validate(arrays, expected_shapes)
+        raise WeightsError(f"archive is corrupt: {exc}") from exc
+    return arrays
 
 
 def flatten(arrays: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -74,3 +74,20 @@ def test_wrong_shape_and_float_arrays_in_int8_are_refused():
     with pytest.raises(WeightsError, match="larger|shape"):
         decode(encode({k: np.zeros((s[0] + 7,) + s[1:], np.float32)
                        for k, s in SHAPES.items()}, "int8")[0], meta, SHAPES)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda arrays, meta: arrays["output/bias"].fill(-128), "-128"),
+    (lambda arrays, meta: meta.update(topk=-1), "topk"),
+    (lambda arrays, meta: meta.update(topk=1e308 * 10), "topk"),
+    (lambda arrays, meta: meta["scales"].update({"hidden/bias": 10**400}), "scale"),
+], ids=["-128", "negative topk", "infinite topk", "400-digit scale"])
+def test_int8_values_and_fields_outside_the_encoding_are_refused(change, match):
+    arrays, scales = quantize(delta())
+    meta = {"encoding": "int8", "scales": scales}
+    change(arrays, meta)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+
+    with pytest.raises(WeightsError, match=match):
+        decode(buf.getvalue(), meta, SHAPES)
