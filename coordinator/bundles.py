@@ -14,6 +14,10 @@ from nacl.signing import SigningKey
 
 from models.bundle import Bundle, resign_bundle, verify_bundle
 
+# The largest bundle version the coordinator answers for: beyond any fleet's lifetime,
+# inside SQLite's INTEGER and a file name's length.
+MAX_VERSION = 2**31 - 1
+
 logger = logging.getLogger(__name__)
 
 
@@ -50,6 +54,8 @@ class BundleRegistry:
 
     def get(self, version: int) -> Bundle | None:
         """The verified bundle ``version``, or None if there is none."""
+        if not 0 < version <= MAX_VERSION:  # a 300-digit number is no file name either
+            return None
         with self._lock:
             if version not in self._cache:
                 if not self.path(version).is_dir():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from coordinator.exc import InputError, RejectedError
+from coordinator.exc import ConflictError, InputError, RejectedError
 from coordinator.rounds import Receipt
 
 REPORT_KINDS = ("bundle_refused", "bundle_installed", "rollback")
@@ -19,23 +19,26 @@ def receive_update(svc, device_id: str, meta_text: str | None, payload: bytes | 
     """Validate and keep one head update (``meta`` JSON text, npz ``payload``) of an
     authenticated device.
 
-    Raises :class:`InputError` / :class:`RejectedError`, audited as ``update_refused``
-    with the reason, or ConflictError (a second update from the device in the round).
+    Raises :class:`InputError` / :class:`RejectedError` / :class:`ConflictError` (a
+    second update from the device in the round, or another device's update id), each
+    audited as ``update_refused`` with the reason.
     """
     try:
         if meta_text is None or payload is None:
             raise InputError("an update needs 'weights' (npz) and 'meta' (JSON)")
         try:
             meta = json.loads(meta_text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"meta is not JSON: {exc.msg}") from None
+        except (ValueError, RecursionError) as exc:  # also a 5,000-digit or deep nesting
+            raise InputError(f"meta is not JSON: {getattr(exc, 'msg', type(exc).__name__)}"
+                             ) from None
         if not isinstance(meta, dict):
             raise InputError("meta must be a JSON object")
         receipt = svc.rounds.submit(device_id, meta, payload)
-    except (InputError, RejectedError) as exc:
+    except (InputError, RejectedError, ConflictError) as exc:
         svc.telemetry.updates.labels("refused").inc()
+        reason = "conflict" if isinstance(exc, ConflictError) else "malformed"
         svc.store.audit("update_refused", device_id,
-                        {"reason": getattr(exc, "reason", None) or "malformed",
+                        {"reason": getattr(exc, "reason", None) or reason,
                          "message": str(exc)[:300]})
         raise
     svc.store.touch_device(device_id, meta.get("base_version"))
@@ -50,8 +53,10 @@ def receive_report(svc, device_id: str, body: object) -> None:
     if not isinstance(body, dict) or body.get("kind") not in REPORT_KINDS:
         raise InputError(f"a report needs kind in {', '.join(REPORT_KINDS)}")
     version = body.get("version")
-    if version is not None and not (type(version) is int and 0 <= version < 2**31):
-        raise InputError("a report's version must be a bundle version (int) or null")
+    if version is not None and not (type(version) is int
+                                    and svc.bundles.get(version) is not None):
+        raise InputError("a report's version must be a bundle version this coordinator "
+                         "published, or null")
     detail = {"version": version, "reason": str(body.get("reason", ""))[:500]}
     svc.store.audit(body["kind"], device_id, detail)
     if body["kind"] != "bundle_refused" and version is not None:

@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coordinator.api import services
 from coordinator.api.auth import device_required
+from coordinator.bundles import MAX_VERSION
 from coordinator.exc import NotFoundError
 from models.bundle import MANIFEST, SIGNATURE
 
@@ -21,8 +22,11 @@ STARTED = time.time()
 def latest():
     svc = services()
     bundle = svc.bundles.latest()
+    # What the device says it runs, for the dashboard: a value that is no version is
+    # ignored rather than refused, so it never keeps a device from its update.
     version = request.headers.get("X-Model-Version", type=int)
-    svc.store.touch_device(g.device.id, version)
+    svc.store.touch_device(g.device.id, version if version is not None
+                           and 0 <= version <= MAX_VERSION else None)
     files = [MANIFEST, SIGNATURE, *bundle.manifest["files"]]
     return jsonify(version=bundle.version, manifest=bundle.manifest,
                    signature=base64.b64encode((bundle.path / SIGNATURE).read_bytes()).decode(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import uuid
+import zipfile
 
 import numpy as np
 import pytest
@@ -87,7 +88,35 @@ def refusals(coord):
         "not an npz": (dict(payload=b"hello", encoding="float32"), 422, "payload"),
         "pickled npz": (dict(payload=pickled_npz(shapes), encoding="float32"), 422,
                         "payload"),
+        # Until session 18 each of these was a 500 (or, for the last two, accepted).
+        "300-digit base": (dict(arrays=good, meta={"base_version": 10**300}), 422,
+                           "base_version"),
+        "400-digit scale": (dict(arrays=good, meta={"scales": {k: 10**400 for k in shapes}}),
+                            422, "payload"),
+        "header claims 1e12 values": (dict(payload=claiming_npz(shapes), encoding="int8",
+                                           meta={"scales": {k: 0.01 for k in shapes}}), 422,
+                                      "payload"),
+        "header claims 1e12 floats": (dict(payload=claiming_npz(shapes, "<f4"),
+                                           encoding="float32"), 422, "payload"),
+        "0-d bias": (dict(arrays={**good, "output/bias": np.float32(0.001)},
+                          encoding="float32"), 422, "payload"),
+        "bool scale": (dict(arrays=good, meta={"scales": {k: True for k in shapes}}), 422,
+                       "payload"),
     }
+
+
+def claiming_npz(shapes, descr: str = "|i1") -> bytes:
+    """An npz whose hidden/kernel header claims 10**12 values over no data at all."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, shape in shapes.items():
+            head = io.BytesIO()
+            big = name == "hidden/kernel"
+            np.lib.format.write_array_header_1_0(head, {
+                "descr": descr, "fortran_order": False, "shape": (10**12,) if big else shape})
+            data = b"" if big else bytes(np.dtype(descr).itemsize * int(np.prod(shape)))
+            zf.writestr(f"{name}.npy", head.getvalue() + data)
+    return buf.getvalue()
 
 
 def pickled_npz(shapes) -> bytes:
@@ -99,7 +128,9 @@ def pickled_npz(shapes) -> bytes:
 
 @pytest.mark.parametrize("case", ["nan", "shape", "extra key", "norm", "unknown base",
                                   "examples", "wrong device id", "bad update id",
-                                  "not an npz", "pickled npz"])
+                                  "not an npz", "pickled npz", "300-digit base",
+                                  "400-digit scale", "header claims 1e12 values",
+                                  "header claims 1e12 floats", "0-d bias", "bool scale"])
 def test_bad_updates_are_refused_with_a_reason_and_audited(coord_server, coord, enroll, case):
     token = enroll("pi-1")
     kwargs, status, reason = refusals(coord)[case]
@@ -113,6 +144,22 @@ def test_bad_updates_are_refused_with_a_reason_and_audited(coord_server, coord, 
     assert coord.store.current_round() is None or coord.store.current_round().n_updates == 0
     events = coord.store.audit_events(kind="update_refused")
     assert events and events[0].device_id == "pi-1"
+
+
+@pytest.mark.parametrize("meta", ['{"examples": ' + "1" * 5000 + "}",
+                                  "[" * 100_000 + "]" * 100_000],
+                         ids=["5000-digit number", "nested 100000 deep"])
+def test_meta_python_cannot_parse_is_400_and_audited(coord_server, coord, enroll, meta):
+    token = enroll("pi-1")
+    payload, _ = encode(delta(coord), "int8")
+
+    response = requests.post(f"{coord_server}/api/v1/updates",
+                             headers={"Authorization": f"Bearer {token}"},
+                             files={"weights": ("u.npz", io.BytesIO(payload))},
+                             data={"meta": meta}, timeout=30)
+
+    assert response.status_code == 400 and "meta is not JSON" in response.json()["error"]
+    assert coord.store.audit_events(kind="update_refused")[0].device_id == "pi-1"
 
 
 def test_missing_multipart_fields_is_400(coord_server, enroll):
@@ -132,6 +179,8 @@ def test_second_update_from_a_device_in_the_same_round_is_409(coord_server, coor
     response = send(coord_server, token, "pi-1", delta(coord, seed=1))
 
     assert response.status_code == 409
+    refused = coord.store.audit_events(kind="update_refused")
+    assert refused and refused[0].detail["reason"] == "conflict"
 
 
 def test_latest_bundle_downloads_and_verifies_with_the_coordinator_key_only(
@@ -162,6 +211,44 @@ def test_unknown_bundle_file_is_404(coord_server, enroll):
                             headers={"Authorization": f"Bearer {token}"}, timeout=10)
 
     assert response.status_code == 404
+
+
+def test_a_version_too_large_for_a_file_name_is_404(coord_server, enroll):
+    token = enroll("pi-1")
+
+    response = requests.get(f"{coord_server}/api/v1/bundles/{'9' * 400}/manifest.json",
+                            headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize("header", ["9223372036854775808", "-1", "x"])
+def test_a_model_version_header_that_is_no_version_is_ignored(
+        coord_server, coord, enroll, header):
+    token = enroll("pi-1")
+    auth = {"Authorization": f"Bearer {token}"}
+    requests.get(f"{coord_server}/api/v1/bundles/latest",
+                 headers={**auth, "X-Model-Version": "1"}, timeout=10)
+
+    response = requests.get(f"{coord_server}/api/v1/bundles/latest",
+                            headers={**auth, "X-Model-Version": header}, timeout=10)
+
+    assert response.status_code == 200 and response.json()["version"] == 1
+    assert coord.store.get_device("pi-1").model_version == 1
+
+
+@pytest.mark.parametrize("version, status", [(1, 201), (5, 400), (0, 400), (True, 400)])
+def test_a_report_names_a_bundle_the_coordinator_published(
+        coord_server, coord, enroll, version, status):
+    token = enroll("pi-1")
+
+    response = requests.post(f"{coord_server}/api/v1/reports",
+                             headers={"Authorization": f"Bearer {token}"},
+                             json={"kind": "bundle_installed", "version": version},
+                             timeout=10)
+
+    assert response.status_code == status
+    assert coord.store.get_device("pi-1").model_version == (1 if status == 201 else None)
 
 
 def test_rounds_health_and_metrics(coord_server, coord, enroll):
