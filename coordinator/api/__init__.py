@@ -40,7 +40,7 @@ def create_app(settings, svc, secret_key: str) -> Flask:
 
     @app.errorhandler(CoordinatorError)
     def _error(exc: CoordinatorError):
-        body = {"error": str(exc)}
+        body = {"error": str(exc)[:500]}  # messages may quote what was sent
         if getattr(exc, "reason", None):
             body["reason"] = exc.reason
         return _respond(body, exc.status)

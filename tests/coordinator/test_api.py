@@ -102,6 +102,8 @@ def refusals(coord):
                           encoding="float32"), 422, "payload"),
         "bool scale": (dict(arrays=good, meta={"scales": {k: True for k in shapes}}), 422,
                        "payload"),
+        "400-digit examples": (dict(arrays=good, meta={"examples": 10**400}), 422,
+                               "examples"),
     }
 
 
@@ -130,7 +132,8 @@ def pickled_npz(shapes) -> bytes:
                                   "examples", "wrong device id", "bad update id",
                                   "not an npz", "pickled npz", "300-digit base",
                                   "400-digit scale", "header claims 1e12 values",
-                                  "header claims 1e12 floats", "0-d bias", "bool scale"])
+                                  "header claims 1e12 floats", "0-d bias", "bool scale",
+                                  "400-digit examples"])
 def test_bad_updates_are_refused_with_a_reason_and_audited(coord_server, coord, enroll, case):
     token = enroll("pi-1")
     kwargs, status, reason = refusals(coord)[case]
@@ -138,7 +141,7 @@ def test_bad_updates_are_refused_with_a_reason_and_audited(coord_server, coord, 
     response = send(coord_server, token, "pi-1", **kwargs)
 
     assert response.status_code == status
-    assert response.json()["error"]
+    assert 0 < len(response.json()["error"]) <= 500
     if reason:
         assert response.json()["reason"] == reason
     assert coord.store.current_round() is None or coord.store.current_round().n_updates == 0
