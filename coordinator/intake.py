@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from coordinator.bundles import MAX_VERSION
 from coordinator.exc import ConflictError, InputError, RejectedError
 from coordinator.rounds import Receipt
 
@@ -53,10 +54,14 @@ def receive_report(svc, device_id: str, body: object) -> None:
     if not isinstance(body, dict) or body.get("kind") not in REPORT_KINDS:
         raise InputError(f"a report needs kind in {', '.join(REPORT_KINDS)}")
     version = body.get("version")
-    if version is not None and not (type(version) is int
-                                    and svc.bundles.get(version) is not None):
-        raise InputError("a report's version must be a bundle version this coordinator "
-                         "published, or null")
+    if version is not None and not (type(version) is int and 0 <= version <= MAX_VERSION):
+        raise InputError("a report's version must be a bundle version (int) or null")
+    # What a device says it now runs must exist; a refusal is audited whatever it names
+    # (a bundle that was not ours is worth an audit line).
+    if body["kind"] != "bundle_refused" and version is not None \
+            and svc.bundles.get(version) is None:
+        raise InputError(f"a device cannot run bundle version {version}: this coordinator "
+                         "never published it")
     detail = {"version": version, "reason": str(body.get("reason", ""))[:500]}
     svc.store.audit(body["kind"], device_id, detail)
     if body["kind"] != "bundle_refused" and version is not None:

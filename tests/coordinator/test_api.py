@@ -240,18 +240,22 @@ def test_a_model_version_header_that_is_no_version_is_ignored(
     assert coord.store.get_device("pi-1").model_version == 1
 
 
-@pytest.mark.parametrize("version, status", [(1, 201), (5, 400), (0, 400), (True, 400)])
-def test_a_report_names_a_bundle_the_coordinator_published(
-        coord_server, coord, enroll, version, status):
+@pytest.mark.parametrize("kind, version, status", [
+    ("bundle_installed", 1, 201), ("bundle_installed", 5, 400), ("rollback", 0, 400),
+    ("bundle_installed", True, 400), ("bundle_refused", 5, 201),
+    ("bundle_refused", 2**63, 400)])
+def test_a_device_reports_running_only_a_bundle_the_coordinator_published(
+        coord_server, coord, enroll, kind, version, status):
     token = enroll("pi-1")
 
     response = requests.post(f"{coord_server}/api/v1/reports",
                              headers={"Authorization": f"Bearer {token}"},
-                             json={"kind": "bundle_installed", "version": version},
-                             timeout=10)
+                             json={"kind": kind, "version": version}, timeout=10)
 
     assert response.status_code == status
-    assert coord.store.get_device("pi-1").model_version == (1 if status == 201 else None)
+    running = coord.store.get_device("pi-1").model_version
+    assert running == (1 if (kind, status) == ("bundle_installed", 201) else None)
+    assert bool(coord.store.audit_events(kind=kind)) is (status == 201)
 
 
 def test_rounds_health_and_metrics(coord_server, coord, enroll):
