@@ -158,18 +158,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def at_least(low: int):
+    """An argparse type: an integer of at least ``low``."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        return value
+    parse.__name__ = "int"  # argparse names the type in "invalid int value: 'x'"
+    return parse
 
 
-def fold_count(text: str) -> int:
-    value = int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2, not {value}")
-    return value
+positive_int = at_least(1)
 
 
 def sparsity(text: str) -> float:
@@ -225,7 +225,7 @@ def parser() -> argparse.ArgumentParser:
     data_arg(sp)
     train_args(sp)
     sp.add_argument("--arch", help="architecture: edge (default) or paper")
-    sp.add_argument("--folds", type=fold_count, default=5)
+    sp.add_argument("--folds", type=at_least(2), default=5)
     sp.add_argument("--json", type=json_out, help="write the full result to this file")
     sp.add_argument("--shifts", action="store_true",
                     help="also test each fold model on its fold after acquisition shifts")

@@ -26,7 +26,8 @@ MAX_LIST_OFFSET = 2**63 - 1  # SQLite's largest INTEGER: larger offsets are Inpu
 # uuid4().hex: the only case id shape ever accepted, so an id can never reach a path.
 CASE_ID = re.compile(r"[0-9a-f]{32}")
 # User and token names: short, printable, no separators, safe in logs and CSV cells.
-NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MAX_NAME = 64
+NAME = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_NAME}}}")
 EXPORT_FIELDS = ("id", "created_at", "source", "width", "height", "probability",
                  "predicted_label", "threshold", "uncertain", "model_version", "latency_ms",
                  "confirmed_label", "confirmed_by", "confirmed_at", "status")

@@ -14,6 +14,7 @@ from flask import (Blueprint, Flask, abort, flash, g, redirect, render_template,
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from device.exc import InputError
+from device.store.base import MAX_NAME
 from device.web import services
 
 logger = logging.getLogger(__name__)
@@ -118,9 +119,9 @@ def login():
     if request.method == "POST":
         check_csrf()
         name = request.form.get("username", "").strip()
-        # User names have at most 64 characters (store.base.NAME): a longer one is never
-        # a user, and cut there it keeps the throttle key within the store's limit.
-        key = f"{name[:64]}|{request.remote_addr}"
+        # A longer name is never a user, and cut there it keeps the throttle key within
+        # the store's limit.
+        key = f"{name[:MAX_NAME]}|{request.remote_addr}"
         settings = services().settings
         since = time.time() - settings.login_window_s
         if accounts.recent_failures(key, since) >= settings.login_attempts:
