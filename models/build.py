@@ -68,9 +68,9 @@ def train_on_split(data: str | Path, arch: str, cfg: TrainConfig, verbose: int =
 
 
 def build_bundle(data: str | Path, out: str | Path, key: SigningKey, cfg: BuildConfig,
-                 verbose: int = 0, version: int = 1, float_out: str | Path | None = None
+                 verbose: int = 0, float_out: str | Path | None = None
                  ) -> dict:
-    """Train ``cfg.arch`` on a grouped 70/15/15 split of ``data`` and write a bundle.
+    """Train ``cfg.arch`` on a grouped 70/15/15 split of ``data`` and write bundle version 1.
 
     The model is pruned to ``cfg.sparsity`` (:func:`models.compress.prune`, fine-tuned by
     distillation from the unpruned model) and int8-quantized; the
@@ -93,7 +93,7 @@ def build_bundle(data: str | Path, out: str | Path, key: SigningKey, cfg: BuildC
     test["agreement_with_float"] = float(np.mean((test_prob >= threshold)
                                                  == (float_test >= threshold)))
     fields = {
-        "version": version, "parent_version": None, "architecture": cfg.arch,
+        "version": 1, "parent_version": None, "architecture": cfg.arch,
         "input": get_architecture(cfg.arch).input_spec.to_dict(),
         "threshold": round(float(threshold), 6), "uncertain_logit_band": UNCERTAIN_LOGIT_BAND,
         "metrics": metrics.json_safe({"test": test, "validation": metrics.binary_metrics(
@@ -111,6 +111,6 @@ def build_bundle(data: str | Path, out: str | Path, key: SigningKey, cfg: BuildC
     manifest = write_bundle(out, tflite, get_head(t.model), fields, key)
     if float_out:
         t.model.save_weights(str(float_out))
-    logger.info("bundle v%d: test accuracy %.3f AUC %.3f sensitivity %.3f, %d bytes",
-                version, test["accuracy"], test["auc"], test["sensitivity"], len(tflite))
+    logger.info("bundle v1: test accuracy %.3f AUC %.3f sensitivity %.3f, %d bytes",
+                test["accuracy"], test["auc"], test["sensitivity"], len(tflite))
     return manifest

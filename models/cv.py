@@ -61,15 +61,15 @@ def review_list(files: list[str], y: np.ndarray, prob: np.ndarray,
 
 
 def _fold(arch: str, cfg: TrainConfig, x: np.ndarray, y: np.ndarray, groups: np.ndarray,
-          kept: list[Sample], fold_of: np.ndarray, f: int, shifts: Sequence[str],
-          verbose: int) -> tuple[np.ndarray, np.ndarray, float, dict, dict]:
+          kept: list[Sample], fold_of: np.ndarray, f: int, shifts: Sequence[str]
+          ) -> tuple[np.ndarray, np.ndarray, float, dict, dict]:
     """Train fold ``f``'s model; its test indices, probabilities, threshold, shifted
     probabilities (shift -> probabilities) and metrics."""
     start = time.perf_counter()
     train, test = np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)
     tr, va = inner_split(y[train], groups[train], cfg.seed + f)
     model, threshold, _ = train_model(arch, x[train][tr], y[train][tr], x[train][va],
-                                      y[train][va], cfg, verbose)
+                                      y[train][va], cfg)
     prob = predict(model, x[test])
     shifted = {}
     if shifts:
@@ -126,7 +126,7 @@ def _folds_in_processes(args: list[tuple], jobs: int) -> list[tuple]:
 
 
 def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig | None = None,
-                   verbose: int = 0, shifts: Sequence[str] = (), jobs: int = 1) -> dict:
+                   shifts: Sequence[str] = (), jobs: int = 1) -> dict:
     """Train ``folds`` models, each tested on a fold none of its duplicates trained on.
 
     Returns
@@ -148,8 +148,7 @@ def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig
     x, y, groups, kept = load_grouped(data, arch)
     fold_of = stratified_group_kfold(y, groups, k=folds, seed=cfg.seed)
     jobs = max(1, min(jobs, folds))
-    args = [(arch, cfg, x, y, groups, kept, fold_of, f, shifts, verbose if jobs == 1 else 0)
-            for f in range(folds)]
+    args = [(arch, cfg, x, y, groups, kept, fold_of, f, shifts) for f in range(folds)]
     if jobs == 1:
         outcomes = [_fold(*a) for a in args]
     else:

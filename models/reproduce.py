@@ -41,10 +41,10 @@ def _fine_tune(main: keras.Model, arch: str, x_tr: np.ndarray, y_tr: np.ndarray,
     return model
 
 
-def reproduce_paper(data: str | Path, arch: str = "paper", seed: int = 0,
-                    epochs: int | None = None) -> dict:
-    """Run the protocol; returns measured figures beside :data:`PAPER`."""
-    # The architecture's own recipe: for ``paper``, the paper's (models.architectures).
+def reproduce_paper(data: str | Path, seed: int = 0, epochs: int | None = None) -> dict:
+    """Run the protocol with the paper's CNN and its recipe (models.architectures);
+    returns measured figures beside :data:`PAPER`."""
+    arch = "paper"
     cfg = recipe(arch, seed, epochs)
     tune = recipe(arch, seed, min(cfg.epochs, 20))
     x, y, groups, _ = load_grouped(data, arch)

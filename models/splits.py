@@ -203,8 +203,7 @@ def train_val_test_split(labels: Sequence[int], groups: Sequence[int],
     return np.array(ROLES)[part]
 
 
-def paper_partition(labels: Sequence[int], groups: Sequence[int], seed: int = 0,
-                    role_fractions: Sequence[float] = (0.70, 0.15, 0.15)
+def paper_partition(labels: Sequence[int], groups: Sequence[int], seed: int = 0
                     ) -> tuple[np.ndarray, np.ndarray]:
     """The seed paper's setup: main model 60%, two Raspberry Pis 20% each.
 
@@ -221,8 +220,7 @@ def paper_partition(labels: Sequence[int], groups: Sequence[int], seed: int = 0,
     for s, name in enumerate(names):
         sel = site == s
         try:
-            roles[sel] = train_val_test_split(y[sel], g[sel], role_fractions,
-                                              seed=int(rng.integers(2 ** 31)))
+            roles[sel] = train_val_test_split(y[sel], g[sel], seed=int(rng.integers(2 ** 31)))
         except ValueError as exc:
             raise ValueError(f"site {name}: {exc}") from exc
     return np.array(names)[site], roles
