@@ -5,7 +5,10 @@
 and either installs the bundle and swaps it into the model slot, or refuses it with a
 reason the caller reports to the coordinator. In order:
 
-1. not newer than the version in service, or rolled back by an operator -> "none"/refused;
+1. not newer than the version in service, or rolled back by an operator -> "none"/refused
+   (while the shipped bundle is in service, the coordinator's bundle of the same version
+   is taken: the coordinator starts its versions from the shipped model re-signed with
+   its own key, or from another initial model, and devices train on its base);
 2. download every listed file into a fresh staging folder;
 3. :func:`models.bundle.verify_bundle` (signature, every SHA-256, no extra files, newer);
 4. same architecture, input, head shapes and labels as the bundle in service (devices
@@ -193,7 +196,10 @@ class BundleUpdater:
         version = latest.get("version") if isinstance(latest, dict) else None
         if type(version) is not int or version < 1:
             return UpdateResult("refused", None, "coordinator answer has no valid version")
-        if version <= current.version:
+        # The shipped bundle is signed with the development key and may not be the model
+        # the coordinator's versions start from: its own version counts as not installed.
+        floor = current.version - 1 if self._serving_shipped(current) else current.version
+        if version <= floor:
             return UpdateResult("none", version, f"v{version} is not newer than "
                                 f"v{current.version} in service")
         if version in self.installed.rejected_versions():
@@ -202,8 +208,7 @@ class BundleUpdater:
         staged = self.installed.staging_dir(version)
         try:
             self._download(latest, fetch, staged)
-            bundle = verify_bundle(staged, self.installed.trusted_keys,
-                                   min_version=current.version)
+            bundle = verify_bundle(staged, self.installed.trusted_keys, min_version=floor)
             if bundle.version != version:
                 raise _Refused(f"coordinator announced v{version} but the bundle is "
                                f"v{bundle.version}")
@@ -218,6 +223,9 @@ class BundleUpdater:
         predictor = self.make_predictor(verify_bundle(path, self.installed.trusted_keys))
         self.slot.swap(predictor)
         return UpdateResult("installed", version, found["note"], found["metrics"])
+
+    def _serving_shipped(self, current: Predictor) -> bool:
+        return current.bundle.path.resolve() == self.installed.shipped.resolve()
 
     def _download(self, latest: dict, fetch: Fetch, staged: Path) -> None:
         files = latest.get("files")

@@ -189,6 +189,37 @@ def test_not_newer_is_none_and_downloads_nothing(appliance, variants, announced)
     assert appliance.slot.current.version == 2
 
 
+def test_coordinator_copy_of_the_shipped_version_replaces_the_shipped_bundle(
+        appliance, variants, tmp_path):
+    # The coordinator re-signs the shipped model as its v1 with its own key; a device
+    # trusting that key takes it once, so the fleet stops serving the development key's
+    # signature and trains on the coordinator's base.
+    coordinator = generate_signing_key()
+    resign_bundle(variants[1], tmp_path / "c1", coordinator, version=1)
+    appliance.installed.trusted_keys.append(coordinator.verify_key)
+    shipped_signer = appliance.slot.current.bundle.signer
+
+    result = appliance.updater.check_and_install(latest(tmp_path / "c1"), appliance.fetch)
+
+    assert (result.action, result.version) == ("installed", 1)
+    assert appliance.slot.current.bundle.signer != shipped_signer
+    assert appliance.slot.current.bundle.path == appliance.installed.root / "v1"
+    assert (pointer(appliance, "CURRENT"), pointer(appliance, "PREVIOUS")) == ("v1", "shipped")
+    appliance.fetched.clear()
+    again = appliance.updater.check_and_install(latest(tmp_path / "c1"), appliance.fetch)
+    assert (again.action, appliance.fetched) == ("none", [])
+
+
+def test_shipped_version_signed_by_an_untrusted_key_is_refused(appliance, variants, tmp_path):
+    resign_bundle(variants[1], tmp_path / "c1", generate_signing_key(), version=1)
+
+    result = appliance.updater.check_and_install(latest(tmp_path / "c1"), appliance.fetch)
+
+    assert result.action == "refused" and "signature refused" in result.reason
+    assert appliance.slot.current.bundle.path == appliance.settings.bundle
+    assert pointer(appliance, "CURRENT") is None
+
+
 def _bad_signature(v, tmp, key):
     resign_bundle(v[1], tmp / "b", generate_signing_key(), version=3, parent_version=2)
     return latest(tmp / "b")
