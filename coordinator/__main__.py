@@ -13,6 +13,7 @@ from pathlib import Path
 
 from coordinator.config import Settings, load_settings
 from coordinator.exc import CoordinatorError
+from models.__main__ import json_out
 
 logger = logging.getLogger("coordinator")
 TICK_S = 5.0
@@ -187,7 +188,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                       args.arch, args.seed, args.epochs, transport=args.transport)
     print_table(report)
     if args.json:
-        write_report(report, args.json)
+        write_report(report, Path(args.json))
     return 0
 
 
@@ -239,7 +240,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--epochs", type=int, help="cap on the initial model's epochs")
     sp.add_argument("--transport", choices=("http", "flower"), default="http",
                     help="our HTTP coordinator, or Flower SuperLink/SuperNodes")
-    sp.add_argument("--json", type=Path)
+    sp.add_argument("--json", type=json_out, help="write the full report to this file")
     sp.set_defaults(func=cmd_simulate)
     return p
 

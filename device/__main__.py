@@ -62,10 +62,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """One JSON line per file; a bad file gets an error line and the rest go on."""
     from device.imaging import decode_upload
-    from device.services import load_predictor
+    from device.services import load_predictor, trusted_keys
+    from device.sync.bundles import InstalledBundles
     from models import preprocess as mp
-    settings = _settings(args, bundle=args.model)
-    predictor = load_predictor(settings)
+    settings = _settings(args)
+    bundle = args.model
+    if bundle is None:  # what the appliance serves: the installed bundle, else the shipped
+        bundle = InstalledBundles(settings.data_dir, settings.bundle,
+                                  trusted_keys(settings)).current_path()
+    predictor = load_predictor(settings, bundle)
     ok = 0
     for name in args.files:
         try:
@@ -176,7 +181,8 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("predict", parents=[common], help="predict files, one line each")
-    sp.add_argument("--model", type=Path, help="bundle directory (default: configured)")
+    sp.add_argument("--model", type=Path,
+                    help="bundle directory (default: the bundle the appliance serves)")
     sp.add_argument("--json", action="store_true", help="JSON lines")
     sp.add_argument("files", nargs="+")
     sp.set_defaults(func=cmd_predict)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from device.exc import ConfigError
 from models import configfile
+from models.signing import load_public_key
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 DEFAULT_BUNDLE = MODELS_DIR / "default_bundle"
@@ -73,6 +74,13 @@ class Settings:
             raise ConfigError(f"bundle: no manifest.json in {self.bundle}")
         if not self.trusted_keys:
             raise ConfigError("trusted_keys: at least one public key is needed")
+        for key in self.trusted_keys:
+            try:
+                load_public_key(key)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"trusted_keys: {key!r:.200}: {exc}") from None
+        if self.coordinator_ca is not None and not self.coordinator_ca.is_file():
+            raise ConfigError(f"coordinator_ca: no file {self.coordinator_ca}")
         if self.login_attempts < 1 or self.login_window_s < 1:
             raise ConfigError("login_attempts and login_window_s must be positive")
         if self.transport not in ("http", "flower"):

@@ -48,7 +48,9 @@ def _coerce(name: str, kind: str, value: object, error: type[Exception]) -> obje
             return int(value)  # type: ignore[arg-type]
         if kind == "float":
             return float(value)  # type: ignore[arg-type]
-        if kind == "list[str]":
+        if kind == "list[str]":  # from the environment: comma-separated
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
             return [str(v) for v in (value if isinstance(value, list) else [value])]
         return str(value)
     except (TypeError, ValueError):

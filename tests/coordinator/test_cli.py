@@ -219,3 +219,12 @@ def test_flower_credentials_are_made_once_and_never_replaced(tmp_path):
                          "supernode-0.pub", "supernode-1", "supernode-1.pub"}
     assert again.returncode == 1 and "refusing" in again.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == made
+
+
+def test_simulate_checks_its_json_folder_before_the_run(tmp_path):
+    # A simulation takes minutes; its report used to be lost at the end to a missing folder.
+    done = subprocess.run([sys.executable, "-m", "coordinator", "simulate", "--data",
+                           str(tmp_path), "--json", str(tmp_path / "out" / "r.json")],
+                          capture_output=True, text=True, cwd=REPO, timeout=CLI_TIMEOUT_S)
+
+    assert done.returncode == 2 and "--json: no folder" in done.stderr

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from device.config import DEFAULT_BUNDLE
+from models.bundle import resign_bundle
+from models.signing import load_signing_key
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,6 +39,20 @@ def test_predict_prints_one_json_line_per_file_and_goes_on_after_a_bad_one(tmp_p
     assert [line["file"] for line in lines] == [str(good), str(bad), str(other)]
     assert set(lines[0]) == {"file", "probability", "label", "uncertain", "model_version"}
     assert set(lines[1]) == {"file", "error"}
+
+
+def test_predict_scores_with_the_installed_bundle_unless_told_otherwise(tmp_path, data_dir):
+    bundles = tmp_path / "d" / "bundles"
+    resign_bundle(DEFAULT_BUNDLE, bundles / "v2", version=2, parent_version=1,
+                  signing_key=load_signing_key(ROOT / "models/dev_keys/dev_signing.key"))
+    (bundles / "CURRENT").write_text("v2\n")
+    slice_ = str(data_dir / "no" / "N1.JPG")
+
+    served = json.loads(run(tmp_path / "d", "predict", "--json", slice_).stdout)
+    shipped = json.loads(run(tmp_path / "d", "predict", "--json", "--model",
+                             str(DEFAULT_BUNDLE), slice_).stdout)
+
+    assert (served["model_version"], shipped["model_version"]) == (2, 1)
 
 
 def test_predict_exits_non_zero_when_no_file_succeeds(tmp_path):
@@ -84,8 +100,14 @@ def test_verify_bundle_accepts_the_shipped_one_and_refuses_a_tampered_copy(tmp_p
     assert refused.returncode == 1 and "head.npz" in refused.stderr
 
 
-@pytest.mark.parametrize("setting, message", [("port = 70000", "port"),
-                                              ("colour = 'blue'", "unknown setting")])
+@pytest.mark.parametrize("setting, message", [
+    ("port = 70000", "port"),
+    ("colour = 'blue'", "unknown setting"),
+    # Each of these used to pass the check and then stop the appliance at start.
+    ("trusted_keys = ['/no/such/coordinator.pub']", "trusted_keys: '/no/such/coordinator.pub'"),
+    ("trusted_keys = ['not a key']", "trusted_keys: 'not a key'"),
+    ("coordinator_ca = '/no/such/ca.crt'", "coordinator_ca: no file /no/such/ca.crt"),
+])
 def test_serve_validate_config_names_the_bad_setting(tmp_path, setting, message):
     config = tmp_path / "neuroedge.toml"
     config.write_text(setting + "\n")

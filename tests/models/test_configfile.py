@@ -3,7 +3,7 @@ reads from TOML, the environment or the command line becomes its field's type, o
 clear error naming the setting."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ class Settings:
     ca: Path | None = None
     port: int = 8080
     gpio: bool = True
+    keys: list[str] = field(default_factory=list)
 
 
 def load(tmp_path: Path, toml: str = "", **overrides) -> Settings:
@@ -54,3 +55,11 @@ def test_an_empty_environment_value_for_a_required_path_is_an_error(tmp_path, mo
     monkeypatch.setenv("TESTCFG_DATA_DIR", "")
     with pytest.raises(SettingError, match="data_dir"):
         load(tmp_path)
+
+
+def test_a_list_from_the_environment_is_comma_separated(tmp_path, monkeypatch):
+    monkeypatch.setenv("TESTCFG_KEYS", "/etc/a.pub, /etc/b.pub,")
+    assert load(tmp_path).keys == ["/etc/a.pub", "/etc/b.pub"]
+    assert load(tmp_path, 'keys = ["x,y"]\n', keys=None).keys == ["/etc/a.pub", "/etc/b.pub"]
+    monkeypatch.delenv("TESTCFG_KEYS")
+    assert load(tmp_path, 'keys = ["x,y"]\n').keys == ["x,y"]  # TOML lists stay as written
