@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from device.config import Settings, load_settings
-from device.exc import DeviceError
+from device.exc import DeviceError, InputError
 
 logger = logging.getLogger("device")
 
@@ -99,19 +99,40 @@ def _open_accounts(args: argparse.Namespace):
     return accounts
 
 
+def _read_password(args: argparse.Namespace) -> str:
+    """The new password of ``args.name``: a line of stdin, or typed twice."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    password = getpass.getpass(f"Password for {args.name}: ")
+    if password != getpass.getpass("Repeat: "):
+        raise InputError("passwords differ")
+    return password
+
+
 def cmd_adduser(args: argparse.Namespace) -> int:
     from device.web.auth import hash_password
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = getpass.getpass(f"Password for {args.name}: ")
-        if password != getpass.getpass("Repeat: "):
-            print("error: passwords differ", file=sys.stderr)
-            return 2
+    password_hash = hash_password(_read_password(args))
     accounts = _open_accounts(args)
-    accounts.add_user(args.name, args.role, hash_password(password))
+    accounts.add_user(args.name, args.role, password_hash)
     accounts.close()
     print(f"user {args.name} ({args.role}) added")
+    return 0
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    """Reset a password, or disable/enable an account (its open sessions end too)."""
+    from device.web.auth import hash_password
+    password_hash = hash_password(_read_password(args)) if args.action == "passwd" else ""
+    accounts = _open_accounts(args)
+    try:
+        if args.action == "passwd":
+            accounts.set_password(args.name, password_hash)
+        else:
+            accounts.set_disabled(args.name, args.action == "disable")
+    finally:
+        accounts.close()
+    done = {"passwd": "password changed", "disable": "disabled", "enable": "enabled"}
+    print(f"user {args.name}: {done[args.action]}")
     return 0
 
 
@@ -192,6 +213,13 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--role", choices=("clinician", "admin"), default="clinician")
     sp.add_argument("--password-stdin", action="store_true")
     sp.set_defaults(func=cmd_adduser)
+
+    sp = sub.add_parser("user", parents=[common],
+                        help="reset a password (passwd), or disable/enable an account")
+    sp.add_argument("action", choices=("passwd", "disable", "enable"))
+    sp.add_argument("name")
+    sp.add_argument("--password-stdin", action="store_true", help="passwd: read it from stdin")
+    sp.set_defaults(func=cmd_user)
 
     sp = sub.add_parser("token", parents=[common], help="API tokens: create, list, revoke")
     sp.add_argument("action", choices=("create", "list", "revoke"))

@@ -14,6 +14,10 @@ from device.inference.predictor import Predictor
 PATCH_FRACTION = 0.25   # occluder side as a fraction of the input side
 STRIDE_FRACTION = 0.125  # step between occluder positions (7 x 7 positions)
 DISPLAY_SIDE = 384
+# Colours are on one absolute scale for every case: full red is a drop in tumour
+# probability of this much or more. Scaled to each map's own maximum, a 3-point drop on a
+# "no tumour" slice looked as red as a 20-point drop on a tumour.
+FULL_SCALE_DROP = 0.2
 
 
 def occlusion_map(predictor: Predictor, image: np.ndarray, base_probability: float
@@ -36,13 +40,11 @@ def occlusion_map(predictor: Predictor, image: np.ndarray, base_probability: flo
 
 
 def overlay_png(image: np.ndarray, drop: np.ndarray, alpha: float = 0.45) -> bytes:
-    """PNG of the model input with positive drops in JET colours on top."""
+    """PNG of the model input with positive drops in JET colours on top, on the absolute
+    scale of :data:`FULL_SCALE_DROP` (a larger drop saturates)."""
     gray = cv2.resize(image[:, :, 0], (DISPLAY_SIDE, DISPLAY_SIDE)).clip(0, 255)
     base = cv2.cvtColor(gray.astype(np.uint8), cv2.COLOR_GRAY2BGR)
-    positive = np.clip(drop, 0, None)
-    scale = float(positive.max())
-    heat = (positive / scale * 255).astype(np.uint8) if scale > 1e-6 else \
-        np.zeros_like(positive, np.uint8)
+    heat = (np.clip(drop / FULL_SCALE_DROP, 0, 1) * 255).astype(np.uint8)
     heat = cv2.resize(heat, (DISPLAY_SIDE, DISPLAY_SIDE), interpolation=cv2.INTER_CUBIC)
     colour = cv2.applyColorMap(heat, cv2.COLORMAP_JET)
     weight = (heat.astype(np.float32) / 255 * alpha)[:, :, None]

@@ -339,7 +339,7 @@ class SQLiteAccountStore(AccountStore):
         with self._db.tx() as conn:
             if conn.execute(f"UPDATE users SET {column} = ? WHERE name = ?",
                             (value, name)).rowcount == 0:
-                raise NotFoundError("no such user")
+                raise NotFoundError(f"no such user: {name!r:.80}")
 
     def set_password(self, name: str, password_hash: str) -> None:
         self._update_user(name, "password_hash", _text(password_hash, "password hash"))
@@ -357,7 +357,7 @@ class SQLiteAccountStore(AccountStore):
         _text(token_hash, "token hash")
         with self._db.tx() as conn:
             if conn.execute("SELECT 1 FROM users WHERE name = ?", (user,)).fetchone() is None:
-                raise NotFoundError("no such user")
+                raise NotFoundError(f"no such user: {user!r:.80}")
             if conn.execute("SELECT 1 FROM tokens WHERE name = ? OR token_hash = ?",
                             (name, token_hash)).fetchone():
                 raise InputError("a token with that name or hash already exists")

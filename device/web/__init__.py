@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 from flask import Flask, current_app, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
@@ -24,6 +24,16 @@ MAX_FILES_PER_UPLOAD = 20
 def services():
     """The :class:`device.services.Services` of the running app."""
     return current_app.extensions["neuroedge"]
+
+
+def local_time(iso: str | None) -> str:
+    """A stored ISO-8601 time as the appliance's local time: "2026-11-28 03:21 CET"."""
+    try:
+        t = datetime.fromisoformat(iso or "")
+    except ValueError:
+        return iso or "—"
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).astimezone().strftime(
+        "%Y-%m-%d %H:%M %Z")
 
 
 def wants_json() -> bool:
@@ -48,6 +58,9 @@ def create_app(settings: Settings, svc) -> Flask:
     auth.init_app(app)
     for module in (auth, upload, cases, api, health, admin):
         app.register_blueprint(module.bp)
+
+    app.add_template_filter(local_time, "when")
+    app.jinja_env.globals["status_text"] = cases.STATUS_TEXT
 
     @app.before_request
     def _start_timer() -> None:

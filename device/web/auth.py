@@ -8,6 +8,7 @@ import logging
 import secrets
 import time
 from typing import Callable
+from urllib.parse import urlsplit
 
 from flask import (Blueprint, Flask, abort, flash, g, redirect, render_template, request,
                    session, url_for)
@@ -52,6 +53,10 @@ def init_app(app: Flask) -> None:
         if services().accounts.count_users() == 0:
             return redirect(url_for("auth.setup"))
         if request.method == "POST":
+            if not _signed_in():  # an expired session: sign in, then back to the page
+                if request.endpoint != "auth.logout":
+                    flash("Your session has expired; sign in again, then repeat the action.")
+                return redirect(url_for("auth.login", next=_referring_page()))
             check_csrf()
         return None
 
@@ -73,13 +78,35 @@ def check_csrf() -> None:
         abort(400, "missing or invalid CSRF token; reload the page and try again")
 
 
+def _signed_in() -> bool:
+    """A session of a user who still exists and is not disabled (a disabled account's
+    sessions end at its next request)."""
+    name = session.get("user")
+    if not name:
+        return False
+    user = services().accounts.get_user(name)
+    if user is None or user.disabled:
+        session.clear()
+        return False
+    return True
+
+
+def _referring_page() -> str | None:
+    """Path and query of the page a form was sent from, if it is this site's."""
+    parts = urlsplit(request.referrer or "")
+    if parts.netloc != request.host or not parts.path:
+        return None
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
 def login_required(view: Callable) -> Callable:
     """A browser session, or an API token in ``Authorization: Bearer`` (for file URLs)."""
     @functools.wraps(view)
     def wrapped(*args, **kwargs):
-        if session.get("user") or token_user(required=False):
+        if _signed_in() or token_user(required=False):
             return view(*args, **kwargs)
-        return redirect(url_for("auth.login", next=request.path))
+        here = request.full_path.rstrip("?")  # the query too: a filtered list stays filtered
+        return redirect(url_for("auth.login", next=here))
     return wrapped
 
 
@@ -126,8 +153,12 @@ def login():
         since = time.time() - settings.login_window_s
         if accounts.recent_failures(key, since) >= settings.login_attempts:
             services().telemetry.record_error("login_throttled")
-            return render_template("login.html", error="Too many failed attempts; try again "
-                                   "later."), 429
+            minutes = -(-settings.login_window_s // 60)
+            return render_template(
+                "login.html", username=name,
+                error=f"Too many failed attempts for this user name; try again in "
+                      f"{minutes} minutes, or ask an administrator to reset the password."
+            ), 429
         user = accounts.get_user(name) if name else None
         if user and not user.disabled and check_password_hash(user.password_hash,
                                                               request.form.get("password", "")):
@@ -138,7 +169,8 @@ def login():
             return redirect(_safe_next(request.args.get("next")))
         accounts.record_login_failure(key, time.time())
         services().telemetry.record_error("login_failed")
-        return render_template("login.html", error="Wrong user name or password."), 401
+        return render_template("login.html", username=name,
+                               error="Wrong user name or password."), 401
     return render_template("login.html")
 
 
@@ -172,7 +204,8 @@ def setup():
         name = request.form.get("username", "").strip()
         password = request.form.get("password", "")
         if password != request.form.get("password2", ""):
-            return render_template("setup.html", error="Passwords differ."), 400
+            return render_template("setup.html", error="Passwords differ.", setup_code=code,
+                                   username=name), 400
         accounts.add_user(name, "admin", hash_password(password))
         accounts.set_setting(SETUP_CODE_KEY, "")
         logger.info("first admin account created")

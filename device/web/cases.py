@@ -5,17 +5,23 @@ from __future__ import annotations
 import io
 import logging
 
-from flask import (Blueprint, Response, flash, redirect, render_template, request,
-                   send_file, url_for)
+from flask import (Blueprint, Response, abort, flash, redirect, render_template, request,
+                   send_file, session, url_for)
 
 from device.analysis import case_heatmap
 from device.exc import InputError
+from device.inference.heatmap import FULL_SCALE_DROP
 from device.web import services
 from device.web.auth import current_user, login_required
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("cases", __name__, url_prefix="/cases")
 FILTERS = ("all", "unconfirmed", "confirmed", "disagreed")
+# What each status means to a clinician ("confirmed" is the store's name for a label
+# that agrees with the model; both labelled statuses are confirmed cases).
+STATUS_TEXT = {"all": "all", "unconfirmed": "not labelled yet",
+               "confirmed": "labelled, agrees with the model",
+               "disagreed": "labelled, corrects the model"}
 PAGE = 50
 
 
@@ -32,14 +38,15 @@ def index():
     last = max(1, -(-total // PAGE))
     page = min(max(request.args.get("page", 1, type=int) or 1, 1), last)
     return render_template("cases.html", cases=store.list(status, PAGE, (page - 1) * PAGE),
-                           status=status, filters=FILTERS, page=page,
+                           status=status, filters=FILTERS, page=page, pages=last,
                            total=total, page_size=PAGE)
 
 
 @bp.route("/<case_id>")
 @login_required
 def detail(case_id: str):
-    return render_template("case.html", case=services().store.get(case_id))
+    return render_template("case.html", case=services().store.get(case_id),
+                           full_scale_drop=FULL_SCALE_DROP)
 
 
 @bp.route("/<case_id>/confirm", methods=["POST"])
@@ -56,7 +63,14 @@ def confirm(case_id: str):
 @bp.route("/<case_id>/delete", methods=["POST"])
 @login_required
 def delete(case_id: str):
-    services().store.delete(case_id)
+    """A clinician may delete an unlabelled case (a wrong upload); a labelled one is
+    training data, which only an administrator may remove. Each deletion is logged."""
+    store = services().store
+    if store.get(case_id).confirmed_label is not None and session.get("role") != "admin":
+        abort(403, "this case is labelled and trains the model: only an administrator can "
+                   "delete it")
+    store.delete(case_id)
+    logger.info("case %s deleted by %s", case_id, current_user())
     flash("Case deleted (image removed).")
     return redirect(url_for("cases.index"), 303)
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from werkzeug.security import check_password_hash
 
 from device.config import DEFAULT_BUNDLE
 from models.bundle import resign_bundle
@@ -77,6 +78,27 @@ def test_adduser_from_stdin_and_token_create_prints_the_token_last(tmp_path):
     assert token.stdout.strip().splitlines()[-1].startswith("ne_")
     assert "pacs\tbob" in listed.stdout
     assert token.stdout.strip().splitlines()[-1] not in listed.stdout
+
+
+def test_user_resets_a_password_and_disables_and_enables_an_account(tmp_path):
+    from device.config import load_settings
+    from device.services import open_stores
+    data = tmp_path / "d"
+    run(data, "adduser", "bob", "--password-stdin", stdin="a long enough password\n")
+
+    reset = run(data, "user", "passwd", "bob", "--password-stdin", stdin="another password!\n")
+    disabled = run(data, "user", "disable", "bob")
+    unknown = run(data, "user", "disable", "nobody")
+
+    assert reset.returncode == 0 and disabled.returncode == 0
+    assert unknown.returncode == 2 and "nobody" in unknown.stderr
+    store, accounts = open_stores(load_settings(data_dir=data, gpio=False))
+    try:
+        bob = accounts.get_user("bob")
+        assert bob.disabled and check_password_hash(bob.password_hash, "another password!")
+    finally:
+        store.close(), accounts.close()
+    assert run(data, "user", "enable", "bob").returncode == 0
 
 
 def test_adduser_refuses_a_short_password(tmp_path):

@@ -6,11 +6,12 @@ import sys
 import threading
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from device.config import DEFAULT_BUNDLE, DEV_PUBLIC_KEY
-from device.inference.heatmap import heatmap_png, occlusion_map
+from device.inference.heatmap import FULL_SCALE_DROP, heatmap_png, occlusion_map, overlay_png
 from device.inference.predictor import Predictor, create_predictor
 from device.inference.slot import ModelSlot
 from models.bundle import Bundle, verify_bundle
@@ -102,6 +103,20 @@ def test_heatmap_png_is_an_overlay_image(bundle):
                       0.39)
 
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_heat_map_colours_are_on_one_absolute_scale():
+    image = np.full((128, 128, 1), 100.0, np.float32)
+    small, large = np.zeros((128, 128), np.float32), np.zeros((128, 128), np.float32)
+    small[:32, :32], large[:32, :32] = 0.03, FULL_SCALE_DROP  # the same map, two strengths
+
+    def colour_shift(drop):
+        out = cv2.imdecode(np.frombuffer(overlay_png(image, drop), np.uint8), cv2.IMREAD_COLOR)
+        return np.abs(out[10:40, 10:40].astype(int) - 100).mean()  # the grey is 100
+
+    # Each map scaled to its own maximum painted both the same; now the small drop is faint.
+    assert colour_shift(small) < 0.3 * colour_shift(large)
+    assert colour_shift(np.zeros((128, 128), np.float32)) == 0
 
 
 def test_slot_swap_leaves_requests_in_flight_on_the_old_model(bundle):

@@ -234,3 +234,82 @@ def test_admin_page_is_for_admins_and_says_when_there_is_no_coordinator(
     assert denied.status_code == 403
     assert "No coordinator configured" in page and "carol" in page
     assert "No coordinator is configured" in trained
+
+
+def test_an_expired_session_sends_a_form_to_sign_in_and_back_without_acting(
+        app, admin, slice_bytes, services):
+    client = app.test_client()
+    login(client)
+    upload(client, ("a.jpg", slice_bytes))
+    case = services.store.list()[0]
+    token = csrf(client, f"/cases/{case.id}")
+    client.delete_cookie("neuroedge_session")  # the 8-hour session ran out
+
+    response = client.post(f"/cases/{case.id}/confirm", data={"label": "1", "csrf_token": token},
+                           headers={"Referer": f"http://localhost/cases/{case.id}"})
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+
+    assert response.status_code == 302  # not "400 missing or invalid CSRF token"
+    assert response.headers["Location"] == f"/login?next=/cases/{case.id}"
+    assert "session has expired" in page
+    assert services.store.get(case.id).confirmed_label is None
+    signed_out = client.post("/logout", data={})
+    assert signed_out.headers["Location"].startswith("/login")
+
+
+def test_a_disabled_account_is_signed_out_at_its_next_request(app, admin, services):
+    client = app.test_client()
+    login(client)
+    assert client.get("/cases/").status_code == 200
+
+    services.accounts.set_disabled("alice", True)
+
+    assert client.get("/cases/").headers["Location"].startswith("/login")
+    assert login(client).status_code == 401
+
+
+def test_sign_in_returns_to_the_filtered_list_it_interrupted(app, admin):
+    client = app.test_client()
+    to_login = client.get("/cases/?status=unconfirmed&page=2").headers["Location"]
+
+    response = client.post(to_login, data={"username": "alice", "password": PASSWORD,
+                                           "csrf_token": csrf(client)})
+
+    assert response.headers["Location"] == "/cases/?status=unconfirmed&page=2"
+
+
+def test_a_failed_sign_in_keeps_the_name_and_the_lockout_says_how_long(app, admin, settings):
+    client = app.test_client()
+    wrong = login(client, password="wrong password").get_data(as_text=True)
+    for _ in range(settings.login_attempts - 1):
+        login(client, password="wrong password")
+
+    locked = login(client).get_data(as_text=True)
+
+    assert 'value="alice"' in wrong
+    assert f"try again in {settings.login_window_s // 60} minutes" in locked
+    assert "administrator" in locked
+
+
+def test_a_clinician_deletes_only_unlabelled_cases_and_an_admin_any(app, admin, slice_bytes,
+                                                                    services):
+    from device.web.auth import hash_password
+    services.accounts.add_user("carol", "clinician", hash_password(PASSWORD))
+    client = app.test_client()
+    login(client, "carol")
+    upload(client, ("a.jpg", slice_bytes))
+    upload(client, ("b.jpg", slice_bytes))
+    labelled, wrong_upload = services.store.list()
+    token = csrf(client, "/")
+    client.post(f"/cases/{labelled.id}/confirm", data={"label": "1", "csrf_token": token})
+
+    assert 'id="delete"' not in client.get(f"/cases/{labelled.id}").get_data(as_text=True)
+    refused = client.post(f"/cases/{labelled.id}/delete", data={"csrf_token": token})
+    deleted = client.post(f"/cases/{wrong_upload.id}/delete", data={"csrf_token": token})
+
+    assert refused.status_code == 403 and "administrator" in refused.get_data(as_text=True)
+    assert deleted.status_code == 303 and services.store.count() == 1
+    admin_client = app.test_client()
+    login(admin_client)
+    admin_client.post(f"/cases/{labelled.id}/delete", data={"csrf_token": csrf(admin_client)})
+    assert services.store.count() == 0

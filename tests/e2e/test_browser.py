@@ -88,21 +88,22 @@ def test_upload_result_confirm_list_and_sign_out(page, start_appliance, applianc
     assert heatmap.evaluate("img => img.complete") is True
     assert heatmap.evaluate("img => img.naturalWidth") > 0
     expect(page.locator("main")).to_contain_text("not a diagnosis")
-    expect(page.locator("#status")).to_contain_text("Status: unconfirmed")
+    expect(page.locator("#status")).to_contain_text("Not labelled yet.")
 
     # Execute: the clinician agrees with the model.
     agree = "#confirm-tumour" if label == "Tumour suspected" else "#confirm-none"
     page.click(agree)
     page.wait_for_url(re.compile(rf"/cases/{case_id}$"))
 
-    # Assert: the status says so, and the case is listed under "confirmed" only.
-    expect(page.locator("#status")).to_contain_text("Status: confirmed")
+    # Assert: the status says so, and the case is listed as agreeing with the model only.
+    expect(page.locator("#status")).to_contain_text("agrees with the model")
     expect(page.locator("#status")).to_contain_text("by alice")
+    expect(page.locator(agree)).to_have_attribute("aria-pressed", "true")
     page.click("nav >> text=Cases")
-    page.click("main a:text-is('confirmed')")
+    page.click("main a:text-is('labelled, agrees with the model')")
     assert parse_qs(urlparse(page.url).query) == {"status": ["confirmed"]}
     expect(page.locator(f"#cases a[href$='/cases/{case_id}']")).to_have_text(case_id[:8])
-    page.click("main a:text-is('unconfirmed')")
+    page.click("main a:text-is('not labelled yet')")
     expect(page.locator("#cases")).to_contain_text("No cases.")
 
     # Execute: sign out.
