@@ -1,26 +1,89 @@
-"""Browser upload (one or many slices, drag-and-drop) and camera capture."""
+"""Browser upload (one or many slices, drag-and-drop) and camera capture.
+
+Each rendering of the upload form carries a one-time ``form_id``. A second post of the
+same form with the same files (a double click, or a refresh of the answer) is answered
+with the first post's results instead of storing the cases again; a batch's results are
+shown by a GET (post/redirect/get), so refreshing them sends nothing.
+"""
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import (Blueprint, abort, current_app, flash, redirect, render_template, request,
+                   url_for)
 
 from device.analysis import analyse
 from device.exc import CameraUnavailableError, InputError
 from device.web import MAX_FILES_PER_UPLOAD, services
-from device.web.auth import login_required
+from device.web.auth import current_user, login_required
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("upload", __name__)
+FORM_ID = re.compile(r"[0-9a-f]{32}")
+KEEP_SUBMISSIONS = 200       # answered upload forms remembered (in memory only: the
+SUBMISSION_TTL_S = 3600.0    # results hold uploaded file names, never stored)
+
+
+@dataclass
+class Submission:
+    """One posted upload form: its results once analysed."""
+
+    user: str
+    at: float = field(default_factory=time.monotonic)
+    done: threading.Event = field(default_factory=threading.Event)
+    results: list = field(default_factory=list)
+
+
+class Submissions:
+    """Upload forms answered recently, by form id and a digest of their files."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: OrderedDict[str, Submission] = OrderedDict()
+
+    def claim(self, key: str, user: str) -> tuple[Submission, bool]:
+        """The submission under ``key``, and whether this caller must analyse it."""
+        with self._lock:
+            now = time.monotonic()
+            while self._items and (len(self._items) >= KEEP_SUBMISSIONS or now - next(
+                    iter(self._items.values())).at > SUBMISSION_TTL_S):
+                self._items.popitem(last=False)
+            found = self._items.get(key)
+            if found is not None and found.user == user:
+                return found, False
+            self._items[key] = Submission(user)
+            return self._items[key], True
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+    def get(self, key: str, user: str) -> Submission | None:
+        with self._lock:
+            found = self._items.get(key)
+        return found if found is not None and found.user == user else None
+
+
+def _submissions() -> Submissions:
+    return current_app.extensions.setdefault("neuroedge.uploads", Submissions())
 
 
 @bp.route("/")
 @login_required
 def index():
     svc = services()
-    return render_template("index.html", model=svc.slot.current.bundle.manifest,
-                           camera=svc.camera is not None,
-                           max_mb=svc.settings.max_upload_mb)
+    response = current_app.make_response(render_template(
+        "index.html", model=svc.slot.current.bundle.manifest, camera=svc.camera is not None,
+        max_mb=svc.settings.max_upload_mb, form_id=secrets.token_hex(16)))
+    response.headers["Cache-Control"] = "no-store"  # Back shows a fresh form id
+    return response
 
 
 @bp.route("/upload", methods=["POST"])
@@ -32,21 +95,54 @@ def upload():
         return redirect(url_for("upload.index")), 303
     if len(files) > MAX_FILES_PER_UPLOAD:
         raise InputError(f"at most {MAX_FILES_PER_UPLOAD} files per upload")
+    contents = [f.read() for f in files]
+    form_id = request.form.get("form_id", "")
+    digest = hashlib.sha256(b"".join(hashlib.sha256(c).digest() for c in contents))
+    key = f"{form_id if FORM_ID.fullmatch(form_id) else secrets.token_hex(16)}-" \
+          f"{digest.hexdigest()[:32]}"
+    submission, first = _submissions().claim(key, current_user())
+    if first:
+        try:
+            submission.results = _analyse_all(files, contents)
+        except BaseException:
+            _submissions().forget(key)  # sending it again analyses it again
+            raise
+        finally:
+            submission.done.set()
+    elif not submission.done.wait(timeout=600):
+        abort(503, "the same upload is still being analysed; open the case list shortly")
+    results = submission.results
+    if not results:
+        abort(503, "analysing the first post of this form failed; send it again")
+    if not any("case" in r for r in results):  # nothing stored: nothing to repeat
+        return render_template("results.html", results=results), results[0]["status"]
+    if len(results) == 1:
+        return redirect(url_for("cases.detail", case_id=results[0]["case"].id), 303)
+    return redirect(url_for("upload.results", key=key), 303)
+
+
+def _analyse_all(files: list, contents: list[bytes]) -> list[dict]:
     svc = services()
     results = []
-    for number, f in enumerate(files, start=1):
+    for number, (f, data) in enumerate(zip(files, contents), start=1):
         # The uploaded file name may hold a patient name: show it back, never store it.
         try:
-            case = analyse(svc, f.read(), "upload")
+            case = analyse(svc, data, "upload")
             results.append({"number": number, "name": f.filename, "case": case})
         except InputError as exc:
             svc.telemetry.record_error(type(exc).__name__)
             results.append({"number": number, "name": f.filename, "error": str(exc),
                             "status": exc.status})
-    if len(results) == 1 and "case" in results[0]:
-        return redirect(url_for("cases.detail", case_id=results[0]["case"].id), 303)
-    status = 200 if any("case" in r for r in results) else results[0]["status"]
-    return render_template("results.html", results=results), status
+    return results
+
+
+@bp.route("/upload/results/<key>")
+@login_required
+def results(key: str):
+    submission = _submissions().get(key, current_user())
+    if submission is None or not submission.done.is_set():
+        abort(404, "these upload results are no longer kept; the cases are in the case list")
+    return render_template("results.html", results=submission.results)
 
 
 @bp.route("/capture", methods=["POST"])

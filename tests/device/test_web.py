@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 
 import cv2
 import numpy as np
@@ -125,9 +126,53 @@ def test_batch_upload_reports_each_file_and_keeps_the_good_ones(app, admin, slic
     response = upload(client, ("a.jpg", slice_bytes), ("b.jpg", b"garbage"),
                       ("c.jpg", slice_bytes))
 
-    page = response.get_data(as_text=True)
-    assert response.status_code == 200
+    results = response.headers["Location"]
+    page = client.get(results).get_data(as_text=True)
+    assert response.status_code == 303 and results.startswith("/upload/results/")
     assert page.count("Refused") == 1 and services.store.count() == 2
+    assert "b.jpg" in page  # named back to the clinician, never stored
+    assert client.get(results).status_code == 200 and services.store.count() == 2  # refresh
+
+
+def form_post(client, form_id: str, *files: tuple[str, bytes]):
+    """The upload form as the page renders it: with its one-time form id."""
+    return client.post("/upload", data={
+        "csrf_token": csrf(client, "/"), "form_id": form_id,
+        "images": [(io.BytesIO(d), n) for n, d in files]}, content_type="multipart/form-data")
+
+
+def test_a_form_posted_twice_stores_its_cases_once(app, admin, slice_bytes, services):
+    client = app.test_client()
+    login(client)
+    form_id = re.search(r'name="form_id" value="([0-9a-f]{32})"',
+                        client.get("/").get_data(as_text=True)).group(1)
+    other = cv2.imencode(".png", 255 - cv2.imdecode(np.frombuffer(slice_bytes, np.uint8),
+                                                    cv2.IMREAD_GRAYSCALE))[1].tobytes()
+
+    first = form_post(client, form_id, ("a.jpg", slice_bytes), ("b.png", other))
+    again = form_post(client, form_id, ("a.jpg", slice_bytes), ("b.png", other))
+    changed = form_post(client, form_id, ("a.jpg", slice_bytes))  # Back, another choice
+
+    assert again.headers["Location"] == first.headers["Location"]
+    assert changed.status_code == 303 and services.store.count() == 3
+
+
+def test_a_double_click_stores_one_case(app, admin, slice_bytes, services):
+    clients = [app.test_client(), app.test_client()]
+    for client in clients:
+        login(client)
+    form_id = "ab" * 16
+    answers = []
+    threads = [threading.Thread(target=lambda c=c: answers.append(
+        form_post(c, form_id, ("a.jpg", slice_bytes)))) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert [a.status_code for a in answers] == [303, 303]
+    assert answers[0].headers["Location"] == answers[1].headers["Location"]
+    assert services.store.count() == 1
 
 
 def test_confirm_correct_filter_and_delete(app, admin, slice_bytes, services):
