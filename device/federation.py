@@ -162,7 +162,9 @@ class Federation:
                     outcome = self.updater.check_and_install(latest, functools.partial(
                         self.client.download, max_bytes=MAX_BUNDLE_FILE))
         except Exception as exc:
-            self.svc.telemetry.record_error("sync", f"sync failed: {type(exc).__name__}")
+            # The coordinator's answer or the connection error: no patient data in either.
+            self.svc.telemetry.record_error(
+                "sync", f"sync failed: {str(exc)[:200] or type(exc).__name__}")
             raise
         if outcome.action == "refused":
             self.svc.status.set(State.UPDATE_AVAILABLE)

@@ -26,12 +26,14 @@ def services():
     return current_app.extensions["neuroedge"]
 
 
-def local_time(iso: str | None) -> str:
-    """A stored ISO-8601 time as the appliance's local time: "2026-11-28 03:21 CET"."""
+def local_time(when: str | float | None) -> str:
+    """A stored ISO-8601 time (or epoch seconds) as the appliance's local time:
+    "2026-11-28 03:21 CET"; "—" for none."""
     try:
-        t = datetime.fromisoformat(iso or "")
+        t = datetime.fromtimestamp(when, timezone.utc) if isinstance(when, (int, float)) \
+            else datetime.fromisoformat(when or "")
     except ValueError:
-        return iso or "—"
+        return when or "—"
     return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).astimezone().strftime(
         "%Y-%m-%d %H:%M %Z")
 

@@ -20,6 +20,8 @@ def index():
     return render_template("admin.html", model=svc.slot.current.bundle.manifest,
                            federation=fed, outbox=len(fed.outbox.pending()) if fed else 0,
                            refused=len(fed.outbox.refused()) if fed else 0,
+                           settings=svc.settings, telemetry=svc.telemetry,
+                           camera=svc.camera is not None,
                            users=svc.accounts.list_users(), tokens=svc.accounts.list_tokens())
 
 
@@ -30,11 +32,11 @@ def train():
     if fed is None:
         flash("No coordinator is configured on this appliance.")
     else:
-        try:
-            result = fed.train_now()
-            flash(f"Training: {result.get('action')} ({result.get('examples', 0)} cases).")
-        except ValueError as exc:  # too few confirmed cases, one class only
-            flash(f"Training not possible yet: {exc}")
+        result = fed.train_now()
+        if result["action"] in ("skipped", "busy"):  # too few cases, one class, running
+            flash(f"Training not possible now: {result['reason']}.")
+        else:
+            flash(f"Training: {result['action']} ({result.get('examples', 0)} cases).")
     return redirect(url_for("admin.index"), 303)
 
 
@@ -51,5 +53,8 @@ def sync():
                   + (f" ({result['reason']})" if result.get("reason") else "") + ".")
         except Exception as exc:  # coordinator down: the outbox keeps the update
             logger.warning("sync from the admin page failed: %s", exc)
-            flash(f"Sync failed, will retry: {type(exc).__name__}")
+            settings = services().settings
+            flash(f"Sync with {settings.coordinator_url} failed ({exc or type(exc).__name__}); "
+                  "waiting updates stay queued and are retried every "
+                  f"{settings.sync_interval_s / 60:g} minutes.")
     return redirect(url_for("admin.index"), 303)

@@ -273,6 +273,9 @@ def test_confirmed_cases_train_a_small_update_that_comes_back_as_v2(flow):
     # The first sync delivered it: the coordinator holds exactly these bytes in a round.
     assert flow.first_sync["sent"] == 1 and flow.first_sync["deferred"] == 0
     assert flow.first_sync["refused_updates"] == 0
+    # ...and replaced the shipped bundle (signed with the development key) by the
+    # coordinator's v1: the same model, signed with the coordinator's key.
+    assert (flow.first_sync["bundle"], flow.first_sync["version"]) == ("installed", 1)
     update = coord.svc.store.get_update(trained["update_id"])
     assert update.device_id == DEVICE_ID and update.base_version == 1
     assert update.bytes == trained["payload_bytes"] == flow.round.bytes_received
@@ -285,12 +288,13 @@ def test_confirmed_cases_train_a_small_update_that_comes_back_as_v2(flow):
     assert flow.second_sync["version"] == 2 and flow.second_sync["sent"] == 0
     assert device.svc.slot.current.version == 2
     assert flow.health["model_version"] == 2 and flow.health["status"] == "ok"
-    assert device.pointer("CURRENT") == "v2" and device.pointer("PREVIOUS") == "shipped"
+    assert device.pointer("CURRENT") == "v2" and device.pointer("PREVIOUS") == "v1"
     assert flow.after["model_version"] == 2
     assert not device.fed.outbox.pending()
     # The coordinator heard about the install and shows the device on v2.
     installed = coord.svc.store.audit_events(kind="bundle_installed")
-    assert [(e.device_id, e.detail["version"]) for e in installed] == [(DEVICE_ID, 2)]
+    assert sorted((e.device_id, e.detail["version"]) for e in installed) == [(DEVICE_ID, 1),
+                                                                             (DEVICE_ID, 2)]
     assert coord.svc.store.get_device(DEVICE_ID).model_version == 2
     status = device.call("GET", "/api/v1/federation")
     assert status["outbox"] == 0 and status["model_version"] == 2
@@ -416,7 +420,9 @@ def test_an_update_made_while_the_coordinator_is_down_is_sent_when_it_is_back(
         update = coord.svc.store.get_update(trained["update_id"])
         health = device.call("GET", "/healthz")
 
-    assert back["sent"] == 1 and back["deferred"] == 0 and back["bundle"] == "none", back
+    # (and the coordinator's v1, its key's copy of the shipped model, replaced the shipped)
+    assert back["sent"] == 1 and back["deferred"] == 0, back
+    assert (back["bundle"], back["version"]) == ("installed", 1), back
     assert update.device_id == DEVICE_ID and update.bytes == trained["payload_bytes"]
     assert device.fed.outbox.pending() == [] and device.fed.outbox.refused() == []
     assert health["last_sync"] is not None

@@ -358,3 +358,34 @@ def test_a_clinician_deletes_only_unlabelled_cases_and_an_admin_any(app, admin, 
     login(admin_client)
     admin_client.post(f"/cases/{labelled.id}/delete", data={"csrf_token": csrf(admin_client)})
     assert services.store.count() == 0
+
+
+def test_admin_train_and_sync_now_say_why_they_did_nothing(tmp_path):
+    from gpiozero import Device
+
+    from device.config import load_settings
+    from device.services import build_services
+    from device.web import create_app
+    from device.web.auth import hash_password
+    settings = load_settings(data_dir=tmp_path / "data", secret_key="test-secret",
+                             coordinator_url="http://127.0.0.1:9", device_id="pi-1",
+                             device_token="t" * 32)  # nothing listens on port 9
+    svc = build_services(settings)
+    try:
+        svc.accounts.add_user("alice", "admin", hash_password(PASSWORD))
+        client = create_app(settings, svc).test_client()
+        login(client)
+        token = csrf(client, "/admin/")
+
+        trained = client.post("/admin/train", data={"csrf_token": token},
+                              follow_redirects=True).get_data(as_text=True)
+        synced = client.post("/admin/sync", data={"csrf_token": token},
+                             follow_redirects=True).get_data(as_text=True)
+    finally:
+        svc.close()
+        Device.pin_factory.reset()
+
+    assert "Training not possible now: need at least 8 confirmed training examples" in trained
+    assert "Sync with http://127.0.0.1:9 failed (coordinator unreachable" in synced
+    assert "retried every 15 minutes" in synced and "CoordinatorUnavailable" not in synced
+    assert "Coordinator http://127.0.0.1:9" in synced and "No camera detected" in synced
