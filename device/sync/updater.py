@@ -197,8 +197,10 @@ class BundleUpdater:
         if type(version) is not int or version < 1:
             return UpdateResult("refused", None, "coordinator answer has no valid version")
         # The shipped bundle is signed with the development key and may not be the model
-        # the coordinator's versions start from: its own version counts as not installed.
-        floor = current.version - 1 if self._serving_shipped(current) else current.version
+        # the coordinator's versions start from: an offer of its version (with files: a
+        # Flower reply without any only echoes the version) counts as newer.
+        replaces_shipped = bool(latest.get("files")) and self._serving_shipped(current)
+        floor = current.version - 1 if replaces_shipped else current.version
         if version <= floor:
             return UpdateResult("none", version, f"v{version} is not newer than "
                                 f"v{current.version} in service")
