@@ -87,7 +87,8 @@ def decode_image(data: bytes) -> np.ndarray:
         raise ImageDecodeError("empty file")
     size = _image_size(data)
     if size and size[0] * size[1] > MAX_PIXELS:
-        raise UnusableImageError(f"image too large: {size[0]}x{size[1]} pixels")
+        raise UnusableImageError(f"image too large: {size[0]}x{size[1]} pixels (the limit "
+                                 f"is {MAX_PIXELS / 1e6:g} megapixels)")
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
@@ -96,7 +97,8 @@ def decode_image(data: bytes) -> np.ndarray:
     if img is None or img.size == 0:
         raise ImageDecodeError("not a decodable image (corrupt, truncated or wrong type)")
     if img.shape[0] * img.shape[1] > MAX_PIXELS:
-        raise UnusableImageError(f"image too large: {img.shape[1]}x{img.shape[0]} pixels")
+        raise UnusableImageError(f"image too large: {img.shape[1]}x{img.shape[0]} pixels "
+                                 f"(the limit is {MAX_PIXELS / 1e6:g} megapixels)")
     return img
 
 

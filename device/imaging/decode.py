@@ -126,8 +126,8 @@ def decode_upload(data: bytes, max_bytes: int) -> Upload:
     if not data:
         raise InputError("empty file")
     if len(data) > max_bytes:
-        raise TooLargeError(f"file too large: {len(data) / 2**20:.1f} MiB, "
-                            f"the limit is {max_bytes / 2**20:.1f} MiB")
+        raise TooLargeError(f"file too large: {len(data) / 2**20:.1f} MB, "
+                            f"the limit is {max_bytes / 2**20:g} MB")
     kind = sniff(data)
     if kind is None:
         logger.info("refused upload of unknown type (%d bytes)", len(data))
