@@ -22,7 +22,7 @@ import numpy as np
 from models import MAX_PIXELS
 
 logger = logging.getLogger(__name__)
-MIN_SIDE = 16
+MIN_SIDE = 64  # pixels on the shorter side; no training slice has fewer than 150
 
 
 class ImageDecodeError(ValueError):

@@ -129,14 +129,14 @@ def test_stored_png_is_lossless_and_drops_jpeg_comments(y1: bytes) -> None:
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_gray_png_round_trips_with_its_depth(dtype: type) -> None:
-    img = slice_like(40, 50, dtype)
+    img = slice_like(80, 100, dtype)
     if dtype is np.uint16:
         img = (img.astype(np.float64) / 65535 * 60000).astype(np.uint16)
         assert img.max() > 50000
 
     upload = decode_upload(png_bytes(img), LIMIT)
 
-    assert (upload.kind, upload.width, upload.height) == ("png", 50, 40)
+    assert (upload.kind, upload.width, upload.height) == ("png", 100, 80)
     assert upload.pixels.dtype == dtype and upload.pixels.ndim == 2
     np.testing.assert_array_equal(upload.pixels, img)
     np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(upload.png(), np.uint8), -1), img)
