@@ -106,6 +106,15 @@ def test_upload_result_confirm_list_and_sign_out(page, start_appliance, applianc
     page.click("main a:text-is('not labelled yet')")
     expect(page.locator("#cases")).to_contain_text("No cases.")
 
+    # Assert: on a phone-sized screen neither the upload form nor the case list is wider
+    # than the screen (the table scrolls inside its own box).
+    page.set_viewport_size({"width": 375, "height": 667})
+    for path in ("/cases/", "/"):
+        page.goto(f"{server.url}{path}")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375, path
+    expect(page.get_by_label(re.compile("Slices to analyse"))).to_be_attached()
+    page.set_viewport_size({"width": 1024, "height": 768})
+
     # Execute: sign out.
     page.click("#logout")
     page.wait_for_url(re.compile(r"/login$"))
