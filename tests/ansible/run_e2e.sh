@@ -205,6 +205,25 @@ KEYSUM2=$(on "$COORD_IP" sudo sha256sum /var/lib/neuroedge/coordinator/signing.k
 check "signing key, CA key and token unchanged by the second run" test "$KEYSUM1" = "$KEYSUM2"
 check "Pi /healthz after the second run" curl -fsS --max-time 10 "http://$PI_IP:8080/healthz"
 
+# --- third run: a server certificate near its end is re-issued ------------------------
+CERT1=$(on "$COORD_IP" sudo openssl x509 -noout -fingerprint -in /etc/neuroedge/pki/server.crt)
+T=$SECONDS
+log "third run (coordinator, renewal window longer than the certificate's life)"
+check "third run succeeds" bash -c "$(printf '%q ' "${PLAY[@]}") --limit coordinator \
+    -e coordinator_tls_renew_days=3650 >'$WORK/run3.log' 2>&1"
+log "third run: $((SECONDS - T)) s"
+CERT2=$(on "$COORD_IP" sudo openssl x509 -noout -fingerprint -in /etc/neuroedge/pki/server.crt)
+check "server certificate re-issued" test "$CERT1" != "$CERT2"
+# shellcheck disable=SC2016  # the script runs on the Pi: $tok expands there
+check "Pi still reaches the coordinator over TLS (same CA)" on "$PI_IP" 'sudo sh -c '\''
+    tok=$(sed -n "s/^device_token = \"\(.*\)\"$/\1/p" /etc/neuroedge/device.toml)
+    for i in $(seq 30); do
+        code=$(curl -sS -o /dev/null -w "%{http_code}" --cacert /etc/neuroedge/coordinator-ca.crt \
+            -H "Authorization: Bearer $tok" https://'"$COORD_IP"':8443/api/v1/bundles/latest)
+        [ "$code" = 200 ] && break; sleep 1
+    done
+    echo "HTTP $code"; [ "$code" = 200 ]'\'
+
 log "total: $((SECONDS - T0)) s"
 SUMMARY_DONE=1
 echo "ansible-e2e: $PASSED passed, $FAILED failed"
