@@ -120,8 +120,9 @@ def cmd_adduser(args: argparse.Namespace) -> int:
 
 
 def cmd_user(args: argparse.Namespace) -> int:
-    """Reset a password, or disable/enable an account (its open sessions end too)."""
-    from device.web.auth import hash_password
+    """Reset a password, or disable/enable an account; either way the user's open
+    sessions end and a sign-in lockout is lifted."""
+    from device.web.auth import end_sessions, hash_password
     password_hash = hash_password(_read_password(args)) if args.action == "passwd" else ""
     accounts = _open_accounts(args)
     try:
@@ -129,6 +130,7 @@ def cmd_user(args: argparse.Namespace) -> int:
             accounts.set_password(args.name, password_hash)
         else:
             accounts.set_disabled(args.name, args.action == "disable")
+        end_sessions(accounts, args.name)
     finally:
         accounts.close()
     done = {"passwd": "password changed", "disable": "disabled", "enable": "enabled"}

@@ -12,7 +12,7 @@ import time
 
 from device.exc import UnusableImageError
 from device.imaging import decode_upload, stored_model_input
-from device.inference.heatmap import heatmap_png
+from device.inference.heatmap import FULL_SCALE_DROP, heatmap_png
 from device.hw.status import State
 from models import preprocess as mp
 
@@ -47,16 +47,35 @@ def analyse(svc, data: bytes, source: str):
     return case
 
 
-def case_heatmap(svc, case):
-    """Path of the case's heat map, rendering and storing it on first request.
+# Settings key: which model and colour scale drew the stored heat maps, and since when.
+HEATMAPS_DRAWN_BY = "heatmaps_drawn_by"
 
-    Rendered with the serving model; after a model update that may differ from the
-    model that made the prediction, which the page states (``case.model_version``).
-    """
-    path = svc.store.heatmap_path(case)
-    if path is not None and path.exists():
-        return path
+
+def heatmap_author(predictor) -> str:
+    """What a heat map depends on besides the slice: the model and the colour scale."""
+    return f"v{predictor.version} {predictor.bundle.signer} {FULL_SCALE_DROP:g}"
+
+
+def _heatmaps_valid_since(svc, author: str) -> float:
+    """Epoch seconds since which stored heat maps are ``author``'s (older ones are redrawn
+    when next viewed: after a model update, or a change of the colour scale)."""
+    stored, _, since = (svc.accounts.get_setting(HEATMAPS_DRAWN_BY) or "").partition("@")
+    if stored != author:
+        since = repr(time.time())
+        svc.accounts.set_setting(HEATMAPS_DRAWN_BY, f"{author}@{since}")
+    return float(since)
+
+
+def case_heatmap(svc, case):
+    """Path of the case's heat map, drawn and stored on first request by the model in
+    service, and drawn again when that model (or the colour scale) has changed since."""
     predictor = svc.slot.current
+    since = _heatmaps_valid_since(svc, heatmap_author(predictor))
+    path = svc.store.heatmap_path(case)
+    # (File times come from the kernel's coarse clock, up to a tick behind time.time():
+    # a map drawn within a tick of a model change is drawn once more.)
+    if path is not None and path.exists() and path.stat().st_mtime >= since:
+        return path
     with svc.status.activity(State.BUSY):
         try:
             image = stored_model_input(svc.store.image_path(case), predictor.input_spec)

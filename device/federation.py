@@ -162,14 +162,16 @@ class Federation:
                     outcome = self.updater.check_and_install(latest, functools.partial(
                         self.client.download, max_bytes=MAX_BUNDLE_FILE))
         except Exception as exc:
-            # The coordinator's answer or the connection error: no patient data in either.
-            self.svc.telemetry.record_error(
-                "sync", f"sync failed: {str(exc)[:200] or type(exc).__name__}")
+            self.svc.telemetry.record_error("sync", f"sync failed: {type(exc).__name__}",
+                                            detail=str(exc)[:200] or None)
             raise
         if outcome.action == "refused":
             self.svc.status.set(State.UPDATE_AVAILABLE)
-            self._save_state(refused_versions=[*self._state().get("refused_versions", []),
-                                               outcome.version])
+            if outcome.version != current:  # the coordinator's copy of the shipped
+                # version is tried again at each sync: a refusal of it (a missing key)
+                # is mended by the configuration, not by a newer version
+                self._save_state(refused_versions=[
+                    *self._state().get("refused_versions", []), outcome.version])
             self._report("bundle_refused", outcome.version, outcome.reason)
         elif outcome.action == "installed":
             self.svc.status.set(State.READY)

@@ -30,15 +30,19 @@ class Telemetry:
                                    registry=self.registry)
         self._lock = threading.Lock()
         self.last_error: str | None = None
+        self.last_error_detail: str | None = None  # for the admin page, not /healthz
         self.last_error_at: float | None = None
         self.last_sync_at: float | None = None
 
-    def record_error(self, kind: str, message: str | None = None) -> None:
-        """Count an error; remember ``message`` (never patient data) for /healthz."""
+    def record_error(self, kind: str, message: str | None = None,
+                     detail: str | None = None) -> None:
+        """Count an error; remember ``message`` (never patient data) for the public
+        /healthz, and ``detail`` (addresses, paths) for administrators only."""
         self.errors.labels(kind).inc()
         if message:
             with self._lock:
                 self.last_error, self.last_error_at = message, time.time()
+                self.last_error_detail = detail
 
     def uptime(self) -> float:
         return time.time() - self.started

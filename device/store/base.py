@@ -262,8 +262,9 @@ class AccountStore(ABC):
         """Failures recorded for ``key`` at or after ``since`` (epoch seconds)."""
 
     @abstractmethod
-    def clear_failures(self, key: str) -> None:
-        """Forget the failures of ``key`` (after a successful login)."""
+    def clear_failures(self, key: str, prefix: bool = False) -> None:
+        """Forget the failures of ``key`` (after a successful login), or with ``prefix``
+        of every key that starts with it (all addresses of one user)."""
 
     @abstractmethod
     def get_setting(self, key: str) -> str | None:

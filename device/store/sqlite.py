@@ -395,9 +395,13 @@ class SQLiteAccountStore(AccountStore):
         return int(self._db.read("SELECT COUNT(*) FROM login_failures WHERE key = ? "
                                  "AND at >= ?", (key, float(since)))[0][0])
 
-    def clear_failures(self, key: str) -> None:
+    def clear_failures(self, key: str, prefix: bool = False) -> None:
         with self._db.tx() as conn:
-            conn.execute("DELETE FROM login_failures WHERE key = ?", (key,))
+            if prefix:
+                conn.execute("DELETE FROM login_failures WHERE substr(key, 1, ?) = ?",
+                             (len(key), key))
+            else:
+                conn.execute("DELETE FROM login_failures WHERE key = ?", (key,))
 
     def get_setting(self, key: str) -> str | None:
         rows = self._db.read("SELECT value FROM settings WHERE key = ?", (key,))

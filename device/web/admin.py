@@ -54,7 +54,8 @@ def sync():
         except Exception as exc:  # coordinator down: the outbox keeps the update
             logger.warning("sync from the admin page failed: %s", exc)
             settings = services().settings
-            flash(f"Sync with {settings.coordinator_url} failed ({exc or type(exc).__name__}); "
+            flash(f"Sync with {settings.coordinator_url} failed "
+                  f"({str(exc)[:200] or type(exc).__name__}); "
                   "waiting updates stay queued and are retried every "
                   f"{settings.sync_interval_s / 60:g} minutes.")
     return redirect(url_for("admin.index"), 303)

@@ -23,8 +23,22 @@ bp = Blueprint("auth", __name__)
 
 MIN_PASSWORD = 10
 SETUP_CODE_KEY = "setup_code_sha256"
+SESSIONS_AFTER = "sessions_after:"  # + user name: sessions begun before then have ended
 # Endpoints reachable without a session (setup redirects everything else until done).
 PUBLIC = {"auth.login", "auth.setup", "health.healthz", "health.metrics", "static"}
+
+
+def end_sessions(accounts, name: str) -> None:
+    """End the user's open sessions and lift their sign-in lockout: after a password
+    reset, or when the account is disabled or enabled again."""
+    accounts.set_setting(SESSIONS_AFTER + name, repr(time.time()))
+    accounts.clear_failures(f"{name}|", prefix=True)
+
+
+def _start_session(name: str, role: str) -> None:
+    session.clear()
+    session.permanent = True
+    session["user"], session["role"], session["since"] = name, role, time.time()
 
 
 def hash_token(token: str) -> str:
@@ -55,7 +69,7 @@ def init_app(app: Flask) -> None:
         if request.method == "POST":
             if not _signed_in():  # an expired session: sign in, then back to the page
                 if request.endpoint != "auth.logout":
-                    flash("Your session has expired; sign in again, then repeat the action.")
+                    flash("Your session has ended; sign in again, then repeat the action.")
                 return redirect(url_for("auth.login", next=_referring_page()))
             check_csrf()
         return None
@@ -84,8 +98,10 @@ def _signed_in() -> bool:
     name = session.get("user")
     if not name:
         return False
-    user = services().accounts.get_user(name)
-    if user is None or user.disabled:
+    accounts = services().accounts
+    user = accounts.get_user(name)
+    ended = float(accounts.get_setting(SESSIONS_AFTER + name) or 0)
+    if user is None or user.disabled or session.get("since", 0) < ended:
         session.clear()
         return False
     return True
@@ -163,9 +179,7 @@ def login():
         if user and not user.disabled and check_password_hash(user.password_hash,
                                                               request.form.get("password", "")):
             accounts.clear_failures(key)
-            session.clear()
-            session.permanent = True
-            session["user"], session["role"] = user.name, user.role
+            _start_session(user.name, user.role)
             return redirect(_safe_next(request.args.get("next")))
         accounts.record_login_failure(key, time.time())
         services().telemetry.record_error("login_failed")
@@ -209,7 +223,6 @@ def setup():
         accounts.add_user(name, "admin", hash_password(password))
         accounts.set_setting(SETUP_CODE_KEY, "")
         logger.info("first admin account created")
-        session.clear()
-        session["user"], session["role"] = name, "admin"
+        _start_session(name, "admin")
         return redirect(url_for("upload.index"))
     return render_template("setup.html")

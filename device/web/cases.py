@@ -46,7 +46,8 @@ def index():
 @login_required
 def detail(case_id: str):
     return render_template("case.html", case=services().store.get(case_id),
-                           full_scale_drop=FULL_SCALE_DROP)
+                           full_scale_drop=FULL_SCALE_DROP,
+                           heatmap_version=services().slot.current.version)
 
 
 @bp.route("/<case_id>/confirm", methods=["POST"])

@@ -61,10 +61,6 @@ class Submissions:
             self._items[key] = Submission(user)
             return self._items[key], True
 
-    def forget(self, key: str) -> None:
-        with self._lock:
-            self._items.pop(key, None)
-
     def get(self, key: str, user: str) -> Submission | None:
         with self._lock:
             found = self._items.get(key)
@@ -95,25 +91,20 @@ def upload():
         return redirect(url_for("upload.index")), 303
     if len(files) > MAX_FILES_PER_UPLOAD:
         raise InputError(f"at most {MAX_FILES_PER_UPLOAD} files per upload")
-    contents = [f.read() for f in files]
     form_id = request.form.get("form_id", "")
-    digest = hashlib.sha256(b"".join(hashlib.sha256(c).digest() for c in contents))
     key = f"{form_id if FORM_ID.fullmatch(form_id) else secrets.token_hex(16)}-" \
-          f"{digest.hexdigest()[:32]}"
+          f"{_digest(files)}"
     submission, first = _submissions().claim(key, current_user())
     if first:
         try:
-            submission.results = _analyse_all(files, contents)
-        except BaseException:
-            _submissions().forget(key)  # sending it again analyses it again
-            raise
+            _analyse_all(files, submission.results)
         finally:
             submission.done.set()
     elif not submission.done.wait(timeout=600):
         abort(503, "the same upload is still being analysed; open the case list shortly")
     results = submission.results
-    if not results:
-        abort(503, "analysing the first post of this form failed; send it again")
+    if not results:  # the first post was interrupted before its first file
+        abort(503, "that upload was interrupted; send it again")
     if not any("case" in r for r in results):  # nothing stored: nothing to repeat
         return render_template("results.html", results=results), results[0]["status"]
     if len(results) == 1:
@@ -121,19 +112,37 @@ def upload():
     return redirect(url_for("upload.results", key=key), 303)
 
 
-def _analyse_all(files: list, contents: list[bytes]) -> list[dict]:
+def _digest(files: list) -> str:
+    """Of the files' contents, read in chunks (Werkzeug keeps large parts on disk)."""
+    total = hashlib.sha256()
+    for f in files:
+        one = hashlib.sha256()
+        for chunk in iter(lambda: f.stream.read(1 << 20), b""):
+            one.update(chunk)
+        f.stream.seek(0)
+        total.update(one.digest())
+    return total.hexdigest()[:32]
+
+
+def _analyse_all(files: list, results: list) -> None:
+    """Analyse each file in turn into ``results``; one failing never loses the others'
+    cases, and is never analysed twice (a repeated post shows these results)."""
     svc = services()
-    results = []
-    for number, (f, data) in enumerate(zip(files, contents), start=1):
+    for number, f in enumerate(files, start=1):
         # The uploaded file name may hold a patient name: show it back, never store it.
         try:
-            case = analyse(svc, data, "upload")
+            case = analyse(svc, f.read(), "upload")
             results.append({"number": number, "name": f.filename, "case": case})
         except InputError as exc:
             svc.telemetry.record_error(type(exc).__name__)
             results.append({"number": number, "name": f.filename, "error": str(exc),
                             "status": exc.status})
-    return results
+        except Exception as exc:  # e.g. a full disk: say so, and go on with the rest
+            logger.exception("upload file %d could not be analysed", number)
+            svc.telemetry.record_error(type(exc).__name__)
+            results.append({"number": number, "name": f.filename, "status": 500,
+                            "error": f"not analysed ({type(exc).__name__}): send this file "
+                                     "again later, or tell the administrator"})
 
 
 @bp.route("/upload/results/<key>")

@@ -63,7 +63,7 @@ trap 'exit 130' INT TERM
 # --- host tools --------------------------------------------------------------------
 need=()
 for c in debootstrap:debootstrap systemd-nspawn:systemd-container ssh:openssh-client \
-         curl:curl ip:iproute2 ssh-keygen:openssh-client; do
+         curl:curl ip:iproute2 ssh-keygen:openssh-client openssl:openssl; do
     command -v "${c%%:*}" >/dev/null || need+=("${c#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -214,6 +214,17 @@ check "third run succeeds" bash -c "$(printf '%q ' "${PLAY[@]}") --limit coordin
 log "third run: $((SECONDS - T)) s"
 CERT2=$(on "$COORD_IP" sudo openssl x509 -noout -fingerprint -in /etc/neuroedge/pki/server.crt)
 check "server certificate re-issued" test "$CERT1" != "$CERT2"
+served_cert_is_new() {  # the restarted coordinator serves the new one, not the file only
+    local served
+    for _ in $(seq 30); do
+        served=$(openssl s_client -connect "$COORD_IP:8443" </dev/null 2>/dev/null \
+            | openssl x509 -noout -fingerprint 2>/dev/null || true)
+        [ "$served" = "$CERT2" ] && return 0
+        sleep 1
+    done
+    echo "served: $served, file: $CERT2"; return 1
+}
+check "coordinator serves the re-issued certificate" served_cert_is_new
 # shellcheck disable=SC2016  # the script runs on the Pi: $tok expands there
 check "Pi still reaches the coordinator over TLS (same CA)" on "$PI_IP" 'sudo sh -c '\''
     tok=$(sed -n "s/^device_token = \"\(.*\)\"$/\1/p" /etc/neuroedge/device.toml)

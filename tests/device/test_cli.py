@@ -99,6 +99,12 @@ def test_user_resets_a_password_and_disables_and_enables_an_account(tmp_path):
     finally:
         store.close(), accounts.close()
     assert run(data, "user", "enable", "bob").returncode == 0
+    store, accounts = open_stores(load_settings(data_dir=data, gpio=False))
+    try:
+        assert not accounts.get_user("bob").disabled
+        assert accounts.get_setting("sessions_after:bob")  # its sessions were ended
+    finally:
+        store.close(), accounts.close()
 
 
 def test_adduser_refuses_a_short_password(tmp_path):

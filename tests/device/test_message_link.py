@@ -96,6 +96,21 @@ def test_no_files_offered_means_nothing_to_do_and_nothing_refused(client_app, v2
     assert installed["bundle"] == "installed" and installed["version"] == 2, installed
 
 
+def test_a_refused_copy_of_the_shipped_version_is_tried_again_at_the_next_sync(
+        client_app, trained_bundle, tmp_path):
+    # The coordinator's v1 signed by a key this device was not given (yet): refused now,
+    # but not for good, since fixing trusted_keys, not a newer version, mends it.
+    from models.signing import generate_signing_key
+    resign_bundle(trained_bundle[0], tmp_path / "c1", generate_signing_key(), version=1)
+    files = {p.name: p.read_bytes() for p in (tmp_path / "c1").iterdir()}
+    fed = build_federation(client_app, MessageLink(1, files))
+
+    first, second = fed.sync_now(), fed.sync_now()
+
+    assert first["bundle"] == second["bundle"] == "refused", (first, second)
+    assert "signature" in second["reason"] and client_app.slot.current.version == 1
+
+
 def test_an_evaluate_reply_carries_no_update(settings):
     outbox = Outbox(settings.data_dir)
     outbox.put(f"{0:032x}", b"payload", {"update_id": f"{0:032x}"})

@@ -210,6 +210,15 @@ def test_coordinator_copy_of_the_shipped_version_replaces_the_shipped_bundle(
     assert (again.action, appliance.fetched) == ("none", [])
 
 
+def test_the_shipped_version_announced_without_files_is_nothing_to_do(appliance):
+    # A Flower reply to a device that is not behind echoes its version and lists nothing.
+    result = appliance.updater.check_and_install({"version": 1, "files": {}},
+                                                 appliance.fetch)
+
+    assert (result.action, appliance.fetched) == ("none", [])
+    assert pointer(appliance, "CURRENT") is None
+
+
 def test_shipped_version_signed_by_an_untrusted_key_is_refused(appliance, variants, tmp_path):
     resign_bundle(variants[1], tmp_path / "c1", generate_signing_key(), version=1)
 

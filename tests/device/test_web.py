@@ -157,22 +157,60 @@ def test_a_form_posted_twice_stores_its_cases_once(app, admin, slice_bytes, serv
     assert changed.status_code == 303 and services.store.count() == 3
 
 
-def test_a_double_click_stores_one_case(app, admin, slice_bytes, services):
+def test_a_double_click_stores_one_case(app, admin, slice_bytes, services, monkeypatch):
+    import device.web.upload as upload_module
+    started, release = threading.Event(), threading.Event()
+
+    def slow_analyse(*args, **kwargs):  # the first post is still analysing...
+        started.set()
+        assert release.wait(10)
+        return analyse(*args, **kwargs)
+
+    analyse = upload_module.analyse
+    monkeypatch.setattr(upload_module, "analyse", slow_analyse)
     clients = [app.test_client(), app.test_client()]
     for client in clients:
         login(client)
-    form_id = "ab" * 16
-    answers = []
-    threads = [threading.Thread(target=lambda c=c: answers.append(
-        form_post(c, form_id, ("a.jpg", slice_bytes)))) for c in clients]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    answers = {}
 
-    assert [a.status_code for a in answers] == [303, 303]
+    def post(i):
+        answers[i] = form_post(clients[i], "ab" * 16, ("a.jpg", slice_bytes))
+
+    first = threading.Thread(target=post, args=(0,))
+    first.start()
+    assert started.wait(10)
+    second = threading.Thread(target=post, args=(1,))  # ...when the second click arrives
+    second.start()
+    second.join(0.5)
+    assert second.is_alive()  # it waits for the first instead of analysing again
+    release.set()
+    first.join(10), second.join(10)
+
+    assert [answers[i].status_code for i in (0, 1)] == [303, 303]
     assert answers[0].headers["Location"] == answers[1].headers["Location"]
     assert services.store.count() == 1
+
+
+def test_a_batch_file_that_fails_is_reported_and_the_others_are_kept(
+        app, admin, slice_bytes, services, monkeypatch):
+    import device.web.upload as upload_module
+    analyse = upload_module.analyse
+
+    def full_disk_on_the_second(svc, data, source):
+        if len(services.store.list()) == 1:
+            raise OSError(28, "No space left on device")
+        return analyse(svc, data, source)
+
+    monkeypatch.setattr(upload_module, "analyse", full_disk_on_the_second)
+    client = app.test_client()
+    login(client)
+    first = form_post(client, "cd" * 16, ("a.jpg", slice_bytes), ("b.jpg", slice_bytes))
+    again = form_post(client, "cd" * 16, ("a.jpg", slice_bytes), ("b.jpg", slice_bytes))
+    page = client.get(first.headers["Location"]).get_data(as_text=True)
+
+    assert again.headers["Location"] == first.headers["Location"]
+    assert services.store.count() == 1  # the first file's case, stored once
+    assert "not analysed (OSError)" in page and "b.jpg" in page
 
 
 def test_confirm_correct_filter_and_delete(app, admin, slice_bytes, services):
@@ -296,7 +334,7 @@ def test_an_expired_session_sends_a_form_to_sign_in_and_back_without_acting(
 
     assert response.status_code == 302  # not "400 missing or invalid CSRF token"
     assert response.headers["Location"] == f"/login?next=/cases/{case.id}"
-    assert "session has expired" in page
+    assert "session has ended" in page
     assert services.store.get(case.id).confirmed_label is None
     signed_out = client.post("/logout", data={})
     assert signed_out.headers["Location"].startswith("/login")
@@ -311,6 +349,25 @@ def test_a_disabled_account_is_signed_out_at_its_next_request(app, admin, servic
 
     assert client.get("/cases/").headers["Location"].startswith("/login")
     assert login(client).status_code == 401
+
+
+def test_a_reset_or_re_enabled_account_starts_from_a_new_sign_in(
+        app, admin, services, settings):
+    from device.web.auth import end_sessions, hash_password
+    stolen, locked_out = app.test_client(), app.test_client()
+    login(stolen)
+    for _ in range(settings.login_attempts):
+        login(locked_out, password="wrong password")
+    assert login(locked_out).status_code == 429
+
+    # What `device user disable`, `enable` and `passwd` do to the account.
+    services.accounts.set_disabled("alice", True)
+    services.accounts.set_disabled("alice", False)
+    services.accounts.set_password("alice", hash_password("a new password!"))
+    end_sessions(services.accounts, "alice")
+
+    assert stolen.get("/cases/").headers["Location"].startswith("/login")  # no request
+    assert login(locked_out, password="a new password!").status_code == 302  # in between
 
 
 def test_sign_in_returns_to_the_filtered_list_it_interrupted(app, admin):
@@ -386,6 +443,29 @@ def test_admin_train_and_sync_now_say_why_they_did_nothing(tmp_path):
         Device.pin_factory.reset()
 
     assert "Training not possible now: need at least 8 confirmed training examples" in trained
-    assert "Sync with http://127.0.0.1:9 failed (coordinator unreachable" in synced
-    assert "retried every 15 minutes" in synced and "CoordinatorUnavailable" not in synced
+    flash = re.search(r'class="flash" role="status">([^<]*)<', synced).group(1)
+    assert flash.startswith("Sync with http://127.0.0.1:9 failed (coordinator unreachable")
+    assert "retried every 15 minutes" in flash
     assert "Coordinator http://127.0.0.1:9" in synced and "No camera detected" in synced
+
+
+def test_a_heat_map_is_drawn_again_after_the_model_or_colour_scale_changed(
+        app, admin, slice_bytes, services):
+    from device.analysis import HEATMAPS_DRAWN_BY
+    client = app.test_client()
+    login(client)
+    upload(client, ("a.jpg", slice_bytes))
+    case = services.store.list()[0]
+    client.get(f"/cases/{case.id}/heatmap.png")
+    path = services.store.heatmap_path(services.store.get(case.id))
+    drawn = path.stat().st_ino  # a drawing writes a new file (temp file, then rename)
+
+    client.get(f"/cases/{case.id}/heatmap.png")
+    assert path.stat().st_ino == drawn  # the model in service drew it: kept
+    # As if an older model, or older software's per-map colour scale, had drawn it:
+    services.accounts.set_setting(HEATMAPS_DRAWN_BY, "v1 another-key 1@0.5")
+    redrawn = client.get(f"/cases/{case.id}/heatmap.png").data
+
+    assert path.stat().st_ino != drawn and redrawn[:4] == b"\x89PNG"
+    page = " ".join(client.get(f"/cases/{case.id}").get_data(as_text=True).split())
+    assert "Occlusion heat map drawn by model version 1:" in page
