@@ -58,8 +58,8 @@ def test_a_failing_fold_stops_the_other_fold_processes_and_raises_its_error():
     y, groups = np.arange(16) % 2, np.arange(16)
     fold_of = (np.arange(16) // 2) % 2
     endless = recipe("edge", epochs=100_000)
-    args = [("no-such-arch", endless, x, y, groups, [], fold_of, 0, (), 0),
-            ("edge", endless, x, y, groups, [], fold_of, 1, (), 0)]
+    args = [("no-such-arch", endless, x, y, groups, [], fold_of, 0, ()),
+            ("edge", endless, x, y, groups, [], fold_of, 1, ())]
     outcome: dict = {}
 
     def run():
