@@ -56,7 +56,12 @@ def confirm(case_id: str):
     label = request.form.get("label", "")
     if label not in ("0", "1"):
         raise InputError("label must be 0 (no tumour) or 1 (tumour)")
-    services().store.confirm(case_id, int(label), current_user())
+    store = services().store
+    before = store.get(case_id)
+    store.confirm(case_id, int(label), current_user())
+    if before.confirmed_label is not None:  # who replaced whose label: in the journal
+        logger.info("case %s: label %d by %s replaces %d by %s", case_id, int(label),
+                    current_user(), before.confirmed_label, before.confirmed_by)
     flash("Label recorded.")
     return redirect(url_for("cases.detail", case_id=case_id), 303)
 

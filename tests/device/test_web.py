@@ -469,3 +469,21 @@ def test_a_heat_map_is_drawn_again_after_the_model_or_colour_scale_changed(
     assert path.stat().st_ino != drawn and redrawn[:4] == b"\x89PNG"
     page = " ".join(client.get(f"/cases/{case.id}").get_data(as_text=True).split())
     assert "Occlusion heat map drawn by model version 1:" in page
+
+
+def test_a_replaced_label_is_logged_with_both_clinicians(app, admin, slice_bytes, services,
+                                                         caplog):
+    from device.web.auth import hash_password
+    services.accounts.add_user("carol", "clinician", hash_password(PASSWORD))
+    alice, carol = app.test_client(), app.test_client()
+    login(alice), login(carol, "carol")
+    upload(alice, ("a.jpg", slice_bytes))
+    case = services.store.list()[0]
+
+    alice.post(f"/cases/{case.id}/confirm", data={"label": "1", "csrf_token": csrf(alice)})
+    with caplog.at_level("INFO", logger="device.web.cases"):
+        carol.post(f"/cases/{case.id}/confirm", data={"label": "0", "csrf_token": csrf(carol)})
+    page = " ".join(carol.get(f"/cases/{case.id}").get_data(as_text=True).split())
+
+    assert f"case {case.id}: label 0 by carol replaces 1 by alice" in caplog.text
+    assert "Labelled <strong>no tumour</strong> by carol" in page
