@@ -137,6 +137,11 @@ class CaseStore(ABC):
         """Return the case; NotFoundError if missing or ``case_id`` is malformed."""
 
     @abstractmethod
+    def ids_starting_with(self, prefix: str, limit: int = 2) -> list[str]:
+        """Up to ``limit`` case ids that start with ``prefix`` (lowercase hex, 1-32
+        characters; InputError otherwise): what the case page shows is the first 8."""
+
+    @abstractmethod
     def list(self, status: str = "all", limit: int = 50, offset: int = 0) -> list[Case]:
         """Cases with that status, newest first; InputError on a bad status/limit/offset."""
 

@@ -155,6 +155,14 @@ class SQLiteCaseStore(CaseStore):
             raise NotFoundError("no such case")
         return _case(rows[0])
 
+    def ids_starting_with(self, prefix: str, limit: int = 2) -> list[str]:
+        if not isinstance(prefix, str) or not re.fullmatch(r"[0-9a-f]{1,32}", prefix):
+            raise InputError("a case id is made of the digits 0-9 and the letters a-f")
+        rows = self._db.read("SELECT id FROM cases WHERE substr(id, 1, ?) = ? ORDER BY id "
+                             "LIMIT ?", (len(prefix), prefix,
+                                         _number(limit, "limit", 1, MAX_LIST_LIMIT, True)))
+        return [row[0] for row in rows]
+
     def list(self, status: str = "all", limit: int = 50, offset: int = 0) -> list[Case]:
         where = _WHERE[check_status(status)]
         rows = self._db.read(

@@ -28,6 +28,13 @@ PAGE = 50
 @bp.route("/")
 @login_required
 def index():
+    wanted = request.args.get("id", "").strip().lower()
+    if wanted:  # "go to case": the 8 characters the pages show are enough
+        found = services().store.ids_starting_with(wanted)
+        if len(found) == 1:
+            return redirect(url_for("cases.detail", case_id=found[0]))
+        flash(f"More than one case starts with {wanted}: type more of its id."
+              if found else f"No case starts with {wanted}.")
     status = request.args.get("status", "all")
     if status not in FILTERS:
         raise InputError(f"unknown filter {status!r}; choose from {', '.join(FILTERS)}")

@@ -141,6 +141,19 @@ def test_list_is_newest_first_and_pages(cases: CaseStore) -> None:
     assert cases.count() == 5
 
 
+def test_ids_starting_with_a_prefix(cases: CaseStore) -> None:
+    ids = sorted(add(cases).id for _ in range(40))  # 40 ids: two share a first digit
+    shared = next(a[0] for a, b in zip(ids, ids[1:]) if a[0] == b[0])
+
+    assert cases.ids_starting_with(ids[0][:8]) == [ids[0]]
+    assert cases.ids_starting_with(ids[0]) == [ids[0]]
+    assert len(cases.ids_starting_with(shared)) == 2  # enough to say "ambiguous"
+    assert cases.ids_starting_with(shared, limit=40) == [i for i in ids if i[0] == shared]
+    for bad in ("", "G", "%", "_", "a" * 33, None):
+        with pytest.raises(InputError):
+            cases.ids_starting_with(bad)
+
+
 def test_confirm_sets_status_and_filters_and_counts(cases: CaseStore) -> None:
     # Prepare
     agreed, disagreed, open_ = add(cases), add(cases), add(cases, predicted_label=0)

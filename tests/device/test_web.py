@@ -487,3 +487,19 @@ def test_a_replaced_label_is_logged_with_both_clinicians(app, admin, slice_bytes
 
     assert f"case {case.id}: label 0 by carol replaces 1 by alice" in caplog.text
     assert "Labelled <strong>no tumour</strong> by carol" in page
+
+
+def test_go_to_case_opens_a_case_from_the_start_of_its_id(app, admin, slice_bytes, services):
+    client = app.test_client()
+    login(client)
+    upload(client, ("a.jpg", slice_bytes))
+    case = services.store.list()[0]
+    unknown = "0" * 8 if not case.id.startswith("0" * 8) else "f" * 8
+
+    found = client.get(f"/cases/?id={case.id[:8].upper()}")
+    missing = client.get(f"/cases/?id={unknown}").get_data(as_text=True)
+    bad = client.get("/cases/?id=../etc")
+
+    assert found.status_code == 302 and found.headers["Location"] == f"/cases/{case.id}"
+    assert f"No case starts with {unknown}." in missing
+    assert bad.status_code == 400 and "0-9" in bad.get_data(as_text=True)
