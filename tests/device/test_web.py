@@ -30,6 +30,14 @@ def upload(client, *files: tuple[str, bytes]):
         content_type="multipart/form-data")
 
 
+def signed_in_with_a_case(app, services, slice_bytes):
+    """A test client signed in as the admin, and the case its one upload stored."""
+    client = app.test_client()
+    login(client)
+    upload(client, ("a.jpg", slice_bytes))
+    return client, services.store.list()[0]
+
+
 def test_first_visit_opens_setup_guarded_by_the_logged_code(app, services):
     from device.web.auth import new_setup_code
     client = app.test_client()
@@ -238,10 +246,7 @@ def test_confirm_correct_filter_and_delete(app, admin, slice_bytes, services):
 
 
 def test_bad_label_and_unknown_filter_are_400(app, admin, slice_bytes, services):
-    client = app.test_client()
-    login(client)
-    upload(client, ("a.jpg", slice_bytes))
-    case = services.store.list()[0]
+    client, case = signed_in_with_a_case(app, services, slice_bytes)
 
     bad = client.post(f"/cases/{case.id}/confirm",
                       data={"label": "7", "csrf_token": csrf(client, "/")})
@@ -321,10 +326,7 @@ def test_admin_page_is_for_admins_and_says_when_there_is_no_coordinator(
 
 def test_an_expired_session_sends_a_form_to_sign_in_and_back_without_acting(
         app, admin, slice_bytes, services):
-    client = app.test_client()
-    login(client)
-    upload(client, ("a.jpg", slice_bytes))
-    case = services.store.list()[0]
+    client, case = signed_in_with_a_case(app, services, slice_bytes)
     token = csrf(client, f"/cases/{case.id}")
     client.delete_cookie("neuroedge_session")  # the 8-hour session ran out
 
@@ -452,10 +454,7 @@ def test_admin_train_and_sync_now_say_why_they_did_nothing(tmp_path):
 def test_a_heat_map_is_drawn_again_after_the_model_or_colour_scale_changed(
         app, admin, slice_bytes, services):
     from device.analysis import HEATMAPS_DRAWN_BY
-    client = app.test_client()
-    login(client)
-    upload(client, ("a.jpg", slice_bytes))
-    case = services.store.list()[0]
+    client, case = signed_in_with_a_case(app, services, slice_bytes)
     client.get(f"/cases/{case.id}/heatmap.png")
     path = services.store.heatmap_path(services.store.get(case.id))
     drawn = path.stat().st_ino  # a drawing writes a new file (temp file, then rename)
@@ -490,10 +489,7 @@ def test_a_replaced_label_is_logged_with_both_clinicians(app, admin, slice_bytes
 
 
 def test_go_to_case_opens_a_case_from_the_start_of_its_id(app, admin, slice_bytes, services):
-    client = app.test_client()
-    login(client)
-    upload(client, ("a.jpg", slice_bytes))
-    case = services.store.list()[0]
+    client, case = signed_in_with_a_case(app, services, slice_bytes)
     unknown = "0" * 8 if not case.id.startswith("0" * 8) else "f" * 8
 
     found = client.get(f"/cases/?id={case.id[:8].upper()}")
