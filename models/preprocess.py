@@ -73,6 +73,11 @@ def _image_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _too_large(width: int, height: int) -> UnusableImageError:
+    return UnusableImageError(f"image too large: {width}x{height} pixels (the limit is "
+                              f"{MAX_PIXELS / 1e6:g} megapixels)")
+
+
 def decode_image(data: bytes) -> np.ndarray:
     """Decode PNG/JPEG/BMP/TIFF bytes with OpenCV, keeping depth and channels.
 
@@ -87,8 +92,7 @@ def decode_image(data: bytes) -> np.ndarray:
         raise ImageDecodeError("empty file")
     size = _image_size(data)
     if size and size[0] * size[1] > MAX_PIXELS:
-        raise UnusableImageError(f"image too large: {size[0]}x{size[1]} pixels (the limit "
-                                 f"is {MAX_PIXELS / 1e6:g} megapixels)")
+        raise _too_large(*size)
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
@@ -97,8 +101,7 @@ def decode_image(data: bytes) -> np.ndarray:
     if img is None or img.size == 0:
         raise ImageDecodeError("not a decodable image (corrupt, truncated or wrong type)")
     if img.shape[0] * img.shape[1] > MAX_PIXELS:
-        raise UnusableImageError(f"image too large: {img.shape[1]}x{img.shape[0]} pixels "
-                                 f"(the limit is {MAX_PIXELS / 1e6:g} megapixels)")
+        raise _too_large(img.shape[1], img.shape[0])
     return img
 
 

@@ -94,7 +94,13 @@ def check_csrf() -> None:
 
 def _signed_in() -> bool:
     """A session of a user who still exists and is not disabled (a disabled account's
-    sessions end at its next request)."""
+    sessions end at its next request). Checked once per request: a POST asks twice."""
+    if "signed_in" not in g:
+        g.signed_in = _session_valid()
+    return g.signed_in
+
+
+def _session_valid() -> bool:
     name = session.get("user")
     if not name:
         return False
