@@ -104,8 +104,8 @@ def _serve_tls(app, settings: Settings) -> None:
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     from coordinator.services import signing_key_path
-    from models.signing import (generate_signing_key, key_id, load_signing_key,
-                                save_signing_key)
+    from models.core.signing import (generate_signing_key, key_id, load_signing_key,
+                                     save_signing_key)
     settings = _settings(args)
     path = signing_key_path(settings.state_dir)
     settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -45,9 +45,9 @@ def intake_rate(state: Path) -> float:
 
     from coordinator.api.auth import hash_token
     from coordinator.store.sqlite import SQLiteCoordinatorStore
-    from models.bundle import read_manifest
-    from models.update_codec import encode
-    from models.weights import head_shapes
+    from models.core.bundle import read_manifest
+    from models.core.update_codec import encode
+    from models.core.weights import head_shapes
     store = SQLiteCoordinatorStore(state)
     tokens = {}
     for i in range(DEVICES):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from models.bundle import Bundle, resign_bundle, verify_bundle
+from models.core.bundle import Bundle, resign_bundle, verify_bundle
 
 # The largest bundle version the coordinator answers for: beyond any fleet's lifetime,
 # inside SQLite's INTEGER and a file name's length.

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coordinator.exc import ConfigError
-from models import configfile
+from models.core import configfile
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 METHODS = ("fedavg", "median", "trimmed_mean", "clipped_fedavg")

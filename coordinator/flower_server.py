@@ -18,7 +18,7 @@ pruned int8 signed publishing, audit log -- with Flower carrying the messages an
 4. a ``flower_round`` audit event records, per device, bytes each way, the training
    and evaluation figures and what it did with the bundle.
 
-Record layout: :mod:`models.message_records`.
+Record layout: :mod:`models.core.message_records`.
 """
 from __future__ import annotations
 
@@ -38,10 +38,10 @@ from coordinator.config import load_settings
 from coordinator.exc import CoordinatorError, NotFoundError
 from coordinator.intake import receive_report, receive_update
 from coordinator.services import Services, build_services
-from models import message_records as rec
-from models.metrics import json_safe
-from models.sqlitedb import write_file
-from models.bundle import MANIFEST, SIGNATURE
+from models.core import message_records as rec
+from models.core.metrics import json_safe
+from models.core.sqlitedb import write_file
+from models.core.bundle import MANIFEST, SIGNATURE
 
 logger = logging.getLogger(__name__)
 app = ServerApp()

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from nacl.signing import SigningKey
 
-from models import metrics
-from models.bundle import Bundle, write_bundle
-from models.runtime import TFLiteModel
+from models.core import metrics
+from models.core.bundle import Bundle, write_bundle
+from models.core.runtime import TFLiteModel
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +52,9 @@ class Outcome:
 
 def prune_head(head: dict[str, np.ndarray], sparsity: float) -> dict[str, np.ndarray]:
     """Zero the smallest-magnitude fraction of the hidden head kernel. The output unit
-    stays dense, as in :func:`models.compress.prune`: its 32 weights cost nothing and
+    stays dense, as in :func:`models.training.compress.prune`: its 32 weights cost nothing and
     make every decision."""
-    from models.compress import magnitude_mask
+    from models.training.compress import magnitude_mask
     out = {k: v.copy() for k, v in head.items()}
     out["hidden/kernel"] = out["hidden/kernel"] * magnitude_mask(out["hidden/kernel"], sparsity)
     return out
@@ -73,8 +73,8 @@ def publish(current: Bundle, float_weights: Path, head: dict[str, np.ndarray],
     The gate compares validation AUC and accuracy, at the current bundle's threshold, of
     the candidate with the current bundle's model on the same images.
     """
-    from models.architectures import build_model, set_head
-    from models.export import to_tflite
+    from models.training.architectures import build_model, set_head
+    from models.training.export import to_tflite
     start = time.perf_counter()
     model = build_model(current.manifest["architecture"])
     model.load_weights(str(float_weights))

@@ -23,8 +23,8 @@ from coordinator.aggregation.validate import UpdateRejected, validate_update
 from coordinator.bundles import BundleRegistry
 from coordinator.config import Settings
 from coordinator.exc import InputError, RejectedError
-from models.update_codec import decode
-from models.weights import WeightsError
+from models.core.update_codec import decode
+from models.core.weights import WeightsError
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from coordinator.bundles import BundleRegistry
 from coordinator.config import Settings
 from coordinator.rounds import RoundManager
 from coordinator.store.sqlite import SQLiteCoordinatorStore
-from models.signing import generate_signing_key, load_signing_key, save_signing_key
+from models.core.signing import generate_signing_key, load_signing_key, save_signing_key
 
 logger = logging.getLogger(__name__)
 KEY_FILE = "signing.key"
@@ -68,8 +68,8 @@ def load_eval_data(settings: Settings, bundles: BundleRegistry):
         logger.warning("no coordinator data configured: rounds aggregate but do not publish")
         return None
     from coordinator.publish import EvalData
-    from models.dataset import load_images, load_samples
-    from models.preprocess import InputSpec
+    from models.training.dataset import load_images, load_samples
+    from models.core.preprocess import InputSpec
     spec = InputSpec.from_dict(bundles.latest().manifest["input"])
     x, y, _ = load_images(load_samples(settings.data), spec)
     return EvalData(calibration=x, x_val=x, y_val=y)

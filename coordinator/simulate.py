@@ -29,13 +29,13 @@ import numpy as np
 import requests
 
 from coordinator.rounds import parse_time
-from models import metrics
-from models.bundle import read_manifest
-from models.dataset import Sample, load_images, load_samples
-from models.preprocess import InputSpec
-from models.runtime import TFLiteModel
-from models.splits import (duplicate_groups, paper_partition, parse_partition, site_partition,
-                           train_val_test_split)
+from models.core import metrics
+from models.core.bundle import read_manifest
+from models.training.dataset import Sample, load_images, load_samples
+from models.core.preprocess import InputSpec
+from models.core.runtime import TFLiteModel
+from models.training.splits import (duplicate_groups, paper_partition, parse_partition,
+                                    site_partition, train_val_test_split)
 
 logger = logging.getLogger(__name__)
 ADMIN_PASSWORD = "simulation-admin-password"
@@ -378,8 +378,8 @@ def embed(bundle_dir: Path, samples: list[Sample]) -> tuple[np.ndarray, np.ndarr
 def baselines(bundle_dir: Path, part: Partition) -> dict:
     """Centralized and local-only heads: the same trainer, the same test partition, and
     the bundle's threshold, which publishing keeps."""
-    from device.training.head import TrainConfig, predict, train_head
-    from models.weights import load_head
+    from models.core.head import TrainConfig, predict, train_head
+    from models.core.weights import load_head
     head = load_head(bundle_dir / "head.npz")
     threshold = read_manifest(bundle_dir)["threshold"]
     x_test, y_test = embed(bundle_dir, part.test)
@@ -404,8 +404,8 @@ def baselines(bundle_dir: Path, part: Partition) -> dict:
 def initial_model(coordinator_csv: Path, arch: str, out: Path, epochs: int | None) -> Path:
     """The coordinator trains the initial model on its own share only (as in the paper),
     so no test or site image has been seen by the backbone the devices freeze."""
-    from models.build import BuildConfig, build_bundle
-    from models.signing import load_signing_key
+    from models.training.build import BuildConfig, build_bundle
+    from models.core.signing import load_signing_key
     key = load_signing_key(_dev_key().with_suffix(""))  # the coordinator re-signs it
     cfg = BuildConfig.for_arch(arch, epochs)
     build_bundle(coordinator_csv, out / "bundle", key, cfg,

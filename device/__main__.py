@@ -64,7 +64,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from device.imaging import decode_upload
     from device.services import load_predictor, trusted_keys
     from device.sync.bundles import InstalledBundles
-    from models import preprocess as mp
+    from models.core import preprocess as mp
     settings = _settings(args)
     bundle = args.model
     if bundle is None:  # what the appliance serves: the installed bundle, else the shipped
@@ -161,7 +161,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_verify_bundle(args: argparse.Namespace) -> int:
     from device.services import trusted_keys
-    from models.bundle import BundleError, verify_bundle
+    from models.core.bundle import BundleError, verify_bundle
     settings = _settings(args)
     try:
         bundle = verify_bundle(args.bundle, trusted_keys(settings),
@@ -177,7 +177,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     """CURRENT := PREVIOUS (verified first); a running service serves it after a restart."""
     from device.services import trusted_keys
     from device.sync.bundles import InstalledBundles
-    from models.bundle import read_manifest
+    from models.core.bundle import read_manifest
     settings = _settings(args)
     bundles = InstalledBundles(settings.data_dir, settings.bundle, trusted_keys(settings))
     path = bundles.rollback()

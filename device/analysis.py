@@ -14,7 +14,7 @@ from device.exc import UnusableImageError
 from device.imaging import decode_upload, stored_model_input
 from device.inference.heatmap import FULL_SCALE_DROP, heatmap_png
 from device.hw.status import State
-from models import preprocess as mp
+from models.core import preprocess as mp
 
 logger = logging.getLogger(__name__)
 

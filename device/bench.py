@@ -51,7 +51,7 @@ def in_process(data_dir: Path) -> dict:
     from device.config import load_settings
     from device.inference.heatmap import heatmap_png
     from device.services import build_services
-    from models.preprocess import preprocess_bytes
+    from models.core.preprocess import preprocess_bytes
     svc = build_services(load_settings(data_dir=data_dir, gpio=False, secret_key="bench"))
     try:
         predictor = svc.slot.current

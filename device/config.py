@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from device.exc import ConfigError
-from models import configfile
-from models.signing import load_public_key
+from models.core import configfile
+from models.core.signing import load_public_key
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 DEFAULT_BUNDLE = MODELS_DIR / "default_bundle"

@@ -1,7 +1,7 @@
 """The appliance's side of the federation: train the head, send the delta, take bundles.
 
-Orchestration only (the head maths is :mod:`device.training.head`, the wire format
-:mod:`models.update_codec`, transport :mod:`device.sync`). Training runs in the
+Orchestration only (the head maths is :mod:`models.core.head`, the wire format
+:mod:`models.core.update_codec`, transport :mod:`device.sync`). Training runs in the
 background and never holds a lock that predictions need.
 """
 from __future__ import annotations
@@ -19,11 +19,11 @@ import numpy as np
 from device.hw.status import State
 from device.imaging import stored_model_input
 from device.sync.updater import UpdateResult, is_gate_case
-from device.training.head import TrainConfig, predict, train_head
-from models import metrics
-from models.update_codec import decode, encode
-from models import weights
-from models.weights import head_to_bytes, load_head
+from models.core.head import TrainConfig, predict, train_head
+from models.core import metrics
+from models.core.update_codec import decode, encode
+from models.core import weights
+from models.core.weights import head_to_bytes, load_head
 
 logger = logging.getLogger(__name__)
 MAX_BUNDLE_FILE = 64 * 2**20  # bytes: a bundle file larger than this is refused

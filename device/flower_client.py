@@ -13,7 +13,7 @@ the same :class:`~device.federation.Federation` code as the HTTP transport over 
   on the held-out confirmed cases.
 
 The serving appliance adopts a bundle installed here within ``bundle_poll_s``.
-Record layout: :mod:`models.message_records`.
+Record layout: :mod:`models.core.message_records`.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from flwr.clientapp import ClientApp
 from device.config import load_settings
 from device.services import Services, build_federation, build_services
 from device.sync.message_link import MessageLink
-from models import message_records as rec
+from models.core import message_records as rec
 
 logger = logging.getLogger(__name__)
 app = ClientApp()

@@ -19,8 +19,8 @@ from device.store.base import AccountStore, CaseStore
 from device.store.sqlite import DB_NAME, Database, SQLiteAccountStore, SQLiteCaseStore
 from device.sync.bundles import InstalledBundles
 from device.telemetry import Telemetry
-from models.bundle import verify_bundle
-from models.signing import load_public_key
+from models.core.bundle import verify_bundle
+from models.core.signing import load_public_key
 
 logger = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ import logging
 import sys
 from pathlib import Path
 
-from models.bundle import (BundleError, check_bundle_target, read_manifest, resign_bundle,
-                           verify_bundle)
-from models.metrics import json_safe
-from models.signing import (generate_signing_key, key_id, load_public_key, load_signing_key,
-                            save_signing_key)
+from models.core.bundle import (BundleError, check_bundle_target, read_manifest, resign_bundle,
+                                verify_bundle)
+from models.core.metrics import json_safe
+from models.core.signing import (generate_signing_key, key_id, load_public_key, load_signing_key,
+                                 save_signing_key)
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default_bundle"
 DEV_PUBLIC_KEY = Path(__file__).resolve().parent / "dev_keys" / "dev_signing.key.pub"
@@ -36,7 +36,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_bundle_target(args.out)  # before training, not after it
     if args.float_out and not args.float_out.endswith(".weights.h5"):
         raise ValueError(f"--float-out must end in .weights.h5: {args.float_out}")
-    from models.build import BuildConfig, build_bundle
+    from models.training.build import BuildConfig, build_bundle
     cfg = BuildConfig.for_arch(args.arch, args.epochs, args.seed)
     if args.sparsity is not None:
         cfg.sparsity = args.sparsity
@@ -58,10 +58,10 @@ def _print_metrics(result: dict, title: str) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from models.evaluate import evaluate_bundle
+    from models.training.evaluate import evaluate_bundle
     result, labels, prob = evaluate_bundle(args.model, args.data, args.split)
     if args.plots:
-        from models.plots import write_all
+        from models.training.plots import write_all
         write_all(labels, prob, result["threshold"], args.plots)
     if args.json:
         _dump(result)
@@ -72,10 +72,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
-    from models.architectures import DEFAULT_ARCH
-    from models.cv import REVIEW_MARGIN, cross_validate
-    from models.shifts import SHIFTS, format_report
-    from models.train import recipe
+    from models.training.architectures import DEFAULT_ARCH
+    from models.training.cv import REVIEW_MARGIN, cross_validate
+    from models.training.shifts import SHIFTS, format_report
+    from models.training.train import recipe
     arch = args.arch or DEFAULT_ARCH
     shifts = list(SHIFTS) if args.shifts else []
     result = cross_validate(args.data, arch, args.folds, recipe(arch, args.seed, args.epochs),
@@ -96,8 +96,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def cmd_shifts(args: argparse.Namespace) -> int:
-    from models.evaluate import shift_evaluation
-    from models.shifts import format_report
+    from models.training.evaluate import shift_evaluation
+    from models.training.shifts import format_report
     report = shift_evaluation(args.model, args.data, args.split)
     if args.json:
         _dump(report)
@@ -144,7 +144,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from models.reproduce import print_table, reproduce_paper
+    from models.training.reproduce import print_table, reproduce_paper
     result = reproduce_paper(args.data, seed=args.seed, epochs=args.epochs)
     print_table(result)
     if args.json:
@@ -153,7 +153,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from models.bench import run_bench
+    from models.training.bench import run_bench
     run_bench(args.data, seed=args.seed, epochs=args.epochs)
     return 0
 

@@ -32,7 +32,7 @@ def small_data(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.fixture(scope="session")
 def signing_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from models.signing import generate_signing_key, save_signing_key
+    from models.core.signing import generate_signing_key, save_signing_key
     path = tmp_path_factory.mktemp("keys") / "signing.key"
     save_signing_key(generate_signing_key(), path)
     return path
@@ -91,10 +91,10 @@ def write_destroyed_v2(trained_bundle: tuple[Path, Path], small_data: Path, key,
     calibrated on 8 small-set slices, like a real bundle."""
     import numpy as np
 
-    from models.architectures import build_model, get_head, set_head
-    from models.bundle import read_manifest, write_bundle
-    from models.export import to_tflite
-    from models.preprocess import InputSpec, preprocess, read_image
+    from models.training.architectures import build_model, get_head, set_head
+    from models.core.bundle import read_manifest, write_bundle
+    from models.training.export import to_tflite
+    from models.core.preprocess import InputSpec, preprocess, read_image
     bundle, weights = trained_bundle
     manifest = read_manifest(bundle)
     model = build_model(manifest["architecture"])

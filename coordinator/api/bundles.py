@@ -11,7 +11,7 @@ from coordinator.api import services
 from coordinator.api.auth import device_required
 from coordinator.bundles import MAX_VERSION
 from coordinator.exc import NotFoundError
-from models.bundle import MANIFEST, SIGNATURE
+from models.core.bundle import MANIFEST, SIGNATURE
 
 bp = Blueprint("bundles", __name__)
 STARTED = time.time()

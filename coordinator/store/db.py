@@ -1,4 +1,4 @@
-"""SQLite plumbing of the coordinator store: its database (on :mod:`models.sqlitedb`,
+"""SQLite plumbing of the coordinator store: its database (on :mod:`models.core.sqlitedb`,
 shared with the appliance's store) and the argument checks the store's methods share.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from coordinator.exc import InputError, StoreError
-from models import sqlitedb
-from models.sqlitedb import TMP_PREFIX, fsync_dir, now_iso  # noqa: F401 (re-exported)
+from models.core import sqlitedb
+from models.core.sqlitedb import TMP_PREFIX, fsync_dir, now_iso  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +23,14 @@ MAX_JSON_CHARS = 65536
 
 
 class Database(sqlitedb.Database):
-    """The coordinator database (``schema.sql``); see :class:`models.sqlitedb.Database`."""
+    """The coordinator database (``schema.sql``); see :class:`models.core.sqlitedb.Database`."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path, SCHEMA, SCHEMA_VERSION, StoreError)
 
 
 def write_durably(directory: Path, name: str, data: bytes) -> Path:
-    """Atomic, fsynced write (:func:`models.sqlitedb.write_file`) plus directory fsync."""
+    """Atomic, fsynced write (:func:`models.core.sqlitedb.write_file`) plus directory fsync."""
     path = sqlitedb.write_file(directory, name, data)
     fsync_dir(directory)
     return path

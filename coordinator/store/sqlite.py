@@ -29,7 +29,7 @@ from coordinator.store.db import (
     to_json, write_durably,
 )
 from coordinator.store.records import RecordsMixin
-from models.sqlitedb import sweep_dir
+from models.core.sqlitedb import sweep_dir
 
 log = logging.getLogger(__name__)
 

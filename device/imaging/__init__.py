@@ -2,7 +2,7 @@
 
 Public API: :func:`sniff`, :func:`decode_upload` (returns an :class:`Upload`),
 :func:`decode_dicom` and :func:`stored_model_input`. Preprocessing for the network stays
-in ``models.preprocess``.
+in ``models.core.preprocess``.
 """
 from device.imaging.decode import (ACCEPTED, KINDS, Upload, decode_upload, sniff,
                                    stored_model_input)

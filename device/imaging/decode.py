@@ -1,6 +1,6 @@
 """Validate and decode an uploaded slice (PNG, JPEG or DICOM) into pixels.
 
-PNG and JPEG go through ``models.preprocess.decode_image``, the decoder the training
+PNG and JPEG go through ``models.core.preprocess.decode_image``, the decoder the training
 pipeline uses, so the appliance feeds the network exactly what it was trained on. The
 type comes from magic bytes only, never from the file name or the browser's MIME type.
 What the appliance keeps is :meth:`Upload.png`, a lossless re-encoding of the pixels:
@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-import models.preprocess as mp
+import models.core.preprocess as mp
 from device.exc import InputError, TooLargeError, UnsupportedTypeError, UnusableImageError
 from device.imaging.dicom import decode_dicom, looks_like_dicom
 
@@ -39,7 +39,7 @@ class Upload:
     ----------
     pixels : numpy.ndarray
         Read-only, 2-D gray or 3-D BGR, ``uint8`` or ``uint16`` (16-bit PNGs keep their
-        depth; DICOM is windowed to ``uint8``); what ``models.preprocess.preprocess``
+        depth; DICOM is windowed to ``uint8``); what ``models.core.preprocess.preprocess``
         takes.
     kind : str
         The detected type: ``"png"``, ``"jpeg"`` or ``"dicom"``.
@@ -108,7 +108,7 @@ def decode_upload(data: bytes, max_bytes: int) -> Upload:
     Returns
     -------
     Upload
-        The pixels, at least ``models.preprocess.MIN_SIDE`` on each side.
+        The pixels, at least ``models.core.preprocess.MIN_SIDE`` on each side.
 
     Raises
     ------
@@ -119,7 +119,7 @@ def decode_upload(data: bytes, max_bytes: int) -> Upload:
     UnsupportedTypeError
         Not PNG, JPEG or DICOM, or a DICOM compression this device cannot decode (415).
     UnusableImageError
-        More than ``models.preprocess.MAX_PIXELS`` pixels (refused from the header,
+        More than ``models.core.preprocess.MAX_PIXELS`` pixels (refused from the header,
         before allocating), smaller than ``MIN_SIDE`` on a side, or a DICOM without
         pixel data (422).
     """
@@ -162,7 +162,7 @@ def _decode_raster(data: bytes, kind: str) -> np.ndarray:
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     elif img.ndim == 3 and img.shape[2] == 4:
-        # Alpha is dropped, not composited: models.preprocess.to_gray does the same in
+        # Alpha is dropped, not composited: models.core.preprocess.to_gray does the same in
         # training, and the appliance must see what training saw.
         img = np.ascontiguousarray(img[:, :, :3])
     return img

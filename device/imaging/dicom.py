@@ -27,7 +27,7 @@ from pydicom.pixels import (apply_color_lut, apply_modality_lut, apply_voi, appl
                             get_decoder, pixel_array)
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-import models.preprocess as mp
+import models.core.preprocess as mp
 from device.exc import DeviceError, InputError, UnsupportedTypeError, UnusableImageError
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def decode_dicom(data: bytes) -> np.ndarray:
     LUT Sequence or the first Window Center/Width (min-max of the rescaled values when
     neither is present or they are invalid), scaled to 0..255; MONOCHROME1 is inverted
     so it looks like MONOCHROME2. Colour (RGB, YBR, palette) is refused by the rule PNG
-    and JPEG meet in ``models.preprocess`` (:func:`models.preprocess.colour_share`);
+    and JPEG meet in ``models.core.preprocess`` (:func:`models.core.preprocess.colour_share`);
     greyscale stored as colour (R = G = B) is converted to luma and min-max scaled. Of a
     multi-frame object only the middle frame is decoded: in a stack of MR slices it is
     the one most likely to cross the middle of the brain.
@@ -85,7 +85,7 @@ def decode_dicom(data: bytes) -> np.ndarray:
         ``pyjpegls``, or Deflated Explicit VR Little Endian (refused before anything
         is inflated) (415).
     UnusableImageError
-        No pixel data, more than ``models.preprocess.MAX_PIXELS`` pixels per frame
+        No pixel data, more than ``models.core.preprocess.MAX_PIXELS`` pixels per frame
         (422, checked from the header before decoding), or a colour picture (422).
     """
     try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from device.inference.predictor import Predictor, register
-from models.bundle import Bundle
-from models.runtime import TFLiteModel
+from models.core.bundle import Bundle
+from models.core.runtime import TFLiteModel
 
 # Occluded copies run as one batch on a second interpreter: one invoke instead of 49.
 HEATMAP_BATCH = 49

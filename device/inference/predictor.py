@@ -12,8 +12,8 @@ from typing import Callable
 
 import numpy as np
 
-from models.bundle import Bundle
-from models.preprocess import InputSpec
+from models.core.bundle import Bundle
+from models.core.preprocess import InputSpec
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from device.exc import InputError, NotFoundError, StoreError
-from models import sqlitedb
-from models.sqlitedb import fsync_dir, now_iso, sweep_dir
+from models.core import sqlitedb
+from models.core.sqlitedb import fsync_dir, now_iso, sweep_dir
 from device.store.base import (
     EXPORT_FIELDS, MAX_LIST_LIMIT, MAX_LIST_OFFSET, ROLES, SOURCES, AccountStore, Case,
     CaseStore, Token, User, check_case_id, check_label, check_name, check_status,
@@ -47,7 +47,7 @@ _WHERE = {"all": "1", "unconfirmed": "confirmed_label IS NULL",
 
 
 class Database(sqlitedb.Database):
-    """The appliance database (``schema.sql``); see :class:`models.sqlitedb.Database`."""
+    """The appliance database (``schema.sql``); see :class:`models.core.sqlitedb.Database`."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path, SCHEMA, SCHEMA_VERSION, StoreError)

@@ -33,8 +33,8 @@ from typing import Iterator, Sequence
 import nacl.signing
 
 from device.exc import RollbackError
-from models.bundle import BundleError, verify_bundle
-from models.sqlitedb import fsync_dir
+from models.core.bundle import BundleError, verify_bundle
+from models.core.sqlitedb import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class InstalledBundles:
         staging = self.root / STAGING_DIR
         staging.mkdir(exist_ok=True)
         path = Path(tempfile.mkdtemp(prefix=f"v{int(version)}-", dir=staging))
-        os.chmod(path, 0o755)  # like models.bundle: readable by the service's group
+        os.chmod(path, 0o755)  # like models.core.bundle: readable by the service's group
         return path
 
     def cleanup_staging(self) -> None:
@@ -225,7 +225,7 @@ class InstalledBundles:
 
         Raises
         ------
-        models.bundle.BundleError
+        models.core.bundle.BundleError
             The staged folder does not verify or holds another version.
         """
         staged = Path(staged)

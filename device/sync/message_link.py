@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from device.sync.client import CoordinatorUnavailable, UnsafeDownload
-from models.sqlitedb import write_file
+from models.core.sqlitedb import write_file
 
 
 class MessageLink:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device.sync.client import CoordinatorUnavailable, UpdateRefused
-from models.sqlitedb import fsync_dir
+from models.core.sqlitedb import fsync_dir
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ reason the caller reports to the coordinator. In order:
    is taken: the coordinator starts its versions from the shipped model re-signed with
    its own key, or from another initial model, and devices train on its base);
 2. download every listed file into a fresh staging folder;
-3. :func:`models.bundle.verify_bundle` (signature, every SHA-256, no extra files, newer);
+3. :func:`models.core.bundle.verify_bundle` (signature, every SHA-256, no extra files, newer);
 4. same architecture, input, head shapes and labels as the bundle in service (devices
    train that head; its embeddings must stay comparable);
 5. smoke test: the candidate loads and gives finite probabilities in [0, 1] on a
@@ -45,12 +45,12 @@ from device.inference.predictor import Predictor, create_predictor
 from device.inference.slot import ModelSlot
 from device.store.base import MAX_LIST_LIMIT, Case, CaseStore
 from device.sync.bundles import InstalledBundles
-from device.training.head import predict as head_predict
-from models import metrics
-from models.bundle import (
+from models.core.head import predict as head_predict
+from models.core import metrics
+from models.core.bundle import (
     MANIFEST, SIGNATURE, Bundle, BundleError, canonical_bytes, verify_bundle,
 )
-from models.preprocess import InputSpec, preprocess
+from models.core.preprocess import InputSpec, preprocess
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from coordinator.aggregation import (PrivacyLedger, StreamingMean, UpdateRejecte
                                      dp_fedavg, epsilon_for, gaussian_mechanism, trimmed_mean,
                                      validate_update, weighted_fedavg)
 from coordinator.aggregation.privacy import ORDERS, rdp_per_round
-from models.weights import flatten, head_shapes, unflatten
+from models.core.weights import flatten, head_shapes, unflatten
 
 # The package exports the function ``aggregate``, which shadows the module's name.
 agg = importlib.import_module("coordinator.aggregation.aggregate")

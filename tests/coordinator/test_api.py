@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import requests
 
-from models.bundle import verify_bundle
-from models.signing import load_public_key
-from models.update_codec import encode
+from models.core.bundle import verify_bundle
+from models.core.signing import load_public_key
+from models.core.update_codec import encode
 
 
 def delta(coord, scale: float = 0.01, seed: int = 0) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ from werkzeug.security import check_password_hash
 
 from coordinator.api.auth import hash_token
 from coordinator.store.sqlite import DB_NAME, SQLiteCoordinatorStore
-from models.signing import load_public_key, load_signing_key
+from models.core.signing import load_public_key, load_signing_key
 
 REPO = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_S = 60.0

@@ -17,8 +17,8 @@ from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict  # n
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from coordinator.flower_server import PINS_FILE, NeuroEdgeStrategy  # noqa: E402
-from models import message_records as rec  # noqa: E402
-from models.update_codec import encode  # noqa: E402
+from models.core import message_records as rec  # noqa: E402
+from models.core.update_codec import encode  # noqa: E402
 
 
 POISON_REASON = "payload"   # a NaN is refused when the update is decoded

@@ -9,9 +9,9 @@ import pytest
 from coordinator.config import load_settings
 from coordinator.exc import ConflictError, RejectedError
 from coordinator.services import build_services
-from models.bundle import read_manifest, resign_bundle, verify_bundle
-from models.signing import load_public_key
-from models.update_codec import encode
+from models.core.bundle import read_manifest, resign_bundle, verify_bundle
+from models.core.signing import load_public_key
+from models.core.update_codec import encode
 
 DEVICES = ("pi-1", "pi-2", "pi-3")
 

@@ -12,8 +12,8 @@ import pytest
 from werkzeug.security import check_password_hash
 
 from device.config import DEFAULT_BUNDLE
-from models.bundle import resign_bundle
-from models.signing import load_signing_key
+from models.core.bundle import resign_bundle
+from models.core.signing import load_signing_key
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -333,7 +333,7 @@ def test_uploads_succeed_while_a_training_run_is_in_progress(stack, tmp_path, tr
                                                              small_data, signing_key_file,
                                                              monkeypatch):
     import device.federation as federation
-    from device.training.head import TrainConfig
+    from models.core.head import TrainConfig
     # Training needs no coordinator: point the appliance at a port nobody listens on.
     device = make_appliance(stack, tmp_path / "device", trained_bundle, signing_key_file,
                             f"http://127.0.0.1:{free_port()}", "nd_unused", None)
@@ -479,7 +479,7 @@ def test_a_bundle_worse_on_local_cases_is_refused_and_reported(pair, trained_bun
 
 
 def test_a_bundle_with_a_bad_signature_is_refused_and_reported(pair):
-    from models.bundle import SIGNATURE, resign_bundle
+    from models.core.bundle import SIGNATURE, resign_bundle
     coord, device = pair()
     registry = coord.svc.bundles
     resign_bundle(registry.path(1), registry.path(2), coord.svc.key, version=2,

@@ -18,7 +18,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian,
                          JPEGLSLossless, MRImageStorage, generate_uid)
 
-import models.preprocess as mp
+import models.core.preprocess as mp
 from device.exc import InputError, TooLargeError, UnsupportedTypeError, UnusableImageError
 from device.imaging import Upload, decode_dicom, decode_upload, sniff
 

@@ -14,9 +14,9 @@ from device.config import DEFAULT_BUNDLE, DEV_PUBLIC_KEY
 from device.inference.heatmap import FULL_SCALE_DROP, heatmap_png, occlusion_map, overlay_png
 from device.inference.predictor import Predictor, create_predictor
 from device.inference.slot import ModelSlot
-from models.bundle import Bundle, verify_bundle
-from models.preprocess import preprocess_bytes
-from models.signing import load_public_key
+from models.core.bundle import Bundle, verify_bundle
+from models.core.preprocess import preprocess_bytes
+from models.core.signing import load_public_key
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,9 +14,9 @@ from device.sync.client import CoordinatorUnavailable
 from device.sync.message_link import MessageLink
 from device.sync.outbox import Outbox
 from device.sync.updater import synthetic_slice
-from models.bundle import resign_bundle
-from models.preprocess import preprocess
-from models.signing import load_signing_key
+from models.core.bundle import resign_bundle
+from models.core.preprocess import preprocess
+from models.core.signing import load_signing_key
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_a_refused_copy_of_the_shipped_version_is_tried_again_at_the_next_sync(
         client_app, trained_bundle, tmp_path):
     # The coordinator's v1 signed by a key this device was not given (yet): refused now,
     # but not for good, since fixing trusted_keys, not a newer version, mends it.
-    from models.signing import generate_signing_key
+    from models.core.signing import generate_signing_key
     resign_bundle(trained_bundle[0], tmp_path / "c1", generate_signing_key(), version=1)
     files = {p.name: p.read_bytes() for p in (tmp_path / "c1").iterdir()}
     fed = build_federation(client_app, MessageLink(1, files))

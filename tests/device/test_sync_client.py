@@ -13,7 +13,7 @@ import pytest
 
 from device.sync import (CoordinatorClient, CoordinatorUnavailable, Outbox, UnsafeDownload,
                          UpdateRefused)
-from models.update_codec import encode
+from models.core.update_codec import encode
 from tests.conftest import running
 
 DEVICE = "pi-1"

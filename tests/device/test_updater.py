@@ -24,9 +24,9 @@ from device.services import load_predictor, open_stores, trusted_keys
 from device.exc import RollbackError
 from device.sync.bundles import InstalledBundles
 from device.sync.updater import BundleUpdater, is_gate_case, synthetic_slice
-from models.bundle import read_manifest, resign_bundle, verify_bundle, write_bundle
-from models.preprocess import preprocess, read_image
-from models.signing import generate_signing_key, load_signing_key
+from models.core.bundle import read_manifest, resign_bundle, verify_bundle, write_bundle
+from models.core.preprocess import preprocess, read_image
+from models.core.signing import generate_signing_key, load_signing_key
 from tests.conftest import write_destroyed_v2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -446,7 +446,7 @@ CRASH = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
     from device.sync import bundles
-    from models.signing import load_public_key
+    from models.core.signing import load_public_key
     data, shipped, pub, staged, version, die_at = sys.argv[1:]
     real = bundles.InstalledBundles._write_pointer
 

@@ -27,9 +27,9 @@ import pytest
 import requests
 
 from coordinator.store.base import AUDIT_FIELDS
-from models.bundle import read_manifest
-from models.update_codec import encode
-from models.weights import head_shapes
+from models.core.bundle import read_manifest
+from models.core.update_codec import encode
+from models.core.weights import head_shapes
 from tests.e2e.conftest import (CLI_TIMEOUT_S, REPO, START_TIMEOUT_S, STOP_TIMEOUT_S, _env,
                                 _failed, free_port)
 

@@ -23,8 +23,8 @@ from device.config import DEV_PUBLIC_KEY
 from device.store.sqlite import SQLiteCaseStore
 from device.sync.bundles import InstalledBundles
 from device.sync.outbox import Outbox
-from models.bundle import verify_bundle
-from models.signing import load_public_key
+from models.core.bundle import verify_bundle
+from models.core.signing import load_public_key
 from tests.e2e.conftest import (CLI_TIMEOUT_S, REPO, ServerProcess, _env, add_user,
                                 create_token, free_port)
 

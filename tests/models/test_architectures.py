@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.architectures import (build_model, freeze_backbone, get_head, set_head,
-                                  with_embedding)
-from models.weights import HEAD_NAMES, head_shapes
+from models.training.architectures import (build_model, freeze_backbone, get_head, set_head,
+                                           with_embedding)
+from models.core.weights import HEAD_NAMES, head_shapes
 
 
 def test_paper_model_matches_the_seed_papers_figure_5():

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.augment import (Augmentation, affine_transforms, augment, bias_field,
-                            gaussian_blur, warp)
+from models.training.augment import (Augmentation, affine_transforms, augment, bias_field,
+                                     gaussian_blur, warp)
 
 H, W = 12, 16
 
@@ -83,7 +83,7 @@ def test_geometry_is_drawn_over_the_whole_ranges(monkeypatch):
                      shift=shift.numpy() / np.array([width, height]))
         return affine_transforms(angle, scale, shift, flip, height, width)
 
-    monkeypatch.setattr("models.augment.affine_transforms", capture)
+    monkeypatch.setattr("models.training.augment.affine_transforms", capture)
     tf.random.set_seed(2)
     augment(tf.zeros((4000, 8, 8, 1)))
 

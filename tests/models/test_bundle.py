@@ -9,7 +9,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from models import bundle, signing, weights
+from models.core import bundle, signing, weights
 
 D = 8
 MODEL_BYTES = b"TFL3" + bytes(range(256)) * 4  # the bundle layer never parses the model
@@ -376,6 +376,6 @@ def test_non_canonical_manifest_refused(bdir, key):
 
 def test_pure_modules_import_without_tensorflow():
     # Devices verify bundles without TensorFlow; importing it here would bloat the Pi image.
-    code = ("import sys, models.bundle, models.weights, models.signing; "
+    code = ("import sys, models.core.bundle, models.core.weights, models.core.signing; "
             "sys.exit('tensorflow' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

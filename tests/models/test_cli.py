@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from models.__main__ import main
-from models.bundle import read_manifest
+from models.core.bundle import read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
-PURE_MODULES = ["models.preprocess", "models.dataset", "models.splits", "models.bundle",
-                "models.signing", "models.weights", "models.metrics", "models.runtime",
-                "models.evaluate", "models.plots", "models.shifts"]
+PURE_MODULES = ["models.core.preprocess", "models.training.dataset", "models.training.splits",
+                "models.core.bundle", "models.core.signing", "models.core.weights",
+                "models.core.metrics", "models.core.runtime", "models.training.evaluate",
+                "models.training.plots", "models.training.shifts"]
 
 
 def test_pure_modules_import_without_tensorflow():
@@ -146,7 +147,7 @@ def test_evaluate_json_on_the_held_out_split_runs_through_litert(
 
 def test_shifts_scores_the_shipped_bundle_clean_as_evaluate_does_and_under_each_shift(
         data_dir, capsys):
-    from models.shifts import SHIFTS
+    from models.training.shifts import SHIFTS
     assert main(["evaluate", "--data", str(data_dir), "--split", "test", "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
 
@@ -188,10 +189,10 @@ def test_reproduce_paper_runs_the_protocol_on_grouped_splits(small_data, tmp_pat
 
 @pytest.mark.slow
 def test_cv_writes_grouped_folds_and_out_of_fold_predictions(small_data, tmp_path, capsys):
-    from models.cv import REVIEW_MARGIN
-    from models.shifts import SHIFTS
-    from models.dataset import load_samples
-    from models.splits import duplicate_groups
+    from models.training.cv import REVIEW_MARGIN
+    from models.training.shifts import SHIFTS
+    from models.training.dataset import load_samples
+    from models.training.splits import duplicate_groups
     out = tmp_path / "cv.json"
 
     code = main(["cv", "--data", str(small_data), "--folds", "2", "--epochs", "2",
@@ -235,7 +236,7 @@ def test_cv_writes_grouped_folds_and_out_of_fold_predictions(small_data, tmp_pat
 
 
 def test_each_architecture_trains_with_its_own_recipe():
-    from models.train import TrainConfig, recipe
+    from models.training.train import TrainConfig, recipe
 
     paper, edge = recipe("paper", seed=3), recipe("edge", epochs=7)
 
@@ -246,8 +247,8 @@ def test_each_architecture_trains_with_its_own_recipe():
 
 def test_a_recipes_fixed_threshold_is_used_whatever_validation_says():
     import numpy as np
-    from models import metrics
-    from models.train import BALANCED_THRESHOLD, TrainConfig, operating_threshold
+    from models.core import metrics
+    from models.training.train import BALANCED_THRESHOLD, TrainConfig, operating_threshold
     y, prob = np.array([0, 0, 1, 1, 1]), np.array([0.1, 0.7, 0.05, 0.8, 0.9])
 
     assert operating_threshold(TrainConfig(), y, prob) == BALANCED_THRESHOLD == 0.25

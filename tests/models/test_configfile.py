@@ -1,4 +1,4 @@
-"""Settings coercion (models.configfile): each value the appliance or the coordinator
+"""Settings coercion (models.core.configfile): each value the appliance or the coordinator
 reads from TOML, the environment or the command line becomes its field's type, or a
 clear error naming the setting."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from models import configfile
+from models.core import configfile
 
 
 class SettingError(ValueError):

@@ -4,9 +4,9 @@ import threading
 import numpy as np
 import pytest
 
-from models.cv import cross_validate, review_list
-from models.metrics import binary_metrics
-from models.train import recipe
+from models.training.cv import cross_validate, review_list
+from models.core.metrics import binary_metrics
+from models.training.train import recipe
 
 
 def test_review_list_names_confident_contradictions_most_confident_first():
@@ -52,7 +52,7 @@ def test_each_fold_model_scores_its_own_fold(small_data, jobs):
 @pytest.mark.slow
 def test_a_failing_fold_stops_the_other_fold_processes_and_raises_its_error():
     # Prepare: fold 0 fails at once (unknown architecture); fold 1 would train for hours
-    from models.cv import _folds_in_processes
+    from models.training.cv import _folds_in_processes
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (16, 128, 128, 1)).astype(np.float32)
     y, groups = np.arange(16) % 2, np.arange(16)

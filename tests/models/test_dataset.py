@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from models.dataset import (DatasetError, Sample, load_csv, load_folder, load_images,
-                            load_samples)
-from models.preprocess import InputSpec, preprocess, read_image
+from models.training.dataset import (DatasetError, Sample, load_csv, load_folder, load_images,
+                                     load_samples)
+from models.core.preprocess import InputSpec, preprocess, read_image
 
 DATA = Path(__file__).resolve().parents[3] / "shared/data/brain_tumor_dataset"
 SPEC = InputSpec(32, 32, 1)
@@ -91,7 +91,7 @@ def test_load_csv_tolerates_bom_backslashes_and_text_labels(tmp_path: Path, capl
                         ",1\r\n", encoding="utf-8-sig")
     assert csv_path.read_bytes().startswith(b"\xef\xbb\xbf")
     # Execute
-    with caplog.at_level(logging.WARNING, logger="models.dataset"):
+    with caplog.at_level(logging.WARNING, logger="models.training.dataset"):
         samples = load_csv(csv_path)
     # Assert
     assert [(s.rel, s.label) for s in samples] == [
@@ -146,7 +146,7 @@ def test_load_images_skips_unreadable_files_and_stays_aligned(tmp_path: Path, ca
              (tmp_path / "gone.png", 0)]
     samples = [Sample(p, label, p.name) for p, label in files]
     # Execute
-    with caplog.at_level(logging.WARNING, logger="models.dataset"):
+    with caplog.at_level(logging.WARNING, logger="models.training.dataset"):
         images, labels, kept = load_images(samples, SPEC, workers=3)
     # Assert
     assert [s.rel for s in kept] == ["g1.png", "g2.png", "g3.png"]

@@ -1,4 +1,4 @@
-"""Hand-computed checks for models.metrics (label 1 = tumour)."""
+"""Hand-computed checks for models.core.metrics (label 1 = tumour)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 
-from models import metrics as m
+from models.core import metrics as m
 
 NAN = float("nan")
 
@@ -260,7 +260,7 @@ def test_accepts_bool_and_float_labels() -> None:
 
 
 def test_module_is_pure_numpy() -> None:
-    code = ("import sys, models.metrics; "
+    code = ("import sys, models.core.metrics; "
             "bad = {'tensorflow', 'sklearn', 'matplotlib'} & set(sys.modules); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

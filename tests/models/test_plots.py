@@ -1,4 +1,4 @@
-"""models.plots writes real, readable PNG files."""
+"""models.training.plots writes real, readable PNG files."""
 from __future__ import annotations
 
 import subprocess
@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from models import plots
+from models.training import plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -73,6 +73,6 @@ def test_bad_input_raises_before_writing(tmp_path: Path) -> None:
 
 
 def test_import_does_not_load_matplotlib() -> None:
-    code = ("import sys, models.plots; "
+    code = ("import sys, models.training.plots; "
             "assert 'matplotlib' not in sys.modules, 'matplotlib imported eagerly'")
     subprocess.run([sys.executable, "-c", code], check=True)

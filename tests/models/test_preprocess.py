@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from models import MAX_PIXELS
-from models import preprocess as pp
-from models.preprocess import (ImageDecodeError, InputSpec, UnusableImageError, brain_mask,
-                               crop_to_mask, decode_image, preprocess, preprocess_bytes,
-                               to_gray)
+from models.core import preprocess as pp
+from models.core.preprocess import (ImageDecodeError, InputSpec, UnusableImageError, brain_mask,
+                                    crop_to_mask, decode_image, preprocess, preprocess_bytes,
+                                    to_gray)
 
 DATA = Path(__file__).resolve().parents[3] / "shared/data/brain_tumor_dataset"
 ROOT = Path(__file__).resolve().parents[2]
@@ -304,9 +304,9 @@ def test_preprocess_bytes_is_decode_then_preprocess() -> None:
     assert InputSpec.from_dict(spec.to_dict()) == spec
 
 
-@pytest.mark.parametrize("entry", ["models.__main__", "models.shifts", "models.splits",
-                                   "device.imaging.decode", "device.__main__",
-                                   "coordinator.__main__"])
+@pytest.mark.parametrize("entry", ["models.__main__", "models.training.shifts",
+                                   "models.training.splits", "device.imaging.decode",
+                                   "device.__main__", "coordinator.__main__"])
 def test_opencv_gets_its_decode_limit_before_it_is_first_imported(entry: str) -> None:
     # OpenCV reads OPENCV_IO_MAX_IMAGE_PIXELS when cv2 is imported: a module importing
     # cv2 before the limit was set left BMP/TIFF bombs to be decoded in full. Entry

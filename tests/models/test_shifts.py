@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from models.dataset import Sample
-from models.preprocess import InputSpec, preprocess, read_image, to_gray
-from models.shifts import SHIFTS, load_shifted, shift_report, shifted_image
+from models.training.dataset import Sample
+from models.core.preprocess import InputSpec, preprocess, read_image, to_gray
+from models.training.shifts import SHIFTS, load_shifted, shift_report, shifted_image
 
 SPEC = InputSpec(128, 128, 1)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from models.__main__ import DEFAULT_BUNDLE
-from models.evaluate import evaluate_bundle, shift_evaluation
+from models.training.evaluate import evaluate_bundle, shift_evaluation
 
 
 def test_healthy_slices_are_not_piled_up_at_an_int8_floor(data_dir):

@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from models import signing
+from models.core import signing
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from models import splits
-from models.dataset import load_folder
-from models.preprocess import to_gray
+from models.training import splits
+from models.training.dataset import load_folder
+from models.core.preprocess import to_gray
 
 DATA = Path(__file__).resolve().parents[3] / "shared/data/brain_tumor_dataset"
 

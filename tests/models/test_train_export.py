@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.architectures import get_architecture, get_head
-from models.compress import (copy_model, distill, magnitude_mask, prunable_layers, prune,
-                             sparsity_of)
-from models.dataset import load_folder, load_images
-from models.export import CALIBRATION_IMAGES, calibration_sample, gzip_size, to_tflite
-from models.runtime import TFLiteModel
-from models.train import TrainConfig, class_weights, predict, train_model
+from models.training.architectures import get_architecture, get_head
+from models.training.compress import (copy_model, distill, magnitude_mask, prunable_layers, prune,
+                                      sparsity_of)
+from models.training.dataset import load_folder, load_images
+from models.training.export import CALIBRATION_IMAGES, calibration_sample, gzip_size, to_tflite
+from models.core.runtime import TFLiteModel
+from models.training.train import TrainConfig, class_weights, predict, train_model
 
 pytestmark = pytest.mark.slow
 # threshold=None: choose it on validation, so training exercises that path too.
@@ -125,7 +125,7 @@ def test_distillation_trains_in_inference_mode_and_restores_the_layers(images, t
     logits shrank towards zero (README)."""
     import keras
 
-    from models.compress import inference_mode_layers
+    from models.training.compress import inference_mode_layers
     x, _ = images
     model = copy_model(trained[0])  # training-mode calls move BN statistics
     norms = [layer for layer in model.layers
@@ -144,7 +144,7 @@ def test_distillation_trains_in_inference_mode_and_restores_the_layers(images, t
 
 def test_distillation_targets_are_the_teachers_probabilities_on_the_same_images(
         images, trained):
-    from models.train import make_dataset
+    from models.training.train import make_dataset
     x, y = images
     teacher = trained[0]
     cfg = TrainConfig(batch_size=8)  # augmented: the targets follow each random warp
@@ -157,7 +157,7 @@ def test_distillation_targets_are_the_teachers_probabilities_on_the_same_images(
 
 
 def test_distillation_moves_a_pruned_student_towards_its_teacher(images, trained):
-    from models.train import set_seeds
+    from models.training.train import set_seeds
     x, _ = images
     set_seeds(0)
     student, teacher = copy_model(trained[0]), copy_model(trained[0])
@@ -175,8 +175,8 @@ def test_distillation_moves_a_pruned_student_towards_its_teacher(images, trained
 def test_batch_norm_statistics_are_those_of_clean_images_after_training(images):
     import keras
 
-    from models.architectures import build_model
-    from models.train import recalibrate_batch_norm
+    from models.training.architectures import build_model
+    from models.training.train import recalibrate_batch_norm
     x, _ = images
     model = build_model("edge")
     bn = next(layer for layer in model.layers

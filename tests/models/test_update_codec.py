@@ -6,8 +6,8 @@ import io
 import numpy as np
 import pytest
 
-from models.update_codec import decode, encode, quantize
-from models.weights import WeightsError, head_shapes
+from models.core.update_codec import decode, encode, quantize
+from models.core.weights import WeightsError, head_shapes
 
 SHAPES = head_shapes(256)
 

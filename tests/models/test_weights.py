@@ -4,7 +4,7 @@ import io
 import numpy as np
 import pytest
 
-from models import weights
+from models.core import weights
 
 D = 8
 

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from models.preprocess import read_image, to_gray
+from models.core.preprocess import read_image, to_gray
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def fingerprint(gray: np.ndarray, side: int = FINGERPRINT_SIDE) -> np.ndarray:
 
     Parameters
     ----------
-    gray : 2-D array (e.g. from :func:`models.preprocess.to_gray`).
+    gray : 2-D array (e.g. from :func:`models.core.preprocess.to_gray`).
     side : thumbnail side in pixels.
 
     Returns
@@ -99,7 +99,7 @@ def duplicate_groups(items: Sequence[Any], threshold: float = NEAR_DUPLICATE_COR
 
     Parameters
     ----------
-    items : image arrays, :class:`models.dataset.Sample` objects or file paths. Files are
+    items : image arrays, :class:`models.training.dataset.Sample` objects or file paths. Files are
         compared by the SHA-256 of their bytes, arrays by that of their pixels.
     threshold : fingerprint correlation at or above which two items are one slice.
 

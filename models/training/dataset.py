@@ -1,7 +1,7 @@
 """Datasets: the Kaggle ``yes/``/``no/`` folder layout and the paper's CSV files.
 
 A dataset is a list of :class:`Sample` (file path, label, path relative to the dataset
-root). Images are decoded and preprocessed by :mod:`models.preprocess`; a file that
+root). Images are decoded and preprocessed by :mod:`models.core.preprocess`; a file that
 cannot be read is reported with its path and skipped, and the run goes on.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from models.preprocess import InputSpec, preprocess, read_image
+from models.core.preprocess import InputSpec, preprocess, read_image
 
 logger = logging.getLogger(__name__)
 

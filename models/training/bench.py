@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from models import metrics
-from models.architectures import ARCHITECTURES
-from models.build import BuildConfig, train_on_split
-from models.compress import prune
-from models.export import gzip_size, to_tflite
-from models.runtime import TFLiteModel
-from models.train import predict
+from models.core import metrics
+from models.training.architectures import ARCHITECTURES
+from models.training.build import BuildConfig, train_on_split
+from models.training.compress import prune
+from models.training.export import gzip_size, to_tflite
+from models.core.runtime import TFLiteModel
+from models.training.train import predict
 
 LATENCY_RUNS = 50
 

@@ -2,7 +2,7 @@
 
 Every model ends ``... -> embedding -> Dense(32, relu) "head_hidden" -> Dense(1, sigmoid)
 "head_output"``. The layers up to ``embedding`` are the backbone, frozen on devices; the
-two head layers are what the federation trains, and what ``models.weights`` stores.
+two head layers are what the federation trains, and what ``models.core.weights`` stores.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from models.preprocess import InputSpec
-from models.weights import HEAD_NAMES
+from models.core.preprocess import InputSpec
+from models.core.weights import HEAD_NAMES
 
 EMBEDDING = "embedding"
 HEAD_HIDDEN = "head_hidden"
@@ -30,8 +30,8 @@ class Architecture:
     input_spec: InputSpec
     build_backbone: Callable[[keras.KerasTensor], keras.KerasTensor]
     description: str
-    # Training hyper-parameters that differ from models.train.TrainConfig's defaults
-    # (see models.train.recipe), and the pruning target of its bundle.
+    # Training hyper-parameters that differ from models.training.train.TrainConfig's defaults
+    # (see models.training.train.recipe), and the pruning target of its bundle.
     recipe: dict = field(default_factory=dict)
     sparsity: float = 0.5
 
@@ -117,7 +117,7 @@ def with_embedding(model: keras.Model) -> keras.Model:
 
 
 def get_head(model: keras.Model) -> dict[str, np.ndarray]:
-    """Head weights under the names of :data:`models.weights.HEAD_NAMES`."""
+    """Head weights under the names of :data:`models.core.weights.HEAD_NAMES`."""
     hk, hb = model.get_layer(HEAD_HIDDEN).get_weights()
     ok, ob = model.get_layer(HEAD_OUTPUT).get_weights()
     return {n: a.astype(np.float32) for n, a in zip(HEAD_NAMES, (hk, hb, ok, ob))}

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from models import metrics
+from models.core import metrics
 
 PathLike = str | os.PathLike
 CLASS_NAMES = ("no tumour", "tumour")

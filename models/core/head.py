@@ -9,7 +9,7 @@ The head maps a backbone embedding :math:`x \\in \\mathbb{R}^D` to a tumour prob
 
 with ``hidden/kernel`` :math:`W_1` (D, H), ``hidden/bias`` :math:`b_1` (H,),
 ``output/kernel`` :math:`W_2` (H, 1) and ``output/bias`` :math:`b_2` (1,), the arrays
-named by :data:`models.weights.HEAD_NAMES`. Everything works on logits ``s`` so that
+named by :data:`models.core.weights.HEAD_NAMES`. Everything works on logits ``s`` so that
 neither the sigmoid nor the log-loss overflows for large ``|s|``.
 
 The functions are pure: they never modify the arrays they are given. ``train_head``
@@ -24,8 +24,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from models.metrics import binary_metrics, roc_auc
-from models.weights import HEAD_NAMES, head_shapes
+from models.core.metrics import binary_metrics, roc_auc
+from models.core.weights import HEAD_NAMES, head_shapes
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def forward(head: Mapping[str, np.ndarray], x: Any) -> tuple[np.ndarray, Forward
     Parameters
     ----------
     head : mapping of str to numpy.ndarray
-        Arrays keyed by :data:`models.weights.HEAD_NAMES`.
+        Arrays keyed by :data:`models.core.weights.HEAD_NAMES`.
     x : array_like, shape (N, D)
         Finite embeddings.
 
@@ -232,7 +232,7 @@ def loss_and_grads(head: Mapping[str, np.ndarray], x: Any, y: Any, *,
     Parameters
     ----------
     head : mapping of str to numpy.ndarray
-        Arrays keyed by :data:`models.weights.HEAD_NAMES`.
+        Arrays keyed by :data:`models.core.weights.HEAD_NAMES`.
     x : array_like, shape (N, D)
         Embeddings.
     y : array_like, shape (N,)
@@ -278,7 +278,7 @@ def evaluate_head(head: Mapping[str, np.ndarray], x: Any, y: Any,
     Returns
     -------
     dict
-        :func:`models.metrics.binary_metrics` of ``predict(head, x)`` at ``threshold``
+        :func:`models.core.metrics.binary_metrics` of ``predict(head, x)`` at ``threshold``
         (AUC, sensitivity, specificity, ...; NaN where undefined).
     """
     prob = predict(head, x)

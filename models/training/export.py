@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
-from models.architectures import with_embedding
+from models.training.architectures import with_embedding
 
 FORMATS = ("float", "dynamic", "int8")
 CALIBRATION_IMAGES = 100

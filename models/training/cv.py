@@ -12,12 +12,12 @@ from typing import Sequence
 
 import numpy as np
 
-from models import metrics
-from models.architectures import get_architecture
-from models.dataset import Sample, load_images, load_samples
-from models.shifts import load_shifted, shift_report
-from models.splits import duplicate_groups, stratified_group_kfold
-from models.train import TrainConfig, predict, recipe, train_model
+from models.core import metrics
+from models.training.architectures import get_architecture
+from models.training.dataset import Sample, load_images, load_samples
+from models.training.shifts import load_shifted, shift_report
+from models.training.splits import duplicate_groups, stratified_group_kfold
+from models.training.train import TrainConfig, predict, recipe, train_model
 
 logger = logging.getLogger(__name__)
 
@@ -135,9 +135,9 @@ def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig
     ``folds`` mapping each file (relative to ``data``) to its test fold, and
     ``predictions`` its out-of-fold tumour probability (from the model that never saw it),
     ``review`` the files whose prediction contradicts their label (:func:`review_list`).
-    With ``shifts`` (names in :data:`models.shifts.SHIFTS`), ``shifts`` holds each fold
+    With ``shifts`` (names in :data:`models.training.shifts.SHIFTS`), ``shifts`` holds each fold
     model's decisions on its test fold after each acquisition shift, pooled over folds
-    (:func:`models.shifts.shift_report`), and ``shift_predictions`` the probabilities
+    (:func:`models.training.shifts.shift_report`), and ``shift_predictions`` the probabilities
     behind them (shift -> file -> probability), to re-score at another threshold.
 
     ``jobs`` > 1 trains that many folds at once, each in its own process, the cores

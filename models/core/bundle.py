@@ -5,7 +5,7 @@ A bundle is a flat directory::
     manifest.json   canonical JSON (sorted keys, compact, UTF-8) plus one newline
     signature       the raw 64-byte Ed25519 signature of the canonical manifest bytes
     model.tflite    the (int8, pruned) model; not parsed here
-    head.npz        float head weights, see :mod:`models.weights`
+    head.npz        float head weights, see :mod:`models.core.weights`
 
 ``manifest["files"]`` lists the SHA-256 and size of every file except manifest.json and
 signature, so one signature covers everything. The manifest file must be byte-for-byte
@@ -43,8 +43,8 @@ from typing import Any, Mapping, Sequence
 import nacl.signing
 import numpy as np
 
-from models import signing, weights
-from models.sqlitedb import fsync_dir
+from models.core import signing, weights
+from models.core.sqlitedb import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models import metrics
-from models.architectures import build_model, get_architecture
-from models.augment import Augmentation, augment
+from models.core import metrics
+from models.training.architectures import build_model, get_architecture
+from models.training.augment import Augmentation, augment
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
 def operating_threshold(cfg: TrainConfig, y_val: np.ndarray, prob: np.ndarray) -> float:
     """``cfg.threshold`` when the recipe fixes one; else the one with the best validation
     specificity among those keeping validation sensitivity at ``cfg.min_sensitivity`` or
-    above (see :func:`models.metrics.choose_threshold`)."""
+    above (see :func:`models.core.metrics.choose_threshold`)."""
     if cfg.threshold is not None:
         return float(cfg.threshold)
     return metrics.choose_threshold(y_val, prob, cfg.min_sensitivity, cfg.min_specificity)

@@ -26,7 +26,7 @@ from typing import Iterator
 import keras
 import numpy as np
 
-from models.train import TrainConfig, fit, trainable_batch_norms
+from models.training.train import TrainConfig, fit, trainable_batch_norms
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def distill(student: keras.Model, teacher: keras.Model, x_train: np.ndarray,
     """Fine-tune ``student`` towards ``teacher``'s probabilities on augmented ``x_train``,
     with batch norm and dropout in inference mode (as the teacher runs), for all of
     ``cfg.epochs``. Batch norm keeps the statistics it had: frozen, it is not
-    recalibrated at the end of :func:`models.train.fit`."""
+    recalibrated at the end of :func:`models.training.train.fit`."""
     no_val = x_train[:0], np.zeros(0)  # no early stopping, nothing shown
     with inference_mode_layers(student):
         fit(student, x_train, None, *no_val, replace(cfg, patience=0),

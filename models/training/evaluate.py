@@ -7,12 +7,12 @@ from typing import Sequence
 
 import numpy as np
 
-from models import metrics
-from models.bundle import MODEL, read_manifest
-from models.dataset import Sample, load_images, load_samples
-from models.preprocess import InputSpec
-from models.runtime import TFLiteModel
-from models.shifts import SHIFTS, load_shifted, shift_report
+from models.core import metrics
+from models.core.bundle import MODEL, read_manifest
+from models.training.dataset import Sample, load_images, load_samples
+from models.core.preprocess import InputSpec
+from models.core.runtime import TFLiteModel
+from models.training.shifts import SHIFTS, load_shifted, shift_report
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def evaluate_bundle(bundle_dir: str | Path, data: str | Path, split: str = "all"
 def shift_evaluation(bundle_dir: str | Path, data: str | Path, split: str = "test"
                      ) -> dict[str, dict]:
     """The bundle's decisions on ``data`` clean and after each acquisition shift
-    (:mod:`models.shifts`), at its own threshold, through LiteRT."""
+    (:mod:`models.training.shifts`), at its own threshold, through LiteRT."""
     manifest, model, images, labels, kept = _bundle_and_data(bundle_dir, data, split)
     shifted = load_shifted(kept, InputSpec.from_dict(manifest["input"]), list(SHIFTS))
     shifted = {name: model.predict(x)[0] for name, x in shifted.items()}

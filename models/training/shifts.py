@@ -15,9 +15,9 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from models import metrics
-from models.dataset import Sample
-from models.preprocess import InputSpec, preprocess, read_image, to_gray
+from models.core import metrics
+from models.training.dataset import Sample
+from models.core.preprocess import InputSpec, preprocess, read_image, to_gray
 
 
 Shift = Callable[[np.ndarray, np.random.Generator], np.ndarray]

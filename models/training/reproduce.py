@@ -13,11 +13,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from models import metrics
-from models.architectures import build_model, freeze_backbone, get_head, set_head
-from models.cv import load_grouped
-from models.splits import paper_partition
-from models.train import TrainConfig, fit, predict, recipe, set_seeds, train_model
+from models.core import metrics
+from models.training.architectures import build_model, freeze_backbone, get_head, set_head
+from models.training.cv import load_grouped
+from models.training.splits import paper_partition
+from models.training.train import TrainConfig, fit, predict, recipe, set_seeds, train_model
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def _fine_tune(main: keras.Model, arch: str, x_tr: np.ndarray, y_tr: np.ndarray,
 
 
 def reproduce_paper(data: str | Path, seed: int = 0, epochs: int | None = None) -> dict:
-    """Run the protocol with the paper's CNN and its recipe (models.architectures);
+    """Run the protocol with the paper's CNN and its recipe (models.training.architectures);
     returns measured figures beside :data:`PAPER`."""
     arch = "paper"
     cfg = recipe(arch, seed, epochs)

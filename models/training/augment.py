@@ -4,7 +4,7 @@ Flips and rotations as the paper did, plus zoom and shift (crop and scale variat
 blur, a smooth intensity bias, contrast and gamma. Blur matters beyond other scanners'
 sharpness: in the 253-slice set the tumour slices are the blurrier ones (median relative
 Laplacian energy at a common scale 0.145 against 0.20), so a model trained without it
-calls a blurred healthy slice a tumour (``models.shifts``). The geometric part is one
+calls a blurred healthy slice a tumour (``models.training.shifts``). The geometric part is one
 affine matrix per image applied by one bilinear resampling: cheaper than one pass per
 transform (training is compute-bound on 2 cores), and it blurs the slice once, not thrice.
 """

@@ -8,10 +8,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from device.training import (
+from models.core.head import (
     TrainConfig, evaluate_head, forward, loss_and_grads, predict, train_head,
 )
-from models.weights import HEAD_NAMES, delta, head_to_bytes, l2_norm
+from models.core.weights import HEAD_NAMES, delta, head_to_bytes, l2_norm
 
 
 def random_head(dim: int, seed: int, hidden: int = 32) -> dict[str, np.ndarray]:

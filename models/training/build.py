@@ -10,16 +10,16 @@ import keras
 import numpy as np
 from nacl.signing import SigningKey
 
-from models import metrics
-from models.architectures import get_architecture, get_head
-from models.bundle import write_bundle
-from models.compress import prune, sparsity_of
-from models.cv import load_grouped
-from models.dataset import Sample
-from models.export import gzip_size, to_tflite
-from models.runtime import TFLiteModel
-from models.splits import train_val_test_split
-from models.train import TrainConfig, operating_threshold, predict, recipe, train_model
+from models.core import metrics
+from models.training.architectures import get_architecture, get_head
+from models.core.bundle import write_bundle
+from models.training.compress import prune, sparsity_of
+from models.training.cv import load_grouped
+from models.training.dataset import Sample
+from models.training.export import gzip_size, to_tflite
+from models.core.runtime import TFLiteModel
+from models.training.splits import train_val_test_split
+from models.training.train import TrainConfig, operating_threshold, predict, recipe, train_model
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def build_bundle(data: str | Path, out: str | Path, key: SigningKey, cfg: BuildC
                  ) -> dict:
     """Train ``cfg.arch`` on a grouped 70/15/15 split of ``data`` and write bundle version 1.
 
-    The model is pruned to ``cfg.sparsity`` (:func:`models.compress.prune`, fine-tuned by
+    The model is pruned to ``cfg.sparsity`` (:func:`models.training.compress.prune`, fine-tuned by
     distillation from the unpruned model) and int8-quantized; the
     threshold is the recipe's, or chosen on the validation split with the int8 model
     (what devices run) when the recipe leaves it open;

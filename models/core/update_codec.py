@@ -19,7 +19,7 @@ from typing import Mapping
 
 import numpy as np
 
-from models.weights import WeightsError, load_head, read_npz
+from models.core.weights import WeightsError, load_head, read_npz
 
 ENCODINGS = ("float32", "int8")
 
@@ -77,7 +77,7 @@ def decode(payload: bytes, meta: Mapping, expected_shapes: Mapping[str, tuple],
     """float32 delta from a payload and its metadata; :class:`WeightsError` if malformed.
 
     The npz is read with ``allow_pickle=False`` and checked for names, shapes and (for
-    float32) finiteness by :func:`models.weights.load_head`.
+    float32) finiteness by :func:`models.core.weights.load_head`.
     """
     encoding = meta.get("encoding", "float32")
     if encoding == "float32":
