@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps run test bench bundle clean ansible-e2e
+.PHONY: install system-deps run test bench bundle clean ansible-e2e screenshots
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ run: install
 test: install system-deps
 	$(PY) -m flake8 models device coordinator tests
 	$(PY) -m pytest
+
+# The pictures of docs/clinician.md, saved by the browser tests as they run.
+screenshots: install system-deps
+	NEUROEDGE_SCREENSHOTS=docs/img $(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_browser.py
 
 bench: install system-deps
 	$(PY) -m models bench --data $(DATA)

@@ -1,10 +1,14 @@
 """The appliance in a real browser: first-run setup, sign in, upload a real MRI slice,
-read the result, confirm it, find it in the case list, sign out; a wrong password.
+read the result, confirm it, find it in the case list, open the admin page, sign out; a
+wrong password.
 
 Each test runs ``python -m device serve`` as a subprocess and drives Debian's Chromium
-through Playwright (see conftest.py)."""
+through Playwright (see conftest.py). With ``NEUROEDGE_SCREENSHOTS=FOLDER`` the tests
+also save the pages shown in docs/clinician.md into FOLDER (``make screenshots``);
+without it they write nothing outside their temporary folders."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -17,10 +21,29 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
 
 CASE_URL = re.compile(r"/cases/([0-9a-f]{32})$")
+SCREENSHOT_WIDTH = 900  # px: wide enough for the case page's two images side by side
 
 
 def path_of(url: str) -> str:
     return urlparse(url).path
+
+
+def screenshot(page, name: str) -> None:
+    """Save the page as ``NAME.png`` in ``$NEUROEDGE_SCREENSHOTS``, if that is set.
+
+    The page is laid out at SCREENSHOT_WIDTH and captured to its own height (no empty
+    viewport below the footer); the test's viewport is restored afterwards.
+    """
+    folder = os.environ.get("NEUROEDGE_SCREENSHOTS")
+    if not folder:
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    viewport = page.viewport_size
+    page.set_viewport_size({"width": SCREENSHOT_WIDTH, "height": 200})
+    page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True,
+                    animations="disabled", caret="hide")
+    if viewport:
+        page.set_viewport_size(viewport)
 
 
 def sign_in(page, base: str, user: str, password: str):
@@ -43,6 +66,7 @@ def test_first_run_creates_the_admin_with_the_logged_setup_code(page, start_appl
     # Execute: any page sends the browser to /setup; a wrong code, then the logged one.
     page.goto(f"{server.url}/cases/")
     assert path_of(page.url) == "/setup"
+    screenshot(page, "setup")
     page.fill("input[name=username]", "root")
     page.fill("input[name=password]", PASSWORD)
     page.fill("input[name=password2]", PASSWORD)
@@ -60,6 +84,7 @@ def test_first_run_creates_the_admin_with_the_logged_setup_code(page, start_appl
     expect(page.locator("h1")).to_have_text("Analyse MRI slices")
     expect(page.locator("#images")).to_be_attached()
     expect(page.locator("#logout")).to_contain_text("root")
+    screenshot(page, "upload")
     page.goto(f"{server.url}/setup")
     assert path_of(page.url) == "/login"
 
@@ -71,6 +96,7 @@ def test_upload_result_confirm_list_and_sign_out(page, start_appliance, applianc
     server = start_appliance()
     page.goto(f"{server.url}/")
     assert path_of(page.url) == "/login"  # no session: the upload page needs sign-in
+    screenshot(page, "sign-in")
     assert sign_in(page, server.url, "alice", PASSWORD).status == 302
     assert path_of(page.url) == "/"
 
@@ -99,12 +125,23 @@ def test_upload_result_confirm_list_and_sign_out(page, start_appliance, applianc
     expect(page.locator("#status")).to_contain_text("agrees with the model")
     expect(page.locator("#status")).to_contain_text("by alice")
     expect(page.locator(agree)).to_have_attribute("aria-pressed", "true")
+    screenshot(page, "case")
     page.click("nav >> text=Cases")
     page.click("main a:text-is('labelled, agrees with the model')")
     assert parse_qs(urlparse(page.url).query) == {"status": ["confirmed"]}
     expect(page.locator(f"#cases a[href$='/cases/{case_id}']")).to_have_text(case_id[:8])
+    screenshot(page, "cases")
     page.click("main a:text-is('not labelled yet')")
     expect(page.locator("#cases")).to_contain_text("No cases.")
+
+    # Execute: alice is an administrator; open the admin page from the menu.
+    page.click("nav >> text=Admin")
+
+    # Assert: it names the model in service, says the appliance works alone, lists alice.
+    expect(page.locator("h1")).to_have_text("Administration")
+    expect(page.locator("main")).to_contain_text("No coordinator configured")
+    expect(page.locator("main table").first).to_contain_text("alice")
+    screenshot(page, "admin")
 
     # Assert: on a phone-sized screen neither the upload form nor the case list is wider
     # than the screen (the table scrolls inside its own box).
