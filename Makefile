@@ -35,6 +35,7 @@ run: install
 
 test: install system-deps
 	$(PY) -m flake8 models device coordinator tests
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 # The pictures of docs/clinician.md, saved by the browser tests as they run.
