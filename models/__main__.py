@@ -95,6 +95,19 @@ def cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_loso(args: argparse.Namespace) -> int:
+    from models.training.architectures import DEFAULT_ARCH
+    from models.training.loso import format_table, leave_one_site_out
+    from models.training.train import recipe
+    arch = args.arch or DEFAULT_ARCH
+    result = leave_one_site_out(args.data, arch, recipe(arch, args.seed, args.epochs),
+                                args.holdout, jobs=args.jobs or 1)
+    print(format_table(result))
+    if args.json:
+        _dump(result, args.json)
+    return 0
+
+
 def cmd_shifts(args: argparse.Namespace) -> int:
     from models.training.evaluate import shift_evaluation
     from models.training.shifts import format_report
@@ -179,6 +192,11 @@ def sparsity(text: str) -> float:
     return value
 
 
+def names(text: str) -> list[str]:
+    """A comma-separated list of names."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 def json_out(text: str) -> str:
     """A file to write at the end of a long run: its folder must exist now."""
     if not Path(text).resolve().parent.is_dir():
@@ -192,8 +210,12 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def data_arg(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--data", required=True,
-                        help="dataset folder (yes/, no/) or CSV with filename,labels")
+        sp.add_argument("--data", required=True, help="a MANIFEST.tsv (or the folder "
+                        "holding it), a dataset folder (yes/, no/) or a CSV with "
+                        "filename,labels")
+        sp.add_argument("--sites", type=names, help="only these sites of the manifest "
+                        "(comma-separated)")
+        sp.add_argument("--exclude-sites", type=names, help="leave these sites out")
 
     def train_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--seed", type=int, default=0)
@@ -233,6 +255,18 @@ def parser() -> argparse.ArgumentParser:
                     "its own process, the cores shared among them (default: all folds; 1 = "
                     "in this process, one after another)")
     sp.set_defaults(func=cmd_cv)
+
+    sp = sub.add_parser("loso", help="leave-one-site-out: train on all sites but one, "
+                        "judge on the one left out")
+    data_arg(sp)
+    train_args(sp)
+    sp.add_argument("--arch", help="architecture: edge (default) or paper")
+    sp.add_argument("--holdout", type=names, help="sites to hold out in turn (default: "
+                    "every site)")
+    sp.add_argument("--json", type=json_out, help="write the full result to this file")
+    sp.add_argument("--jobs", type=positive_int, help="held-out sites trained at once, "
+                    "each in its own process (default 1)")
+    sp.set_defaults(func=cmd_loso)
 
     sp = sub.add_parser("shifts", help="a bundle's decisions under acquisition shifts "
                         "(other scanners, protocols, exports), via LiteRT")
@@ -280,6 +314,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "data", None):
+        from models.training.dataset import DataSource
+        args.data = DataSource(Path(args.data), tuple(args.sites or ()),
+                               tuple(args.exclude_sites or ()))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -14,8 +14,7 @@ from models.core import metrics
 from models.training.architectures import get_architecture, get_head
 from models.core.bundle import write_bundle
 from models.training.compress import prune, sparsity_of
-from models.training.cv import load_grouped
-from models.training.dataset import Sample
+from models.training.dataset import Sample, load_grouped
 from models.training.export import gzip_size, to_tflite
 from models.core.runtime import TFLiteModel
 from models.training.splits import train_val_test_split
@@ -59,7 +58,7 @@ class Trained:
 
 def train_on_split(data: str | Path, arch: str, cfg: TrainConfig, verbose: int = 0) -> Trained:
     """Train ``arch`` on the train part of a grouped, stratified 70/15/15 split."""
-    x, y, groups, kept = load_grouped(data, arch)
+    x, y, groups, kept = load_grouped(data, get_architecture(arch).input_spec)
     role = train_val_test_split(y, groups, seed=cfg.seed)
     trained = Trained(None, x, y, kept, role)  # type: ignore[arg-type]
     trained.model, _, _ = train_model(arch, *trained.part("train"), *trained.part("val"),

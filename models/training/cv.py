@@ -2,11 +2,7 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Sequence
 
@@ -14,9 +10,10 @@ import numpy as np
 
 from models.core import metrics
 from models.training.architectures import get_architecture
-from models.training.dataset import Sample, load_images, load_samples
+from models.training.dataset import Sample, load_grouped
+from models.training.parallel import run_jobs
 from models.training.shifts import load_shifted, shift_report
-from models.training.splits import duplicate_groups, stratified_group_kfold
+from models.training.splits import stratified_group_kfold
 from models.training.train import TrainConfig, predict, recipe, train_model
 
 logger = logging.getLogger(__name__)
@@ -29,23 +26,13 @@ VAL_FOLDS = 6  # one of six groups' folds, about 17%
 REVIEW_MARGIN = 0.9
 
 
-def load_grouped(data: str | Path, arch: str
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Sample]]:
-    """Images, labels and duplicate-group ids for the dataset at ``data``."""
-    samples = load_samples(data)
-    x, y, kept = load_images(samples, get_architecture(arch).input_spec)
-    groups = duplicate_groups(kept)
-    logger.info("%d images in %d duplicate groups", len(kept), len(np.unique(groups)))
-    return x, y, groups, kept
-
-
 def inner_split(y: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Grouped, stratified train/validation indices inside a training set."""
     inner = stratified_group_kfold(y, groups, k=VAL_FOLDS, seed=seed)
     return np.flatnonzero(inner != 0), np.flatnonzero(inner == 0)
 
 
-def _by_file(kept: list[Sample], prob: np.ndarray) -> dict[str, float]:
+def by_file(kept: list[Sample], prob: np.ndarray) -> dict[str, float]:
     """Probabilities keyed by file (relative to the dataset), as the JSON carries them."""
     return {s.rel: round(float(p), 5) for s, p in zip(kept, prob)}
 
@@ -83,48 +70,6 @@ def _fold(arch: str, cfg: TrainConfig, x: np.ndarray, y: np.ndarray, groups: np.
     return test, prob, threshold, shifted, result
 
 
-def _limit_threads(threads: int) -> None:
-    """A fold process's TensorFlow threads, set before it runs any operation."""
-    import tensorflow as tf
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
-
-
-def _folds_in_processes(args: list[tuple], jobs: int) -> list[tuple]:
-    """Run :func:`_fold` for each argument tuple, ``jobs`` at a time in fresh processes
-    that share the cores (one TensorFlow thread each when there are more jobs than cores).
-
-    Small convolutions on a batch of 16 keep two cores only partly busy from one process:
-    five one-thread processes trained five 30-epoch folds in 0.64 of the time one
-    two-thread process took for them one after another (README, Measured here).
-    A fold that fails stops the others and raises its error.
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    spawn = multiprocessing.get_context("spawn")  # a fresh TensorFlow in each process
-    pool = ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_limit_threads,
-                               initargs=(max(1, (cores or 1) // jobs),))
-    futures = {pool.submit(_fold, *a): a[7] for a in args}
-    outcomes = []
-    try:
-        for done in as_completed(futures):
-            try:
-                outcomes.append(done.result())
-            except BrokenProcessPool as exc:
-                raise ChildProcessError(
-                    f"fold {futures[done]}'s process died ({exc}): out of memory? Each "
-                    "fold process takes about 1.4 GB; try --jobs 2 or --jobs 1") from None
-            r = outcomes[-1][4]
-            logger.info("fold %d done: accuracy %.3f AUC %.3f (%.0f s)", r["fold"],
-                        r["accuracy"], r["auc"], r["seconds"])
-    except BaseException:
-        for process in list((pool._processes or {}).values()):  # no public way to stop
-            process.terminate()                                  # folds taking minutes
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    return outcomes
-
-
 def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig | None = None,
                    shifts: Sequence[str] = (), jobs: int = 1) -> dict:
     """Train ``folds`` models, each tested on a fold none of its duplicates trained on.
@@ -141,21 +86,17 @@ def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig
     behind them (shift -> file -> probability), to re-score at another threshold.
 
     ``jobs`` > 1 trains that many folds at once, each in its own process, the cores
-    shared among them (:func:`_folds_in_processes`); the folds, seeds and results' layout
-    are those of ``jobs=1``.
+    shared among them (:func:`models.training.parallel.run_jobs`); the folds, seeds and
+    results' layout are those of ``jobs=1``.
     """
     cfg = cfg or recipe(arch)
-    x, y, groups, kept = load_grouped(data, arch)
+    x, y, groups, kept = load_grouped(data, get_architecture(arch).input_spec)
     fold_of = stratified_group_kfold(y, groups, k=folds, seed=cfg.seed)
-    jobs = max(1, min(jobs, folds))
     args = [(arch, cfg, x, y, groups, kept, fold_of, f, shifts) for f in range(folds)]
-    if jobs == 1:
-        outcomes = [_fold(*a) for a in args]
-    else:
-        outcomes = _folds_in_processes(args, jobs)
+    outcomes = run_jobs(_fold, args, jobs, [f"fold {f}" for f in range(folds)])
     per_fold, prob, thresholds = [], np.zeros(len(y)), np.zeros(len(y))
     prob_shifted = {name: np.zeros(len(y)) for name in shifts}
-    for test, p, threshold, shifted, result in sorted(outcomes, key=lambda o: o[4]["fold"]):
+    for test, p, threshold, shifted, result in outcomes:
         prob[test], thresholds[test] = p, threshold
         for name, q in shifted.items():
             prob_shifted[name][test] = q
@@ -166,9 +107,9 @@ def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig
     out = {"arch": arch, "n": len(y), "n_groups": int(len(np.unique(groups))),
            "k": folds, "config": cfg.to_dict(), **summary, "per_fold": per_fold,
            "folds": {s.rel: int(f) for s, f in zip(kept, fold_of)},
-           "predictions": _by_file(kept, prob),
+           "predictions": by_file(kept, prob),
            "review": review_list([s.rel for s in kept], y, prob)}
     if shifts:
         out["shifts"] = shift_report(y, prob, prob_shifted, thresholds)
-        out["shift_predictions"] = {name: _by_file(kept, p) for name, p in prob_shifted.items()}
+        out["shift_predictions"] = {name: by_file(kept, p) for name, p in prob_shifted.items()}
     return out

@@ -1,12 +1,17 @@
-"""Datasets: the Kaggle ``yes/``/``no/`` folder layout and the paper's CSV files.
+"""Datasets: a multi-site ``MANIFEST.tsv``, the Kaggle ``yes/``/``no/`` folder layout
+and the paper's CSV files.
 
 A dataset is a list of :class:`Sample` (file path, label, path relative to the dataset
-root). Images are decoded and preprocessed by :mod:`models.core.preprocess`; a file that
-cannot be read is reported with its path and skipped, and the run goes on.
+root, and from a manifest its site, patient, sequence, view and licence). Images are
+decoded and preprocessed by :mod:`models.core.preprocess`. A file that is missing,
+altered (md5) or cannot be decoded is reported with its path and left out; more than
+``MAX_BAD_SHARE`` of them stops the run, since a silently shrunk dataset inflates or
+deflates every figure.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,17 +30,29 @@ TEXT_LABELS = {"1": 1, "0": 0, "yes": 1, "no": 0, "tumor": 1, "tumour": 1,
                "no_tumor": 0, "no_tumour": 0}
 
 
+MANIFEST_NAME = "MANIFEST.tsv"
+MANIFEST_COLUMNS = ("path", "label", "site", "subject", "view", "sequence", "source",
+                    "license", "md5")
+MAX_BAD_SHARE = 0.01  # more unusable files than this stops the run
+
+
 class DatasetError(ValueError):
     """The dataset location or its index is unusable."""
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled image file: ``label`` 1 = tumour, 0 = none."""
+    """One labelled image file: ``label`` 1 = tumour, 0 = none. The other fields come
+    from a manifest (empty for folders and CSVs): ``subject`` is the patient id."""
 
     path: Path
     label: int
     rel: str
+    site: str = ""
+    subject: str = ""
+    sequence: str = ""
+    view: str = ""
+    license: str = ""
 
 
 def load_folder(root: str | Path) -> list[Sample]:
@@ -79,14 +96,102 @@ def load_csv(csv_path: str | Path) -> list[Sample]:
     return samples
 
 
-def load_samples(location: str | Path) -> list[Sample]:
-    """Samples from a dataset folder or a CSV file, whichever ``location`` is."""
-    location = Path(location)
+def _check_bad(bad: list[str], total: int, what: str) -> None:
+    """DatasetError when the ``bad`` files are more than ``MAX_BAD_SHARE`` of ``total``."""
+    if len(bad) > MAX_BAD_SHARE * total:
+        raise DatasetError(f"{len(bad)} of {total} files {what} (more than "
+                           f"{MAX_BAD_SHARE:.0%}), e.g. {'; '.join(bad[:3])}")
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+
+
+def _choose_sites(rows: list[dict], sites: Sequence[str] | None,
+                  exclude: Sequence[str] | None, where: Path) -> list[dict]:
+    known = sorted({r["site"] for r in rows})
+    unknown = sorted((set(sites or ()) | set(exclude or ())) - set(known))
+    if unknown:
+        raise DatasetError(f"{where}: unknown site(s) {', '.join(unknown)}; the manifest "
+                           f"has {', '.join(known)}")
+    chosen = [r for r in rows if (not sites or r["site"] in sites)
+              and r["site"] not in set(exclude or ())]
+    if not chosen:
+        raise DatasetError(f"{where}: no rows left after choosing sites")
+    return chosen
+
+
+def load_manifest(path: str | Path, sites: Sequence[str] | None = None,
+                  exclude_sites: Sequence[str] | None = None) -> list[Sample]:
+    """Samples listed in a ``MANIFEST.tsv`` (columns :data:`MANIFEST_COLUMNS`, paths
+    relative to it), from ``sites`` only (default all) minus ``exclude_sites``.
+
+    A row whose file is missing or whose md5 differs is logged with its path and left
+    out; DatasetError if more than ``MAX_BAD_SHARE`` of the chosen rows are, for unknown
+    site names (listing the known ones) and for a malformed manifest.
+    """
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh, delimiter="\t")
+        missing = set(MANIFEST_COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise DatasetError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+        rows = list(reader)
+    for line, row in enumerate(rows, start=2):
+        if row["label"] not in FOLDER_LABELS or not row["path"] or not row["site"]:
+            raise DatasetError(f"{path}:{line}: needs a path, a site and label yes/no")
+    rows = _choose_sites(rows, sites, exclude_sites, path)
+    samples, bad = [], []
+    for row in rows:
+        file = path.parent / row["path"]
+        if not file.is_file():
+            bad.append(f"{file}: missing")
+        elif row["md5"] and _md5(file) != row["md5"]:
+            bad.append(f"{file}: md5 differs from the manifest's")
+        else:
+            samples.append(Sample(file, FOLDER_LABELS[row["label"]], row["path"],
+                                  row["site"], row["subject"], row["sequence"],
+                                  row["view"], row["license"]))
+    for line in bad:
+        logger.warning("left out %s", line)
+    _check_bad(bad, len(rows), "are missing or altered")
+    return samples
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a dataset is, and which sites of its manifest to take (default all)."""
+
+    location: Path
+    sites: tuple[str, ...] = ()
+    exclude_sites: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        chosen = [f"sites {','.join(self.sites)}"] if self.sites else []
+        chosen += [f"without {','.join(self.exclude_sites)}"] if self.exclude_sites else []
+        return " ".join([str(self.location), *chosen])
+
+
+def load_samples(data: str | Path | DataSource) -> list[Sample]:
+    """Samples from a manifest (a ``.tsv`` file, or a folder holding ``MANIFEST.tsv``
+    with its columns), a dataset folder (``yes/``, ``no/``) or a CSV file; a
+    :class:`DataSource` also chooses sites of a manifest (DatasetError elsewhere).
+    """
+    if not isinstance(data, DataSource):
+        data = DataSource(Path(data))
+    location, sites, exclude_sites = Path(data.location), data.sites, data.exclude_sites
+    manifest = location / MANIFEST_NAME if location.is_dir() else location
+    if manifest.suffix.lower() == ".tsv" and manifest.is_file() and not (
+            location.is_dir() and (location / "yes").is_dir()):
+        return load_manifest(manifest, sites, exclude_sites)
+    if sites or exclude_sites:
+        raise DatasetError(f"{location}: choosing sites needs a {MANIFEST_NAME}")
     if location.is_dir():
         return load_folder(location)
     if location.suffix.lower() == ".csv" and location.is_file():
         return load_csv(location)
-    raise DatasetError(f"{location}: not a dataset folder (yes/, no/) or a .csv file")
+    raise DatasetError(f"{location}: not a manifest (.tsv), a dataset folder (yes/, no/) "
+                       "or a .csv file")
 
 
 def _load_one(sample: Sample, spec: InputSpec) -> np.ndarray | None:
@@ -112,6 +217,32 @@ def load_images(samples: Sequence[Sample], spec: InputSpec = InputSpec(), worker
     kept = [s for s, a in zip(samples, arrays) if a is not None]
     if not kept:
         raise DatasetError("no image could be loaded")
+    _check_bad([str(s.path) for s, a in zip(samples, arrays) if a is None], len(samples),
+               "could not be decoded")
     images = np.stack([a for a in arrays if a is not None])
     labels = np.array([s.label for s in kept], dtype=np.int64)
     return images, labels, kept
+
+
+def load_grouped(data: str | Path | DataSource, spec: InputSpec
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Sample]]:
+    """Images, labels, group ids (patients and duplicates, see
+    :func:`models.training.splits.duplicate_groups`) and the samples that loaded, for the
+    dataset at ``data``; cached on disk by content (:mod:`models.training.cache`)."""
+    from models.core import preprocess as preprocess_module
+    from models.training import cache, splits
+    samples = load_samples(data)
+    key = cache.content_key([s.path for s in samples], [preprocess_module, splits],
+                            spec, [(s.rel, s.label, s.site, s.subject) for s in samples])
+
+    def compute() -> dict[str, np.ndarray]:
+        images, labels, kept = load_images(samples, spec)
+        index = {id(s): i for i, s in enumerate(samples)}
+        return {"images": images, "labels": labels,
+                "kept": np.array([index[id(s)] for s in kept], np.int64),
+                "groups": splits.duplicate_groups(kept)}
+
+    arrays = cache.cached_arrays(key, compute)
+    kept = [samples[i] for i in arrays["kept"]]
+    logger.info("%d images in %d groups", len(kept), len(np.unique(arrays["groups"])))
+    return arrays["images"], arrays["labels"], arrays["groups"], kept

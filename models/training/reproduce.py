@@ -14,8 +14,9 @@ import keras
 import numpy as np
 
 from models.core import metrics
-from models.training.architectures import build_model, freeze_backbone, get_head, set_head
-from models.training.cv import load_grouped
+from models.training.architectures import (build_model, freeze_backbone, get_architecture,
+                                           get_head, set_head)
+from models.training.dataset import load_grouped
 from models.training.splits import paper_partition
 from models.training.train import TrainConfig, fit, predict, recipe, set_seeds, train_model
 
@@ -47,7 +48,7 @@ def reproduce_paper(data: str | Path, seed: int = 0, epochs: int | None = None) 
     arch = "paper"
     cfg = recipe(arch, seed, epochs)
     tune = recipe(arch, seed, min(cfg.epochs, 20))
-    x, y, groups, _ = load_grouped(data, arch)
+    x, y, groups, _ = load_grouped(data, get_architecture(arch).input_spec)
     site, role = paper_partition(y, groups, seed=seed)
 
     def part(s: str, r: str) -> tuple[np.ndarray, np.ndarray]:

@@ -52,7 +52,8 @@ def test_each_fold_model_scores_its_own_fold(small_data, jobs):
 @pytest.mark.slow
 def test_a_failing_fold_stops_the_other_fold_processes_and_raises_its_error():
     # Prepare: fold 0 fails at once (unknown architecture); fold 1 would train for hours
-    from models.training.cv import _folds_in_processes
+    from models.training.cv import _fold
+    from models.training.parallel import run_jobs
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (16, 128, 128, 1)).astype(np.float32)
     y, groups = np.arange(16) % 2, np.arange(16)
@@ -64,7 +65,7 @@ def test_a_failing_fold_stops_the_other_fold_processes_and_raises_its_error():
 
     def run():
         try:
-            _folds_in_processes(args, jobs=2)
+            run_jobs(_fold, args, 2, ["fold 0", "fold 1"])
         except Exception as exc:  # noqa: BLE001 - the test inspects it below
             outcome["error"] = exc
 
