@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
-import os
 import secrets
 import signal
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 from coordinator.config import Settings, load_settings
 from coordinator.exc import CoordinatorError
 from models.__main__ import json_out
+from models.core.files import create_once
 
 logger = logging.getLogger("coordinator")
 TICK_S = 5.0
@@ -40,12 +40,8 @@ def _settings(args: argparse.Namespace, **extra: object) -> Settings:
 
 def _secret_key(settings: Settings) -> str:
     """The dashboard's session key, created 0600 from the start (never world-readable)."""
-    path = settings.state_dir / "session_key"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
-    return path.read_text().strip()
+    key = create_once(settings.state_dir / "session_key", secrets.token_hex(32).encode())
+    return key.decode().strip()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -40,7 +40,7 @@ from coordinator.intake import receive_report, receive_update
 from coordinator.services import Services, build_services
 from models.core import message_records as rec
 from models.core.metrics import json_safe
-from models.core.sqlitedb import write_file
+from models.core.files import write_atomic
 from models.core.bundle import MANIFEST, SIGNATURE
 
 logger = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ class NeuroEdgeStrategy(Strategy):
         pins = json.loads(path.read_text()) if path.exists() else {}
         if device_id not in pins:
             pins[device_id] = str(node)
-            write_file(path.parent, path.name, json.dumps(pins, indent=1).encode())
+            write_atomic(path, json.dumps(pins, indent=1).encode())
         elif pins[device_id] != str(node):
             raise NotFoundError(f"device {device_id} is bound to Flower node "
                                 f"{pins[device_id]}, not {node} (see {path})")

@@ -5,13 +5,13 @@ never from the repository.
 """
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from device.exc import ConfigError
 from models.core import configfile
+from models.core.files import create_once
 from models.core.signing import load_public_key
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -111,11 +111,7 @@ def ensure_secret_key(settings: Settings) -> str:
     """The session signing key: from settings/env, else a 0600 file in the data folder."""
     if settings.secret_key:
         return settings.secret_key
-    path = settings.data_dir / "secret_key"
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32))
-    settings.secret_key = path.read_text().strip()
+    key = create_once(settings.data_dir / "secret_key", secrets.token_hex(32).encode())
+    settings.secret_key = key.decode().strip()
     return settings.secret_key

@@ -23,6 +23,7 @@ from models.core.head import TrainConfig, predict, train_head
 from models.core import metrics
 from models.core.update_codec import decode, encode
 from models.core import weights
+from models.core.files import write_atomic
 from models.core.weights import head_to_bytes, load_head
 
 logger = logging.getLogger(__name__)
@@ -207,10 +208,8 @@ class Federation:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def _save_state(self, **values: object) -> None:
-        path = self.state_dir / "state.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**self._state(), **values}))
-        tmp.replace(path)
+        write_atomic(self.state_dir / "state.json",
+                     json.dumps({**self._state(), **values}).encode())
 
     def _residual(self) -> dict:
         path: Path = self.state_dir / "residual.npz"
@@ -221,6 +220,4 @@ class Federation:
         if not residual:
             path.unlink(missing_ok=True)
             return
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(head_to_bytes(residual))
-        tmp.replace(path)
+        write_atomic(path, head_to_bytes(residual))

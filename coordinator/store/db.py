@@ -13,7 +13,7 @@ import numpy as np
 
 from coordinator.exc import InputError, StoreError
 from models.core import sqlitedb
-from models.core.sqlitedb import TMP_PREFIX, fsync_dir, now_iso  # noqa: F401 (re-exported)
+from models.core.sqlitedb import now_iso  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +27,6 @@ class Database(sqlitedb.Database):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path, SCHEMA, SCHEMA_VERSION, StoreError)
-
-
-def write_durably(directory: Path, name: str, data: bytes) -> Path:
-    """Atomic, fsynced write (:func:`models.core.sqlitedb.write_file`) plus directory fsync."""
-    path = sqlitedb.write_file(directory, name, data)
-    fsync_dir(directory)
-    return path
 
 
 def number(value: Any, what: str, lo: float, hi: float = math.inf,

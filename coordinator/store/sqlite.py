@@ -24,11 +24,9 @@ from coordinator.store.base import (
     CLOSED_STATUSES, UPDATE_ID, CoordinatorStore, Device, Round, Update, check_name,
     check_update_id, known_device_id,
 )
-from coordinator.store.db import (
-    Database, fsync_dir, from_json, now_iso, number, text,
-    to_json, write_durably,
-)
+from coordinator.store.db import Database, from_json, now_iso, number, text, to_json
 from coordinator.store.records import RecordsMixin
+from models.core.files import fsync_dir, write_atomic
 from models.core.sqlitedb import sweep_dir
 
 log = logging.getLogger(__name__)
@@ -257,7 +255,7 @@ class SQLiteCoordinatorStore(RecordsMixin, CoordinatorStore):
                 self._check_can_add(conn, update)
                 written = True  # from here on the file may exist and is ours to remove
                 try:
-                    write_durably(self.updates_dir, path.name, data)
+                    write_atomic(path, data)
                 except OSError as exc:
                     raise StoreError(f"cannot write update payload: {exc.strerror}") from exc
                 conn.execute(
@@ -369,14 +367,7 @@ class SQLiteCoordinatorStore(RecordsMixin, CoordinatorStore):
         with self._db.tx() as conn:
             referenced = {f"{row[0]}.npz" for row in conn.execute(
                 "SELECT id FROM updates WHERE payload_deleted = 0")}
-            temps, orphans, present = sweep_dir(self.updates_dir, referenced, _OWNED_FILE)
-        if temps or orphans:
-            log.info("recovery removed %d temp file(s) and %d orphan payload(s)",
-                     temps, orphans)
-        if referenced - present:  # never deleted by us; report, never delete records
-            log.warning("%d update payload(s) are missing from %s",
-                        len(referenced - present), self.updates_dir)
-        return temps + orphans
+            return sweep_dir(self.updates_dir, referenced, _OWNED_FILE, "update payload")
 
     def ping(self) -> bool:
         try:

@@ -24,7 +24,8 @@ import numpy as np
 
 from device.exc import InputError, NotFoundError, StoreError
 from models.core import sqlitedb
-from models.core.sqlitedb import fsync_dir, now_iso, sweep_dir
+from models.core.files import write_atomic
+from models.core.sqlitedb import now_iso, sweep_dir
 from device.store.base import (
     EXPORT_FIELDS, MAX_LIST_LIMIT, MAX_LIST_OFFSET, ROLES, SOURCES, AccountStore, Case,
     CaseStore, Token, User, check_case_id, check_label, check_name, check_status,
@@ -130,7 +131,6 @@ class SQLiteCaseStore(CaseStore):
                 self._write_durably(case.image_name, png, written)
                 if heatmap is not None and case.heatmap_name is not None:
                     self._write_durably(case.heatmap_name, heatmap, written)
-                fsync_dir(self._images)
                 with self._db.tx() as conn:
                     conn.execute(f"INSERT INTO cases ({_COLUMNS}) VALUES "
                                  f"({', '.join('?' * len(_FIELDS))})",
@@ -146,7 +146,7 @@ class SQLiteCaseStore(CaseStore):
         return case
 
     def _write_durably(self, name: str, data: bytes, written: list[Path]) -> None:
-        written.append(sqlitedb.write_file(self._images, name, data))
+        written.append(write_atomic(self._images / name, data))
 
     def get(self, case_id: str) -> Case:
         rows = self._db.read(f"SELECT {_COLUMNS} FROM cases WHERE id = ?",
@@ -219,7 +219,6 @@ class SQLiteCaseStore(CaseStore):
         with self._files_lock:
             written: list[Path] = []
             self._write_durably(name, _png(png, "heat map"), written)
-            fsync_dir(self._images)
             with self._db.tx() as conn:
                 updated = conn.execute("UPDATE cases SET heatmap_name = ? WHERE id = ?",
                                        (name, case.id)).rowcount
@@ -284,14 +283,7 @@ class SQLiteCaseStore(CaseStore):
             referenced = {row[0] for row in self._db.read(
                 "SELECT image_name FROM cases UNION "
                 "SELECT heatmap_name FROM cases WHERE heatmap_name IS NOT NULL")}
-            temps, orphans, present = sweep_dir(self._images, referenced, _OWNED_FILE)
-            if temps or orphans:
-                log.info("recovery removed %d temp file(s) and %d orphan image(s)",
-                         temps, orphans)
-            if referenced - present:  # never created by us; report, never delete records
-                log.warning("%d case file(s) are missing from %s",
-                            len(referenced - present), self._images)
-            return temps + orphans
+            return sweep_dir(self._images, referenced, _OWNED_FILE, "image")
 
     def ping(self) -> bool:
         try:

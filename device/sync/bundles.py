@@ -34,7 +34,7 @@ import nacl.signing
 
 from device.exc import RollbackError
 from models.core.bundle import BundleError, verify_bundle
-from models.core.sqlitedb import fsync_dir
+from models.core.files import fsync_dir, fsync_tree, is_temp, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -45,16 +45,6 @@ SHIPPED = "shipped"
 KEEP = 3  # installed versions kept on disk
 _VERSION_DIR = re.compile(r"v([1-9][0-9]{0,8})")
 _TRASH_PREFIX = ".trash-"
-_TMP_SUFFIX = ".tmp"
-
-
-def _fsync_tree(path: Path) -> None:
-    """Flush every file of a flat bundle folder, then the folder itself."""
-    for child in path.iterdir():
-        if child.is_file() and not child.is_symlink():
-            with open(child, "rb") as fh:
-                os.fsync(fh.fileno())
-    fsync_dir(path)
 
 
 class InstalledBundles:
@@ -167,18 +157,8 @@ class InstalledBundles:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def _write_file(self, name: str, text: str) -> None:
-        """Replace ``root/name`` atomically and durably."""
-        tmp = self.root / f".{name}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
-        try:
-            with open(tmp, "x", encoding="ascii") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.root / name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(self.root)
+        """Replace ``root/name`` atomically and durably (readable by the service group)."""
+        write_atomic(self.root / name, text.encode("ascii"), mode=0o644)
 
     def _write_pointer(self, pointer: str, name: str) -> None:
         self._write_file(pointer, name + "\n")
@@ -207,7 +187,7 @@ class InstalledBundles:
             for child in self.root.iterdir():
                 if child.name.startswith(_TRASH_PREFIX):
                     shutil.rmtree(child, ignore_errors=True)
-                elif child.name.startswith(".") and child.name.endswith(_TMP_SUFFIX):
+                elif is_temp(child.name):
                     child.unlink(missing_ok=True)
 
     def install(self, staged: Path, version: int) -> Path:
@@ -238,7 +218,7 @@ class InstalledBundles:
             previous = self._resolve()
             if previous == name:
                 raise BundleError(f"{name} is already the bundle in service")
-            _fsync_tree(staged)
+            fsync_tree(staged)
             if target.exists():  # e.g. left by a crash before its pointer was written
                 self._remove_dir(target)
             os.rename(staged, target)

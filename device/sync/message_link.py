@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from device.sync.client import CoordinatorUnavailable, UnsafeDownload
-from models.core.sqlitedb import write_file
+from models.core.files import write_atomic
 
 
 class MessageLink:
@@ -68,7 +68,7 @@ class MessageLink:
             raise UnsafeDownload(f"the message carries no file {name!r}", "origin")
         if len(data) > max_bytes:
             raise UnsafeDownload(f"file of {len(data)} bytes exceeds {max_bytes}", "size")
-        write_file(Path(dest).parent, Path(dest).name, data)
+        write_atomic(dest, data)
         self.bytes_down += len(data)
         return len(data)
 

@@ -6,8 +6,9 @@ Layout (``data_dir/outbox/``)::
     <update_id>.json    {"meta", "attempts", "next_attempt_at", "created_ns"}
     refused/            entries the coordinator refused, with the reason, for the admin
 
-Each file is written to a ``.tmp`` sibling, fsync'ed and renamed; the JSON goes last, so
-an entry exists only once both files are complete. After a crash or power loss,
+Each file is written with :func:`models.core.files.write_atomic` (temp file, fsync,
+rename, folder fsync); the JSON goes last, so an entry exists only once both files are
+complete. After a crash or power loss,
 :meth:`Outbox.recover` (run at construction) deletes ``.tmp`` files, payloads without
 their JSON and JSON without its payload.
 
@@ -17,7 +18,6 @@ answer cannot count an update twice.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device.sync.client import CoordinatorUnavailable, UpdateRefused
-from models.core.sqlitedb import fsync_dir
+from models.core.files import fsync_dir, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -107,11 +107,10 @@ class Outbox:
                 raise ValueError(f"update {update_id} is already in the outbox")
             created = max(time.time_ns(), self._last_ns + 1)   # strict order of puts
             self._last_ns = created
-            _write_atomic(npz, payload)
+            write_atomic(npz, payload)
             state = {"meta": meta, "attempts": 0, "next_attempt_at": 0.0,
                      "created_ns": created}
-            _write_atomic(record, json.dumps(state).encode())   # last: the entry exists
-            _fsync_dir(self.path)
+            write_atomic(record, json.dumps(state).encode())   # last: the entry exists
         logger.info("update %s queued (%d bytes)", update_id, len(payload))
         return Entry(update_id, meta, npz, 0, 0.0, created)
 
@@ -198,7 +197,7 @@ class Outbox:
                     npz.unlink(missing_ok=True)
                     removed += 1
             if removed:
-                _fsync_dir(self.path)
+                fsync_dir(self.path)
         return removed
 
     # -- internals --------------------------------------------------------------------
@@ -229,7 +228,7 @@ class Outbox:
         attempts = entry.attempts + 1
         state = self._state(entry, attempts=attempts, next_attempt_at=now + self.backoff(attempts))
         with self._lock:
-            _write_atomic(self._files(entry.update_id)[1], json.dumps(state).encode())
+            write_atomic(self._files(entry.update_id)[1], json.dumps(state).encode())
 
     def _refuse(self, entry: Entry, exc: UpdateRefused, now: float) -> None:
         # Order matters for a crash: the refused record first (the entry is still
@@ -238,11 +237,11 @@ class Outbox:
         refusal = {"status": exc.status, "error": exc.error, "reason": exc.reason, "at": now}
         npz, record = self._files(entry.update_id, self.refused_path)
         with self._lock:
-            _write_atomic(record, json.dumps(self._state(entry, refusal=refusal)).encode())
+            write_atomic(record, json.dumps(self._state(entry, refusal=refusal)).encode())
             os.replace(entry.payload_path, npz)
             self._files(entry.update_id)[1].unlink(missing_ok=True)
-            _fsync_dir(self.refused_path)
-            _fsync_dir(self.path)
+            fsync_dir(self.refused_path)
+            fsync_dir(self.path)
         logger.warning("update %s refused by the coordinator (%d %s); kept in %s",
                        entry.update_id, exc.status, exc.reason, self.refused_path)
 
@@ -251,7 +250,7 @@ class Outbox:
         with self._lock:
             record.unlink(missing_ok=True)    # JSON first: a lone payload is recovered
             npz.unlink(missing_ok=True)
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
 
 
 def _load(record: Path) -> dict | None:
@@ -260,18 +259,3 @@ def _load(record: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return state if isinstance(state, dict) and isinstance(state.get("meta"), dict) else None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make renames durable (POSIX); a no-op where directories cannot be opened."""
-    with contextlib.suppress(OSError):
-        fsync_dir(path)

@@ -29,11 +29,8 @@ import logging
 import math
 import os
 import re
-import secrets
-import shutil
 import stat
 import tarfile
-import tempfile
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -44,7 +41,7 @@ import nacl.signing
 import numpy as np
 
 from models.core import signing, weights
-from models.core.sqlitedb import fsync_dir
+from models.core.files import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -347,35 +344,12 @@ def check_bundle_target(out_dir: str | os.PathLike) -> None:
 
 
 def _write_tree(out_dir: Path, files: Mapping[str, bytes]) -> None:
-    # Build beside the target (same filesystem, so rename is atomic), fsync, swap in.
+    """Replace ``out_dir`` atomically by a folder of ``files`` (see
+    :func:`models.core.files.replace_dir`); devices swap via their own slot."""
     out_dir = Path(os.path.abspath(out_dir))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     check_bundle_target(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    old = out_dir.with_name(f".{out_dir.name}.{secrets.token_hex(4)}.old")
-    try:
-        for name, data in files.items():
-            with open(tmp / name, "xb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.chmod(tmp, 0o755)  # mkdtemp gives 0700; services read bundles as other users
-        fsync_dir(tmp)
-        # There is a brief window with no out_dir; devices should swap via their own slot.
-        replaced = out_dir.exists()
-        if replaced:
-            os.rename(out_dir, old)
-        try:
-            os.rename(tmp, out_dir)
-        except BaseException:
-            if replaced:
-                os.rename(old, out_dir)
-            raise
-        fsync_dir(out_dir.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(out_dir, dict(files))
 
 
 def _build(out_dir: str | os.PathLike, files: Mapping[str, bytes], fields: Mapping[str, Any],

@@ -13,13 +13,14 @@ import binascii
 import hashlib
 import logging
 import os
-import secrets
 import stat
 from pathlib import Path
 from typing import Sequence
 
 import nacl.exceptions
 import nacl.signing
+
+from models.core.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +46,6 @@ def generate_signing_key() -> nacl.signing.SigningKey:
         The new private key.
     """
     return nacl.signing.SigningKey.generate()
-
-
-def _write_new(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
-    # O_EXCL makes "refuse to overwrite" race-free; with overwrite we still create a
-    # fresh file (O_EXCL on a temp name) and rename it, so the mode is never inherited
-    # from an old, possibly world-readable file, and readers never see half a key.
-    target = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp") if overwrite else path
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if overwrite:
-            os.replace(target, path)
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
 
 
 def save_signing_key(key: nacl.signing.SigningKey, path: str | os.PathLike,
@@ -96,8 +79,12 @@ def save_signing_key(key: nacl.signing.SigningKey, path: str | os.PathLike,
             if existing.exists():
                 raise FileExistsError(f"refusing to overwrite existing key file {existing}")
     seed = base64.b64encode(bytes(key)).decode("ascii")
-    _write_new(path, f"{KEY_HEADER}\n{seed}\n".encode("ascii"), 0o600, overwrite)
-    _write_new(pub_path, (bytes(key.verify_key).hex() + "\n").encode("ascii"), 0o644, overwrite)
+    # A fresh file either way (the mode is never inherited from an old, possibly
+    # world-readable one), and without ``overwrite`` an existing key is refused race-free.
+    write_atomic(path, f"{KEY_HEADER}\n{seed}\n".encode("ascii"), mode=0o600,
+                 overwrite=overwrite)
+    write_atomic(pub_path, (bytes(key.verify_key).hex() + "\n").encode("ascii"), mode=0o644,
+                 overwrite=overwrite)
     log.info("wrote signing key %s (key id %s)", path, key_id(key.verify_key))
     return pub_path
 

@@ -1,9 +1,10 @@
-"""SQLite and durable-file plumbing shared by the appliance's and coordinator's stores.
+"""SQLite plumbing shared by the appliance's and coordinator's stores.
 
 WAL, foreign keys, ``busy_timeout``, ``synchronous = FULL`` (an acknowledged record
 survives a power cut), one connection behind a re-entrant lock, IMMEDIATE transactions,
-and files made durable (fsync, rename, directory fsync) before the row naming them
-commits. Each store binds its own schema and exception class.
+and the recovery sweep of files (written with :func:`models.core.files.write_atomic`
+before the row naming them commits) that no row names. Each store binds its own schema
+and exception class.
 """
 from __future__ import annotations
 
@@ -12,16 +13,16 @@ import logging
 import os
 import re
 import sqlite3
-import tempfile
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from models.core.files import fsync_dir, is_temp
+
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
-TMP_PREFIX = ".tmp-"
 
 
 def now_iso() -> str:
@@ -137,22 +138,14 @@ class Database:
                 self._conn = None
 
 
-def fsync_dir(path: Path) -> None:
-    """Make the directory entries of ``path`` (creations, renames, unlinks) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def sweep_dir(directory: Path, referenced: set[str], owned: re.Pattern[str], what: str
+              ) -> int:
+    """A store's ``recover()`` scan: delete temps (:func:`models.core.files.is_temp`) and
+    files named like ours (``owned``) that no record references; returns how many.
 
-
-def sweep_dir(directory: Path, referenced: set[str], owned: re.Pattern[str]
-              ) -> tuple[int, int, set[str]]:
-    """A store's ``recover()`` scan: delete :data:`TMP_PREFIX` temps and files named like
-    ours (``owned``) that no record references; returns ``(temps, orphans, present)``.
-
-    Other files are kept and only listed in ``present``; the directory is fsynced if
-    anything was deleted. The caller holds what keeps writers out during the scan.
+    Other files are kept. Files that records name but the folder lacks are logged as
+    ``what`` files, never deleted from the records. The directory is fsynced if anything
+    was deleted. The caller holds what keeps writers out during the scan.
     """
     temps = orphans = 0
     present = set()
@@ -160,7 +153,7 @@ def sweep_dir(directory: Path, referenced: set[str], owned: re.Pattern[str]
         for entry in entries:
             if not entry.is_file(follow_symlinks=False):
                 continue
-            if entry.name.startswith(TMP_PREFIX):
+            if is_temp(entry.name):
                 temps += 1
             elif owned.fullmatch(entry.name) and entry.name not in referenced:
                 orphans += 1
@@ -171,24 +164,9 @@ def sweep_dir(directory: Path, referenced: set[str], owned: re.Pattern[str]
                 os.unlink(entry.path)
     if temps or orphans:
         fsync_dir(directory)
-    return temps, orphans, present
-
-
-def write_file(directory: Path, name: str, data: bytes) -> Path:
-    """Write ``data`` to ``directory/name`` atomically and fsynced (not the directory).
-
-    Temp file (mode 0600, :data:`TMP_PREFIX`) in the same directory, fsync, rename: the
-    final name holds nothing or all of ``data``; a store's ``recover()`` removes temps.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, directory / name)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return directory / name
+        log.info("recovery removed %d temp file(s) and %d orphan %s file(s)", temps,
+                 orphans, what)
+    if referenced - present:
+        log.warning("%d %s file(s) are missing from %s", len(referenced - present), what,
+                    directory)
+    return temps + orphans

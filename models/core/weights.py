@@ -15,6 +15,8 @@ from typing import BinaryIO, Mapping
 
 import numpy as np
 
+from models.core.files import write_atomic
+
 log = logging.getLogger(__name__)
 
 HEAD_NAMES = ("hidden/kernel", "hidden/bias", "output/kernel", "output/bias")
@@ -88,18 +90,12 @@ def head_to_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 def save_head(path_or_filelike: str | os.PathLike | BinaryIO,
               arrays: Mapping[str, np.ndarray]) -> None:
-    """Write a head to a path (atomically, via a temp file) or to a binary file object."""
+    """Write a head to a path (atomically and durably) or to a binary file object."""
     data = head_to_bytes(arrays)
     if hasattr(path_or_filelike, "write"):
         path_or_filelike.write(data)
         return
-    path = os.fspath(path_or_filelike)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path_or_filelike, data, mode=0o644)
 
 
 def _read_source(source: str | os.PathLike | bytes | BinaryIO, max_bytes: int) -> bytes:

@@ -585,11 +585,11 @@ def test_sqlite_kill_between_payload_and_row_leaves_nothing_after_restart(
         "store = sqlite.SQLiteCoordinatorStore(Path(sys.argv[1]))\n"
         "store.enroll('pi-1', 'h1')\n"
         "rnd = store.open_round(0)\n"
-        "write = sqlite.write_durably\n"
+        "write = sqlite.write_atomic\n"
         "def write_then_die(*args):\n"
         "    write(*args)\n"
         "    os._exit(9)\n"
-        "sqlite.write_durably = write_then_die\n"
+        "sqlite.write_atomic = write_then_die\n"
         f"store.add_update({'ab' * 16!r}, rnd.id, 'pi-1', 0, 5, 1.0, {{}}, {npz()!r}, {{}})\n")
     # Execute
     proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT,
