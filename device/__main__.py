@@ -6,7 +6,6 @@ import argparse
 import getpass
 import json
 import logging
-import secrets
 import signal
 import sys
 import threading
@@ -29,14 +28,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     import waitress
 
+    from device.accounts import new_setup_code
     from device.services import build_services
     from device.web import create_app
-    from device.web.auth import new_setup_code
     svc = build_services(settings)
     app = create_app(settings, svc)
     if svc.accounts.count_users() == 0:
-        with app.app_context():
-            code = new_setup_code()
+        code = new_setup_code(svc.accounts)
         logger.warning("no account yet: open the URL below and enter the one-time setup "
                        "code %s to create the first administrator", code)
     stop = threading.Event()
@@ -44,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         threading.Thread(target=svc.federation.run, args=(stop,), daemon=True,
                          name="federation").start()
     elif settings.transport == "flower":
-        threading.Thread(target=svc.follow_installed, args=(stop,), daemon=True,
+        threading.Thread(target=svc.follower.run, args=(stop,), daemon=True,
                          name="follow-installed").start()
     url = f"http://{settings.host}:{settings.port}/"
     print(f"NeuroEdge appliance serving on {url} (data in {settings.data_dir})", flush=True)
@@ -110,7 +108,7 @@ def _read_password(args: argparse.Namespace) -> str:
 
 
 def cmd_adduser(args: argparse.Namespace) -> int:
-    from device.web.auth import hash_password
+    from device.accounts import hash_password
     password_hash = hash_password(_read_password(args))
     accounts = _open_accounts(args)
     accounts.add_user(args.name, args.role, password_hash)
@@ -122,7 +120,7 @@ def cmd_adduser(args: argparse.Namespace) -> int:
 def cmd_user(args: argparse.Namespace) -> int:
     """Reset a password, or disable/enable an account; either way the user's open
     sessions end and a sign-in lockout is lifted."""
-    from device.web.auth import end_sessions, hash_password
+    from device.accounts import end_sessions, hash_password
     password_hash = hash_password(_read_password(args)) if args.action == "passwd" else ""
     accounts = _open_accounts(args)
     try:
@@ -139,13 +137,12 @@ def cmd_user(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from device.web.auth import hash_token
+    from device.accounts import new_api_token
     accounts = _open_accounts(args)
     try:
         if args.action == "create":
             user = args.user or args.name
-            token = "ne_" + secrets.token_urlsafe(32)
-            accounts.add_token(args.name, hash_token(token), user)
+            token = new_api_token(accounts, args.name, user)
             print(f"API token {args.name} for user {user}; it is shown only once:")
             print(token)
         elif args.action == "revoke":

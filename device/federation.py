@@ -1,8 +1,9 @@
 """The appliance's side of the federation: train the head, send the delta, take bundles.
 
 Orchestration only (the head maths is :mod:`models.core.head`, the wire format
-:mod:`models.core.update_codec`, transport :mod:`device.sync`). Training runs in the
-background and never holds a lock that predictions need.
+:mod:`models.core.update_codec`, the transport a :class:`~device.sync.link.CoordinatorLink`,
+the held-out cases :mod:`device.gate`). Training runs in the background and never holds
+a lock that predictions need.
 """
 from __future__ import annotations
 
@@ -12,13 +13,21 @@ import logging
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from device.hw.status import State
+from device.config import Settings
+from device.gate import held_out
+from device.hw.status import Indicator, State
 from device.imaging import stored_model_input
-from device.sync.updater import UpdateResult, is_gate_case
+from device.inference.slot import ModelSlot
+from device.store.base import CaseStore
+from device.sync.link import CoordinatorLink
+from device.sync.outbox import FlushResult, Outbox
+from device.sync.updater import BundleUpdater, UpdateResult
+from device.telemetry import Telemetry
 from models.core.head import TrainConfig, predict, train_head
 from models.core import metrics
 from models.core.update_codec import decode, encode
@@ -30,20 +39,51 @@ logger = logging.getLogger(__name__)
 MAX_BUNDLE_FILE = 64 * 2**20  # bytes: a bundle file larger than this is refused
 
 
-class Federation:
-    """Local training, the update outbox and bundle updates of one appliance."""
+@dataclass(frozen=True)
+class FederationStatus:
+    """What the admin page and the API show of the federation."""
 
-    def __init__(self, svc, client, outbox, updater, train_config: TrainConfig | None = None
-                 ) -> None:
-        self.svc = svc
-        self.client = client
-        self.outbox = outbox
-        self.updater = updater
+    pending: int                  # updates waiting in the outbox
+    refused: int                  # updates the coordinator refused (kept for the admin)
+    bytes_up: int                 # bodies sent to / received from the coordinator
+    bytes_down: int
+    last_training: dict = field(default_factory=dict)
+
+
+class Federation:
+    """Local training, the update outbox and bundle updates of one appliance.
+
+    Parameters
+    ----------
+    link : CoordinatorLink
+        The coordinator, over HTTP or in one Flower message.
+    outbox : Outbox
+        Updates waiting for the coordinator.
+    updater : BundleUpdater
+        Judges and installs the coordinator's bundles.
+    settings : Settings
+        Data folder, update encoding, privacy, schedule.
+    store, slot, status, telemetry
+        The confirmed cases, the model in service, the LED and the health figures.
+    """
+
+    def __init__(self, link: CoordinatorLink, outbox: Outbox, updater: BundleUpdater, *,
+                 settings: Settings, store: CaseStore, slot: ModelSlot, status: Indicator,
+                 telemetry: Telemetry, train_config: TrainConfig | None = None) -> None:
+        self.link, self.outbox, self.updater = link, outbox, updater
+        self.settings, self.store, self.slot = settings, store, slot
+        self.status, self.telemetry = status, telemetry
         self.train_config = train_config or TrainConfig()
-        self.state_dir = svc.settings.data_dir / "federation"
+        self.state_dir = settings.data_dir / "federation"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._train_lock = threading.Lock()  # one training at a time; predictions unaffected
         self.last_result: dict = {}
+
+    def overview(self) -> FederationStatus:
+        """Counts and figures for the admin page and ``GET /api/v1/federation``."""
+        return FederationStatus(len(self.outbox.pending()), len(self.outbox.refused()),
+                                self.link.bytes_up, self.link.bytes_down,
+                                dict(self.last_result))
 
     # --- data -------------------------------------------------------------------------
     def examples(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -51,10 +91,10 @@ class Federation:
 
         Embeddings are cached per case and backbone; cases confirmed under an older
         backbone are re-embedded from their stored image. Gate cases (see
-        :func:`is_gate_case`) judge new bundles and are never trained on.
+        :mod:`device.gate`) judge new bundles and are never trained on.
         """
-        store, predictor = self.svc.store, self.svc.slot.current
-        backbone = self.svc.backbone_id(predictor)
+        store, predictor = self.store, self.slot.current
+        backbone = predictor.backbone_id
         for case_id in store.cases_missing_embedding(backbone):
             case = store.get(case_id)
             try:
@@ -64,12 +104,15 @@ class Federation:
                 continue
             store.set_embedding(case_id, backbone, predictor.predict(image).embedding)
         ids, x, y = store.confirmed_examples(backbone)
-        gate = np.array([is_gate_case(i) for i in ids], bool)
+        gate = held_out(ids)
         return x[~gate], y[~gate], x[gate], y[gate]
 
     def confirmed_since_training(self) -> int:
         trained = self._state().get("trained_cases", 0)
-        return self.svc.store.count("confirmed") + self.svc.store.count("disagreed") - trained
+        return self._confirmed() - trained
+
+    def _confirmed(self) -> int:
+        return self.store.count("confirmed") + self.store.count("disagreed")
 
     # --- training ---------------------------------------------------------------------
     def train_now(self) -> dict:
@@ -77,7 +120,7 @@ class Federation:
         if not self._train_lock.acquire(blocking=False):
             return {"action": "busy", "reason": "a training run is in progress"}
         try:
-            with self.svc.status.activity(State.TRAINING):
+            with self.status.activity(State.TRAINING):
                 return self._train()
         except ValueError as exc:  # too few confirmed cases, or only one class
             logger.info("training skipped: %s", exc)
@@ -86,7 +129,7 @@ class Federation:
             self._train_lock.release()
 
     def _train(self) -> dict:
-        predictor = self.svc.slot.current
+        predictor = self.slot.current
         base = predictor.bundle.load_head()
         x, y, x_gate, y_gate = self.examples()
         if len(y) < self.train_config.min_examples:
@@ -96,7 +139,7 @@ class Federation:
         delta = weights.delta(result.head, base)
         delta = self._privatise(delta)
         delta = {k: v + self._residual().get(k, 0) for k, v in delta.items()}
-        s = self.svc.settings
+        s = self.settings
         payload, extra = encode(delta, s.update_encoding, s.update_topk or None)
         sent = decode(payload, extra, {k: v.shape for k, v in base.items()})
         self._save_residual({k: delta[k] - sent[k] for k in delta} if s.update_topk else {})
@@ -105,8 +148,7 @@ class Federation:
                 "examples": int(len(y)), "update_id": uuid.uuid4().hex,
                 "metrics": {"train_epochs": result.epochs, **local}, **extra}
         self.outbox.put(meta["update_id"], payload, meta)
-        self._save_state(trained_cases=self.svc.store.count("confirmed")
-                         + self.svc.store.count("disagreed"), last_train_at=time.time())
+        self._save_state(trained_cases=self._confirmed(), last_train_at=time.time())
         self.last_result = {"action": "queued", "update_id": meta["update_id"],
                             "examples": int(len(y)), "payload_bytes": len(payload),
                             "base_version": predictor.version, **local}
@@ -116,7 +158,7 @@ class Federation:
 
     def _privatise(self, delta: dict) -> dict:
         """Optional local DP: clip the delta's norm, add Gaussian noise."""
-        s = self.svc.settings
+        s = self.settings
         if not (s.dp_clip > 0 and s.dp_noise > 0):
             return delta
         scale = min(1.0, s.dp_clip / max(weights.l2_norm(delta), 1e-12))
@@ -137,7 +179,7 @@ class Federation:
 
     def evaluate_local(self) -> dict:
         """The model in service on this site's held-out (gate) confirmed cases."""
-        predictor = self.svc.slot.current
+        predictor = self.slot.current
         _, _, x, y = self.examples()
         if len(y) == 0:
             return {"local_n": 0}
@@ -146,6 +188,21 @@ class Federation:
         return {"local_accuracy": m["accuracy"], "local_auc": m["auc"], "local_n": int(len(y))}
 
     # --- sync -------------------------------------------------------------------------
+    def flush(self, force: bool = True) -> FlushResult:
+        """Send queued updates now (``force`` ignores the outbox backoff)."""
+        return self.outbox.flush(self.link, force=force)
+
+    def sync_in_background(self) -> None:
+        """The button: sync now without holding up the caller; failures are logged and
+        shown on the LED and /healthz (sync_now records them)."""
+        def quietly() -> None:
+            try:
+                self.sync_now()
+            except Exception as exc:  # never fatal
+                logger.warning("sync failed: %s", exc)
+
+        threading.Thread(target=quietly, daemon=True, name="sync-now").start()
+
     def sync_now(self, force: bool = True) -> dict:
         """Send queued updates, then take a newer bundle if one passes every check.
 
@@ -153,21 +210,21 @@ class Federation:
         the background loop passes False. A version refused once is not fetched again.
         """
         try:
-            with self.svc.status.activity(State.SYNCING):
-                flushed = self.outbox.flush(self.client, force=force)
-                current = self.svc.slot.current.version
-                latest = self.client.latest(current)
+            with self.status.activity(State.SYNCING):
+                flushed = self.flush(force)
+                current = self.slot.current.version
+                latest = self.link.latest(current)
                 if latest.get("version") in self._state().get("refused_versions", []):
                     outcome = UpdateResult("none", latest["version"], "refused before", {})
                 else:
                     outcome = self.updater.check_and_install(latest, functools.partial(
-                        self.client.download, max_bytes=MAX_BUNDLE_FILE))
+                        self.link.download, max_bytes=MAX_BUNDLE_FILE))
         except Exception as exc:
-            self.svc.telemetry.record_error("sync", f"sync failed: {type(exc).__name__}",
-                                            detail=str(exc)[:200] or None)
+            self.telemetry.record_error("sync", f"sync failed: {type(exc).__name__}",
+                                        detail=str(exc)[:200] or None)
             raise
         if outcome.action == "refused":
-            self.svc.status.set(State.UPDATE_AVAILABLE)
+            self.status.set(State.UPDATE_AVAILABLE)
             if outcome.version != current:  # the coordinator's copy of the shipped
                 # version is tried again at each sync: a refusal of it (a missing key)
                 # is mended by the configuration, not by a newer version
@@ -175,28 +232,28 @@ class Federation:
                     *self._state().get("refused_versions", []), outcome.version])
             self._report("bundle_refused", outcome.version, outcome.reason)
         elif outcome.action == "installed":
-            self.svc.status.set(State.READY)
+            self.status.set(State.READY)
             self._report("bundle_installed", outcome.version, "")
-        self.svc.telemetry.last_sync_at = time.time()
+        self.telemetry.last_sync_at = time.time()
         return {"sent": flushed.sent, "deferred": flushed.deferred, "refused_updates":
                 flushed.refused, "bundle": outcome.action, "version": outcome.version,
-                "reason": outcome.reason, "bytes_up": self.client.bytes_up,
-                "bytes_down": self.client.bytes_down}
+                "reason": outcome.reason, "bytes_up": self.link.bytes_up,
+                "bytes_down": self.link.bytes_down}
 
     def _report(self, kind: str, version: int | None, reason: str) -> None:
         """Tell the coordinator; a failure to report never undoes what was done."""
         try:
-            self.client.report(kind, version, reason)
+            self.link.report(kind, version, reason)
         except Exception as exc:
             logger.warning("could not report %s of v%s: %s", kind, version, exc)
 
     def run(self, stop: threading.Event) -> None:
         """Background loop: sync every ``sync_interval_s``; train when enough is new."""
-        while not stop.wait(self.svc.settings.sync_interval_s):
+        while not stop.wait(self.settings.sync_interval_s):
             try:
-                idle = self.svc.status.state in (State.READY, State.UPDATE_AVAILABLE)
+                idle = self.status.state in (State.READY, State.UPDATE_AVAILABLE)
                 if idle and self.confirmed_since_training() >= \
-                        self.svc.settings.train_min_new_cases:
+                        self.settings.train_min_new_cases:
                     self.train_now()
                 self.sync_now(force=False)
             except Exception as exc:  # the loop must survive a coordinator outage

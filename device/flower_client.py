@@ -61,7 +61,7 @@ def _round(msg: Message, context: Context, train: bool) -> Message:
         if train:
             trained = fed.train_now()
             if trained.get("action") == "queued":
-                fed.outbox.flush(link, force=True)
+                fed.flush()
             sync["train"] = trained
             numbers = {k: float(trained[k]) for k in ("examples", "local_accuracy_before",
                                                       "local_accuracy_after", "local_n")

@@ -1,4 +1,5 @@
-"""Composition root: builds stores, the verified model, hardware and telemetry.
+"""Composition root: builds stores, the verified model, hardware and telemetry, and
+hands each part the few collaborators it uses.
 
 Hardware is created here, never at import; tests build services with gpiozero's
 MockFactory (``GPIOZERO_PIN_FACTORY=mock``) or with ``gpio = false``.
@@ -6,11 +7,13 @@ MockFactory (``GPIOZERO_PIN_FACTORY=mock``) or with ``gpio = false``.
 from __future__ import annotations
 
 import logging
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+from device.analysis import Analyser
 from device.config import Settings
+from device.federation import Federation
 from device.hw.camera import Camera, detect_camera
 from device.hw.status import Indicator, NullIndicator, StatusIndicator
 from device.inference.predictor import Predictor, create_predictor
@@ -18,6 +21,10 @@ from device.inference.slot import ModelSlot
 from device.store.base import AccountStore, CaseStore
 from device.store.sqlite import DB_NAME, Database, SQLiteAccountStore, SQLiteCaseStore
 from device.sync.bundles import InstalledBundles
+from device.sync.follow import InstalledFollower
+from device.sync.link import CoordinatorLink
+from device.sync.outbox import Outbox
+from device.sync.updater import BundleUpdater
 from device.telemetry import Telemetry
 from models.core.bundle import verify_bundle
 from models.core.signing import load_public_key
@@ -47,14 +54,10 @@ class Services:
     status: Indicator
     camera: Camera | None
     bundles: InstalledBundles
-    telemetry: Telemetry = field(default_factory=Telemetry)
-    federation: object | None = None  # device.federation.Federation when configured
-    _adopted: str | None = field(default=None, repr=False)  # CURRENT last adopted
-
-    @staticmethod
-    def backbone_id(predictor: Predictor) -> str:
-        """Embeddings are valid for one backbone: the model file's sha256 names it."""
-        return predictor.bundle.manifest["files"]["model.tflite"]["sha256"]
+    telemetry: Telemetry
+    analyser: Analyser
+    follower: InstalledFollower          # transport "flower": serve what was installed
+    federation: Federation | None = None  # with a coordinator over HTTP
 
     def request_sync(self) -> None:
         """Button press: sync with the coordinator now, in the background."""
@@ -63,39 +66,7 @@ class Services:
                         "SuperNode" if self.settings.transport == "flower"
                         else "no coordinator configured")
             return
-        threading.Thread(target=self._sync_quietly, daemon=True, name="sync-now").start()
-
-    def _sync_quietly(self) -> None:
-        try:
-            self.federation.sync_now()
-        except Exception as exc:  # shown on the LED and /healthz, never fatal
-            logger.warning("sync failed: %s", exc)  # sync_now recorded it for /healthz
-
-    def adopt_installed(self) -> bool:
-        """Serve the bundle another process of this appliance installed (the Flower
-        ClientApp verified and gated it), if it is not the one in service. Only a
-        changed ``CURRENT`` pointer is looked at (verifying a bundle costs a read)."""
-        name = self.bundles.current_name()
-        if name == self._adopted:
-            return False
-        self._adopted = name
-        path = self.bundles.current_path().resolve()
-        if path == Path(self.slot.current.bundle.path).resolve():
-            return False
-        predictor = load_predictor(self.settings, path)
-        self.slot.swap(predictor)
-        logger.info("now serving bundle version %d (installed by another process of this "
-                    "appliance)", predictor.version)
-        return True
-
-    def follow_installed(self, stop: threading.Event) -> None:
-        """Background loop of transport "flower": adopt installed bundles."""
-        while not stop.wait(self.settings.bundle_poll_s):
-            try:
-                self.adopt_installed()
-            except Exception as exc:  # a bad install must not stop serving
-                logger.warning("could not adopt the installed bundle: %s", exc)
-                self.telemetry.record_error("sync", f"adopt failed: {type(exc).__name__}")
+        self.federation.sync_in_background()
 
     def close(self) -> None:
         self.status.close()
@@ -113,21 +84,27 @@ def open_stores(settings: Settings) -> tuple[CaseStore, AccountStore]:
             SQLiteAccountStore(settings.data_dir, db=db))
 
 
-def build_federation(svc: Services, client=None):
-    """Federation over ``client``; by default the HTTP client of a configured
-    coordinator (None without one, or with transport "flower", whose ClientApp brings
-    its own :class:`~device.sync.message_link.MessageLink`)."""
+def build_federation(svc: Services, link: CoordinatorLink | None = None
+                     ) -> Federation | None:
+    """Federation over ``link``; by default the HTTP client of a configured coordinator
+    (None without one, or with transport "flower", whose ClientApp brings its own
+    :class:`~device.sync.message_link.MessageLink`)."""
     s = svc.settings
-    if client is None:
+    if link is None:
         if s.transport != "http" or not s.coordinator_url:
             return None
         from device.sync.client import CoordinatorClient
-        client = CoordinatorClient(s.coordinator_url, s.device_token, s.coordinator_ca)
-    from device.federation import Federation
-    from device.sync.outbox import Outbox
-    from device.sync.updater import BundleUpdater
+        link = CoordinatorClient(s.coordinator_url, s.device_token, s.coordinator_ca)
     updater = BundleUpdater(s, svc.slot, svc.store, svc.bundles, status=svc.status)
-    return Federation(svc, client, Outbox(s.data_dir), updater)
+    return Federation(link, Outbox(s.data_dir), updater, settings=s, store=svc.store,
+                      slot=svc.slot, status=svc.status, telemetry=svc.telemetry)
+
+
+def _indicator(settings: Settings, on_sync) -> Indicator:
+    if not settings.gpio:
+        return NullIndicator()
+    return StatusIndicator(settings.led_pin, settings.button_pin,
+                           hold_seconds=settings.hold_seconds, on_sync=on_sync)
 
 
 def build_services(settings: Settings) -> Services:
@@ -137,20 +114,13 @@ def build_services(settings: Settings) -> Services:
     bundles = InstalledBundles(settings.data_dir, settings.bundle, trusted_keys(settings))
     bundles.cleanup_staging()  # downloads of a run that crashed
     predictor = load_predictor(settings, bundles.current_path())
-    holder: dict[str, Services] = {}
-
-    def on_sync() -> None:
-        holder["svc"].request_sync()
-
-    if settings.gpio:
-        status: Indicator = StatusIndicator(settings.led_pin, settings.button_pin,
-                                            hold_seconds=settings.hold_seconds,
-                                            on_sync=on_sync)
-    else:
-        status = NullIndicator()
-    svc = Services(settings, store, accounts, ModelSlot(predictor), status,
-                   detect_camera(settings.camera), bundles)
-    holder["svc"] = svc
+    slot, telemetry = ModelSlot(predictor), Telemetry()
+    status = _indicator(settings, lambda: svc.request_sync())  # svc: bound just below
+    svc = Services(
+        settings, store, accounts, slot, status, detect_camera(settings.camera), bundles,
+        telemetry, Analyser(slot, store, status, telemetry, settings.max_upload_bytes),
+        InstalledFollower(bundles, slot, partial(load_predictor, settings), telemetry,
+                          settings.bundle_poll_s))
     svc.federation = build_federation(svc)
     logger.info("serving bundle version %d (%s)", predictor.version,
                 predictor.bundle.manifest["architecture"])

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from models.core.bundle import Bundle
+from models.core.bundle import MODEL, Bundle
 from models.core.preprocess import InputSpec
 
 
@@ -35,6 +35,12 @@ class Predictor(ABC):
         self.threshold = bundle.threshold
         self.uncertain_interval = bundle.uncertain_interval
         self.input_spec = InputSpec.from_dict(bundle.manifest["input"])
+
+    @property
+    def backbone_id(self) -> str:
+        """Names the backbone: embeddings are comparable only under the same one, so the
+        model file's SHA-256 keys the embedding cache."""
+        return self.bundle.manifest["files"][MODEL]["sha256"]
 
     @abstractmethod
     def probabilities(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

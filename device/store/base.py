@@ -170,6 +170,12 @@ class CaseStore(ABC):
         """Store (or replace) the case's heat map PNG, written durably; the updated case."""
 
     @abstractmethod
+    def heatmaps_valid_since(self, drawn_by: str) -> float:
+        """Epoch seconds since which stored heat maps count as drawn by ``drawn_by`` (the
+        model and colour scale in service; InputError if not a non-empty string). A
+        change is recorded with the current time, so older maps are drawn again."""
+
+    @abstractmethod
     def set_embedding(self, case_id: str, backbone_id: str, vector: np.ndarray) -> None:
         """Cache the case's 1-D embedding, replacing any earlier one (any backbone)."""
 

@@ -1,6 +1,6 @@
 -- NeuroEdge appliance state (one SQLite file). Applied at every open: idempotent.
--- Bump user_version (and device.store.sqlite.SCHEMA_VERSION) with a migration when
--- anything here changes.
+-- Bump user_version (and device.store.sqlite.SCHEMA_VERSION) with a migration when a
+-- change is more than a new table (which older software ignores).
 
 CREATE TABLE IF NOT EXISTS cases (
     id              TEXT PRIMARY KEY CHECK (length(id) = 32),
@@ -33,6 +33,13 @@ CREATE TABLE IF NOT EXISTS embeddings (
     vector      BLOB NOT NULL CHECK (length(vector) = 4 * dim)
 );
 CREATE INDEX IF NOT EXISTS embeddings_backbone ON embeddings (backbone_id);
+
+-- Which model and colour scale draw heat maps, and since when: older maps are redrawn.
+CREATE TABLE IF NOT EXISTS heatmap_author (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    drawn_by TEXT NOT NULL,
+    since    REAL NOT NULL
+);
 
 CREATE TABLE IF NOT EXISTS users (
     name          TEXT PRIMARY KEY,

@@ -16,6 +16,7 @@ import math
 import re
 import sqlite3
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any, TextIO
@@ -226,6 +227,23 @@ class SQLiteCaseStore(CaseStore):
                 written[0].unlink(missing_ok=True)
                 raise NotFoundError("no such case")
         return self.get(case_id)
+
+    def heatmaps_valid_since(self, drawn_by: str) -> float:
+        _text(drawn_by, "drawn_by", 256)
+        query = "SELECT drawn_by, since FROM heatmap_author WHERE id = 1"
+        rows = self._db.read(query)  # a read on every view; a write only on a change
+        if rows and rows[0]["drawn_by"] == drawn_by:
+            return float(rows[0]["since"])
+        with self._db.tx() as conn:
+            row = conn.execute(query).fetchone()
+            if row is not None and row["drawn_by"] == drawn_by:  # another thread did it
+                return float(row["since"])
+            now = time.time()
+            conn.execute("INSERT INTO heatmap_author (id, drawn_by, since) VALUES (1, ?, ?) "
+                         "ON CONFLICT (id) DO UPDATE SET drawn_by = excluded.drawn_by, "
+                         "since = excluded.since", (drawn_by, now))
+        log.info("heat maps are drawn by %s from now on", drawn_by)
+        return now
 
     def set_embedding(self, case_id: str, backbone_id: str, vector: np.ndarray) -> None:
         check_case_id(case_id)

@@ -1,7 +1,10 @@
-"""Federation on the device: the coordinator client and the persistent update outbox."""
-from device.sync.client import (CoordinatorClient, CoordinatorRefused, CoordinatorUnavailable,
-                                UnsafeDownload, UpdateRefused)
+"""Federation on the device: the coordinator link (HTTP or Flower), the persistent
+update outbox, installed bundles and the updater."""
+from device.sync.client import CoordinatorClient
+from device.sync.link import (CoordinatorLink, CoordinatorRefused, CoordinatorUnavailable,
+                              UnsafeDownload, UpdateRefused)
 from device.sync.outbox import Entry, FlushResult, Outbox
 
-__all__ = ["CoordinatorClient", "CoordinatorRefused", "CoordinatorUnavailable", "Entry",
-           "FlushResult", "Outbox", "UnsafeDownload", "UpdateRefused"]
+__all__ = ["CoordinatorClient", "CoordinatorLink", "CoordinatorRefused",
+           "CoordinatorUnavailable", "Entry", "FlushResult", "Outbox", "UnsafeDownload",
+           "UpdateRefused"]

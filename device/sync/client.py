@@ -1,6 +1,6 @@
-"""HTTP client of the coordinator (see README "Protocol (device ↔ coordinator)").
+"""HTTP transport of the :class:`~device.sync.link.CoordinatorLink` (see docs/protocol.md).
 
-Every failure is one of two kinds, because the caller must act differently:
+Every failure is one of the link's two kinds, because the caller must act differently:
 
 - :class:`CoordinatorUnavailable` (5xx, connection refused, timeout, TLS failure, an
   answer that is not JSON, 401/408/429): *retry later*, keep the update.
@@ -26,7 +26,9 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from device.exc import ConfigError, DeviceError
+from device.exc import ConfigError
+from device.sync.link import (CoordinatorRefused, CoordinatorUnavailable, UnsafeDownload,
+                              UpdateRefused)
 
 logger = logging.getLogger(__name__)
 
@@ -36,49 +38,6 @@ API = "/api/v1"
 RETRYABLE_4XX = frozenset({401, 408, 425, 429})
 DEFAULT_REASONS = {400: "malformed", 409: "conflict", 413: "too_large", 422: "rejected"}
 CHUNK = 64 * 1024
-
-
-class CoordinatorUnavailable(DeviceError, ConnectionError):
-    """The coordinator cannot be reached or cannot answer now; retry later (503).
-
-    ``http_status`` is the coordinator's status when it answered (5xx, 401, 429, ...),
-    ``None`` for connection errors and timeouts.
-    """
-
-    status = 503
-
-    def __init__(self, message: str, http_status: int | None = None) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-
-
-class CoordinatorRefused(DeviceError, ValueError):
-    """The coordinator refused the request (4xx); retrying it cannot help.
-
-    ``status`` is the coordinator's HTTP status, ``error`` its message and ``reason`` a
-    short machine-readable word (the coordinator's, else derived from the status).
-    """
-
-    def __init__(self, status: int, error: str, reason: str) -> None:
-        super().__init__(f"coordinator refused ({status}, {reason}): {error}")
-        self.status = status
-        self.error = error
-        self.reason = reason
-
-
-class UpdateRefused(CoordinatorRefused):
-    """A head update refused by the coordinator (400/409/413/422); never retry it."""
-
-
-class UnsafeDownload(DeviceError, ValueError):
-    """A download refused by the device: another origin (``reason="origin"``) or larger
-    than allowed (``reason="size"``)."""
-
-    status = 502
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def _origin(url: str) -> tuple[str, str, int]:

@@ -1,10 +1,9 @@
-"""The coordinator as seen through one transport message (Flower) instead of HTTP.
+"""The Flower transport of the :class:`~device.sync.link.CoordinatorLink`.
 
-:class:`device.federation.Federation` talks to its coordinator through four calls --
-``post_update``, ``latest``, ``download``, ``report`` -- and two byte counters.
-:class:`MessageLink` answers them from the bundle a message carried and collects what
-goes back in the reply, so the same Federation code (outbox, verification, local gate,
-swap) runs under either transport. Nothing here imports Flower.
+:class:`MessageLink` answers the link's four calls from the bundle one round message
+carried and collects what goes back in the reply, so the same Federation code (outbox,
+verification, local gate, swap) runs under either transport. Nothing here imports
+Flower.
 
 Byte counters count what the records carry (payload, meta and report JSON up; bundle
 files down), like the HTTP client counts bodies: framing is excluded.
@@ -14,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from device.sync.client import CoordinatorUnavailable, UnsafeDownload
+from device.sync.link import CoordinatorUnavailable, UnsafeDownload
 from models.core.files import write_atomic
 
 

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.sync.client import CoordinatorUnavailable, UpdateRefused
+from device.sync.link import CoordinatorLink, CoordinatorUnavailable, UpdateRefused
 from models.core.files import fsync_dir, write_atomic
 
 logger = logging.getLogger(__name__)
@@ -131,8 +131,9 @@ class Outbox:
 
     # -- sending ----------------------------------------------------------------------
 
-    def flush(self, client, now: float | None = None, force: bool = False) -> FlushResult:
-        """Send due entries in order through ``client`` (a :class:`CoordinatorClient`).
+    def flush(self, client: CoordinatorLink, now: float | None = None, force: bool = False
+              ) -> FlushResult:
+        """Send due entries in order through ``client`` (either transport).
 
         Accepted or duplicate: deleted. :class:`UpdateRefused`: moved to ``refused/``,
         never retried. :class:`CoordinatorUnavailable`: the entry's ``attempts`` grows,

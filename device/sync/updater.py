@@ -16,11 +16,9 @@ reason the caller reports to the coordinator. In order:
 5. smoke test: the candidate loads and gives finite probabilities in [0, 1] on a
    synthetic head slice and the latest stored case, and its ``head.npz`` agrees with
    its model (devices train from ``head.npz``; LiteRT serves ``model.tflite``);
-6. local gate on held-out confirmed cases (:func:`is_gate_case`): refused if it gets
-   more cases wrong or misses more tumours than the current model by more than
-   ``settings.gate_margin`` of them (at least one), or, with enough of each class, has an
-   AUC lower by more than the margin; skipped, and said so, with fewer than
-   :data:`MIN_GATE_CASES`;
+6. the local gate on held-out confirmed cases (:mod:`device.gate`, margin
+   ``settings.gate_margin``); skipped, and said so, with fewer than
+   :data:`~device.gate.MIN_GATE_CASES`;
 7. :meth:`InstalledBundles.install`, then ``slot.swap``: requests in flight finish on
    the old predictor.
 """
@@ -39,14 +37,14 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from device.config import Settings
+from device.gate import MIN_GATE_CASES, gate_cases, judge
 from device.hw.status import Indicator, State
 from device.imaging import stored_model_input
 from device.inference.predictor import Predictor, create_predictor
 from device.inference.slot import ModelSlot
-from device.store.base import MAX_LIST_LIMIT, Case, CaseStore
+from device.store.base import Case, CaseStore
 from device.sync.bundles import InstalledBundles
 from models.core.head import predict as head_predict
-from models.core import metrics
 from models.core.bundle import (
     MANIFEST, SIGNATURE, Bundle, BundleError, canonical_bytes, verify_bundle,
 )
@@ -54,26 +52,12 @@ from models.core.preprocess import InputSpec, preprocess
 
 logger = logging.getLogger(__name__)
 
-GATE_PREFIXES = "0123"    # first hex digit of a held-out case id: ~25% of cases
-MIN_GATE_CASES = 4        # fewer: the gate is skipped (and the result says so)
-MIN_CLASS_CASES = 5       # fewer of either class: AUC and sensitivity are not compared
-MAX_GATE_CASES = 300      # newest first; bounds the time a check takes on a Pi
 HEAD_TOLERANCE = 0.15     # mean |p(model.tflite) - p(head.npz)|; int8 gives ~0.01
 MAX_FILES = 16
 _BATCH = 16
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_REPORTED = ("n", "accuracy", "auc", "sensitivity", "specificity", "threshold")
 
 Fetch = Callable[[str, Path], int]
-
-
-def is_gate_case(case_id: str) -> bool:
-    """True if a confirmed case is held out for the local gate (never trained on).
-
-    The rule is deterministic (first hex digit of the random case id in "0123", about a
-    quarter of cases), so training and the gate agree without storing anything.
-    """
-    return isinstance(case_id, str) and len(case_id) > 0 and case_id[0] in GATE_PREFIXES
 
 
 def synthetic_slice(size: int = 256) -> np.ndarray:
@@ -275,7 +259,7 @@ class BundleUpdater:
         newest = self.store.list("all", limit=1)
         smoke += self._case_images(newest, candidate.input_spec)[0]
         outputs = [self._run(candidate, np.stack(smoke), head, "smoke test")]
-        cases = self._gate_cases()
+        cases = gate_cases(self.store)
         labels: list[int] = []
         p_cur: list[np.ndarray] = []
         unreadable = 0
@@ -304,33 +288,14 @@ class BundleUpdater:
 
     def _gate(self, current: Predictor, candidate: Predictor, y: np.ndarray,
               p_cur: np.ndarray, p_new: np.ndarray, info: dict[str, Any]) -> dict[str, Any]:
-        old = metrics.binary_metrics(y, np.clip(p_cur, 0.0, 1.0), current.threshold)
-        new = metrics.binary_metrics(y, p_new, candidate.threshold)
-        info["current"] = metrics.json_safe({k: old[k] for k in _REPORTED})
-        info["candidate"] = metrics.json_safe({k: new[k] for k in _REPORTED})
-        margin = float(self.settings.gate_margin)
-        # Gate sets are small: judge counts, not rates. Refuse a candidate that gets more
-        # than max(1, margin*n) more cases wrong, or misses more than max(1, margin*n_pos)
-        # more tumours (a screening model must not start missing them). AUC is compared
-        # only with MIN_CLASS_CASES of each class; on fewer it is noise.
-        c_old, c_new = old["confusion"], new["confusion"]
-        n_pos = int(y.sum())
-        extra_wrong = (c_new["fp"] + c_new["fn"]) - (c_old["fp"] + c_old["fn"])
-        extra_missed = c_new["fn"] - c_old["fn"]
-        both_classes = min(n_pos, int(y.size - n_pos)) >= MIN_CLASS_CASES
-        figures = (f"accuracy {new['accuracy']:.3f} vs {old['accuracy']:.3f}, missed "
-                   f"tumours {c_new['fn']} vs {c_old['fn']} of {n_pos}"
-                   + (f", AUC {new['auc']:.3f} vs {old['auc']:.3f}" if both_classes
-                      else f", AUC not compared (fewer than {MIN_CLASS_CASES} of a class)")
-                   + f" on {y.size} held-out cases (margin {margin})")
-        worse = (extra_wrong > max(1.0, margin * y.size)
-                 or extra_missed > max(1.0, margin * n_pos)
-                 or (both_classes and new["auc"] < old["auc"] - margin))
-        info["gate"] = "failed" if worse else "passed"
-        if worse:
+        verdict = judge(y, p_cur, p_new, (current.threshold, candidate.threshold),
+                        float(self.settings.gate_margin))
+        info.update(current=verdict.current, candidate=verdict.candidate,
+                    gate="passed" if verdict.passed else "failed")
+        if not verdict.passed:
             raise _Refused(f"local gate: v{candidate.version} worse than "
-                           f"v{current.version}: {figures}", info)
-        return {"note": f"installed; local gate passed: {figures}", "metrics": info}
+                           f"v{current.version}: {verdict.figures}", info)
+        return {"note": f"installed; local gate passed: {verdict.figures}", "metrics": info}
 
     @staticmethod
     def _run(predictor: Predictor, x: np.ndarray, head: dict[str, np.ndarray],
@@ -350,20 +315,6 @@ class BundleUpdater:
         if (prob < 0).any() or (prob > 1).any():
             raise _Refused(f"candidate fails the {step}: probability outside [0, 1]")
         return prob, head_predict(head, emb)
-
-    def _gate_cases(self) -> list[Case]:
-        """Held-out cases with a clinician label (agreeing or not), newest first."""
-        found: list[Case] = []
-        for status in ("confirmed", "disagreed"):  # "disagreed" too, or the gate is biased
-            offset = 0
-            while True:
-                page = self.store.list(status, limit=MAX_LIST_LIMIT, offset=offset)
-                found += [c for c in page if is_gate_case(c.id)]
-                if len(page) < MAX_LIST_LIMIT:
-                    break
-                offset += len(page)
-        found.sort(key=lambda c: (c.created_at, c.id), reverse=True)
-        return found[:MAX_GATE_CASES]
 
     def _case_images(self, cases: list[Case], spec: InputSpec
                      ) -> tuple[list[np.ndarray], list[Case]]:

@@ -15,13 +15,14 @@ from werkzeug.exceptions import HTTPException
 
 from device.config import Settings, ensure_secret_key
 from device.exc import DeviceError
+from device.services import Services
 
 logger = logging.getLogger(__name__)
 # Browser batch uploads may carry several slices; the API takes one (see api.py).
 MAX_FILES_PER_UPLOAD = 20
 
 
-def services():
+def services() -> Services:
     """The :class:`device.services.Services` of the running app."""
     return current_app.extensions["neuroedge"]
 
@@ -42,7 +43,7 @@ def wants_json() -> bool:
     return request.path.startswith("/api/") or request.path in ("/healthz",)
 
 
-def create_app(settings: Settings, svc) -> Flask:
+def create_app(settings: Settings, svc: Services) -> Flask:
     """Build the web app around already-built services (the composition root's job)."""
     app = Flask(__name__)
     app.config.update(

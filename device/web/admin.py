@@ -16,10 +16,8 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 @admin_required
 def index():
     svc = services()
-    fed = svc.federation
     return render_template("admin.html", model=svc.slot.current.bundle.manifest,
-                           federation=fed, outbox=len(fed.outbox.pending()) if fed else 0,
-                           refused=len(fed.outbox.refused()) if fed else 0,
+                           federation=svc.federation.overview() if svc.federation else None,
                            settings=svc.settings, telemetry=svc.telemetry,
                            camera=svc.camera is not None,
                            users=svc.accounts.list_users(), tokens=svc.accounts.list_tokens())

@@ -5,8 +5,8 @@ import time
 
 from flask import Blueprint, abort, jsonify, request, url_for
 
-from device.analysis import analyse
 from device.exc import InputError
+from device.federation import Federation, FederationStatus
 from device.web import services
 from device.web.auth import current_user, token_user
 
@@ -28,7 +28,7 @@ def predictions():
         raise InputError("multipart field 'image' is required")
     if len(images) > 1:  # scoring the first would silently drop the others
         raise InputError("one image per request: send each slice in its own request")
-    case = analyse(services(), images[0].read(), "api")
+    case = services().analyser.analyse(images[0].read(), "api")
     return jsonify({
         "case_id": case.id, "probability": round(case.probability, 6),
         "label": "tumour" if case.predicted_label else "no_tumour",
@@ -52,7 +52,7 @@ def label(case_id: str):
     return jsonify(case_id=case.id, status=case.status, confirmed_label=numeric)
 
 
-def _federation():
+def _federation() -> Federation:
     fed = services().federation
     if fed is None:
         raise InputError("no coordinator configured on this appliance")
@@ -62,12 +62,11 @@ def _federation():
 @bp.route("/federation", methods=["GET"])
 def federation_status():
     svc = services()
-    fed = svc.federation
-    return jsonify(configured=fed is not None, model_version=svc.slot.current.version,
-                   outbox=len(fed.outbox.pending()) if fed else 0,
-                   bytes_up=fed.client.bytes_up if fed else 0,
-                   bytes_down=fed.client.bytes_down if fed else 0,
-                   last_training=fed.last_result if fed else {})
+    now = svc.federation.overview() if svc.federation else FederationStatus(0, 0, 0, 0)
+    return jsonify(configured=svc.federation is not None,
+                   model_version=svc.slot.current.version, outbox=now.pending,
+                   bytes_up=now.bytes_up, bytes_down=now.bytes_down,
+                   last_training=now.last_training)
 
 
 @bp.route("/federation/train", methods=["POST"])

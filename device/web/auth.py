@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import hmac
 import logging
 import secrets
@@ -12,51 +11,21 @@ from urllib.parse import urlsplit
 
 from flask import (Blueprint, Flask, abort, flash, g, redirect, render_template, request,
                    session, url_for)
-from werkzeug.security import check_password_hash, generate_password_hash
 
-from device.exc import InputError
-from device.store.base import MAX_NAME
+from device import accounts as rules
 from device.web import services
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__)
 
-MIN_PASSWORD = 10
-SETUP_CODE_KEY = "setup_code_sha256"
-SESSIONS_AFTER = "sessions_after:"  # + user name: sessions begun before then have ended
 # Endpoints reachable without a session (setup redirects everything else until done).
 PUBLIC = {"auth.login", "auth.setup", "health.healthz", "health.metrics", "static"}
-
-
-def end_sessions(accounts, name: str) -> None:
-    """End the user's open sessions and lift their sign-in lockout: after a password
-    reset, or when the account is disabled or enabled again."""
-    accounts.set_setting(SESSIONS_AFTER + name, repr(time.time()))
-    accounts.clear_failures(f"{name}|", prefix=True)
 
 
 def _start_session(name: str, role: str) -> None:
     session.clear()
     session.permanent = True
     session["user"], session["role"], session["since"] = name, role, time.time()
-
-
-def hash_token(token: str) -> str:
-    """SHA-256 of an API token or setup code: only hashes are stored."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def hash_password(password: str) -> str:
-    if len(password) < MIN_PASSWORD:
-        raise InputError(f"password must be at least {MIN_PASSWORD} characters")
-    return generate_password_hash(password)
-
-
-def new_setup_code() -> str:
-    """Create (or replace) the one-time setup code; returns it for the server log."""
-    code = secrets.token_urlsafe(9)
-    services().accounts.set_setting(SETUP_CODE_KEY, hash_token(code))
-    return code
 
 
 def init_app(app: Flask) -> None:
@@ -104,10 +73,7 @@ def _session_valid() -> bool:
     name = session.get("user")
     if not name:
         return False
-    accounts = services().accounts
-    user = accounts.get_user(name)
-    ended = float(accounts.get_setting(SESSIONS_AFTER + name) or 0)
-    if user is None or user.disabled or session.get("since", 0) < ended:
+    if not rules.session_valid(services().accounts, name, session.get("since", 0)):
         session.clear()
         return False
     return True
@@ -145,12 +111,8 @@ def token_user(required: bool = True) -> str | None:
     """The user behind a valid ``Authorization: Bearer TOKEN``; 401 when required."""
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer ") and len(header) > 7:
-        accounts = services().accounts
-        digest = hash_token(header[7:].strip())
-        token = accounts.find_token(digest)
-        user = accounts.get_user(token.user) if token is not None else None
-        if user is not None and not user.disabled:
-            accounts.touch_token(digest)
+        user = rules.token_user(services().accounts, header[7:].strip())
+        if user is not None:
             g.api_user = user.name
             return user.name
     if required:
@@ -164,34 +126,29 @@ def current_user() -> str:
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
-    accounts = services().accounts
-    if request.method == "POST":
-        check_csrf()
-        name = request.form.get("username", "").strip()
-        # A longer name is never a user, and cut there it keeps the throttle key within
-        # the store's limit.
-        key = f"{name[:MAX_NAME]}|{request.remote_addr}"
-        settings = services().settings
-        since = time.time() - settings.login_window_s
-        if accounts.recent_failures(key, since) >= settings.login_attempts:
-            services().telemetry.record_error("login_throttled")
-            minutes = -(-settings.login_window_s // 60)
-            return render_template(
-                "login.html", username=name,
-                error=f"Too many failed attempts for this user name; try again in "
-                      f"{minutes} minutes, or ask an administrator to reset the password."
-            ), 429
-        user = accounts.get_user(name) if name else None
-        if user and not user.disabled and check_password_hash(user.password_hash,
-                                                              request.form.get("password", "")):
-            accounts.clear_failures(key)
-            _start_session(user.name, user.role)
-            return redirect(_safe_next(request.args.get("next")))
-        accounts.record_login_failure(key, time.time())
-        services().telemetry.record_error("login_failed")
+    if request.method == "GET":
+        return render_template("login.html")
+    check_csrf()
+    svc = services()
+    name = request.form.get("username", "").strip()
+    settings = svc.settings
+    try:
+        user = rules.sign_in(svc.accounts, name, request.form.get("password", ""),
+                             request.remote_addr, attempts=settings.login_attempts,
+                             window_s=settings.login_window_s)
+    except rules.TooManyAttempts:
+        svc.telemetry.record_error("login_throttled")
+        minutes = -(-settings.login_window_s // 60)
+        return render_template(
+            "login.html", username=name,
+            error=f"Too many failed attempts for this user name; try again in "
+                  f"{minutes} minutes, or ask an administrator to reset the password."), 429
+    if user is None:
+        svc.telemetry.record_error("login_failed")
         return render_template("login.html", username=name,
                                error="Wrong user name or password."), 401
-    return render_template("login.html")
+    _start_session(user.name, user.role)
+    return redirect(_safe_next(request.args.get("next")))
 
 
 def _safe_next(target: str | None) -> str:
@@ -214,21 +171,19 @@ def setup():
     accounts = services().accounts
     if accounts.count_users() > 0:
         return redirect(url_for("auth.login"))
-    if request.method == "POST":
-        check_csrf()
-        expected = accounts.get_setting(SETUP_CODE_KEY) or ""
-        code = request.form.get("setup_code", "").strip()
-        if not expected or not hmac.compare_digest(hash_token(code), expected):
-            return render_template("setup.html", error="Wrong setup code (see the server "
-                                   "log)."), 403
-        name = request.form.get("username", "").strip()
-        password = request.form.get("password", "")
-        if password != request.form.get("password2", ""):
-            return render_template("setup.html", error="Passwords differ.", setup_code=code,
-                                   username=name), 400
-        accounts.add_user(name, "admin", hash_password(password))
-        accounts.set_setting(SETUP_CODE_KEY, "")
-        logger.info("first admin account created")
-        _start_session(name, "admin")
-        return redirect(url_for("upload.index"))
-    return render_template("setup.html")
+    if request.method == "GET":
+        return render_template("setup.html")
+    check_csrf()
+    code = request.form.get("setup_code", "").strip()
+    if not rules.setup_code_matches(accounts, code):
+        return render_template("setup.html", error="Wrong setup code (see the server "
+                               "log)."), 403
+    name = request.form.get("username", "").strip()
+    password = request.form.get("password", "")
+    if password != request.form.get("password2", ""):
+        return render_template("setup.html", error="Passwords differ.", setup_code=code,
+                               username=name), 400
+    rules.add_first_admin(accounts, name, password)
+    logger.info("first admin account created")
+    _start_session(name, "admin")
+    return redirect(url_for("upload.index"))

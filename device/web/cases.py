@@ -8,7 +8,6 @@ import logging
 from flask import (Blueprint, Response, abort, flash, redirect, render_template, request,
                    send_file, session, url_for)
 
-from device.analysis import case_heatmap
 from device.exc import InputError
 from device.inference.heatmap import FULL_SCALE_DROP
 from device.web import services
@@ -99,7 +98,7 @@ def image(case_id: str):
 @login_required
 def heatmap(case_id: str):
     svc = services()
-    return _png(case_heatmap(svc, svc.store.get(case_id)))
+    return _png(svc.analyser.heatmap(svc.store.get(case_id)))
 
 
 def _png(path) -> Response:

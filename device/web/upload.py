@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from flask import (Blueprint, abort, current_app, flash, redirect, render_template, request,
                    url_for)
 
-from device.analysis import analyse
 from device.exc import CameraUnavailableError, InputError
 from device.web import MAX_FILES_PER_UPLOAD, services
 from device.web.auth import current_user, login_required
@@ -131,7 +130,7 @@ def _analyse_all(files: list, results: list) -> None:
     for number, f in enumerate(files, start=1):
         # The uploaded file name may hold a patient name: show it back, never store it.
         try:
-            case = analyse(svc, f.read(), "upload")
+            case = svc.analyser.analyse(f.read(), "upload")
             results.append({"number": number, "name": f.filename, "case": case})
         except InputError as exc:
             svc.telemetry.record_error(type(exc).__name__)
@@ -160,5 +159,5 @@ def capture():
     svc = services()
     if svc.camera is None:  # disabled, picamera2 missing or no sensor: see detect_camera
         raise CameraUnavailableError("no camera on this appliance")
-    case = analyse(svc, svc.camera.capture(), "camera")
+    case = svc.analyser.analyse(svc.camera.capture(), "camera")
     return redirect(url_for("cases.detail", case_id=case.id), 303)

@@ -43,14 +43,14 @@ def app(settings, services):
 
 @pytest.fixture
 def admin(services) -> str:
-    from device.web.auth import hash_password
+    from device.accounts import hash_password
     services.accounts.add_user("alice", "admin", hash_password(PASSWORD))
     return "alice"
 
 
 @pytest.fixture
 def api_token(services, admin) -> str:
-    from device.web.auth import hash_token
+    from device.accounts import hash_token
     token = "ne_test_token_123"
     services.accounts.add_token("pacs", hash_token(token), admin)
     return token

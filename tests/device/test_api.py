@@ -204,7 +204,8 @@ def test_the_status_led_is_solid_on_when_ready_after_an_upload(server, api_token
 def test_a_colour_case_stored_by_older_software_gets_a_422_heat_map_and_no_training(
         server, api_token, services):
     # Prepare: a confirmed colour case, as software before the colour check stored them
-    from device.federation import Federation
+    from device.services import build_federation
+    from device.sync.message_link import MessageLink
     case = services.store.add_case(
         cv2.imencode(".png", cv2.imdecode(np.frombuffer(colour_jpeg(), np.uint8), 1))[1]
         .tobytes(), source="upload", width=256, height=256, probability=0.7,
@@ -214,8 +215,7 @@ def test_a_colour_case_stored_by_older_software_gets_a_422_heat_map_and_no_train
     # Execute
     heat = requests.get(f"{server}/cases/{case.id}/heatmap.png",
                         headers={"Authorization": f"Bearer {api_token}"}, timeout=30)
-    x_train, _, x_gate, _ = Federation(services, client=None, outbox=None,
-                                       updater=None).examples()
+    x_train, _, x_gate, _ = build_federation(services, MessageLink(None)).examples()
     # Assert: a clear refusal, not a server error; the case is left out, not fatal
     assert heat.status_code == 422 and "no heat map" in heat.text
     assert len(x_train) + len(x_gate) == 0

@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from device.config import DEV_PUBLIC_KEY
-from device.sync.updater import MIN_GATE_CASES, is_gate_case
+from device.gate import MIN_GATE_CASES, is_gate_case
 from tests.conftest import running, write_destroyed_v2
 
 ADMIN, PASSWORD, API_TOKEN = "alice", "correct horse battery", "ne_federation_admin_token"
@@ -164,7 +164,7 @@ def make_appliance(stack: ExitStack, data_dir: Path, trained_bundle, signing_key
     from device.config import load_settings
     from device.services import build_services
     from device.web import create_app
-    from device.web.auth import hash_password, hash_token
+    from device.accounts import hash_password, hash_token
     settings = load_settings(data_dir=data_dir, bundle=trained_bundle[0], gpio=False,
                              camera=False, secret_key="t", coordinator_url=coordinator_url,
                              device_id=DEVICE_ID, device_token=token,
@@ -496,8 +496,9 @@ def test_a_bundle_with_a_bad_signature_is_refused_and_reported(pair):
 
 
 def test_training_without_enough_confirmed_cases_is_skipped_with_a_reason(services):
-    from device.federation import Federation
-    fed = Federation(services, client=None, outbox=None, updater=None)
+    from device.services import build_federation
+    from device.sync.message_link import MessageLink
+    fed = build_federation(services, MessageLink(None))
 
     result = fed.train_now()
 

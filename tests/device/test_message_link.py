@@ -10,7 +10,7 @@ import pytest
 
 from device.config import load_settings
 from device.services import build_federation, build_services
-from device.sync.client import CoordinatorUnavailable
+from device.sync.link import CoordinatorUnavailable
 from device.sync.message_link import MessageLink
 from device.sync.outbox import Outbox
 from device.sync.updater import synthetic_slice
@@ -40,6 +40,14 @@ def client_app(settings):
     svc = build_services(settings)
     yield svc
     svc.close()
+
+
+def test_both_transports_are_coordinator_links():
+    from device.sync.client import CoordinatorClient
+    from device.sync.link import CoordinatorLink
+    with CoordinatorClient("http://127.0.0.1:9", "unused") as http:
+        assert isinstance(http, CoordinatorLink)
+    assert isinstance(MessageLink(1), CoordinatorLink)
 
 
 def test_a_transport_flower_appliance_builds_no_http_federation(client_app):
@@ -89,7 +97,7 @@ def test_no_files_offered_means_nothing_to_do_and_nothing_refused(client_app, v2
     fed = build_federation(client_app, MessageLink(2, {}))
     nothing = fed.sync_now()
 
-    fed.client = MessageLink(2, v2_files)   # the next message, after the reply said v1
+    fed.link = MessageLink(2, v2_files)   # the next message, after the reply said v1
     installed = fed.sync_now()
 
     assert nothing["bundle"] == "none" and nothing["version"] == 1, nothing
@@ -148,9 +156,9 @@ def test_the_serving_appliance_adopts_what_its_client_app_installed(settings, v2
             client_app.close()
 
         assert serving.slot.current.version == 1
-        assert serving.adopt_installed() is True
+        assert serving.follower.adopt() is True
         assert serving.slot.current.version == 2
-        assert serving.adopt_installed() is False   # already serving it
+        assert serving.follower.adopt() is False   # already serving it
         spec = serving.slot.current.input_spec
         x = preprocess(synthetic_slice(), spec)[None]
         assert 0.0 <= float(serving.slot.current.probabilities(x)[0][0]) <= 1.0

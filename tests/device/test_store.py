@@ -111,6 +111,19 @@ def test_set_heatmap_adds_a_heat_map_later(cases: CaseStore) -> None:
         cases.set_heatmap(case.id, b"not a png")
 
 
+def test_heat_maps_are_valid_since_their_author_last_changed(cases: CaseStore) -> None:
+    before = datetime.now(timezone.utc).timestamp()
+    first = cases.heatmaps_valid_since("v1 key-a 0.5")
+
+    same = cases.heatmaps_valid_since("v1 key-a 0.5")
+    changed = cases.heatmaps_valid_since("v2 key-a 0.5")
+
+    assert before <= first == same <= changed
+    assert cases.heatmaps_valid_since("v2 key-a 0.5") == changed
+    with pytest.raises(InputError):
+        cases.heatmaps_valid_since("")
+
+
 def test_case_without_heatmap_has_no_heatmap_path(cases: CaseStore) -> None:
     case = add(cases)
     assert cases.heatmap_path(case) is None

@@ -23,7 +23,8 @@ from device.inference.slot import ModelSlot
 from device.services import load_predictor, open_stores, trusted_keys
 from device.exc import RollbackError
 from device.sync.bundles import InstalledBundles
-from device.sync.updater import BundleUpdater, is_gate_case, synthetic_slice
+from device.gate import is_gate_case
+from device.sync.updater import BundleUpdater, synthetic_slice
 from models.core.bundle import read_manifest, resign_bundle, verify_bundle, write_bundle
 from models.core.preprocess import preprocess, read_image
 from models.core.signing import generate_signing_key, load_signing_key

@@ -39,10 +39,9 @@ def signed_in_with_a_case(app, services, slice_bytes):
 
 
 def test_first_visit_opens_setup_guarded_by_the_logged_code(app, services):
-    from device.web.auth import new_setup_code
+    from device.accounts import new_setup_code
     client = app.test_client()
-    with app.app_context():
-        code = new_setup_code()
+    code = new_setup_code(services.accounts)
 
     assert client.get("/").headers["Location"].endswith("/setup")
     form = {"username": "root", "password": "0123456789ab", "password2": "0123456789ab",
@@ -166,7 +165,6 @@ def test_a_form_posted_twice_stores_its_cases_once(app, admin, slice_bytes, serv
 
 
 def test_a_double_click_stores_one_case(app, admin, slice_bytes, services, monkeypatch):
-    import device.web.upload as upload_module
     started, release = threading.Event(), threading.Event()
 
     def slow_analyse(*args, **kwargs):  # the first post is still analysing...
@@ -174,8 +172,8 @@ def test_a_double_click_stores_one_case(app, admin, slice_bytes, services, monke
         assert release.wait(10)
         return analyse(*args, **kwargs)
 
-    analyse = upload_module.analyse
-    monkeypatch.setattr(upload_module, "analyse", slow_analyse)
+    analyse = services.analyser.analyse
+    monkeypatch.setattr(services.analyser, "analyse", slow_analyse)
     clients = [app.test_client(), app.test_client()]
     for client in clients:
         login(client)
@@ -201,15 +199,14 @@ def test_a_double_click_stores_one_case(app, admin, slice_bytes, services, monke
 
 def test_a_batch_file_that_fails_is_reported_and_the_others_are_kept(
         app, admin, slice_bytes, services, monkeypatch):
-    import device.web.upload as upload_module
-    analyse = upload_module.analyse
+    analyse = services.analyser.analyse
 
-    def full_disk_on_the_second(svc, data, source):
+    def full_disk_on_the_second(data, source):
         if len(services.store.list()) == 1:
             raise OSError(28, "No space left on device")
-        return analyse(svc, data, source)
+        return analyse(data, source)
 
-    monkeypatch.setattr(upload_module, "analyse", full_disk_on_the_second)
+    monkeypatch.setattr(services.analyser, "analyse", full_disk_on_the_second)
     client = app.test_client()
     login(client)
     first = form_post(client, "cd" * 16, ("a.jpg", slice_bytes), ("b.jpg", slice_bytes))
@@ -308,7 +305,7 @@ def test_capture_button_only_with_a_camera(app, admin, services, data_dir, camer
 
 def test_admin_page_is_for_admins_and_says_when_there_is_no_coordinator(
         app, admin, services):
-    from device.web.auth import hash_password
+    from device.accounts import hash_password
     services.accounts.add_user("carol", "clinician", hash_password(PASSWORD))
     clinician, boss = app.test_client(), app.test_client()
     login(clinician, "carol")
@@ -355,7 +352,7 @@ def test_a_disabled_account_is_signed_out_at_its_next_request(app, admin, servic
 
 def test_a_reset_or_re_enabled_account_starts_from_a_new_sign_in(
         app, admin, services, settings):
-    from device.web.auth import end_sessions, hash_password
+    from device.accounts import end_sessions, hash_password
     stolen, locked_out = app.test_client(), app.test_client()
     login(stolen)
     for _ in range(settings.login_attempts):
@@ -397,7 +394,7 @@ def test_a_failed_sign_in_keeps_the_name_and_the_lockout_says_how_long(app, admi
 
 def test_a_clinician_deletes_only_unlabelled_cases_and_an_admin_any(app, admin, slice_bytes,
                                                                     services):
-    from device.web.auth import hash_password
+    from device.accounts import hash_password
     services.accounts.add_user("carol", "clinician", hash_password(PASSWORD))
     client = app.test_client()
     login(client, "carol")
@@ -425,7 +422,7 @@ def test_admin_train_and_sync_now_say_why_they_did_nothing(tmp_path):
     from device.config import load_settings
     from device.services import build_services
     from device.web import create_app
-    from device.web.auth import hash_password
+    from device.accounts import hash_password
     settings = load_settings(data_dir=tmp_path / "data", secret_key="test-secret",
                              coordinator_url="http://127.0.0.1:9", device_id="pi-1",
                              device_token="t" * 32)  # nothing listens on port 9
@@ -453,7 +450,6 @@ def test_admin_train_and_sync_now_say_why_they_did_nothing(tmp_path):
 
 def test_a_heat_map_is_drawn_again_after_the_model_or_colour_scale_changed(
         app, admin, slice_bytes, services):
-    from device.analysis import HEATMAPS_DRAWN_BY
     client, case = signed_in_with_a_case(app, services, slice_bytes)
     client.get(f"/cases/{case.id}/heatmap.png")
     path = services.store.heatmap_path(services.store.get(case.id))
@@ -462,7 +458,7 @@ def test_a_heat_map_is_drawn_again_after_the_model_or_colour_scale_changed(
     client.get(f"/cases/{case.id}/heatmap.png")
     assert path.stat().st_ino == drawn  # the model in service drew it: kept
     # As if an older model, or older software's per-map colour scale, had drawn it:
-    services.accounts.set_setting(HEATMAPS_DRAWN_BY, "v1 another-key 1@0.5")
+    services.store.heatmaps_valid_since("v1 another-key 1")
     redrawn = client.get(f"/cases/{case.id}/heatmap.png").data
 
     assert path.stat().st_ino != drawn and redrawn[:4] == b"\x89PNG"
@@ -472,7 +468,7 @@ def test_a_heat_map_is_drawn_again_after_the_model_or_colour_scale_changed(
 
 def test_a_replaced_label_is_logged_with_both_clinicians(app, admin, slice_bytes, services,
                                                          caplog):
-    from device.web.auth import hash_password
+    from device.accounts import hash_password
     services.accounts.add_user("carol", "clinician", hash_password(PASSWORD))
     alice, carol = app.test_client(), app.test_client()
     login(alice), login(carol, "carol")
