@@ -34,10 +34,14 @@ from flwr.app import (Array, ArrayRecord, ConfigRecord, Context, Message, Metric
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
-from coordinator.config import load_settings
+from coordinator.bundles import BundleRegistry
+from coordinator.config import Settings, load_settings
 from coordinator.exc import CoordinatorError, NotFoundError
 from coordinator.intake import receive_report, receive_update
-from coordinator.services import Services, build_services
+from coordinator.rounds import RoundManager
+from coordinator.services import build_services
+from coordinator.store.base import CoordinatorStore
+from coordinator.telemetry import Telemetry
 from models.core import message_records as rec
 from models.core.metrics import json_safe
 from models.core.files import write_atomic
@@ -62,7 +66,9 @@ def main(grid: Grid, context: Context) -> None:
     settings.min_updates = ONE_ROUND
     svc = build_services(settings)
     try:
-        strategy = NeuroEdgeStrategy(svc, int(cfg["min-nodes"]), float(cfg["node-wait"]))
+        strategy = NeuroEdgeStrategy(svc.settings, svc.store, svc.bundles, svc.rounds,
+                                     svc.telemetry, int(cfg["min-nodes"]),
+                                     float(cfg["node-wait"]))
         strategy.start(grid, strategy.global_head(), num_rounds=int(cfg["num-rounds"]),
                        timeout=float(cfg["round-timeout"]))
     finally:
@@ -78,21 +84,25 @@ class NeuroEdgeStrategy(Strategy):
     ``aggregate_evaluate`` records the round (``flower_round`` audit event).
     """
 
-    def __init__(self, svc: Services, min_nodes: int = 1, node_wait: float = 120.0) -> None:
-        self.svc, self.min_nodes, self.node_wait = svc, min_nodes, node_wait
+    def __init__(self, settings: Settings, store: CoordinatorStore, bundles: BundleRegistry,
+                 rounds: RoundManager, telemetry: Telemetry, min_nodes: int = 1,
+                 node_wait: float = 120.0) -> None:
+        self.settings, self.store, self.bundles = settings, store, bundles
+        self.rounds, self.telemetry = rounds, telemetry
+        self.min_nodes, self.node_wait = min_nodes, node_wait
         self.known: dict[int, int] = {}  # node id -> bundle version it reported
         self.sites: dict[int, dict] = {}  # this round's record per node
         self.sent: dict[int, int] = {}    # bundle bytes in the last message per node
         self.round_id: int | None = None
 
     def summary(self) -> None:
-        s = self.svc.settings
+        s = self.settings
         logger.info("NeuroEdge strategy: %s, min_updates %d, quorum %d, publish margin %s",
                     s.method, s.min_updates, s.min_quorum, s.publish_margin)
 
     def global_head(self) -> ArrayRecord:
         return ArrayRecord({k: Array(np.ascontiguousarray(v))
-                            for k, v in self.svc.bundles.latest().load_head().items()})
+                            for k, v in self.bundles.latest().load_head().items()})
 
     # -- train ---------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -110,10 +120,10 @@ class NeuroEdgeStrategy(Strategy):
             if "round" in site.get("update", {}):
                 self.round_id = site["update"]["round"]
                 examples += site["update"]["examples"]
-        job = self.svc.rounds.end_now(f"Flower round {server_round}")
+        job = self.rounds.end_now(f"Flower round {server_round}")
         if job is not None:
             job.result()  # aggregation and publishing of the round just ended
-        rnd = self.svc.store.get_round(self.round_id) if self.round_id else None
+        rnd = self.store.get_round(self.round_id) if self.round_id else None
         if rnd is None or rnd.published_version is None:
             return None, MetricRecord({"examples": examples})
         return self.global_head(), MetricRecord({"examples": examples,
@@ -137,12 +147,12 @@ class NeuroEdgeStrategy(Strategy):
             local = evaluated.get("evaluate", {}).get("metrics", {})
             if isinstance(local.get("local_accuracy"), float):
                 accuracies.append(local["local_accuracy"])
-        rnd = self.svc.store.get_round(self.round_id) if self.round_id else None
+        rnd = self.store.get_round(self.round_id) if self.round_id else None
         self._audit("flower_round", {
             "round": server_round, "coordinator_round": rnd.id if rnd else None,
             "outcome": rnd.reason if rnd else "no update received",
             "published_version": rnd.published_version if rnd else None,
-            "latest_version": self.svc.bundles.latest().version,
+            "latest_version": self.bundles.latest().version,
             "sites": list(self.sites.values())})
         logger.info("Flower round %d done: %s", server_round,
                     rnd.reason if rnd else "no update received")
@@ -166,7 +176,7 @@ class NeuroEdgeStrategy(Strategy):
 
     def _offer(self, grid: Grid, kind: str, server_round: int) -> list[Message]:
         """A ``kind`` message with the latest bundle for each connected node."""
-        latest = self.svc.bundles.latest()
+        latest = self.bundles.latest()
         nodes = self._nodes(grid)
         # Files only to a node known to be behind: every node starts from a shipped or
         # installed bundle, and says which in each reply.
@@ -186,7 +196,7 @@ class NeuroEdgeStrategy(Strategy):
         """Bind a device id to the first Flower node that speaks for it (with SuperNode
         authentication a node id stands for a registered key); another node claiming it
         is refused. Moving a device to a new Pi: delete its line in the pins file."""
-        path = self.svc.settings.state_dir / PINS_FILE
+        path = self.settings.state_dir / PINS_FILE
         pins = json.loads(path.read_text()) if path.exists() else {}
         if device_id not in pins:
             pins[device_id] = str(node)
@@ -209,11 +219,11 @@ class NeuroEdgeStrategy(Strategy):
 
     def _audit(self, kind: str, detail: dict, device_id: str | None = None) -> None:
         try:
-            self.svc.store.audit(kind, device_id, json_safe(detail))
+            self.store.audit(kind, device_id, json_safe(detail))
         except CoordinatorError as exc:  # e.g. a detail too large: keep the essentials
             logger.warning("audit %s shortened: %s", kind, exc)
-            self.svc.store.audit(kind, device_id, {k: v for k, v in detail.items()
-                                                   if not isinstance(v, (list, dict))})
+            self.store.audit(kind, device_id, {k: v for k, v in detail.items()
+                                               if not isinstance(v, (list, dict))})
 
     def _apply(self, node: int, reply: Message, train: bool) -> dict:
         if reply.has_error():
@@ -223,7 +233,7 @@ class NeuroEdgeStrategy(Strategy):
             return {"node": str(node), "error": reply.error.reason[:300], "bytes_up": 0}
         try:
             status = rec.read_status_record(reply.content.config_records.get(rec.STATUS))
-            device = self.svc.store.get_device(status["device_id"])
+            device = self.store.get_device(status["device_id"])
             if not device.active:
                 raise NotFoundError(f"device {device.id} is revoked")
             self._pin(device.id, node)
@@ -240,7 +250,8 @@ class NeuroEdgeStrategy(Strategy):
         up = len(json.dumps(status["reports"]))
         for report in status["reports"]:
             try:
-                receive_report(self.svc, device_id, report)
+                receive_report(device_id, report, bundles=self.bundles,
+                               store=self.store)
             except CoordinatorError as exc:
                 logger.warning("report of %s ignored: %s", device_id, exc)
         metrics = json_safe(dict(reply.content.metric_records.get(rec.METRICS) or {}))
@@ -253,7 +264,8 @@ class NeuroEdgeStrategy(Strategy):
             meta = meta if isinstance(meta, str) else None
             up += len(payload or b"") + len(meta or "")
             try:
-                receipt = receive_update(self.svc, device_id, meta, payload)
+                receipt = receive_update(device_id, meta, payload, rounds=self.rounds,
+                                         store=self.store, telemetry=self.telemetry)
                 site["update"] = {"update_id": receipt.update_id, "round": receipt.round_id,
                                   "bytes": len(payload), "examples": int(json.loads(meta)[
                                       "examples"])}

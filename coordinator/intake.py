@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import json
 
-from coordinator.bundles import MAX_VERSION
+from coordinator.bundles import MAX_VERSION, BundleRegistry
 from coordinator.exc import ConflictError, InputError, RejectedError
-from coordinator.rounds import Receipt
+from coordinator.rounds import Receipt, RoundManager
+from coordinator.store.base import CoordinatorStore
+from coordinator.telemetry import Telemetry
 
 REPORT_KINDS = ("bundle_refused", "bundle_installed", "rollback")
 
 
-def receive_update(svc, device_id: str, meta_text: str | None, payload: bytes | None
+def receive_update(device_id: str, meta_text: str | None, payload: bytes | None, *,
+                   rounds: RoundManager, store: CoordinatorStore, telemetry: Telemetry
                    ) -> Receipt:
     """Validate and keep one head update (``meta`` JSON text, npz ``payload``) of an
     authenticated device.
@@ -34,22 +37,23 @@ def receive_update(svc, device_id: str, meta_text: str | None, payload: bytes | 
                              ) from None
         if not isinstance(meta, dict):
             raise InputError("meta must be a JSON object")
-        receipt = svc.rounds.submit(device_id, meta, payload)
+        receipt = rounds.submit(device_id, meta, payload)
     except (InputError, RejectedError, ConflictError) as exc:
-        svc.telemetry.updates.labels("refused").inc()
+        telemetry.updates.labels("refused").inc()
         reason = "conflict" if isinstance(exc, ConflictError) else "malformed"
-        svc.store.audit("update_refused", device_id,
-                        {"reason": getattr(exc, "reason", None) or reason,
-                         "message": str(exc)[:300]})
+        store.audit("update_refused", device_id,
+                    {"reason": getattr(exc, "reason", None) or reason,
+                     "message": str(exc)[:300]})
         raise
-    svc.store.touch_device(device_id, meta.get("base_version"))
-    svc.telemetry.updates.labels("duplicate" if receipt.duplicate else "accepted").inc()
+    store.touch_device(device_id, meta.get("base_version"))
+    telemetry.updates.labels("duplicate" if receipt.duplicate else "accepted").inc()
     if not receipt.duplicate:
-        svc.telemetry.bytes_received.inc(len(payload))
+        telemetry.bytes_received.inc(len(payload))
     return receipt
 
 
-def receive_report(svc, device_id: str, body: object) -> None:
+def receive_report(device_id: str, body: object, *, bundles: BundleRegistry,
+                   store: CoordinatorStore) -> None:
     """A device says what it did with a bundle (refusals feed the audit log)."""
     if not isinstance(body, dict) or body.get("kind") not in REPORT_KINDS:
         raise InputError(f"a report needs kind in {', '.join(REPORT_KINDS)}")
@@ -59,10 +63,10 @@ def receive_report(svc, device_id: str, body: object) -> None:
     # What a device says it now runs must exist; a refusal is audited whatever it names
     # (a bundle that was not ours is worth an audit line).
     if body["kind"] != "bundle_refused" and version is not None \
-            and svc.bundles.get(version) is None:
+            and bundles.get(version) is None:
         raise InputError(f"a device cannot run bundle version {version}: this coordinator "
                          "never published it")
     detail = {"version": version, "reason": str(body.get("reason", ""))[:500]}
-    svc.store.audit(body["kind"], device_id, detail)
+    store.audit(body["kind"], device_id, detail)
     if body["kind"] != "bundle_refused" and version is not None:
-        svc.store.touch_device(device_id, version)
+        store.touch_device(device_id, version)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 from nacl.signing import SigningKey
-from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from coordinator.bundles import BundleRegistry
 from coordinator.config import Settings
 from coordinator.rounds import RoundManager
 from coordinator.store.sqlite import SQLiteCoordinatorStore
+from coordinator.telemetry import Telemetry
 from models.core.signing import generate_signing_key, load_signing_key, save_signing_key
 
 logger = logging.getLogger(__name__)
@@ -33,23 +33,10 @@ def ensure_signing_key(state_dir: Path) -> SigningKey:
     return load_signing_key(path)
 
 
-class Telemetry:
-    """Prometheus counters of one coordinator process."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("neuroedge_coord_http_requests", "HTTP requests",
-                                ["route", "status"], registry=self.registry)
-        self.updates = Counter("neuroedge_coord_updates", "Updates by outcome",
-                               ["outcome"], registry=self.registry)
-        self.bytes_received = Counter("neuroedge_coord_update_bytes", "Update bytes received",
-                                      registry=self.registry)
-        self.latest_version = Gauge("neuroedge_coord_latest_version",
-                                    "Latest published bundle version", registry=self.registry)
-
-
 @dataclass
 class Services:
+    """Everything the API, the Flower ServerApp and the CLI need, built once."""
+
     settings: Settings
     store: SQLiteCoordinatorStore
     key: SigningKey

@@ -14,8 +14,10 @@ bp = Blueprint("updates", __name__, url_prefix="/api/v1")
 @device_required
 def post_update():
     weights = request.files.get("weights")
-    receipt = receive_update(services(), g.device.id, request.form.get("meta"),
-                             weights.read() if weights is not None else None)
+    svc = services()
+    receipt = receive_update(g.device.id, request.form.get("meta"),
+                             weights.read() if weights is not None else None,
+                             rounds=svc.rounds, store=svc.store, telemetry=svc.telemetry)
     return jsonify(update_id=receipt.update_id, round=receipt.round_id,
                    duplicate=receipt.duplicate, round_closed=receipt.round_closed), \
         200 if receipt.duplicate else 202
@@ -25,5 +27,7 @@ def post_update():
 @device_required
 def post_report():
     """A device reports what it did with a bundle (refusals feed the audit log)."""
-    receive_report(services(), g.device.id, request.get_json(silent=True))
+    svc = services()
+    receive_report(g.device.id, request.get_json(silent=True), bundles=svc.bundles,
+                   store=svc.store)
     return jsonify(recorded=True), 201

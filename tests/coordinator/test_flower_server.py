@@ -24,6 +24,12 @@ from models.core.update_codec import encode  # noqa: E402
 POISON_REASON = "payload"   # a NaN is refused when the update is decoded
 
 
+def strategy_of(coord, **kwargs) -> NeuroEdgeStrategy:
+    """The ServerApp's strategy over the coordinator's own parts."""
+    return NeuroEdgeStrategy(coord.settings, coord.store, coord.bundles, coord.rounds,
+                             coord.telemetry, **kwargs)
+
+
 @pytest.fixture(autouse=True)
 def serverapp_process(monkeypatch):
     """Flower stamps messages with the identity of the process that makes them; this
@@ -90,7 +96,7 @@ def test_a_round_takes_the_good_update_and_audits_every_bad_reply(coord, enroll)
         7: lambda m: reply(m, "pi-3", (12345, {"not": "an update"})),   # wrong types
     })
 
-    strategy = NeuroEdgeStrategy(coord, min_nodes=7, node_wait=1)
+    strategy = strategy_of(coord, min_nodes=7, node_wait=1)
     result = strategy.start(grid, strategy.global_head(), num_rounds=1, timeout=5)
 
     # Train then evaluate to every node; nodes that said they run v1 get no files.
@@ -130,7 +136,7 @@ def test_a_node_that_is_behind_gets_the_bundle_files(coord, enroll):
         return Message(RecordDict({rec.STATUS: ConfigRecord(status)}), reply_to=msg)
 
     grid = ScriptedGrid({1: behind})
-    strategy = NeuroEdgeStrategy(coord, min_nodes=1, node_wait=1)
+    strategy = strategy_of(coord, min_nodes=1, node_wait=1)
     strategy.start(grid, strategy.global_head(), num_rounds=1, timeout=5)
 
     first, second = (m.content[rec.BUNDLE] for m in grid.sent)
@@ -149,7 +155,7 @@ def test_a_node_that_refused_the_latest_bundle_is_not_sent_it_again(coord, enrol
         return Message(RecordDict({rec.STATUS: ConfigRecord(status)}), reply_to=msg)
 
     grid = ScriptedGrid({1: refusing})
-    strategy = NeuroEdgeStrategy(coord, min_nodes=1, node_wait=1)
+    strategy = strategy_of(coord, min_nodes=1, node_wait=1)
     strategy.start(grid, strategy.global_head(), num_rounds=1, timeout=5)
 
     assert all(set(m.content[rec.BUNDLE]) == {"version"} for m in grid.sent)
