@@ -37,7 +37,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.float_out and not args.float_out.endswith(".weights.h5"):
         raise ValueError(f"--float-out must end in .weights.h5: {args.float_out}")
     from models.training.build import BuildConfig, build_bundle
-    cfg = BuildConfig.for_arch(args.arch, args.epochs, args.seed)
+    cfg = BuildConfig.for_arch(args.arch, args.epochs, args.seed, dict(args.set))
     if args.sparsity is not None:
         cfg.sparsity = args.sparsity
     manifest = build_bundle(args.data, args.out, key, cfg, verbose=2, float_out=args.float_out)
@@ -78,8 +78,10 @@ def cmd_cv(args: argparse.Namespace) -> int:
     from models.training.train import recipe
     arch = args.arch or DEFAULT_ARCH
     shifts = list(SHIFTS) if args.shifts else []
-    result = cross_validate(args.data, arch, args.folds, recipe(arch, args.seed, args.epochs),
-                            shifts=shifts, jobs=args.folds if args.jobs is None else args.jobs)
+    cfg = recipe(arch, args.seed, args.epochs, dict(args.set))
+    result = cross_validate(args.data, arch, args.folds, cfg, shifts=shifts,
+                            jobs=args.folds if args.jobs is None else args.jobs,
+                            site=args.cv_site)
     for k in ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity"):
         print(f"{k:<18} {result[k + '_mean']:.3f} ± {result[k + '_std']:.3f}")
     if result["review"]:
@@ -100,8 +102,8 @@ def cmd_loso(args: argparse.Namespace) -> int:
     from models.training.loso import format_table, leave_one_site_out
     from models.training.train import recipe
     arch = args.arch or DEFAULT_ARCH
-    result = leave_one_site_out(args.data, arch, recipe(arch, args.seed, args.epochs),
-                                args.holdout, jobs=args.jobs or 1)
+    cfg = recipe(arch, args.seed, args.epochs, dict(args.set))
+    result = leave_one_site_out(args.data, arch, cfg, args.holdout, jobs=args.jobs or 1)
     print(format_table(result))
     if args.json:
         _dump(result, args.json)
@@ -192,6 +194,14 @@ def sparsity(text: str) -> float:
     return value
 
 
+def setting(text: str) -> tuple[str, str]:
+    """NAME=VALUE."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, not {text!r}")
+    return name.strip(), value.strip()
+
+
 def names(text: str) -> list[str]:
     """A comma-separated list of names."""
     return [n.strip() for n in text.split(",") if n.strip()]
@@ -221,6 +231,9 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--epochs", type=positive_int,
                         help="epochs (default: the architecture's training recipe)")
+        sp.add_argument("--set", type=setting, action="append", default=[],
+                        metavar="NAME=VALUE", help="change one setting of the training "
+                        "recipe (models.training.train.TrainConfig), e.g. noise=0.05")
 
     sp = sub.add_parser("train", help="train, prune, int8-quantize and sign a bundle")
     data_arg(sp)
@@ -251,6 +264,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", type=json_out, help="write the full result to this file")
     sp.add_argument("--shifts", action="store_true",
                     help="also test each fold model on its fold after acquisition shifts")
+    sp.add_argument("--cv-site", help="cut only this site of a manifest into folds; the "
+                    "other sites are always trained on")
     sp.add_argument("--jobs", type=positive_int, help="folds trained at once, each in "
                     "its own process, the cores shared among them (default: all folds; 1 = "
                     "in this process, one after another)")

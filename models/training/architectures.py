@@ -50,7 +50,8 @@ def _conv_bn_relu(x: keras.KerasTensor, filters: int, strides: int = 1) -> keras
     return layers.ReLU()(x)
 
 
-def _edge_backbone(x: keras.KerasTensor) -> keras.KerasTensor:
+def _edge_backbone(x: keras.KerasTensor, widths: tuple[int, ...] = (24, 48, 96),
+                   stem: int = 16) -> keras.KerasTensor:
     """A stride-2 stem and three conv-BN-ReLU-pool stages on a 128x128 grayscale slice,
     then average+max pooling.
 
@@ -61,8 +62,8 @@ def _edge_backbone(x: keras.KerasTensor) -> keras.KerasTensor:
     full-width pooled stages (16/32/64/128), at the same grouped-CV AUC within the spread
     between fold arrangements (README).
     """
-    x = _conv_bn_relu(x, 16, strides=2)
-    for filters in (24, 48, 96):
+    x = _conv_bn_relu(x, stem, strides=2)
+    for filters in widths:
         x = layers.MaxPooling2D(2)(_conv_bn_relu(x, filters))
     avg = layers.GlobalAveragePooling2D()(x)
     mx = layers.GlobalMaxPooling2D()(x)
@@ -81,6 +82,11 @@ ARCHITECTURES = {
                           sparsity=0.8),
     "edge": Architecture("edge", InputSpec(128, 128, 1), _edge_backbone,
                          "stride-2 stem, 3 conv-BN stages, global avg+max pooling (small head)"),
+    # Twice the width: more capacity for many scanners and sequences (a 384-wide
+    # embedding: the head is 12,353 parameters).
+    "edge_wide": Architecture("edge_wide", InputSpec(128, 128, 1),
+                              lambda x: _edge_backbone(x, (48, 96, 192), 24),
+                              "edge at twice the width (48/96/192)"),
 }
 DEFAULT_ARCH = "edge"
 

@@ -28,6 +28,11 @@ class Augmentation:
     blur: float = 0.5  # share of images blended with their Gaussian blur (weight U(0, 1))
     blur_sigma: float = 2.0  # pixels at the model input
     bias: float = 0.3  # multiplicative linear ramp, up to 1 +- bias at the far corners
+    # Scanner effects, off unless a recipe asks (models.training.train.TrainConfig):
+    smooth_bias: float = 0.0  # s.d. of a smooth log-gain field (a coil's bias field)
+    noise: float = 0.0  # Rician noise, s.d. up to this fraction of full scale
+    resolution: float = 1.0  # acquired at up to this factor coarser, then resized back
+    curves: float = 0.0  # blend with a random monotone intensity curve, weight up to this
 
 
 def affine_transforms(angle: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor, flip: tf.Tensor,
@@ -83,6 +88,65 @@ def bias_field(n: tf.Tensor, height: int, width: int, bias: float) -> tf.Tensor:
     return 1.0 + strength * ramp
 
 
+def smooth_bias_field(n: tf.Tensor, height: int, width: int, sd: float) -> tf.Tensor:
+    """(N, H, W, 1) multiplicative fields exp(g), g a 4x4 grid of N(0, sd) values resized
+    bicubically: the slow, non-linear shading of a receive coil."""
+    grid = tf.random.normal((n, 4, 4, 1), 0.0, sd)
+    return tf.exp(tf.image.resize(grid, (height, width), method="bicubic"))
+
+
+def rician_noise(x: tf.Tensor, n: tf.Tensor, level: float) -> tf.Tensor:
+    """Magnitude of the image plus complex Gaussian noise, s.d. U(0, level) x 255."""
+    sd = tf.random.uniform((n, 1, 1, 1), 0.0, level * 255.0)
+    real = x + sd * tf.random.normal(tf.shape(x))
+    imag = sd * tf.random.normal(tf.shape(x))
+    return tf.sqrt(real * real + imag * imag)
+
+
+def coarser(x: tf.Tensor, factor: float) -> tf.Tensor:
+    """The batch as acquired up to ``factor`` times coarser (one random factor per
+    batch), resized back: thick slices, a low matrix or an upscaled export."""
+    height, width = x.shape[1], x.shape[2]
+    f = tf.random.uniform((), 1.0, factor)
+    size = tf.cast(tf.round(tf.constant([height, width], tf.float32) / f), tf.int32)
+    return tf.image.resize(tf.image.resize(x, size, method="area"), (height, width),
+                           method="bilinear")
+
+
+def intensity_curves(x: tf.Tensor, n: tf.Tensor, strength: float, knots: int = 4
+                     ) -> tf.Tensor:
+    """Each image through its own random monotone piecewise-linear curve on [0, 255],
+    blended with the identity by a weight U(0, strength): another sequence's or
+    scanner's grey-level mapping, which gamma alone (one bend) does not cover."""
+    steps = tf.random.uniform((n, knots), 0.05, 1.0)
+    curve = tf.concat([tf.zeros((n, 1)), tf.cumsum(steps, axis=1)], axis=1)
+    curve = curve / curve[:, -1:]
+    identity = tf.linspace(0.0, 1.0, knots + 1)[None]
+    w = tf.random.uniform((n, 1), 0.0, strength)
+    curve = (1 - w) * identity + w * curve  # (N, knots + 1) values at the knots
+    t = tf.clip_by_value(x / 255.0, 0.0, 1.0) * knots
+    i = tf.minimum(tf.cast(tf.floor(t), tf.int32), knots - 1)
+    flat = tf.reshape(i, (n, -1))
+    lo = tf.reshape(tf.gather(curve, flat, batch_dims=1), tf.shape(x))
+    hi = tf.reshape(tf.gather(curve, flat + 1, batch_dims=1), tf.shape(x))
+    return 255.0 * (lo + (t - tf.cast(i, tf.float32)) * (hi - lo))
+
+
+def scanner_effects(x: tf.Tensor, aug: Augmentation) -> tf.Tensor:
+    """Resolution, coil shading, noise and intensity curve, each when its range is set."""
+    n = tf.shape(x)[0]
+    if aug.resolution > 1.0:
+        x = coarser(x, aug.resolution)
+    if aug.smooth_bias > 0:
+        x = x * smooth_bias_field(n, x.shape[1], x.shape[2], aug.smooth_bias)
+    if aug.noise > 0:
+        x = rician_noise(x, n, aug.noise)
+    x = tf.clip_by_value(x, 0.0, 255.0)
+    if aug.curves > 0:
+        x = intensity_curves(x, n, aug.curves)
+    return x
+
+
 def augment(images: tf.Tensor, aug: Augmentation = Augmentation()) -> tf.Tensor:
     """Randomly transformed copies of a batch of (N, H, W, C) images in [0, 255]."""
     images = tf.convert_to_tensor(images, tf.float32)
@@ -105,6 +169,7 @@ def augment(images: tf.Tensor, aug: Augmentation = Augmentation()) -> tf.Tensor:
         x = x + weight * (gaussian_blur(x, aug.blur_sigma) - x)
     if aug.bias > 0:
         x = tf.clip_by_value(x * bias_field(n, height, width, aug.bias), 0.0, 255.0)
+    x = scanner_effects(x, aug)
     mean = tf.reduce_mean(x, axis=(1, 2), keepdims=True)
     x = tf.clip_by_value((x - mean) * (1.0 + uniform((n, 1, 1, 1), aug.contrast)) + mean,
                          0.0, 255.0)

@@ -36,9 +36,10 @@ class BuildConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     @classmethod
-    def for_arch(cls, arch: str, epochs: int | None = None, seed: int = 0) -> "BuildConfig":
+    def for_arch(cls, arch: str, epochs: int | None = None, seed: int = 0,
+                 overrides: dict[str, str] | None = None) -> "BuildConfig":
         """``arch`` with its own training recipe and pruning target."""
-        return cls(arch, get_architecture(arch).sparsity, recipe(arch, seed, epochs))
+        return cls(arch, get_architecture(arch).sparsity, recipe(arch, seed, epochs, overrides))
 
 
 @dataclass
@@ -61,8 +62,9 @@ def train_on_split(data: str | Path, arch: str, cfg: TrainConfig, verbose: int =
     x, y, groups, kept = load_grouped(data, get_architecture(arch).input_spec)
     role = train_val_test_split(y, groups, seed=cfg.seed)
     trained = Trained(None, x, y, kept, role)  # type: ignore[arg-type]
+    sites = np.array([s.site for s in kept])[role == "train"]
     trained.model, _, _ = train_model(arch, *trained.part("train"), *trained.part("val"),
-                                      cfg, verbose)
+                                      cfg, verbose, sites=sites)
     return trained
 
 

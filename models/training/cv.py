@@ -55,8 +55,10 @@ def _fold(arch: str, cfg: TrainConfig, x: np.ndarray, y: np.ndarray, groups: np.
     start = time.perf_counter()
     train, test = np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)
     tr, va = inner_split(y[train], groups[train], cfg.seed + f)
+    sites = np.array([s.site for s in kept])[train] if kept else None
     model, threshold, _ = train_model(arch, x[train][tr], y[train][tr], x[train][va],
-                                      y[train][va], cfg)
+                                      y[train][va], cfg, sites=None if sites is None
+                                      else sites[tr])
     prob = predict(model, x[test])
     shifted = {}
     if shifts:
@@ -71,7 +73,8 @@ def _fold(arch: str, cfg: TrainConfig, x: np.ndarray, y: np.ndarray, groups: np.
 
 
 def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig | None = None,
-                   shifts: Sequence[str] = (), jobs: int = 1) -> dict:
+                   shifts: Sequence[str] = (), jobs: int = 1, site: str | None = None
+                   ) -> dict:
     """Train ``folds`` models, each tested on a fold none of its duplicates trained on.
 
     Returns
@@ -87,14 +90,20 @@ def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig
 
     ``jobs`` > 1 trains that many folds at once, each in its own process, the cores
     shared among them (:func:`models.training.parallel.run_jobs`); the folds, seeds and
-    results' layout are those of ``jobs=1``.
+    results' layout are those of ``jobs=1``. With ``site``, only that site's slices are
+    cut into folds and tested; the other sites' are in every training set (the Kaggle
+    set's CV, comparable with the paper, beside the other sites).
     """
     cfg = cfg or recipe(arch)
     x, y, groups, kept = load_grouped(data, get_architecture(arch).input_spec)
-    fold_of = stratified_group_kfold(y, groups, k=folds, seed=cfg.seed)
+    fold_of = np.full(len(y), -1)
+    tested = np.array([site is None or s.site == site for s in kept])
+    if not tested.any():
+        raise ValueError(f"no slices of site {site!r} in the data")
+    fold_of[tested] = stratified_group_kfold(y[tested], groups[tested], k=folds, seed=cfg.seed)
     args = [(arch, cfg, x, y, groups, kept, fold_of, f, shifts) for f in range(folds)]
     outcomes = run_jobs(_fold, args, jobs, [f"fold {f}" for f in range(folds)])
-    per_fold, prob, thresholds = [], np.zeros(len(y)), np.zeros(len(y))
+    per_fold, prob, thresholds = [], np.full(len(y), np.nan), np.zeros(len(y))
     prob_shifted = {name: np.zeros(len(y)) for name in shifts}
     for test, p, threshold, shifted, result in outcomes:
         prob[test], thresholds[test] = p, threshold
@@ -104,12 +113,15 @@ def cross_validate(data: str | Path, arch: str, folds: int = 5, cfg: TrainConfig
     summary = metrics.summarize(per_fold, keys=["accuracy", "balanced_accuracy", "auc",
                                                 "sensitivity", "specificity", "f1", "brier",
                                                 "ece", "threshold"])
+    kept_t = [s for s, t in zip(kept, tested) if t]
+    y, prob, groups, thresholds = y[tested], prob[tested], groups[tested], thresholds[tested]
     out = {"arch": arch, "n": len(y), "n_groups": int(len(np.unique(groups))),
-           "k": folds, "config": cfg.to_dict(), **summary, "per_fold": per_fold,
-           "folds": {s.rel: int(f) for s, f in zip(kept, fold_of)},
-           "predictions": by_file(kept, prob),
-           "review": review_list([s.rel for s in kept], y, prob)}
+           "k": folds, "site": site, "config": cfg.to_dict(), **summary, "per_fold": per_fold,
+           "folds": {s.rel: int(f) for s, f in zip(kept_t, fold_of[tested])},
+           "predictions": by_file(kept_t, prob),
+           "review": review_list([s.rel for s in kept_t], y, prob)}
     if shifts:
+        prob_shifted = {name: p[tested] for name, p in prob_shifted.items()}
         out["shifts"] = shift_report(y, prob, prob_shifted, thresholds)
-        out["shift_predictions"] = {name: by_file(kept, p) for name, p in prob_shifted.items()}
+        out["shift_predictions"] = {name: by_file(kept_t, p) for name, p in prob_shifted.items()}
     return out

@@ -30,7 +30,7 @@ def _holdout(arch: str, cfg: TrainConfig, x: np.ndarray, y: np.ndarray, groups: 
     train = np.flatnonzero(site_of != site)
     tr, va = inner_split(y[train], groups[train], cfg.seed)
     tr, va = train[tr], train[va]
-    model, _, _ = train_model(arch, x[tr], y[tr], x[va], y[va], cfg)
+    model, _, _ = train_model(arch, x[tr], y[tr], x[va], y[va], cfg, sites=site_of[tr])
     val_raw = predict(model, x[va])
     temperature = 1.0  # a validation part of one class (tiny data) cannot fit one
     if len(np.unique(y[va])) == 2:

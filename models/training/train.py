@@ -37,6 +37,14 @@ class TrainConfig:
     rotation: float = Augmentation.rotation
     blur: float = Augmentation.blur
     bias: float = Augmentation.bias
+    # Scanner effects (models.training.augment.scanner_effects); 0 / 1.0 = off.
+    smooth_bias: float = 0.0
+    noise: float = 0.0
+    resolution: float = 1.0
+    curves: float = 0.0
+    # Weigh each site's slices so that every site counts the same in the loss (a big
+    # site would otherwise set the features); classes stay balanced overall.
+    site_balance: bool = False
     cosine: bool = True  # cosine learning-rate decay over the epochs
     # Decision threshold on the (class-balanced) probability; None: chosen on the
     # validation split by metrics.choose_threshold within the two bounds below, which
@@ -50,11 +58,27 @@ class TrainConfig:
         return asdict(self)
 
 
-def recipe(arch: str, seed: int = 0, epochs: int | None = None) -> TrainConfig:
-    """The training configuration of ``arch``: defaults, its recipe, then the overrides."""
+def recipe(arch: str, seed: int = 0, epochs: int | None = None,
+           overrides: dict[str, str] | None = None) -> TrainConfig:
+    """The training configuration of ``arch``: defaults, its recipe, then the overrides
+    (``epochs``, and ``overrides`` of any field by name, as text: "0.05", "true")."""
     cfg = TrainConfig(**{**get_architecture(arch).recipe, "seed": seed})
     if epochs:
         cfg.epochs = epochs
+    for name, text in (overrides or {}).items():
+        current = getattr(cfg, name, None) if name in cfg.to_dict() else ValueError
+        if current is ValueError:
+            raise ValueError(f"unknown training setting {name!r}; known: "
+                             f"{', '.join(sorted(cfg.to_dict()))}")
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false"):
+                raise ValueError(f"{name} must be true or false, not {text!r}")
+            value: object = text.lower() == "true"
+        elif current is None or isinstance(current, float):
+            value = None if text.lower() == "none" else float(text)
+        else:
+            value = type(current)(text)
+        setattr(cfg, name, value)
     return cfg
 
 
@@ -66,31 +90,51 @@ def set_seeds(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
+def augmentation(cfg: TrainConfig) -> Augmentation:
+    """The augmentation ranges of a recipe."""
+    return Augmentation(rotation=cfg.rotation, blur=cfg.blur, bias=cfg.bias,
+                        smooth_bias=cfg.smooth_bias, noise=cfg.noise,
+                        resolution=cfg.resolution, curves=cfg.curves)
+
+
 def make_dataset(x: np.ndarray, y: np.ndarray | None, cfg: TrainConfig, train: bool,
-                 teacher: keras.Model | None = None) -> tf.data.Dataset:
+                 teacher: keras.Model | None = None, weights: np.ndarray | None = None
+                 ) -> tf.data.Dataset:
     """Batched ``tf.data`` pipeline; shuffled and augmented when ``train``. With a
     ``teacher`` (and ``y`` None) the targets are its probabilities on the images as
-    augmented."""
+    augmented; with ``weights``, each element carries its sample weight."""
     if (y is None) != (teacher is not None):
         raise ValueError("give labels or a teacher, not both or neither")
     y = np.zeros(len(x)) if y is None else y  # replaced by the teacher's below
-    ds = tf.data.Dataset.from_tensor_slices((x.astype(np.float32), y.astype(np.float32)))
+    parts = (x.astype(np.float32), y.astype(np.float32))
+    if weights is not None:
+        parts += (weights.astype(np.float32),)
+    ds = tf.data.Dataset.from_tensor_slices(parts)
     if train:
         ds = ds.shuffle(len(x), seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.batch(cfg.batch_size)
     if train and cfg.augment:
-        aug = Augmentation(rotation=cfg.rotation, blur=cfg.blur, bias=cfg.bias)
-        ds = ds.map(lambda a, b: (augment(a, aug), b), num_parallel_calls=tf.data.AUTOTUNE)
+        aug = augmentation(cfg)
+        ds = ds.map(lambda a, *rest: (augment(a, aug), *rest),
+                    num_parallel_calls=tf.data.AUTOTUNE)
     if teacher is not None:
         ds = ds.map(lambda a, _: (a, tf.reshape(teacher(a, training=False), (-1,))))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def class_weights(y: np.ndarray) -> dict[int, float]:
-    """Inverse-frequency weights so the 61%/39% imbalance does not bias the loss."""
-    counts = np.bincount(y.astype(int), minlength=2).astype(float)
-    counts[counts == 0] = 1.0
-    return {c: float(len(y) / (2 * counts[c])) for c in (0, 1)}
+def sample_weights(y: np.ndarray, sites: np.ndarray | None = None) -> np.ndarray:
+    """Per-slice loss weights, mean 1: each site (when ``sites`` is given) weighs the
+    same in total, then each class weighs half of the total, so that a 61 %/39 % class
+    mix does not bias the probability (it is a posterior under a 50 % prior)."""
+    y = y.astype(int)
+    w = np.ones(len(y))
+    if sites is not None:
+        idx = np.unique(sites, return_inverse=True)[1]
+        w = 1.0 / np.bincount(idx)[idx]
+    for c in (0, 1):
+        if (y == c).any():
+            w[y == c] *= (len(y) / 2) / w[y == c].sum()
+    return w
 
 
 def compile_model(model: keras.Model,
@@ -105,13 +149,15 @@ def compile_model(model: keras.Model,
 def fit(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray | None,
         x_val: np.ndarray, y_val: np.ndarray, cfg: TrainConfig, verbose: int = 0,
         extra_callbacks: list[keras.callbacks.Callback] | None = None,
-        teacher: keras.Model | None = None) -> keras.callbacks.History:
+        teacher: keras.Model | None = None, sites: np.ndarray | None = None
+        ) -> keras.callbacks.History:
     """Train for ``cfg.epochs`` (on a cosine schedule when ``cfg.cosine``), keeping the
     last weights; with ``cfg.augment``, then recalibrate batch norm on the clean training
     images (see :func:`recalibrate_batch_norm`).
 
     With a ``teacher`` (``y_train`` None) the model learns the teacher's probabilities
-    on the augmented images, without class weights: the teacher's carry them.
+    on the augmented images, without class weights: the teacher's carry them. ``sites``
+    (one name per training slice) balances sites when ``cfg.site_balance``.
 
     With ``cfg.patience`` > 0, stop early on validation AUC and restore the best epoch
     instead. On this dataset (validation sets of ~35 slices) the full cosine schedule
@@ -129,11 +175,12 @@ def fit(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray | None,
     # Without early stopping the validation figures are only shown (every 10th epoch),
     # and not computed at all when nothing is shown.
     val = make_dataset(x_val, y_val, cfg, train=False) if cfg.patience or verbose else None
-    history = model.fit(make_dataset(x_train, y_train, cfg, train=True, teacher=teacher),
+    weights = None if teacher is not None else sample_weights(
+        y_train, sites if cfg.site_balance else None)
+    history = model.fit(make_dataset(x_train, y_train, cfg, train=True, teacher=teacher,
+                                     weights=weights),
                         validation_data=val, validation_freq=1 if cfg.patience else 10,
-                        epochs=cfg.epochs,
-                        class_weight=None if teacher is not None else class_weights(y_train),
-                        callbacks=callbacks, verbose=verbose)
+                        epochs=cfg.epochs, callbacks=callbacks, verbose=verbose)
     if cfg.augment:
         recalibrate_batch_norm(model, x_train)
     return history
@@ -184,9 +231,10 @@ def operating_threshold(cfg: TrainConfig, y_val: np.ndarray, prob: np.ndarray) -
 
 
 def train_model(arch: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
-                y_val: np.ndarray, cfg: TrainConfig, verbose: int = 0
-                ) -> tuple[keras.Model, float, dict]:
+                y_val: np.ndarray, cfg: TrainConfig, verbose: int = 0,
+                sites: np.ndarray | None = None) -> tuple[keras.Model, float, dict]:
     """Build and train ``arch``; its decision threshold (:func:`operating_threshold`).
+    ``sites`` names each training slice's site (for ``cfg.site_balance``).
 
     Returns
     -------
@@ -194,7 +242,7 @@ def train_model(arch: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.n
     """
     set_seeds(cfg.seed)
     model = build_model(arch, dropout=cfg.dropout)
-    history = fit(model, x_train, y_train, x_val, y_val, cfg, verbose)
+    history = fit(model, x_train, y_train, x_val, y_val, cfg, verbose, sites=sites)
     prob = predict(model, x_val)
     threshold = operating_threshold(cfg, y_val, prob)
     val = metrics.binary_metrics(y_val, prob, threshold)

@@ -10,7 +10,7 @@ from models.training.compress import (copy_model, distill, magnitude_mask, pruna
 from models.training.dataset import load_folder, load_images
 from models.training.export import CALIBRATION_IMAGES, calibration_sample, gzip_size, to_tflite
 from models.core.runtime import TFLiteModel
-from models.training.train import TrainConfig, class_weights, predict, train_model
+from models.training.train import TrainConfig, predict, sample_weights, train_model
 
 pytestmark = pytest.mark.slow
 # threshold=None: choose it on validation, so training exercises that path too.
@@ -38,10 +38,22 @@ def test_training_runs_with_early_stopping_and_a_valid_threshold(trained):
     assert val["n"] == 24
 
 
-def test_class_weights_balance_the_classes():
-    weights = class_weights(np.array([1, 1, 1, 0]))
+def test_sample_weights_balance_the_classes():
+    weights = sample_weights(np.array([1, 1, 1, 0]))
 
-    assert weights[0] == pytest.approx(2.0) and weights[1] == pytest.approx(2 / 3)
+    assert weights.tolist() == pytest.approx([2 / 3, 2 / 3, 2 / 3, 2.0])
+
+
+def test_site_balanced_weights_weigh_a_small_sites_slices_up_and_keep_classes_half_each():
+    # Prepare: a big site of 8 (4 tumour) and a small tumour-free site of 2
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    sites = np.array(["big"] * 8 + ["small"] * 2)
+    # Execute
+    w = sample_weights(y, sites)
+    # Assert: a slice of the site 4x smaller weighs 4x more within its class
+    assert w.mean() == pytest.approx(1.0)
+    assert w[y == 1].sum() == pytest.approx(w[y == 0].sum())
+    assert w[9] == pytest.approx(4 * w[4]) and w[8] == w[9] and len(set(w[:4])) == 1
 
 
 def test_float_tflite_matches_keras_through_litert(trained, images):
