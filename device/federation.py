@@ -28,7 +28,8 @@ from device.sync.link import CoordinatorLink
 from device.sync.outbox import FlushResult, Outbox
 from device.sync.updater import BundleUpdater, UpdateResult
 from device.telemetry import Telemetry
-from models.core.head import TrainConfig, predict, train_head
+from models.core.head import predict
+from models.core.head_training import TrainConfig, train_head
 from models.core import metrics
 from models.core.update_codec import decode, encode
 from models.core import weights

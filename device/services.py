@@ -19,7 +19,9 @@ from device.hw.status import Indicator, NullIndicator, StatusIndicator
 from device.inference.predictor import Predictor, create_predictor
 from device.inference.slot import ModelSlot
 from device.store.base import AccountStore, CaseStore
-from device.store.sqlite import DB_NAME, Database, SQLiteAccountStore, SQLiteCaseStore
+from device.store.db import DB_NAME, Database
+from device.store.sqlite import SQLiteCaseStore
+from device.store.sqlite_accounts import SQLiteAccountStore
 from device.sync.bundles import InstalledBundles
 from device.sync.follow import InstalledFollower
 from device.sync.link import CoordinatorLink

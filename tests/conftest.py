@@ -1,7 +1,9 @@
-"""Shared fixtures: the real dataset, a small balanced copy of it, a signing key."""
+"""Shared fixtures: the real dataset, a small balanced copy of it, a signing key, a
+coordinator (services, app, server, enrolment) for the coordinator and device tests."""
 from __future__ import annotations
 
 import shutil
+import socket
 import threading
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -54,6 +56,56 @@ def trained_bundle(small_data: Path, signing_key_file: Path,
                  "--float-out", str(weights)])
     assert code == 0
     return bundle, weights
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on (now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def coord_settings(tmp_path):
+    """Coordinator settings on a temp state folder (a round closes at 2 updates)."""
+    from coordinator.config import load_settings
+    return load_settings(state_dir=tmp_path / "state", min_updates=2, min_quorum=1,
+                         max_norm=10.0)
+
+
+@pytest.fixture
+def coord(coord_settings):
+    from coordinator.services import build_services
+    svc = build_services(coord_settings)
+    yield svc
+    svc.close()
+
+
+@pytest.fixture
+def coord_app(coord_settings, coord):
+    from coordinator.api import create_app
+    app = create_app(coord_settings, coord, "test-secret")
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def coord_server(coord_app):
+    """A real waitress server on 127.0.0.1 (ephemeral port) in a background thread."""
+    with running(coord_app) as url:
+        yield url
+
+
+@pytest.fixture
+def enroll(coord):
+    """Enrol a device; returns its bearer token."""
+    from coordinator.api.auth import hash_token, new_device_token
+
+    def _enroll(device_id: str) -> str:
+        token = new_device_token()
+        coord.store.enroll(device_id, hash_token(token))
+        return token
+    return _enroll
 
 
 @contextmanager

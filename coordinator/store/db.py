@@ -3,13 +3,11 @@ shared with the appliance's store) and the argument checks the store's methods s
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from coordinator.exc import InputError, StoreError
 from models.core import sqlitedb
@@ -29,29 +27,14 @@ class Database(sqlitedb.Database):
         super().__init__(path, SCHEMA, SCHEMA_VERSION, StoreError)
 
 
-def number(value: Any, what: str, lo: float, hi: float = math.inf,
-           integer: bool = False) -> Any:
-    """``value`` as int/float if it is a finite number in [lo, hi] (never a bool)."""
-    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, kinds) \
-            or not math.isfinite(value) or not lo <= value <= hi:
-        raise InputError(f"{what} must be a{'n integer' if integer else ' number'} "
-                         f"in [{lo}, {hi}]")
-    return int(value) if integer else float(value)
+# The argument checks of the store, raising the coordinator's InputError (400).
+number = functools.partial(sqlitedb.check_number, error=InputError)
+text = functools.partial(sqlitedb.check_text, error=InputError)
 
 
 def optional_int(value: Any, what: str) -> int | None:
     """None, or ``value`` as an int >= 0."""
     return None if value is None else number(value, what, 0, integer=True)
-
-
-def text(value: Any, what: str, max_len: int = 1024, allow_empty: bool = False) -> str:
-    """``value`` if it is a string of at most ``max_len`` chars (non-empty unless
-    ``allow_empty``), else InputError."""
-    if not isinstance(value, str) or len(value) > max_len or not (value or allow_empty):
-        raise InputError(f"{what} must be a {'' if allow_empty else 'non-empty '}string "
-                         f"of at most {max_len} chars")
-    return value
 
 
 def to_json(value: Any, what: str) -> str:

@@ -6,7 +6,9 @@ root (``SQLiteCaseStore(data_dir)``, ``SQLiteAccountStore(data_dir)``).
 from device.store.base import (
     EXPORT_FIELDS, ROLES, SOURCES, STATUSES, AccountStore, Case, CaseStore, Token, User,
 )
-from device.store.sqlite import Database, SQLiteAccountStore, SQLiteCaseStore
+from device.store.db import Database
+from device.store.sqlite import SQLiteCaseStore
+from device.store.sqlite_accounts import SQLiteAccountStore
 
 __all__ = [
     "EXPORT_FIELDS", "ROLES", "SOURCES", "STATUSES", "AccountStore", "Case", "CaseStore",

@@ -1,4 +1,5 @@
-"""SQLite implementations of the stores: one database file, case images on local disk.
+"""SQLite implementation of the case store: rows in the appliance database, images on
+local disk only.
 
 Crash safety of :meth:`SQLiteCaseStore.add_case`: every image is written to a temp file
 in ``images/``, fsynced, renamed to its final ``<id>.png`` name and the directory fsynced
@@ -12,7 +13,6 @@ import contextlib
 import csv
 import hashlib
 import logging
-import math
 import re
 import sqlite3
 import threading
@@ -24,21 +24,17 @@ from typing import Any, TextIO
 import numpy as np
 
 from device.exc import InputError, NotFoundError, StoreError
-from models.core import sqlitedb
+from device.store.base import (
+    EXPORT_FIELDS, MAX_LIST_LIMIT, MAX_LIST_OFFSET, SOURCES, Case, CaseStore, check_case_id,
+    check_label, check_name, check_status,
+)
+from device.store.db import DB_NAME, Database, number, text
 from models.core.files import write_atomic
 from models.core.sqlitedb import now_iso, sweep_dir
-from device.store.base import (
-    EXPORT_FIELDS, MAX_LIST_LIMIT, MAX_LIST_OFFSET, ROLES, SOURCES, AccountStore, Case,
-    CaseStore, Token, User, check_case_id, check_label, check_name, check_status,
-)
 
 log = logging.getLogger(__name__)
 
-DB_NAME = "neuroedge.db"
 IMAGES_DIR = "images"
-SCHEMA = Path(__file__).with_name("schema.sql")
-SCHEMA_VERSION = 1
-FAILURE_TTL_S = 86400.0  # login failures older than this are pruned on every insert
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _OWNED_FILE = re.compile(r"[0-9a-f]{32}(-heatmap)?\.png")  # the only names we create
 _FIELDS = tuple(Case.__dataclass_fields__)
@@ -48,34 +44,11 @@ _WHERE = {"all": "1", "unconfirmed": "confirmed_label IS NULL",
           "disagreed": "confirmed_label <> predicted_label"}
 
 
-class Database(sqlitedb.Database):
-    """The appliance database (``schema.sql``); see :class:`models.core.sqlitedb.Database`."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, SCHEMA, SCHEMA_VERSION, StoreError)
-
-
-def _number(value: Any, what: str, lo: float, hi: float = math.inf,
-            integer: bool = False) -> Any:
-    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    if isinstance(value, bool) or not isinstance(value, kinds) \
-            or not math.isfinite(value) or not lo <= value <= hi:
-        raise InputError(f"{what} must be a{'n integer' if integer else ' number'} "
-                         f"in [{lo}, {hi}]")
-    return int(value) if integer else float(value)
-
-
 def _png(data: Any, what: str) -> bytes:
     if not isinstance(data, (bytes, bytearray, memoryview)) \
             or not bytes(data[:8]) == _PNG_MAGIC:
         raise InputError(f"{what} must be PNG bytes")
     return bytes(data)
-
-
-def _text(value: Any, what: str, max_len: int = 1024) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= max_len:
-        raise InputError(f"{what} must be a non-empty string of at most {max_len} chars")
-    return value
 
 
 def _case(row: sqlite3.Row) -> Case:
@@ -118,13 +91,13 @@ class SQLiteCaseStore(CaseStore):
         case = Case(
             id=case_id, created_at=now_iso(), source=source, image_name=f"{case_id}.png",
             image_sha256=hashlib.sha256(png).hexdigest(),
-            width=_number(width, "width", 1, integer=True),
-            height=_number(height, "height", 1, integer=True),
-            probability=_number(probability, "probability", 0, 1),
+            width=number(width, "width", 1, integer=True),
+            height=number(height, "height", 1, integer=True),
+            probability=number(probability, "probability", 0, 1),
             predicted_label=check_label(predicted_label),
-            threshold=_number(threshold, "threshold", 0, 1), uncertain=bool(uncertain),
-            model_version=_number(model_version, "model_version", 0, integer=True),
-            latency_ms=_number(latency_ms, "latency_ms", 0),
+            threshold=number(threshold, "threshold", 0, 1), uncertain=bool(uncertain),
+            model_version=number(model_version, "model_version", 0, integer=True),
+            latency_ms=number(latency_ms, "latency_ms", 0),
             heatmap_name=None if heatmap is None else f"{case_id}-heatmap.png")
         written: list[Path] = []
         with self._files_lock:
@@ -161,7 +134,7 @@ class SQLiteCaseStore(CaseStore):
             raise InputError("a case id is made of the digits 0-9 and the letters a-f")
         rows = self._db.read("SELECT id FROM cases WHERE substr(id, 1, ?) = ? ORDER BY id "
                              "LIMIT ?", (len(prefix), prefix,
-                                         _number(limit, "limit", 1, MAX_LIST_LIMIT, True)))
+                                         number(limit, "limit", 1, MAX_LIST_LIMIT, True)))
         return [row[0] for row in rows]
 
     def list(self, status: str = "all", limit: int = 50, offset: int = 0) -> list[Case]:
@@ -169,8 +142,8 @@ class SQLiteCaseStore(CaseStore):
         rows = self._db.read(
             f"SELECT {_COLUMNS} FROM cases WHERE {where} "
             "ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
-            (_number(limit, "limit", 0, MAX_LIST_LIMIT, integer=True),
-             _number(offset, "offset", 0, MAX_LIST_OFFSET, integer=True)))
+            (number(limit, "limit", 0, MAX_LIST_LIMIT, integer=True),
+             number(offset, "offset", 0, MAX_LIST_OFFSET, integer=True)))
         return [_case(row) for row in rows]
 
     def count(self, status: str = "all") -> int:
@@ -229,7 +202,7 @@ class SQLiteCaseStore(CaseStore):
         return self.get(case_id)
 
     def heatmaps_valid_since(self, drawn_by: str) -> float:
-        _text(drawn_by, "drawn_by", 256)
+        text(drawn_by, "drawn_by", 256)
         query = "SELECT drawn_by, since FROM heatmap_author WHERE id = 1"
         rows = self._db.read(query)  # a read on every view; a write only on a change
         if rows and rows[0]["drawn_by"] == drawn_by:
@@ -247,7 +220,7 @@ class SQLiteCaseStore(CaseStore):
 
     def set_embedding(self, case_id: str, backbone_id: str, vector: np.ndarray) -> None:
         check_case_id(case_id)
-        _text(backbone_id, "backbone_id", 256)
+        text(backbone_id, "backbone_id", 256)
         try:
             with np.errstate(over="ignore"):  # overflow to inf is refused just below
                 vec = np.asarray(vector, dtype="<f4")
@@ -308,130 +281,6 @@ class SQLiteCaseStore(CaseStore):
             return self._db.read("SELECT 1")[0][0] == 1
         except StoreError:
             return False
-
-    def close(self) -> None:
-        if not self._closed:  # idempotent: release the shared database once
-            self._closed = True
-            self._db.release()
-
-
-def _user(row: sqlite3.Row) -> User:
-    return User(row["name"], row["role"], row["password_hash"], row["created_at"],
-                bool(row["disabled"]))
-
-
-def _token(row: sqlite3.Row) -> Token:
-    return Token(row["name"], row["user"], row["created_at"], row["last_used_at"])
-
-
-class SQLiteAccountStore(AccountStore):
-    """Users, token hashes, login failures and settings in ``data_dir/neuroedge.db``.
-
-    Pass ``db`` to share one :class:`Database` with :class:`SQLiteCaseStore`.
-    """
-
-    def __init__(self, data_dir: Path, *, db: Database | None = None) -> None:
-        self._db = (db if db is not None else Database(Path(data_dir) / DB_NAME)).acquire()
-        self._closed = False
-
-    def add_user(self, name: str, role: str, password_hash: str) -> None:
-        check_name(name, "user name")
-        if role not in ROLES:
-            raise InputError(f"role must be one of {', '.join(ROLES)}")
-        _text(password_hash, "password hash")
-        with self._db.tx() as conn:
-            if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
-                raise InputError("a user with that name already exists")
-            conn.execute("INSERT INTO users (name, role, password_hash, created_at) "
-                         "VALUES (?, ?, ?, ?)", (name, role, password_hash, now_iso()))
-        log.info("added user %s (%s)", name, role)
-
-    def get_user(self, name: str) -> User | None:
-        rows = self._db.read("SELECT * FROM users WHERE name = ?", (name,))
-        return _user(rows[0]) if rows else None
-
-    def list_users(self) -> list[User]:
-        return [_user(row) for row in self._db.read("SELECT * FROM users ORDER BY name")]
-
-    def _update_user(self, name: str, column: str, value: Any) -> None:
-        with self._db.tx() as conn:
-            if conn.execute(f"UPDATE users SET {column} = ? WHERE name = ?",
-                            (value, name)).rowcount == 0:
-                raise NotFoundError(f"no such user: {name!r:.80}")
-
-    def set_password(self, name: str, password_hash: str) -> None:
-        self._update_user(name, "password_hash", _text(password_hash, "password hash"))
-        log.info("password of user %s changed", name)
-
-    def set_disabled(self, name: str, disabled: bool) -> None:
-        self._update_user(name, "disabled", int(bool(disabled)))
-        log.info("user %s %s", name, "disabled" if disabled else "enabled")
-
-    def count_users(self) -> int:
-        return int(self._db.read("SELECT COUNT(*) FROM users")[0][0])
-
-    def add_token(self, name: str, token_hash: str, user: str) -> None:
-        check_name(name, "token name")
-        _text(token_hash, "token hash")
-        with self._db.tx() as conn:
-            if conn.execute("SELECT 1 FROM users WHERE name = ?", (user,)).fetchone() is None:
-                raise NotFoundError(f"no such user: {user!r:.80}")
-            if conn.execute("SELECT 1 FROM tokens WHERE name = ? OR token_hash = ?",
-                            (name, token_hash)).fetchone():
-                raise InputError("a token with that name or hash already exists")
-            conn.execute("INSERT INTO tokens (name, token_hash, user, created_at) "
-                         "VALUES (?, ?, ?, ?)", (name, token_hash, user, now_iso()))
-        log.info("added API token %s for user %s", name, user)
-
-    def find_token(self, token_hash: str) -> Token | None:
-        rows = self._db.read("SELECT * FROM tokens WHERE token_hash = ?", (token_hash,))
-        return _token(rows[0]) if rows else None
-
-    def touch_token(self, token_hash: str) -> None:
-        with self._db.tx() as conn:
-            conn.execute("UPDATE tokens SET last_used_at = ? WHERE token_hash = ?",
-                         (now_iso(), token_hash))
-
-    def revoke_token(self, name: str) -> None:
-        with self._db.tx() as conn:
-            if conn.execute("DELETE FROM tokens WHERE name = ?", (name,)).rowcount == 0:
-                raise NotFoundError("no such token")
-        log.info("revoked API token %s", name)
-
-    def list_tokens(self) -> list[Token]:
-        return [_token(row) for row in
-                self._db.read("SELECT * FROM tokens ORDER BY created_at, name")]
-
-    def record_login_failure(self, key: str, now: float) -> None:
-        _text(key, "throttle key")
-        now = _number(now, "now", 0)
-        with self._db.tx() as conn:
-            conn.execute("INSERT INTO login_failures (key, at) VALUES (?, ?)", (key, now))
-            conn.execute("DELETE FROM login_failures WHERE at < ?", (now - FAILURE_TTL_S,))
-
-    def recent_failures(self, key: str, since: float) -> int:
-        return int(self._db.read("SELECT COUNT(*) FROM login_failures WHERE key = ? "
-                                 "AND at >= ?", (key, float(since)))[0][0])
-
-    def clear_failures(self, key: str, prefix: bool = False) -> None:
-        with self._db.tx() as conn:
-            if prefix:
-                conn.execute("DELETE FROM login_failures WHERE substr(key, 1, ?) = ?",
-                             (len(key), key))
-            else:
-                conn.execute("DELETE FROM login_failures WHERE key = ?", (key,))
-
-    def get_setting(self, key: str) -> str | None:
-        rows = self._db.read("SELECT value FROM settings WHERE key = ?", (key,))
-        return rows[0][0] if rows else None
-
-    def set_setting(self, key: str, value: str) -> None:
-        _text(key, "setting key", 128)
-        if not isinstance(value, str):
-            raise InputError("setting value must be a string")
-        with self._db.tx() as conn:
-            conn.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) "
-                         "DO UPDATE SET value = excluded.value", (key, value))
 
     def close(self) -> None:
         if not self._closed:  # idempotent: release the shared database once

@@ -6,18 +6,14 @@ waitress threads.
 """
 from __future__ import annotations
 
-import logging
 import time
 from datetime import datetime, timedelta, timezone
 
-from flask import Flask, current_app, g, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask, current_app, g, request
 
 from device.config import Settings, ensure_secret_key
-from device.exc import DeviceError
 from device.services import Services
 
-logger = logging.getLogger(__name__)
 # Browser batch uploads may carry several slices; the API takes one (see api.py).
 MAX_FILES_PER_UPLOAD = 20
 
@@ -39,10 +35,6 @@ def local_time(when: str | float | None) -> str:
         "%Y-%m-%d %H:%M %Z")
 
 
-def wants_json() -> bool:
-    return request.path.startswith("/api/") or request.path in ("/healthz",)
-
-
 def create_app(settings: Settings, svc: Services) -> Flask:
     """Build the web app around already-built services (the composition root's job)."""
     app = Flask(__name__)
@@ -57,7 +49,7 @@ def create_app(settings: Settings, svc: Services) -> Flask:
     )
     app.extensions["neuroedge"] = svc
 
-    from device.web import admin, api, auth, cases, health, upload
+    from device.web import admin, api, auth, cases, errors, health, upload
     auth.init_app(app)
     for module in (auth, upload, cases, api, health, admin):
         app.register_blueprint(module.bp)
@@ -80,51 +72,5 @@ def create_app(settings: Settings, svc: Services) -> Flask:
         response.headers.setdefault("Referrer-Policy", "same-origin")
         return response
 
-    @app.errorhandler(DeviceError)
-    def _device_error(exc: DeviceError):
-        svc.telemetry.record_error(type(exc).__name__)
-        return _error_response(str(exc), exc.status)
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
-        if exc.code == 413:
-            svc.telemetry.record_error("TooLargeError")
-            if _body_over_limit():
-                return _error_response(f"upload larger than {settings.max_upload_mb:g} MB",
-                                       413)
-            return _error_response(
-                f"form too large: more than {request.max_form_parts} parts, or a text "
-                f"field or part header longer than {request.max_form_memory_size:,} bytes",
-                413)
-        return _error_response(exc.description or exc.name, exc.code or 500)
-
-    @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):
-        logger.exception("unexpected error on %s", request.path)
-        svc.telemetry.record_error("internal", "internal error (see server log)")
-        svc.status.error("internal error")
-        return _error_response("internal error", 500)
-
+    errors.register(app, settings, svc.telemetry, svc.status)
     return app
-
-
-def _body_over_limit() -> bool:
-    """Whether a 413 came from the body size limit rather than a form limit.
-
-    Werkzeug raises the same ``RequestEntityTooLarge`` for ``max_content_length`` (the
-    upload limit) and for ``max_form_memory_size``/``max_form_parts`` (a long text field
-    or part header, too many parts), which a small request can exceed.
-    """
-    limit = request.max_content_length
-    if limit is None:
-        return False
-    if request.content_length is not None:
-        return request.content_length > limit
-    # Chunked: the body is read through a LimitedStream that stops at the limit.
-    return bool(getattr(request.stream, "is_exhausted", True))
-
-
-def _error_response(message: str, status: int):
-    if wants_json():
-        return jsonify(error=message), status
-    return render_template("error.html", message=message, status=status), status

@@ -1,4 +1,5 @@
-"""On-device retraining of the dense head, in pure NumPy (no TensorFlow on the Pi).
+"""The dense head's maths in pure NumPy (no TensorFlow on the Pi): forward, loss,
+gradients. Training is :mod:`models.core.head_training`.
 
 The head maps a backbone embedding :math:`x \\in \\mathbb{R}^D` to a tumour probability:
 
@@ -10,21 +11,33 @@ The head maps a backbone embedding :math:`x \\in \\mathbb{R}^D` to a tumour prob
 with ``hidden/kernel`` :math:`W_1` (D, H), ``hidden/bias`` :math:`b_1` (H,),
 ``output/kernel`` :math:`W_2` (H, 1) and ``output/bias`` :math:`b_2` (1,), the arrays
 named by :data:`models.core.weights.HEAD_NAMES`. Everything works on logits ``s`` so that
-neither the sigmoid nor the log-loss overflows for large ``|s|``.
+neither the sigmoid nor the log-loss overflows for large ``|s|``. The loss is
 
-The functions are pure: they never modify the arrays they are given. ``train_head``
-works on float32 copies (the wire format of head weights) and is deterministic for a
-given ``TrainConfig.seed``.
+.. math::
+
+    L(\\theta) = \\frac{1}{N} \\sum_i w_{y_i} \\ell(s_i, y_i)
+        + \\frac{\\lambda}{2} (\\lVert W_1 \\rVert^2 + \\lVert W_2 \\rVert^2)
+        + \\frac{\\mu}{2} \\lVert \\theta - \\theta_0 \\rVert^2
+
+with :math:`\\ell(s, y) = \\max(s, 0) - sy + \\log(1 + e^{-|s|})` (binary cross-entropy
+on the logit), class weights :math:`w_c`, weight decay :math:`\\lambda` on the kernels and
+the FedProx pull :math:`\\mu` towards the round's global head :math:`\\theta_0`.
+Back-propagation: :math:`\\delta_i = w_{y_i} (p_i - y_i) / N`,
+:math:`\\nabla W_2 = h^T \\delta`, :math:`\\nabla b_2 = \\sum_i \\delta_i`,
+:math:`\\Delta = (\\delta W_2^T) \\odot [z > 0]`, :math:`\\nabla W_1 = x^T \\Delta`,
+:math:`\\nabla b_1 = \\sum_i \\Delta_i`, plus :math:`\\lambda W` on the kernels and
+:math:`\\mu (\\theta - \\theta_0)` on every array.
+
+The functions are pure: they never modify the arrays they are given.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from models.core.metrics import binary_metrics, roc_auc
+from models.core.metrics import binary_metrics
 from models.core.weights import HEAD_NAMES, head_shapes
 
 log = logging.getLogger(__name__)
@@ -163,12 +176,7 @@ def _loss_grads(p: _Params, x: np.ndarray, y: np.ndarray, sample_w: np.ndarray, 
 # ------------------------------------------------------------------------- public API
 
 def forward(head: Mapping[str, np.ndarray], x: Any) -> tuple[np.ndarray, ForwardCache]:
-    """Run the head on embeddings.
-
-    Computes :math:`z = xW_1 + b_1`, :math:`h = \\mathrm{relu}(z)`,
-    :math:`s = hW_2 + b_2` and :math:`p = \\sigma(s)`, the sigmoid evaluated as
-    :math:`1/(1+e^{-s})` for :math:`s \\ge 0` and :math:`e^{s}/(1+e^{s})` otherwise,
-    so it never overflows.
+    """Run the head on embeddings (the sigmoid in the form that never overflows).
 
     Parameters
     ----------
@@ -205,29 +213,8 @@ def loss_and_grads(head: Mapping[str, np.ndarray], x: Any, y: Any, *,
                    class_weight: tuple[float, float] = (1.0, 1.0), l2: float = 0.0,
                    prox_mu: float = 0.0, anchor: Mapping[str, np.ndarray] | None = None,
                    ) -> tuple[float, Head]:
-    """Regularised, class-weighted log-loss of the head and its gradients.
-
-    .. math::
-
-        L(\\theta) = \\frac{1}{N} \\sum_i w_{y_i} \\ell(s_i, y_i)
-            + \\frac{\\lambda}{2} (\\lVert W_1 \\rVert^2 + \\lVert W_2 \\rVert^2)
-            + \\frac{\\mu}{2} \\lVert \\theta - \\theta_0 \\rVert^2
-
-    where :math:`\\ell(s, y) = \\max(s, 0) - sy + \\log(1 + e^{-|s|})` is the binary
-    cross-entropy written on the logit (stable for any :math:`s`), :math:`w_c` the class
-    weights, :math:`\\lambda` = ``l2`` (kernels only, not biases) and :math:`\\mu` =
-    ``prox_mu`` the FedProx proximal weight towards the anchor :math:`\\theta_0` (the
-    global head the round started from; all four arrays). Back-propagation:
-
-    .. math::
-
-        \\delta_i = w_{y_i} (p_i - y_i) / N, \\quad
-        \\nabla W_2 = h^T \\delta, \\quad \\nabla b_2 = \\textstyle\\sum_i \\delta_i, \\quad
-        \\Delta = (\\delta W_2^T) \\odot [z > 0], \\quad
-        \\nabla W_1 = x^T \\Delta, \\quad \\nabla b_1 = \\textstyle\\sum_i \\Delta_i
-
-    plus :math:`\\lambda W` on the kernels and :math:`\\mu (\\theta - \\theta_0)` on every
-    array.
+    """Regularised, class-weighted log-loss of the head and its gradients (the module
+    docstring gives :math:`L(\\theta)` and its back-propagation).
 
     Parameters
     ----------
@@ -283,284 +270,3 @@ def evaluate_head(head: Mapping[str, np.ndarray], x: Any, y: Any,
     """
     prob = predict(head, x)
     return binary_metrics(_labels(y, prob.shape[0]), prob.astype(np.float64), threshold)
-
-
-# ----------------------------------------------------------------------------- training
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of :func:`train_head` (mini-batch Adam with early stopping).
-
-    Attributes
-    ----------
-    epochs : int
-        Maximum passes over the training part.
-    batch_size : int
-        Examples per Adam step (the last batch of an epoch may be smaller).
-    learning_rate : float
-        Adam step size :math:`\\alpha`; Adam uses :math:`\\beta_1 = 0.9`,
-        :math:`\\beta_2 = 0.999`, :math:`\\epsilon = 10^{-8}`.
-    l2 : float
-        Weight decay on the kernels (see :func:`loss_and_grads`).
-    prox_mu : float
-        FedProx proximal weight towards the round's global head.
-    val_fraction : float
-        Share of each class held out for validation and early stopping, in [0, 1).
-    patience : int
-        Epochs without a lower validation loss before stopping.
-    min_examples : int
-        Fewer confirmed examples than this refuse to train.
-    seed : int
-        Seeds the split and the batch order; same seed, same data -> same head bytes.
-    class_weighted : bool
-        Weight classes by inverse frequency ``n / (2 n_c)`` of the training part;
-        False weights every example 1.
-    """
-
-    epochs: int = 200
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    l2: float = 1e-4
-    prox_mu: float = 0.01
-    val_fraction: float = 0.2
-    patience: int = 20
-    min_examples: int = 8
-    seed: int = 0
-    class_weighted: bool = True
-    beta1: float = field(default=0.9, repr=False)
-    beta2: float = field(default=0.999, repr=False)
-    epsilon: float = field(default=1e-8, repr=False)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first invalid field."""
-        def positive_int(name: str, minimum: int = 1) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-                raise ValueError(f"TrainConfig.{name} must be an integer >= {minimum}, "
-                                 f"got {v!r}")
-
-        for name in ("epochs", "batch_size", "patience"):
-            positive_int(name)
-        positive_int("min_examples", 2)
-        positive_int("seed", 0)
-        checks = {"learning_rate": lambda v: v > 0, "l2": lambda v: v >= 0,
-                  "prox_mu": lambda v: v >= 0, "val_fraction": lambda v: 0 <= v < 1,
-                  "beta1": lambda v: 0 <= v < 1, "beta2": lambda v: 0 <= v < 1,
-                  "epsilon": lambda v: v > 0}
-        for name, ok in checks.items():
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) \
-                    or not np.isfinite(v) or not ok(v):
-                raise ValueError(f"TrainConfig.{name} is out of range: {v!r}")
-
-
-@dataclass
-class TrainResult:
-    """Outcome of :func:`train_head`.
-
-    Attributes
-    ----------
-    head : dict of str to numpy.ndarray
-        The trained head (float32 copies; the best-validation head when early stopping
-        was active).
-    history : dict of str to list of float
-        Per epoch: ``loss`` (the full objective on the training part), ``val_loss``
-        (class-weighted log-loss on the validation part) and ``val_auc``; the ``val_``
-        lists are empty without a validation part.
-    val_metrics : dict or None
-        :func:`evaluate_head` of ``head`` on the validation part at 0.5, or None when
-        there is no validation part.
-    epochs : int
-        Epochs actually run.
-    examples : int
-        Examples the head was fitted on (the training part; the weight FedAvg gives
-        this update).
-    val_examples : int
-        Examples held out for validation (0 without early stopping).
-    best_epoch : int
-        Epoch whose head was returned (1-based).
-    early_stopping : bool
-        Whether validation-based early stopping was active.
-    stopped_early : bool
-        Whether training stopped before ``cfg.epochs`` for lack of improvement.
-    class_weight : tuple of float
-        ``(w0, w1)`` used in the loss.
-    val_indices : numpy.ndarray
-        Row indices of ``x`` held out for validation (sorted).
-    notes : tuple of str
-        Human-readable remarks, e.g. why early stopping was off.
-    """
-
-    head: Head
-    history: dict[str, list[float]]
-    val_metrics: dict[str, Any] | None
-    epochs: int
-    examples: int
-    val_examples: int = 0
-    best_epoch: int = 0
-    early_stopping: bool = False
-    stopped_early: bool = False
-    class_weight: tuple[float, float] = (1.0, 1.0)
-    val_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    notes: tuple[str, ...] = ()
-
-
-def _stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator,
-                      ) -> tuple[np.ndarray, np.ndarray, str | None]:
-    """Train/validation indices with each class split in proportion; a note if no val."""
-    everything = np.arange(y.size)
-    if fraction == 0:
-        return everything, everything[:0], "val_fraction is 0: no validation part, " \
-                                           "no early stopping"
-    counts = np.bincount(y, minlength=2)
-    if counts.min() < 2:
-        return everything, everything[:0], (
-            f"a class has fewer than 2 examples (counts {counts.tolist()}): no validation "
-            f"part, no early stopping; trained on all examples for the full epochs")
-    val = []
-    for c in (0, 1):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        # At least one of each class in validation, at least one left for training.
-        k = int(np.clip(round(fraction * idx.size), 1, idx.size - 1))
-        val.append(idx[:k])
-    val_idx = np.sort(np.concatenate(val))
-    return np.setdiff1d(everything, val_idx), val_idx, None
-
-
-def train_head(head: Mapping[str, np.ndarray], x: Any, y: Any,
-               cfg: TrainConfig | None = None, *,
-               anchor: Mapping[str, np.ndarray] | None = None) -> TrainResult:
-    """Fine-tune the head on confirmed embeddings with mini-batch Adam.
-
-    The examples are split per class into a training and a validation part
-    (``cfg.val_fraction``, at least one of each class in validation). Each epoch visits
-    the training part in a seeded random order in batches of ``cfg.batch_size`` and
-    takes one Adam step per batch on :func:`loss_and_grads`:
-
-    .. math::
-
-        m \\leftarrow \\beta_1 m + (1-\\beta_1) g, \\quad
-        v \\leftarrow \\beta_2 v + (1-\\beta_2) g^2, \\quad
-        \\theta \\leftarrow \\theta - \\alpha \\frac{m / (1-\\beta_1^t)}
-            {\\sqrt{v / (1-\\beta_2^t)} + \\epsilon}
-
-    Class weights are :math:`w_c = n / (2 n_c)` over the training part (so both classes
-    weigh the same in total), or 1 with ``cfg.class_weighted=False``. After every epoch
-    the class-weighted log-loss of the validation part is measured; training stops
-    after ``cfg.patience`` epochs without a lower one and the best head is returned.
-    Without a validation part (a class with fewer than 2 examples, or
-    ``val_fraction=0``) all examples train for ``cfg.epochs`` and ``notes`` says so.
-
-    Parameters
-    ----------
-    head : mapping of str to numpy.ndarray
-        Starting head (e.g. the current global head); never modified.
-    x : array_like, shape (N, D)
-        Embeddings of confirmed cases.
-    y : array_like, shape (N,)
-        Confirmed 0/1 labels (1 = tumour).
-    cfg : TrainConfig, optional
-        Hyper-parameters; defaults to ``TrainConfig()``.
-    anchor : mapping of str to numpy.ndarray, optional
-        FedProx anchor :math:`\\theta_0`; defaults to ``head``, the head the round
-        started from.
-
-    Returns
-    -------
-    TrainResult
-
-    Raises
-    ------
-    ValueError
-        Fewer than ``cfg.min_examples`` examples, a single class, malformed inputs or
-        configuration.
-    FloatingPointError
-        The loss became non-finite (learning rate far too high).
-    """
-    cfg = TrainConfig() if cfg is None else cfg
-    cfg.validate()
-    params = [a.copy() for a in _params(head, np.float32)]  # copies: input untouched
-    anc = _params(head if anchor is None else anchor, np.float32, name="anchor")
-    anc = [a.copy() for a in anc]
-    if any(a.shape != b.shape for a, b in zip(params, anc)):
-        raise ValueError("anchor and head have different shapes")
-    xs = _embeddings(x, params[0].shape[0], np.float32)
-    ys = _labels(y, xs.shape[0])
-    counts = np.bincount(ys, minlength=2)
-    if ys.size < cfg.min_examples:
-        raise ValueError(f"need at least {cfg.min_examples} confirmed examples to train "
-                         f"the head, got {ys.size}")
-    if counts.min() == 0:
-        raise ValueError(f"confirmed examples are all of class {int(ys[0])}: the head "
-                         f"cannot learn from a single class (counts {counts.tolist()})")
-
-    rng = np.random.default_rng(cfg.seed)
-    train_idx, val_idx, note = _stratified_split(ys, cfg.val_fraction, rng)
-    notes = (note,) if note else ()
-    x_tr, y_tr = xs[train_idx], ys[train_idx]
-    x_va, y_va = xs[val_idx], ys[val_idx]
-    n_c = np.bincount(y_tr, minlength=2)
-    cw = n_c.sum() / (2.0 * n_c) if cfg.class_weighted else np.ones(2)
-    w_tr = cw.astype(np.float32)[y_tr]
-    w_va = cw.astype(np.float32)[y_va]
-    yf_tr, yf_va = y_tr.astype(np.float32), y_va.astype(np.float32)
-    has_val = val_idx.size > 0
-
-    m = [np.zeros_like(a) for a in params]
-    v = [np.zeros_like(a) for a in params]
-    b1, b2, eps, lr = cfg.beta1, cfg.beta2, cfg.epsilon, cfg.learning_rate
-    history: dict[str, list[float]] = {"loss": [], "val_loss": [], "val_auc": []}
-    best = [a.copy() for a in params]
-    best_loss, best_epoch, wait, step, epoch = np.inf, 0, 0, 0, 0
-    stopped_early = False
-    for epoch in range(1, cfg.epochs + 1):
-        order = rng.permutation(train_idx.size)
-        for start in range(0, order.size, cfg.batch_size):
-            b = order[start:start + cfg.batch_size]
-            _, grads = _loss_grads(params, x_tr[b], yf_tr[b], w_tr[b], cfg.l2,
-                                   cfg.prox_mu, anc)
-            step += 1
-            c1, c2 = 1.0 - b1 ** step, 1.0 - b2 ** step
-            for p, g, mi, vi in zip(params, grads, m, v):
-                mi *= b1
-                mi += (1.0 - b1) * g
-                vi *= b2
-                vi += (1.0 - b2) * (g * g)
-                p -= lr * (mi / c1) / (np.sqrt(vi / c2) + eps)  # stays float32 (NEP 50)
-        loss = _data_loss(_forward(params, x_tr).logits, yf_tr, w_tr) \
-            + _penalty(params, cfg.l2, cfg.prox_mu, anc)
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"head training diverged at epoch {epoch} "
-                                     f"(loss {loss}); lower the learning rate")
-        history["loss"].append(loss)
-        if not has_val:
-            continue
-        logits = _forward(params, x_va).logits
-        val_loss = _data_loss(logits, yf_va, w_va)
-        history["val_loss"].append(val_loss)
-        history["val_auc"].append(roc_auc(y_va, logits.astype(np.float64)))
-        if val_loss < best_loss:
-            best_loss, best_epoch, wait = val_loss, epoch, 0
-            best = [a.copy() for a in params]
-        else:
-            wait += 1
-            if wait >= cfg.patience:
-                stopped_early = epoch < cfg.epochs
-                break
-    if has_val:
-        params = best
-    else:
-        best_epoch = epoch
-    trained = _as_head(params)
-    val_metrics = evaluate_head(trained, x_va, y_va) if has_val else None
-    log.info("head trained: %d examples (+%d validation), %d epochs, best epoch %d",
-             train_idx.size, val_idx.size, epoch, best_epoch)
-    return TrainResult(head=trained, history=history, val_metrics=val_metrics, epochs=epoch,
-                       examples=int(train_idx.size), val_examples=int(val_idx.size),
-                       best_epoch=best_epoch, early_stopping=has_val,
-                       stopped_early=stopped_early,
-                       class_weight=(float(cw[0]), float(cw[1])), val_indices=val_idx,
-                       notes=notes)

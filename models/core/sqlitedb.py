@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import sqlite3
@@ -17,6 +18,8 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
+
+import numpy as np
 
 from models.core.files import fsync_dir, is_temp
 
@@ -28,6 +31,28 @@ BUSY_TIMEOUT_MS = 5000
 def now_iso() -> str:
     """The current time as ISO-8601 UTC with microseconds."""
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def check_number(value: Any, what: str, lo: float, hi: float = math.inf,
+                 integer: bool = False, *, error: type[Exception] = ValueError) -> Any:
+    """``value`` as int/float if it is a finite number in [lo, hi] (never a bool), else
+    the store's ``error``."""
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, kinds) \
+            or not math.isfinite(value) or not lo <= value <= hi:
+        raise error(f"{what} must be a{'n integer' if integer else ' number'} "
+                    f"in [{lo}, {hi}]")
+    return int(value) if integer else float(value)
+
+
+def check_text(value: Any, what: str, max_len: int = 1024, allow_empty: bool = False, *,
+               error: type[Exception] = ValueError) -> str:
+    """``value`` if it is a string of at most ``max_len`` chars (non-empty unless
+    ``allow_empty``), else the store's ``error``."""
+    if not isinstance(value, str) or len(value) > max_len or not (value or allow_empty):
+        raise error(f"{what} must be a {'' if allow_empty else 'non-empty '}string "
+                    f"of at most {max_len} chars")
+    return value
 
 
 @contextlib.contextmanager

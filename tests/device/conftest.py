@@ -56,6 +56,26 @@ def api_token(services, admin) -> str:
     return token
 
 
+@pytest.fixture(scope="session")
+def key(signing_key_file):
+    """The test signing key (the ``trained_bundle`` fixture is signed with it)."""
+    from models.core.signing import load_signing_key
+    return load_signing_key(signing_key_file)
+
+
+@pytest.fixture(scope="session")
+def variants(trained_bundle, key, tmp_path_factory):
+    """v1 (the trained bundle, the appliance's shipped one), v2..v5 re-signed copies."""
+    from models.core.bundle import resign_bundle
+    v1, _ = trained_bundle
+    root = tmp_path_factory.mktemp("variants")
+    out = {1: v1}
+    for version in (2, 3, 4, 5):
+        out[version] = root / f"v{version}"
+        resign_bundle(v1, out[version], key, version=version, parent_version=version - 1)
+    return out
+
+
 @pytest.fixture
 def server(app):
     """A real waitress server on 127.0.0.1 (ephemeral port) in a background thread."""

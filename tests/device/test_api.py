@@ -145,7 +145,7 @@ def test_healthz_and_metrics_report_model_and_counts(server, api_token, slice_by
 
 def test_dicom_with_patient_name_is_analysed_and_no_identifier_is_stored(
         server, api_token, services, settings, data_dir):
-    from tests.device.test_imaging import PATIENT, make_dicom
+    from tests.device.images import PATIENT, make_dicom
     gray = cv2.imread(str(data_dir / "yes/Y1.jpg"), cv2.IMREAD_GRAYSCALE).astype(np.uint16) * 16
     dicom = make_dicom(gray, WindowCenter=2000, WindowWidth=4000)
     assert PATIENT[0].encode() in dicom
@@ -161,7 +161,7 @@ def test_dicom_with_patient_name_is_analysed_and_no_identifier_is_stored(
 
 
 def test_dicom_without_pixel_data_is_422(server, api_token, services):
-    from tests.device.test_imaging import make_dicom
+    from tests.device.images import make_dicom
 
     response = post(server, api_token, make_dicom(np.zeros((64, 64), np.uint16),
                                                   pixel_data=False), name="x.dcm")

@@ -6,15 +6,19 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 import requests
+
+from tests.conftest import free_port
+
+if TYPE_CHECKING:  # imported where it is used: that module imports this one
+    from tests.e2e.coordinator_process import Coordinator
 
 REPO = Path(__file__).resolve().parents[2]
 REAL_SLICE = "yes/Y1.jpg"
@@ -27,13 +31,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 BROWSER_TIMEOUT_MS = 10_000
 SETUP_CODE = re.compile(r"setup code (\S+)")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (bind to port 0, read it, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _env() -> dict[str, str]:
@@ -203,6 +200,28 @@ def start_appliance(appliance_data: Path, tmp_path: Path, request: pytest.Fixtur
     if _failed(request):
         for app in started:
             print(f"appliance log: {app.stderr_path}")
+
+
+@pytest.fixture
+def start_coordinator(tmp_path: Path, request: pytest.FixtureRequest
+                      ) -> Iterator[Callable[..., Coordinator]]:
+    """``start(state, config=None, tls=None)``: a new coordinator process on a new port;
+    every process is stopped at teardown (killed if it does not stop)."""
+    from tests.e2e.coordinator_process import Coordinator
+    started: list[Coordinator] = []
+
+    def start(state: Path, config: Path | None = None,
+              tls: tuple[Path, Path, Path] | None = None) -> Coordinator:
+        server = Coordinator(state, tmp_path, config, tls)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+    if _failed(request):
+        for server in started:
+            print(f"coordinator logs: {tmp_path}/coordinator-{server.port}-*.log")
 
 
 @pytest.fixture(scope="session")

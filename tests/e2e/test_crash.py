@@ -16,6 +16,7 @@ import requests
 
 from device.store.base import MAX_LIST_LIMIT
 from device.store.sqlite import IMAGES_DIR, SQLiteCaseStore
+from models.core.files import is_temp
 from tests.e2e.conftest import add_user, create_token
 
 KILLS = 3
@@ -71,19 +72,14 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_kill_9_mid_upload_loses_no_case_and_leaves_no_orphan(start_appliance, appliance_data,
-                                                              slice_path: Path):
-    # Prepare: an account and an API token on a data folder shared by every run.
-    add_user(appliance_data, "alice")
-    token = create_token(appliance_data, "pacs", "alice")
-    image = slice_path.read_bytes()
+def kill_runs(start_appliance, token: str, image: bytes) -> tuple[int, int, list[str]]:
+    """Start, upload in a loop from a background thread, SIGKILL after a random delay;
+    :data:`KILLS` times. Returns uploads acknowledged, heat maps served, refusals."""
     seed = time.time_ns()
     rng = random.Random(seed)
     print(f"kill-delay seed {seed}")
     created = heatmaps = 0
     refused: list[str] = []
-
-    # Execute: start, upload in a loop from a background thread, SIGKILL; three times.
     for _ in range(KILLS):
         server = start_appliance()
         hammer = Hammer(server.url, token, image)
@@ -97,6 +93,17 @@ def test_kill_9_mid_upload_loses_no_case_and_leaves_no_orphan(start_appliance, a
         print(f"run: {hammer.created} uploads acknowledged, {hammer.heatmaps} heat maps")
         created, heatmaps = created + hammer.created, heatmaps + hammer.heatmaps
         refused += hammer.refused
+    return created, heatmaps, refused
+
+
+def test_kill_9_mid_upload_loses_no_case_and_leaves_no_orphan(start_appliance, appliance_data,
+                                                              slice_path: Path):
+    # Prepare: an account and an API token on a data folder shared by every run.
+    add_user(appliance_data, "alice")
+    token = create_token(appliance_data, "pacs", "alice")
+
+    # Execute: start, upload in a loop from a background thread, SIGKILL; three times.
+    created, heatmaps, refused = kill_runs(start_appliance, token, slice_path.read_bytes())
     # A kill lands between a file's write and its row's commit only now and then (about
     # one run in seven here), so also leave what such a kill leaves: recovery must clear it.
     images = appliance_data / IMAGES_DIR
@@ -114,7 +121,7 @@ def test_kill_9_mid_upload_loses_no_case_and_leaves_no_orphan(start_appliance, a
     assert refused == []
     assert created > 0 and heatmaps > 0
     # Assert: the server's recovery left no temp file and no file without a row.
-    assert sorted(n for n in files if n.startswith(".tmp-")) == []
+    assert sorted(n for n in files if is_temp(n)) == []
     assert [p.name for p in planted if p.exists()] == []
     store = SQLiteCaseStore(appliance_data)
     try:

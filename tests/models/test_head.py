@@ -8,9 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from models.core.head import (
-    TrainConfig, evaluate_head, forward, loss_and_grads, predict, train_head,
-)
+from models.core.head import evaluate_head, forward, loss_and_grads, predict
+from models.core.head_training import TrainConfig, train_head
 from models.core.weights import HEAD_NAMES, delta, head_to_bytes, l2_norm
 
 

@@ -1,86 +1,23 @@
-"""Contract tests of the stores, run against every implementation (only SQLite so far),
-plus a few SQLite-specific checks (WAL, schema version, a real kill -9)."""
+"""Contract tests of the case store: cases, their image and heat-map files, labels,
+embeddings, recovery after a crash."""
 from __future__ import annotations
 
 import csv
 import hashlib
 import io
-import os
 import re
-import sqlite3
-import subprocess
-import sys
 import threading
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 
 from device.exc import InputError, NotFoundError, StoreError
-from device.store import (
-    EXPORT_FIELDS, AccountStore, CaseStore, Database, SQLiteAccountStore, SQLiteCaseStore,
-)
+from device.store import EXPORT_FIELDS, CaseStore
+from tests.device.store.contract import HEATMAP, PNG, Impl, add, files
 
-# The store checks only the PNG signature; decoding is device/imaging's job.
-PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
-HEATMAP = b"\x89PNG\r\n\x1a\n" + b"heat" * 100
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _break_sqlite_inserts(data_dir: Path) -> None:
-    conn = sqlite3.connect(data_dir / "neuroedge.db")
-    conn.execute("CREATE TRIGGER fail_insert BEFORE INSERT ON cases "
-                 "BEGIN SELECT RAISE(ABORT, 'disk full (simulated)'); END")
-    conn.commit()
-    conn.close()
-
-
-@dataclass
-class Impl:
-    """How to open one implementation on a directory, and how to make its inserts fail."""
-
-    open_cases: Callable[[Path], CaseStore]
-    open_accounts: Callable[[Path], AccountStore]
-    break_inserts: Callable[[Path], None]
-
-
-IMPLS = {"sqlite": Impl(SQLiteCaseStore, SQLiteAccountStore, _break_sqlite_inserts)}
-
-
-@pytest.fixture(params=["sqlite"])
-def impl(request: pytest.FixtureRequest) -> Impl:
-    return IMPLS[request.param]
-
-
-@pytest.fixture
-def cases(impl: Impl, tmp_path: Path) -> Iterator[CaseStore]:
-    store = impl.open_cases(tmp_path)
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def accounts(impl: Impl, tmp_path: Path) -> Iterator[AccountStore]:
-    store = impl.open_accounts(tmp_path)
-    yield store
-    store.close()
-
-
-def add(store: CaseStore, **overrides: Any) -> Any:
-    args: dict[str, Any] = dict(source="upload", width=224, height=224, probability=0.9,
-                                predicted_label=1, threshold=0.5, uncertain=False,
-                                model_version=3, latency_ms=41.5)
-    return store.add_case(overrides.pop("png", PNG), **{**args, **overrides})
-
-
-def files(store: CaseStore, case: Any) -> set[str]:
-    return {p.name for p in store.image_path(case).parent.iterdir()}
-
-
-# --- cases ----------------------------------------------------------------------------
 
 def test_add_then_get_returns_the_stored_case_and_image(cases: CaseStore) -> None:
     # Execute
@@ -258,8 +195,6 @@ def test_export_csv_has_metrics_but_no_image_bytes_or_paths(cases: CaseStore,
     assert str(tmp_path) not in text and ".png" not in text and "/" not in text
 
 
-# --- embeddings -----------------------------------------------------------------------
-
 def test_embedding_roundtrip_is_float32_and_keyed_by_backbone(cases: CaseStore) -> None:
     case = add(cases)
     vec = np.array([0.5, -1.25, 3.0], dtype=np.float64)
@@ -306,8 +241,6 @@ def test_invalid_embeddings_are_refused(cases: CaseStore, vector: Any) -> None:
         cases.set_embedding(case.id, "bb1", vector)
     assert cases.get_embedding(case.id, "bb1") is None
 
-
-# --- crash safety, recovery, persistence, concurrency ---------------------------------
 
 def test_recover_removes_orphan_and_temp_files_and_keeps_referenced(cases: CaseStore) -> None:
     # Prepare: what a kill -9 between file and row, or during a write, leaves behind
@@ -392,162 +325,3 @@ def test_closed_store_fails_health_check(impl: Impl, tmp_path: Path) -> None:
     assert store.ping() is False
     with pytest.raises(StoreError):
         store.count()
-
-
-# --- accounts -------------------------------------------------------------------------
-
-def test_users_add_get_list_count(accounts: AccountStore) -> None:
-    assert accounts.count_users() == 0 and accounts.get_user("ada") is None
-    accounts.add_user("ada", "admin", "hash-a")
-    accounts.add_user("bob.s", "clinician", "hash-b")
-    ada = accounts.get_user("ada")
-    assert ada is not None and (ada.role, ada.password_hash, ada.disabled) == (
-        "admin", "hash-a", False)
-    assert [u.name for u in accounts.list_users()] == ["ada", "bob.s"]
-    assert accounts.count_users() == 2
-
-
-@pytest.mark.parametrize("name,role,hash_", [
-    ("ada", "admin", "h"),  # duplicate of the prepared user
-    ("eve", "root", "h"), ("", "admin", "h"), ("a" * 65, "admin", "h"),
-    ("../eve", "admin", "h"), ("eve smith", "admin", "h"), ("eve", "admin", ""),
-])
-def test_invalid_or_duplicate_users_are_refused(accounts: AccountStore, name: str, role: str,
-                                                hash_: str) -> None:
-    accounts.add_user("ada", "admin", "h")
-    with pytest.raises(InputError):
-        accounts.add_user(name, role, hash_)
-    assert accounts.count_users() == 1
-
-
-def test_set_password_and_disable(accounts: AccountStore) -> None:
-    accounts.add_user("ada", "clinician", "old")
-    accounts.set_password("ada", "new")
-    accounts.set_disabled("ada", True)
-    ada = accounts.get_user("ada")
-    assert ada is not None and (ada.password_hash, ada.disabled) == ("new", True)
-    with pytest.raises(NotFoundError):
-        accounts.set_password("nobody", "x")
-
-
-def test_tokens_lifecycle(accounts: AccountStore) -> None:
-    # Prepare
-    accounts.add_user("ada", "admin", "h")
-    # Execute
-    accounts.add_token("scanner-1", "th1", "ada")
-    accounts.touch_token("th1")
-    # Assert
-    token = accounts.find_token("th1")
-    assert token is not None and (token.name, token.user) == ("scanner-1", "ada")
-    assert token.last_used_at is not None and accounts.find_token("other") is None
-    with pytest.raises(InputError):
-        accounts.add_token("scanner-1", "th2", "ada")
-    with pytest.raises(InputError):
-        accounts.add_token("scanner-2", "th1", "ada")
-    with pytest.raises(NotFoundError):
-        accounts.add_token("scanner-3", "th3", "nobody")
-    assert [t.name for t in accounts.list_tokens()] == ["scanner-1"]
-    accounts.revoke_token("scanner-1")
-    assert accounts.find_token("th1") is None and accounts.list_tokens() == []
-    with pytest.raises(NotFoundError):
-        accounts.revoke_token("scanner-1")
-
-
-def test_login_failures_are_counted_per_key_and_cleared(accounts: AccountStore) -> None:
-    for t in (100.0, 200.0, 300.0):
-        accounts.record_login_failure("ada|10.0.0.7", t)
-    accounts.record_login_failure("bob|10.0.0.8", 250.0)
-    assert accounts.recent_failures("ada|10.0.0.7", since=150.0) == 2
-    accounts.clear_failures("ada|10.0.0.7")
-    assert accounts.recent_failures("ada|10.0.0.7", since=0.0) == 0
-    assert accounts.recent_failures("bob|10.0.0.8", since=0.0) == 1
-
-
-def test_old_login_failures_are_pruned(accounts: AccountStore) -> None:
-    accounts.record_login_failure("k", 100.0)
-    accounts.record_login_failure("k", 100.0 + 2 * 86400)
-    assert accounts.recent_failures("k", since=0.0) == 1
-
-
-def test_settings(accounts: AccountStore) -> None:
-    assert accounts.get_setting("setup_code_hash") is None
-    accounts.set_setting("setup_code_hash", "abc")
-    accounts.set_setting("setup_code_hash", "def")
-    assert accounts.get_setting("setup_code_hash") == "def"
-
-
-# --- SQLite specifics -----------------------------------------------------------------
-
-def test_sqlite_file_is_private_wal_with_schema_version(tmp_path: Path) -> None:
-    SQLiteCaseStore(tmp_path).close()
-    conn = sqlite3.connect(tmp_path / "neuroedge.db")  # keeps the -wal file alive
-    try:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
-        conn.execute("CREATE TABLE probe (x)")  # a write creates the -wal file
-        for name in ("neuroedge.db", "neuroedge.db-wal"):
-            assert (tmp_path / name).stat().st_mode & 0o077 == 0
-    finally:
-        conn.close()
-
-
-def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
-    conn = sqlite3.connect(tmp_path / "neuroedge.db")
-    conn.execute("PRAGMA user_version = 99")
-    conn.close()
-    with pytest.raises(StoreError, match="newer"):
-        SQLiteCaseStore(tmp_path)
-
-
-def test_sqlite_stores_share_one_database_closed_by_the_last_store(tmp_path: Path) -> None:
-    # Prepare
-    db = Database(tmp_path / "neuroedge.db")
-    cases, accounts = SQLiteCaseStore(tmp_path, db=db), SQLiteAccountStore(tmp_path, db=db)
-    accounts.add_user("ada", "admin", "h")
-    case = add(cases)
-    # Execute / Assert: closing one store (twice) leaves the other working
-    cases.close()
-    cases.close()
-    assert accounts.count_users() == 1
-    other = SQLiteCaseStore(tmp_path)  # its own connection to the same file
-    assert other.get(case.id) == case
-    other.close()
-    accounts.close()
-    with pytest.raises(StoreError, match="closed"):
-        db.read("SELECT 1")
-
-
-def test_sqlite_kill_between_file_and_row_leaves_nothing_after_restart(
-        tmp_path: Path) -> None:
-    # Prepare: a child process dies (os._exit, like kill -9) right before the insert
-    script = (
-        "import os, sys\n"
-        "from pathlib import Path\n"
-        "from device.store import sqlite\n"
-        "store = sqlite.SQLiteCaseStore(Path(sys.argv[1]))\n"
-        "sqlite.Database.tx = lambda self: os._exit(9)\n"
-        f"store.add_case({PNG!r}, source='camera', width=1, height=1, probability=0.1,\n"
-        "    predicted_label=0, threshold=0.5, uncertain=False, model_version=1,\n"
-        f"    latency_ms=1.0, heatmap_png={HEATMAP!r})\n")
-    # Execute
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT,
-                          capture_output=True, timeout=60)
-    left_behind = sorted(p.name for p in (tmp_path / "images").iterdir())
-    store = SQLiteCaseStore(tmp_path)
-    # Assert
-    try:
-        assert proc.returncode == 9, proc.stderr
-        assert len(left_behind) == 2  # the complete, fsynced image and heat map
-        assert store.count() == 0 and list((tmp_path / "images").iterdir()) == []
-    finally:
-        store.close()
-
-
-def test_images_are_private_files(tmp_path: Path) -> None:
-    store = SQLiteCaseStore(tmp_path)
-    try:
-        case = add(store)
-        assert store.image_path(case).stat().st_mode & 0o077 == 0
-        assert os.path.dirname(store.image_path(case)) == str(tmp_path / "images")
-    finally:
-        store.close()

@@ -1,25 +1,21 @@
-"""Status LED/button on gpiozero's MockFactory, and the cameras (no picamera2 here)."""
+"""Status LED and button on gpiozero's MockFactory: a pattern per state, activities,
+sticky errors, the button's press and hold."""
 from __future__ import annotations
 
-import importlib.util
 import logging
 import subprocess
 import sys
 import threading
 import time
-import types
 from pathlib import Path
 from statistics import median
 
-import cv2
-import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from device.exc import ConfigError, NotFoundError
-from device.hw import (PATTERNS, CameraUnavailableError, FileCamera, NullIndicator,
-                       Picamera2Camera, State, StatusIndicator, detect_camera)
-from device.hw.camera import to_bgr
+from device.exc import ConfigError
+from device.hw import PATTERNS, NullIndicator, State, StatusIndicator
+
 
 LED_PIN, BUTTON_PIN = 17, 27
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,8 +102,6 @@ def press(factory, seconds: float = 0.0) -> None:
     pin.drive_high()
 
 
-# --- LED patterns -------------------------------------------------------------------
-
 def test_ready_is_solid_on(make, factory):
     status = make()
 
@@ -116,9 +110,6 @@ def test_ready_is_solid_on(make, factory):
     assert status.state is State.READY
     assert sequence(states) == [True]
 
-
-# Patterns are asserted by their shape (which edges, roughly how long), with tolerances
-# wide enough for a loaded 2-core machine, never by exact timestamps.
 
 def test_busy_blinks_fast(make, factory):
     status = make()
@@ -190,8 +181,6 @@ def test_changing_state_cancels_the_previous_pattern(make, factory):
 
     assert sequence(states) == [True]
 
-
-# --- state logic --------------------------------------------------------------------
 
 def test_activity_restores_the_previous_state_also_nested(make, factory):
     status = make()
@@ -265,8 +254,6 @@ def test_error_is_sticky_until_acknowledged(make):
     assert status.error_message is None
 
 
-# --- button ---------------------------------------------------------------------------
-
 def test_short_press_calls_on_sync(make, factory):
     sync, acknowledged = Calls(), Calls()
     status = make(on_sync=sync, on_acknowledge=acknowledged)
@@ -321,8 +308,6 @@ def test_a_raising_callback_is_logged_and_the_indicator_keeps_working(make, fact
     assert status.state is State.TRAINING
 
 
-# --- lifecycle ----------------------------------------------------------------------
-
 def test_close_releases_the_pins(make, factory):
     first = make()
 
@@ -376,101 +361,3 @@ def test_import_touches_no_hardware():
                             text=True, timeout=60)
 
     assert result.returncode == 0, result.stderr
-
-
-# --- cameras ------------------------------------------------------------------------
-
-def test_file_camera_returns_the_files_bytes(tmp_path):
-    ok, png = cv2.imencode(".png", np.full((8, 8), 128, np.uint8))
-    path = tmp_path / "slice.png"
-    path.write_bytes(png.tobytes())
-    camera = FileCamera(path)
-
-    captured = camera.capture()
-    camera.close()
-
-    assert captured == path.read_bytes()
-    with pytest.raises(CameraUnavailableError):
-        camera.capture()
-
-
-def test_file_camera_needs_an_existing_file(tmp_path):
-    with pytest.raises(NotFoundError):
-        FileCamera(tmp_path / "missing.png")
-
-
-@pytest.mark.skipif(importlib.util.find_spec("picamera2") is not None,
-                    reason="picamera2 is installed here")
-def test_detect_camera_is_none_without_picamera2():
-    assert detect_camera() is None
-    assert detect_camera(enabled=True) is None
-    with pytest.raises(CameraUnavailableError, match="picamera2"):
-        Picamera2Camera()
-
-
-class FakePicamera2:
-    """The part of picamera2's API the camera uses; fills frames with pure red."""
-
-    def __init__(self) -> None:
-        self.config = None
-        self.closed = False
-
-    def create_still_configuration(self, main):
-        return {"main": dict(main)}
-
-    def configure(self, config) -> None:
-        self.config = config
-
-    def start(self) -> None:
-        pass
-
-    def capture_array(self, name="main"):
-        red = {"RGB888": [0, 0, 255], "BGR888": [255, 0, 0]}[self.config["main"]["format"]]
-        return np.tile(np.array(red, np.uint8), (6, 8, 1))
-
-    def close(self) -> None:
-        self.closed = True
-
-
-@pytest.fixture
-def fake_picamera2(monkeypatch):
-    module = types.ModuleType("picamera2")
-    module.Picamera2 = FakePicamera2
-    monkeypatch.setitem(sys.modules, "picamera2", module)
-    return module
-
-
-def test_detect_camera_disabled_does_not_open_a_camera(fake_picamera2):
-    assert detect_camera(enabled=False) is None
-
-
-def test_picamera2_camera_returns_a_correctly_coloured_jpeg(fake_picamera2):
-    camera = detect_camera(warmup_seconds=0, size=(8, 6))
-
-    jpeg = camera.capture()
-    camera.close()
-
-    decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-    assert jpeg[:3] == b"\xff\xd8\xff"
-    assert decoded.shape == (6, 8, 3)
-    assert decoded[..., 2].min() > 200 and decoded[..., :2].max() < 60  # red, in BGR
-    with pytest.raises(CameraUnavailableError):
-        camera.capture()
-
-
-@pytest.mark.parametrize("fmt, pixel", [
-    ("RGB888", [0, 0, 255]), ("BGR888", [255, 0, 0]),
-    ("XRGB8888", [0, 0, 255, 255]), ("XBGR8888", [255, 0, 0, 255]),
-])
-def test_to_bgr_reads_picamera2_byte_orders(fmt, pixel):
-    array = np.tile(np.array(pixel, np.uint8), (2, 3, 1))
-
-    bgr = to_bgr(array, fmt)
-
-    assert bgr.shape == (2, 3, 3)
-    assert bgr[0, 0].tolist() == [0, 0, 255]
-
-
-def test_to_bgr_rejects_yuv():
-    with pytest.raises(CameraUnavailableError):
-        to_bgr(np.zeros((6, 4), np.uint8), "YUV420")

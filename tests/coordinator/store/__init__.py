@@ -1,0 +1,1 @@
+"""Tests of the coordinator's store (mirrors coordinator/store)."""

@@ -1,0 +1,1 @@
+"""Tests of the appliance's stores (mirrors device/store)."""

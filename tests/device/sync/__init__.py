@@ -1,0 +1,1 @@
+"""Tests of the appliance's side of the federation (mirrors device/sync)."""

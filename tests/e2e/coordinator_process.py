@@ -1,0 +1,164 @@
+"""A coordinator as a real ``python -m coordinator serve`` process for the end-to-end
+tests: the CLI, its config, updates posted exactly as an appliance sends them."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+import requests
+
+from models.core.bundle import read_manifest
+from models.core.update_codec import encode
+from models.core.weights import head_shapes
+from tests.e2e.conftest import (CLI_TIMEOUT_S, REPO, START_TIMEOUT_S, STOP_TIMEOUT_S, _env,
+                                free_port)
+
+ADMIN, ADMIN_PASSWORD = "root", "coordinator admin password"
+OUTCOME_TIMEOUT_S = 30.0
+
+
+def coordinator_cli(*args: str, state: Path, stdin: str | None = None) -> str:
+    """Run ``python -m coordinator ARGS --state-dir STATE``; its stdout, or fail loudly."""
+    done = subprocess.run([sys.executable, "-m", "coordinator", *args, "--state-dir",
+                           str(state)], input=stdin, capture_output=True, text=True,
+                          cwd=REPO, env=_env(), timeout=CLI_TIMEOUT_S)
+    if done.returncode != 0:
+        pytest.fail(f"python -m coordinator {' '.join(args)} exited {done.returncode}:\n"
+                    f"{done.stderr}")
+    return done.stdout
+
+
+def enroll(state: Path, device_id: str) -> str:
+    """A device's bearer token: the last line the CLI prints."""
+    return coordinator_cli("enroll", device_id, state=state).strip().splitlines()[-1]
+
+
+def write_config(path: Path, **settings: int) -> Path:
+    path.write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
+    return path
+
+
+class Coordinator:
+    """One ``python -m coordinator serve`` on loopback; restartable on the same port."""
+
+    def __init__(self, state: Path, log_dir: Path, config: Path | None = None,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
+        self.state, self.log_dir, self.config, self.tls = state, log_dir, config, tls
+        self.port = free_port()
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.verify: str | bool = str(tls[0]) if tls else True  # tls = (ca, cert, key)
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.log_dir / f"coordinator-{self.port}-{self.starts}.stderr.log"
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() \
+            else ""
+
+    def start(self) -> "Coordinator":
+        """Start the process and wait until ``/healthz`` answers 200."""
+        self.starts += 1
+        cmd = [sys.executable, "-m", "coordinator", "serve", "--state-dir", str(self.state),
+               "--host", "127.0.0.1", "--port", str(self.port)]
+        if self.config:
+            cmd += ["--config", str(self.config)]
+        if self.tls:
+            cmd += ["--tls-cert", str(self.tls[1]), "--tls-key", str(self.tls[2])]
+        out_path = self.log_dir / f"coordinator-{self.port}-{self.starts}.stdout.log"
+        with open(out_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                         cwd=REPO, env=_env())
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"coordinator exited {self.proc.returncode} during start-up:\n"
+                            f"{self.stderr()[-3000:]}")
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=1,
+                                verify=self.verify).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        pytest.fail(f"coordinator gave no 200 on /healthz within {START_TIMEOUT_S:g} s:\n"
+                    f"{self.stderr()[-3000:]}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> int:
+        """SIGKILL: no clean-up runs, as on a power cut."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        return self.proc.wait(timeout=STOP_TIMEOUT_S)
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT_S; the exit code
+        of a process that stopped on SIGTERM, else None."""
+        if not self.alive():
+            return None
+        assert self.proc is not None
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+            return None
+
+    # --- the device side ---------------------------------------------------------------
+    def get(self, path: str, token: str) -> requests.Response:
+        return requests.get(f"{self.url}{path}", headers={"Authorization": f"Bearer {token}"},
+                            timeout=10, verify=self.verify)
+
+    def rounds(self, token: str) -> list[dict]:
+        response = self.get("/api/v1/rounds", token)
+        assert response.status_code == 200, response.text
+        return response.json()["rounds"]
+
+    def post_update(self, token: str, update: "Update") -> requests.Response:
+        return requests.post(f"{self.url}/api/v1/updates",
+                             headers={"Authorization": f"Bearer {token}"},
+                             files={"weights": ("update.npz", io.BytesIO(update.payload))},
+                             data={"meta": json.dumps(update.meta)}, timeout=30,
+                             verify=self.verify)
+
+    def wait_for_outcome(self, token: str, round_id: int) -> dict:
+        """The round once its aggregation has run (the reason then starts "outcome:")."""
+        deadline = time.monotonic() + OUTCOME_TIMEOUT_S
+        while True:
+            rnd = next(r for r in self.rounds(token) if r["round"] == round_id)
+            if (rnd["reason"] or "").startswith("outcome:") or time.monotonic() > deadline:
+                return rnd
+            time.sleep(0.2)
+
+
+class Update:
+    """A small int8-encoded head delta and its metadata, as an appliance sends them."""
+
+    def __init__(self, state: Path, device_id: str, seed: int, examples: int = 20) -> None:
+        head = read_manifest(state / "bundles" / "v1")["head"]
+        rng = np.random.default_rng(seed)
+        delta = {name: rng.normal(0, 0.01, shape).astype(np.float32)
+                 for name, shape in head_shapes(head["embedding_dim"], head["hidden"]).items()}
+        self.payload, encoding = encode(delta, "int8")
+        self.meta = {"device_id": device_id, "base_version": 1, "examples": examples,
+                     "update_id": uuid.uuid4().hex, "metrics": {"accuracy": 0.9}, **encoding}
+
+
+def path_of(url: str) -> str:
+    return urlparse(url).path
