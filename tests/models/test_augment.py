@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from models.training.augment import (Augmentation, affine_transforms, augment, bias_field,
-                                     gaussian_blur, warp)
+                                     coarser, gaussian_blur, intensity_curves, rician_noise,
+                                     smooth_bias_field, warp)
 
 H, W = 12, 16
 
@@ -157,3 +158,44 @@ def test_about_half_the_images_are_blurred():
     assert 0.45 < (peak == 255.0).mean() < 0.55  # untouched
     blurred = peak[peak < 255.0]
     assert blurred.min() < 255.0 * 0.15  # the full blur leaves 4% of a point's peak
+
+
+def test_intensity_curves_are_monotone_keep_black_and_white_and_vary():
+    # Prepare: a ramp over the whole grey range, 500 times
+    tf.random.set_seed(7)
+    ramp = np.tile(np.linspace(0, 255, 64, dtype=np.float32), (500, 1))[:, None, :, None]
+    # Execute
+    out = intensity_curves(tf.constant(ramp), tf.constant(500), 0.8).numpy()[:, 0, :, 0]
+    # Assert
+    assert (np.diff(out, axis=1) >= -1e-3).all()  # order of grey levels kept
+    np.testing.assert_allclose(out[:, 0], 0, atol=1e-3)
+    np.testing.assert_allclose(out[:, -1], 255, atol=1e-2)
+    middle = out[:, 32]
+    assert middle.std() > 5 and abs(np.median(middle) - ramp[0, 0, 32, 0]) < 30
+
+
+def test_smooth_bias_fields_are_positive_smooth_and_drawn_per_image():
+    tf.random.set_seed(8)
+    fields = smooth_bias_field(tf.constant(300), 32, 32, 0.3).numpy()[:, :, :, 0]
+    assert fields.min() > 0
+    assert np.abs(np.diff(np.log(fields), axis=2)).max() < 0.4  # no pixel-to-pixel jumps
+    assert fields[:, 0, 0].std() > 0.1 and fields.std(axis=(1, 2)).min() > 0.001
+
+
+def test_rician_noise_lifts_the_black_background_and_scales_with_its_level():
+    tf.random.set_seed(9)
+    black = tf.zeros((400, 16, 16, 1))
+    low = rician_noise(black, tf.constant(400), 0.01).numpy()
+    high = rician_noise(black, tf.constant(400), 0.1).numpy()
+    assert low.min() >= 0 and 0 < low.mean() < high.mean()
+    assert high.mean() == pytest.approx(0.05 * 255 * np.sqrt(np.pi / 2), rel=0.1)
+
+
+def test_coarser_acquisition_keeps_the_size_and_removes_fine_detail():
+    tf.random.set_seed(10)
+    stripes = np.zeros((8, 32, 32, 1), np.float32)
+    stripes[:, :, ::2] = 255.0
+    out = coarser(tf.constant(stripes), 4.0).numpy()
+    assert out.shape == stripes.shape
+    assert np.abs(np.diff(out[0, 10, 8:24, 0])).mean() < np.abs(
+        np.diff(stripes[0, 10, 8:24, 0])).mean()
