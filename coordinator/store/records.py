@@ -7,7 +7,6 @@ A mixin of :class:`~coordinator.store.sqlite.SQLiteCoordinatorStore` (which prov
 from __future__ import annotations
 
 import csv
-import math
 import logging
 import sqlite3
 from typing import Any, TextIO
@@ -17,10 +16,9 @@ from coordinator.store.base import (
     AUDIT_FIELDS, MAX_LIST_LIMIT, Admin, AuditEvent, BundleRecord, check_name,
 )
 from coordinator.store.db import Database, from_json, now_iso, number, text, to_json
+from models.core.sqlitedb import LoginFailures
 
 log = logging.getLogger(__name__)
-
-FAILURE_TTL_S = 86400.0  # login failures older than this are pruned on every insert
 
 
 def _bundle(row: sqlite3.Row) -> BundleRecord:
@@ -133,16 +131,10 @@ class RecordsMixin:
         return int(self._db.read("SELECT COUNT(*) FROM admins")[0][0])
 
     def record_login_failure(self, key: str, now: float) -> None:
-        text(key, "throttle key")
-        now = number(now, "now", 0)
-        with self._db.tx() as conn:
-            conn.execute("INSERT INTO login_failures (key, at) VALUES (?, ?)", (key, now))
-            conn.execute("DELETE FROM login_failures WHERE at < ?", (now - FAILURE_TTL_S,))
+        LoginFailures(self._db, InputError).record(key, now)
 
     def recent_failures(self, key: str, since: float) -> int:
-        return int(self._db.read("SELECT COUNT(*) FROM login_failures WHERE key = ? "
-                                 "AND at >= ?", (key, number(since, "since", -math.inf)))[0][0])
+        return LoginFailures(self._db, InputError).recent(key, since)
 
     def clear_failures(self, key: str) -> None:
-        with self._db.tx() as conn:
-            conn.execute("DELETE FROM login_failures WHERE key = ?", (key,))
+        LoginFailures(self._db, InputError).clear(key)

@@ -370,10 +370,7 @@ class SQLiteCoordinatorStore(RecordsMixin, CoordinatorStore):
             return sweep_dir(self.updates_dir, referenced, _OWNED_FILE, "update payload")
 
     def ping(self) -> bool:
-        try:
-            return self._db.read("SELECT 1")[0][0] == 1
-        except StoreError:
-            return False
+        return self._db.ping()
 
     def close(self) -> None:
         if not self._closed:

@@ -277,10 +277,7 @@ class SQLiteCaseStore(CaseStore):
             return sweep_dir(self._images, referenced, _OWNED_FILE, "image")
 
     def ping(self) -> bool:
-        try:
-            return self._db.read("SELECT 1")[0][0] == 1
-        except StoreError:
-            return False
+        return self._db.ping()
 
     def close(self) -> None:
         if not self._closed:  # idempotent: release the shared database once

@@ -9,12 +9,10 @@ from typing import Any
 
 from device.exc import InputError, NotFoundError
 from device.store.base import ROLES, AccountStore, Token, User, check_name
-from device.store.db import DB_NAME, Database, number, text
-from models.core.sqlitedb import now_iso
+from device.store.db import DB_NAME, Database, text
+from models.core.sqlitedb import LoginFailures, now_iso
 
 log = logging.getLogger(__name__)
-
-FAILURE_TTL_S = 86400.0  # login failures older than this are pruned on every insert
 
 
 def _user(row: sqlite3.Row) -> User:
@@ -34,6 +32,7 @@ class SQLiteAccountStore(AccountStore):
 
     def __init__(self, data_dir: Path, *, db: Database | None = None) -> None:
         self._db = (db if db is not None else Database(Path(data_dir) / DB_NAME)).acquire()
+        self._failures = LoginFailures(self._db, InputError)
         self._closed = False
 
     def add_user(self, name: str, role: str, password_hash: str) -> None:
@@ -105,23 +104,13 @@ class SQLiteAccountStore(AccountStore):
                 self._db.read("SELECT * FROM tokens ORDER BY created_at, name")]
 
     def record_login_failure(self, key: str, now: float) -> None:
-        text(key, "throttle key")
-        now = number(now, "now", 0)
-        with self._db.tx() as conn:
-            conn.execute("INSERT INTO login_failures (key, at) VALUES (?, ?)", (key, now))
-            conn.execute("DELETE FROM login_failures WHERE at < ?", (now - FAILURE_TTL_S,))
+        self._failures.record(key, now)
 
     def recent_failures(self, key: str, since: float) -> int:
-        return int(self._db.read("SELECT COUNT(*) FROM login_failures WHERE key = ? "
-                                 "AND at >= ?", (key, float(since)))[0][0])
+        return self._failures.recent(key, since)
 
     def clear_failures(self, key: str, prefix: bool = False) -> None:
-        with self._db.tx() as conn:
-            if prefix:
-                conn.execute("DELETE FROM login_failures WHERE substr(key, 1, ?) = ?",
-                             (len(key), key))
-            else:
-                conn.execute("DELETE FROM login_failures WHERE key = ?", (key,))
+        self._failures.clear(key, prefix)
 
     def get_setting(self, key: str) -> str | None:
         rows = self._db.read("SELECT value FROM settings WHERE key = ?", (key,))

@@ -62,7 +62,8 @@ def _federation() -> Federation:
 @bp.route("/federation", methods=["GET"])
 def federation_status():
     svc = services()
-    now = svc.federation.overview() if svc.federation else FederationStatus(0, 0, 0, 0)
+    now = svc.federation.overview() if svc.federation else FederationStatus(
+        pending=0, refused=0, bytes_up=0, bytes_down=0)
     return jsonify(configured=svc.federation is not None,
                    model_version=svc.slot.current.version, outbox=now.pending,
                    bytes_up=now.bytes_up, bytes_down=now.bytes_down,

@@ -26,6 +26,7 @@ from models.core.files import fsync_dir, is_temp
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
+FAILURE_TTL_S = 86400.0  # sign-in failures older than this are pruned on every insert
 
 
 def now_iso() -> str:
@@ -142,6 +143,13 @@ class Database:
         with self._lock, sqlite_errors(self.error):
             return self._live().execute(sql, params).fetchall()
 
+    def ping(self) -> bool:
+        """True if the database answers a trivial query (health checks)."""
+        try:
+            return self.read("SELECT 1")[0][0] == 1
+        except self.error:
+            return False
+
     def acquire(self) -> "Database":
         """Register one more store using this database; returns ``self``."""
         with self._lock:
@@ -161,6 +169,38 @@ class Database:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+class LoginFailures:
+    """Failed sign-ins in a store's ``login_failures (key, at)`` table, counted within a
+    window for throttling; both stores' schemas have the table. ``error`` is the store's
+    InputError."""
+
+    def __init__(self, db: Database, error: type[Exception]) -> None:
+        self._db, self._error = db, error
+
+    def record(self, key: str, now: float) -> None:
+        """Remember a failure of ``key`` at ``now``; prunes failures past the TTL."""
+        check_text(key, "throttle key", error=self._error)
+        now = check_number(now, "now", 0, error=self._error)
+        with self._db.tx() as conn:
+            conn.execute("INSERT INTO login_failures (key, at) VALUES (?, ?)", (key, now))
+            conn.execute("DELETE FROM login_failures WHERE at < ?", (now - FAILURE_TTL_S,))
+
+    def recent(self, key: str, since: float) -> int:
+        """Failures of ``key`` at or after ``since`` (epoch seconds)."""
+        since = check_number(since, "since", -math.inf, error=self._error)
+        return int(self._db.read("SELECT COUNT(*) FROM login_failures WHERE key = ? "
+                                 "AND at >= ?", (key, since))[0][0])
+
+    def clear(self, key: str, prefix: bool = False) -> None:
+        """Forget the failures of ``key``, or with ``prefix`` of every key starting so."""
+        with self._db.tx() as conn:
+            if prefix:
+                conn.execute("DELETE FROM login_failures WHERE substr(key, 1, ?) = ?",
+                             (len(key), key))
+            else:
+                conn.execute("DELETE FROM login_failures WHERE key = ?", (key,))
 
 
 def sweep_dir(directory: Path, referenced: set[str], owned: re.Pattern[str], what: str

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -65,19 +66,38 @@ def create_token(data_dir: Path, name: str, user: str) -> str:
 
 
 class ServerProcess:
-    """A server process on loopback: spawn, wait for ``/healthz``, SIGKILL or stop."""
+    """A server process on loopback with its logs in files (one pair per start): spawn,
+    wait for ``/healthz``, SIGKILL or stop. ``verify`` is the CA of a TLS server."""
 
-    name = "server"
-    proc: subprocess.Popen | None = None
-    url = ""
+    verify: str | bool = True
+
+    def __init__(self, name: str, log_dir: Path) -> None:
+        self.name, self.log_dir = name, log_dir
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+        self.starts = 0
+
+    @property
+    def stdout_path(self) -> Path:
+        return self.log_dir / f"{self.name}-{self.starts}.stdout.log"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.log_dir / f"{self.name}-{self.starts}.stderr.log"
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
 
     def log(self) -> str:
         """The process's stderr so far (for failure messages)."""
-        raise NotImplementedError
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
-    def spawn(self, cmd: list[str], stdout: Path, stderr: Path) -> None:
+    stderr = log
+
+    def spawn(self, cmd: list[str]) -> None:
         """Start ``cmd`` with output in files and wait until ``/healthz`` answers 200."""
-        with open(stdout, "wb") as out, open(stderr, "wb") as err:
+        self.starts += 1
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                          cwd=REPO, env=_env())
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -86,7 +106,8 @@ class ServerProcess:
                 pytest.fail(f"{self.name} exited {self.proc.returncode} during start-up:\n"
                             f"{self.log()[-3000:]}")
             try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if requests.get(f"{self.url}/healthz", timeout=1,
+                                verify=self.verify).status_code == 200:
                     return
             except requests.RequestException:
                 pass
@@ -103,53 +124,41 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def kill(self) -> None:
-        """SIGKILL: no clean-up handler runs, as on a power cut."""
+    def kill(self) -> int:
+        """SIGKILL: no clean-up handler runs, as on a power cut; the exit status."""
         os.kill(self.pid, signal.SIGKILL)
         assert self.proc is not None
-        self.proc.wait(timeout=STOP_TIMEOUT_S)
+        return self.proc.wait(timeout=STOP_TIMEOUT_S)
 
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT_S."""
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT_S; the exit
+        status of a process that stopped on SIGTERM, else None."""
         if not self.alive():
-            return
+            return None
         assert self.proc is not None
         self.proc.terminate()
         try:
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
+            return self.proc.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=STOP_TIMEOUT_S)
+            return None
 
 
 class Appliance(ServerProcess):
     """One ``python -m device serve`` process on loopback, logs in files."""
 
-    name = "appliance"
-
     def __init__(self, data_dir: Path, log_dir: Path, number: int) -> None:
+        super().__init__(f"appliance-{number}", log_dir)
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.stdout_path = log_dir / f"appliance-{number}.stdout.log"
-        self.stderr_path = log_dir / f"appliance-{number}.stderr.log"
-        self.proc = None
 
     def start(self) -> "Appliance":
         """Start the process and wait until ``/healthz`` answers 200."""
         self.spawn([sys.executable, "-m", "device", "serve", "--data-dir", str(self.data_dir),
-                    "--host", "127.0.0.1", "--port", str(self.port)],
-                   self.stdout_path, self.stderr_path)
+                    "--host", "127.0.0.1", "--port", str(self.port)])
         return self
-
-    def log(self) -> str:
-        return self.stderr()
-
-    def stdout(self) -> str:
-        return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
     def setup_code(self) -> str:
         """The one-time setup code the process logged (only when no account exists)."""
@@ -171,6 +180,36 @@ def _failed(request: pytest.FixtureRequest) -> bool:
     return report is not None and report.failed
 
 
+class _Started:
+    """The server processes one test made: ``started(process)`` keeps one."""
+
+    def __init__(self) -> None:
+        self.processes: list[ServerProcess] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.processes)
+
+    def __call__(self, process: ServerProcess) -> ServerProcess:
+        self.processes.append(process)
+        return process
+
+
+@contextmanager
+def _processes(request: pytest.FixtureRequest) -> Iterator[_Started]:
+    """Every process a test starts is stopped at teardown (killed if it does not stop);
+    after a failure, where their logs are is printed."""
+    started = _Started()
+    try:
+        yield started
+    finally:
+        for process in started.processes:
+            process.stop()
+        if _failed(request):
+            for process in started.processes:
+                print(f"{process.name} log: {process.stderr_path}")
+
+
 @pytest.fixture
 def slice_path(data_dir: Path) -> Path:
     return data_dir / REAL_SLICE
@@ -187,19 +226,8 @@ def start_appliance(appliance_data: Path, tmp_path: Path, request: pytest.Fixtur
                     ) -> Iterator[Callable[[], Appliance]]:
     """Start ``python -m device serve`` on ``appliance_data`` (each call a new process on
     a new port); every process is stopped at teardown, killed if it does not stop."""
-    started: list[Appliance] = []
-
-    def start() -> Appliance:
-        app = Appliance(appliance_data, tmp_path, len(started) + 1)
-        started.append(app)
-        return app.start()
-
-    yield start
-    for app in started:
-        app.stop()
-    if _failed(request):
-        for app in started:
-            print(f"appliance log: {app.stderr_path}")
+    with _processes(request) as started:
+        yield lambda: started(Appliance(appliance_data, tmp_path, started.count + 1)).start()
 
 
 @pytest.fixture
@@ -208,20 +236,13 @@ def start_coordinator(tmp_path: Path, request: pytest.FixtureRequest
     """``start(state, config=None, tls=None)``: a new coordinator process on a new port;
     every process is stopped at teardown (killed if it does not stop)."""
     from tests.e2e.coordinator_process import Coordinator
-    started: list[Coordinator] = []
 
     def start(state: Path, config: Path | None = None,
               tls: tuple[Path, Path, Path] | None = None) -> Coordinator:
-        server = Coordinator(state, tmp_path, config, tls)
-        started.append(server)
-        return server.start()
+        return started(Coordinator(state, tmp_path, config, tls)).start()
 
-    yield start
-    for server in started:
-        server.stop()
-    if _failed(request):
-        for server in started:
-            print(f"coordinator logs: {tmp_path}/coordinator-{server.port}-*.log")
+    with _processes(request) as started:
+        yield start
 
 
 @pytest.fixture(scope="session")

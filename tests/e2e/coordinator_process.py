@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,8 +18,7 @@ import requests
 from models.core.bundle import read_manifest
 from models.core.update_codec import encode
 from models.core.weights import head_shapes
-from tests.e2e.conftest import (CLI_TIMEOUT_S, REPO, START_TIMEOUT_S, STOP_TIMEOUT_S, _env,
-                                free_port)
+from tests.e2e.conftest import CLI_TIMEOUT_S, REPO, ServerProcess, _env, free_port
 
 ADMIN, ADMIN_PASSWORD = "root", "coordinator admin password"
 OUTCOME_TIMEOUT_S = 30.0
@@ -48,77 +45,27 @@ def write_config(path: Path, **settings: int) -> Path:
     return path
 
 
-class Coordinator:
+class Coordinator(ServerProcess):
     """One ``python -m coordinator serve`` on loopback; restartable on the same port."""
 
     def __init__(self, state: Path, log_dir: Path, config: Path | None = None,
                  tls: tuple[Path, Path, Path] | None = None) -> None:
-        self.state, self.log_dir, self.config, self.tls = state, log_dir, config, tls
         self.port = free_port()
+        super().__init__(f"coordinator-{self.port}", log_dir)
+        self.state, self.config, self.tls = state, config, tls
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
-        self.verify: str | bool = str(tls[0]) if tls else True  # tls = (ca, cert, key)
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    @property
-    def stderr_path(self) -> Path:
-        return self.log_dir / f"coordinator-{self.port}-{self.starts}.stderr.log"
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() \
-            else ""
+        self.verify = str(tls[0]) if tls else True  # tls = (ca, cert, key)
 
     def start(self) -> "Coordinator":
         """Start the process and wait until ``/healthz`` answers 200."""
-        self.starts += 1
         cmd = [sys.executable, "-m", "coordinator", "serve", "--state-dir", str(self.state),
                "--host", "127.0.0.1", "--port", str(self.port)]
         if self.config:
             cmd += ["--config", str(self.config)]
         if self.tls:
             cmd += ["--tls-cert", str(self.tls[1]), "--tls-key", str(self.tls[2])]
-        out_path = self.log_dir / f"coordinator-{self.port}-{self.starts}.stdout.log"
-        with open(out_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                         cwd=REPO, env=_env())
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"coordinator exited {self.proc.returncode} during start-up:\n"
-                            f"{self.stderr()[-3000:]}")
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=1,
-                                verify=self.verify).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        pytest.fail(f"coordinator gave no 200 on /healthz within {START_TIMEOUT_S:g} s:\n"
-                    f"{self.stderr()[-3000:]}")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> int:
-        """SIGKILL: no clean-up runs, as on a power cut."""
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        return self.proc.wait(timeout=STOP_TIMEOUT_S)
-
-    def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT_S; the exit code
-        of a process that stopped on SIGTERM, else None."""
-        if not self.alive():
-            return None
-        assert self.proc is not None
-        self.proc.terminate()
-        try:
-            return self.proc.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
-            return None
+        self.spawn(cmd)
+        return self
 
     # --- the device side ---------------------------------------------------------------
     def get(self, path: str, token: str) -> requests.Response:

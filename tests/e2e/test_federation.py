@@ -50,27 +50,11 @@ class Process(ServerProcess):
     """One server process on loopback with its logs in files; ``start`` waits for
     ``/healthz``."""
 
-    def __init__(self, name: str, log_dir: Path) -> None:
-        self.name, self.log_dir = name, log_dir
-        self.proc = None
-        self.url = ""
-        self.starts = 0
-
-    @property
-    def stderr_path(self) -> Path:
-        return self.log_dir / f"{self.name}-{self.starts}.stderr.log"
-
-    def log(self) -> str:
-        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() \
-            else ""
-
     def start(self, argv: list[str]) -> "Process":
         """``argv`` gets ``--host 127.0.0.1 --port P`` (a new free port each start)."""
-        self.starts += 1
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        self.spawn([sys.executable, *argv, "--host", "127.0.0.1", "--port", str(port)],
-                   self.log_dir / f"{self.name}-{self.starts}.stdout.log", self.stderr_path)
+        self.spawn([sys.executable, *argv, "--host", "127.0.0.1", "--port", str(port)])
         return self
 
 
