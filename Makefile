@@ -29,9 +29,13 @@ system-deps:
 # The main job: the appliance on the shipped default bundle. Off a Raspberry Pi the
 # LED and button run on gpiozero's mock pin factory.
 run: install
+	@echo "The command lines live in $(VENV): $(VENV)/bin/neuroedge-device --help,"
+	@echo "$(VENV)/bin/neuroedge-coordinator --help and $(VENV)/bin/neuroedge-models --help"
+	@echo "(or '. $(VENV)/bin/activate' first, then neuroedge-device ... by name)."
+	@echo "Starting: $(VENV)/bin/neuroedge-device serve"
 	@if ! grep -qs "Raspberry Pi" /proc/device-tree/model; then \
 		export GPIOZERO_PIN_FACTORY=$${GPIOZERO_PIN_FACTORY:-mock}; fi; \
-	exec $(PY) -m device serve
+	exec $(VENV)/bin/neuroedge-device serve
 
 test: install system-deps
 	$(PY) -m flake8 models device coordinator tests

@@ -1,4 +1,6 @@
-"""``python -m coordinator``: serve, keys, device enrolment, administrators."""
+"""The coordinator's command line (neuroedge-coordinator, or python -m coordinator):
+serve the API and dashboard, keys, device enrolment, administrators, Flower
+credentials, and a simulated federation on this machine."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from coordinator.config import Settings, load_settings
 from coordinator.exc import CoordinatorError
-from models.__main__ import json_out
+from models.core.cli import command_parser, json_out, run
 from models.core.files import create_once
 
 logger = logging.getLogger("coordinator")
@@ -193,10 +195,8 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--state-dir", type=Path, help="state folder (default "
                         "$NEUROEDGE_COORD_STATE_DIR or a per-user folder)")
     common.add_argument("--config", type=Path, help="TOML settings file")
-    p = argparse.ArgumentParser(prog="python -m coordinator", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
-    sp = sub.add_parser("serve", parents=[common], help="serve the coordinator API")
+    p, command = command_parser("coordinator", "neuroedge-coordinator", __doc__, common)
+    sp = command("serve", cmd_serve, "serve the coordinator API")
     sp.add_argument("--host")
     sp.add_argument("--port", type=int)
     sp.add_argument("--tls-cert", type=Path)
@@ -204,28 +204,20 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--initial-bundle", type=Path)
     sp.add_argument("--data", type=Path, help="the coordinator's own labelled images")
     sp.add_argument("--validate-config", action="store_true")
-    sp.set_defaults(func=cmd_serve)
-    sp = sub.add_parser("keygen", parents=[common], help="create the Ed25519 signing key")
+    sp = command("keygen", cmd_keygen, "create the Ed25519 signing key")
     sp.add_argument("--force", action="store_true", help="replace an existing key")
-    sp.set_defaults(func=cmd_keygen)
-    sp = sub.add_parser("enroll", parents=[common], help="enrol a device; prints its token")
-    sp.add_argument("device_id")
-    sp.set_defaults(func=cmd_enroll)
-    sp = sub.add_parser("revoke", parents=[common], help="revoke a device")
-    sp.add_argument("device_id")
-    sp.set_defaults(func=cmd_revoke)
-    sp = sub.add_parser("add-admin", parents=[common],
-                        help="add a dashboard administrator (password on stdin)")
-    sp.add_argument("name")
-    sp.set_defaults(func=cmd_admin)
-    sp = sub.add_parser("flower-credentials",
-                        help="TLS CA, SuperLink certificate and SuperNode keys for Flower")
+    command("enroll", cmd_enroll, "enrol a device; prints its token").add_argument("device_id")
+    command("revoke", cmd_revoke, "revoke a device").add_argument("device_id")
+    command("add-admin", cmd_admin,
+            "add a dashboard administrator (password on stdin)").add_argument("name")
+    sp = command("flower-credentials", cmd_flower_credentials,
+                 "TLS CA, SuperLink certificate and SuperNode keys for Flower", shared=False)
     sp.add_argument("--out", type=Path, required=True, help="an empty or new folder")
     sp.add_argument("--host", action="append", required=True,
                     help="SuperLink host name or IP (repeat for several)")
     sp.add_argument("--nodes", type=int, default=1, help="SuperNode keys to make")
-    sp.set_defaults(func=cmd_flower_credentials)
-    sp = sub.add_parser("simulate", help="a federation of real processes on this machine")
+    sp = command("simulate", cmd_simulate, "a federation of real processes on this machine",
+                 shared=False)
     sp.add_argument("--data", type=Path, required=True)
     sp.add_argument("--sites", type=int, default=3)
     sp.add_argument("--rounds", type=int, default=3)
@@ -237,19 +229,11 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--transport", choices=("http", "flower"), default="http",
                     help="our HTTP coordinator, or Flower SuperLink/SuperNodes")
     sp.add_argument("--json", type=json_out, help="write the full report to this file")
-    sp.set_defaults(func=cmd_simulate)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (CoordinatorError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run(parser(), argv, (CoordinatorError, ValueError, OSError))
 
 
 if __name__ == "__main__":

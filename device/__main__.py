@@ -1,5 +1,6 @@
-"""``python -m device``: serve the appliance, batch-predict, manage accounts and tokens,
-verify bundles. Every command takes ``--data-dir`` and ``--config``."""
+"""The appliance's command line (neuroedge-device, or python -m device): serve the web
+appliance, predict files, manage accounts and API tokens, check and roll back bundles.
+Every command takes --data-dir and --config."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from device.config import Settings, load_settings
 from device.exc import DeviceError, InputError
+from models.core.cli import command_parser, run
 
 logger = logging.getLogger("device")
 
@@ -138,6 +140,9 @@ def cmd_user(args: argparse.Namespace) -> int:
 
 def cmd_token(args: argparse.Namespace) -> int:
     from device.accounts import new_api_token
+    if args.action in ("create", "revoke") and not args.name:
+        print("error: token create/revoke needs a NAME", file=sys.stderr)
+        return 2
     accounts = _open_accounts(args)
     try:
         if args.action == "create":
@@ -188,68 +193,47 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--data-dir", type=Path,
                         help="data folder (default $NEUROEDGE_DATA_DIR or a per-user folder)")
     common.add_argument("--config", type=Path, help="TOML settings file")
-    p = argparse.ArgumentParser(prog="python -m device", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
+    p, command = command_parser("device", "neuroedge-device", __doc__, common)
 
-    sp = sub.add_parser("serve", parents=[common], help="serve the web appliance")
+    sp = command("serve", cmd_serve, "serve the web appliance")
     sp.add_argument("--host")
     sp.add_argument("--port", type=int)
     sp.add_argument("--bundle", type=Path, help="bundle directory (default: shipped)")
     sp.add_argument("--validate-config", action="store_true",
                     help="check the configuration and exit")
-    sp.set_defaults(func=cmd_serve)
 
-    sp = sub.add_parser("predict", parents=[common], help="predict files, one line each")
+    sp = command("predict", cmd_predict, "predict files, one line each")
     sp.add_argument("--model", type=Path,
                     help="bundle directory (default: the bundle the appliance serves)")
     sp.add_argument("--json", action="store_true", help="JSON lines")
     sp.add_argument("files", nargs="+")
-    sp.set_defaults(func=cmd_predict)
 
-    sp = sub.add_parser("adduser", parents=[common], help="add a clinician or admin")
+    sp = command("adduser", cmd_adduser, "add a clinician or admin")
     sp.add_argument("name")
     sp.add_argument("--role", choices=("clinician", "admin"), default="clinician")
     sp.add_argument("--password-stdin", action="store_true")
-    sp.set_defaults(func=cmd_adduser)
 
-    sp = sub.add_parser("user", parents=[common],
-                        help="reset a password (passwd), or disable/enable an account")
+    sp = command("user", cmd_user, "reset a password (passwd), or disable/enable an account")
     sp.add_argument("action", choices=("passwd", "disable", "enable"))
     sp.add_argument("name")
     sp.add_argument("--password-stdin", action="store_true", help="passwd: read it from stdin")
-    sp.set_defaults(func=cmd_user)
 
-    sp = sub.add_parser("token", parents=[common], help="API tokens: create, list, revoke")
+    sp = command("token", cmd_token, "API tokens: create, list, revoke")
     sp.add_argument("action", choices=("create", "list", "revoke"))
     sp.add_argument("name", nargs="?", default="")
     sp.add_argument("--user", help="user the token acts for (default: NAME)")
-    sp.set_defaults(func=cmd_token)
 
-    sp = sub.add_parser("verify-bundle", parents=[common],
-                        help="check a bundle's signature, hashes and version")
+    sp = command("verify-bundle", cmd_verify_bundle,
+                 "check a bundle's signature, hashes and version")
     sp.add_argument("bundle", type=Path)
     sp.add_argument("--min-version", type=int)
-    sp.set_defaults(func=cmd_verify_bundle)
 
-    sp = sub.add_parser("rollback", parents=[common],
-                        help="serve the previous (last good) bundle again")
-    sp.set_defaults(func=cmd_rollback)
+    command("rollback", cmd_rollback, "serve the previous (last good) bundle again")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if getattr(args, "action", None) in ("create", "revoke") and not args.name:
-        print("error: token create/revoke needs a NAME", file=sys.stderr)
-        return 2
-    try:
-        return args.func(args)
-    except (DeviceError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run(parser(), argv, (DeviceError, ValueError, OSError))
 
 
 if __name__ == "__main__":
