@@ -167,7 +167,7 @@ def test_evaluate_on_a_missing_dataset_is_a_clear_error(tmp_path, capsys):
     code = main(["evaluate", "--data", str(tmp_path / "nowhere")])
 
     assert code == 2
-    assert "not a dataset folder" in capsys.readouterr().err
+    assert "not a manifest (.tsv), a dataset folder" in capsys.readouterr().err
 
 
 @pytest.mark.slow
