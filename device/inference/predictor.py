@@ -12,18 +12,23 @@ from typing import Callable
 
 import numpy as np
 
+from models.core import head
 from models.core.bundle import MODEL, Bundle
 from models.core.preprocess import InputSpec
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """One image's result at the bundle's threshold."""
+    """One image's result at the bundle's threshold. ``is_slice`` is False when the
+    bundle's slice check says the image does not look like a brain MRI slice (then the
+    probability means nothing); ``slice_score`` is None for bundles without the check."""
 
     probability: float
     label: int
     uncertain: bool
     embedding: np.ndarray
+    slice_score: float | None = None
+    is_slice: bool = True
 
 
 class Predictor(ABC):
@@ -35,6 +40,7 @@ class Predictor(ABC):
         self.threshold = bundle.threshold
         self.uncertain_interval = bundle.uncertain_interval
         self.input_spec = InputSpec.from_dict(bundle.manifest["input"])
+        self.slice_check = bundle.load_slice_check()
 
     @property
     def backbone_id(self) -> str:
@@ -55,7 +61,13 @@ class Predictor(ABC):
         prob, emb = self.probabilities(image[None])
         p = float(prob[0])
         low, high = self.uncertain_interval
-        return Prediction(p, int(p >= self.threshold), low < p < high, emb[0])
+        score, is_slice = None, True
+        if self.slice_check is not None:
+            slice_head, slice_threshold = self.slice_check
+            score = float(head.predict(slice_head, emb[:1])[0])
+            is_slice = score >= slice_threshold
+        return Prediction(p, int(p >= self.threshold), low < p < high, emb[0], score,
+                          is_slice)
 
 
 PREDICTORS: dict[str, Callable[[Bundle], Predictor]] = {}

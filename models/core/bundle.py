@@ -32,13 +32,13 @@ import numpy as np
 from models.core import signing, weights
 from models.core.files import replace_dir
 from models.core.manifest import (
-    DEFAULT_LABELS, FORMAT, HEAD, MANIFEST, MODEL, SAFE_NAME, SIGNATURE, BundleError,
-    IntegrityError, ManifestError, NotRegularFile, SignatureError, VersionError,
+    DEFAULT_LABELS, FORMAT, HEAD, MANIFEST, MODEL, SAFE_NAME, SIGNATURE, SLICE_HEAD,
+    BundleError, IntegrityError, ManifestError, NotRegularFile, SignatureError, VersionError,
     canonical_bytes, check_manifest, load_checked_manifest, parse, read_manifest,
     read_regular, uncertain_logit_band,
 )
 
-__all__ = ["HEAD", "MANIFEST", "MODEL", "SIGNATURE", "Bundle", "BundleError",
+__all__ = ["HEAD", "MANIFEST", "MODEL", "SIGNATURE", "SLICE_HEAD", "Bundle", "BundleError",
            "IntegrityError", "ManifestError", "SignatureError", "VersionError",
            "canonical_bytes", "check_bundle_target", "pack", "read_manifest",
            "resign_bundle", "uncertain_logit_band", "unpack", "verify_bundle",
@@ -128,6 +128,19 @@ class Bundle:
         """Load the head weights, validated against the manifest's shapes."""
         return weights.load_head(self.read_file(HEAD), expected_shapes=self.head_shapes)
 
+    def load_slice_check(self) -> tuple[dict[str, np.ndarray], float] | None:
+        """The "not a brain MRI slice" head and its threshold, or None if the bundle has
+        none. The head reads the same embedding as the tumour head."""
+        check = self.manifest.get("slice_check")
+        if check is None:
+            return None
+        dim = self.manifest["head"]["embedding_dim"]
+        head = weights.load_head(self.read_file(SLICE_HEAD))
+        if head["hidden/kernel"].shape[0] != dim:
+            raise IntegrityError(f"{SLICE_HEAD} reads {head['hidden/kernel'].shape[0]} "
+                                 f"features, the model's embedding has {dim}")
+        return head, float(check["threshold"])
+
 
 def verify_bundle(bundle_dir: str | os.PathLike,
                   trusted_keys: Sequence[nacl.signing.VerifyKey],
@@ -213,7 +226,8 @@ def _build(out_dir: str | os.PathLike, files: Mapping[str, bytes], fields: Mappi
 
 def write_bundle(out_dir: str | os.PathLike, model_bytes: bytes,
                  head_arrays: Mapping[str, np.ndarray], manifest_fields: Mapping[str, Any],
-                 signing_key: nacl.signing.SigningKey) -> dict:
+                 signing_key: nacl.signing.SigningKey,
+                 slice_head: Mapping[str, np.ndarray] | None = None) -> dict:
     """Write and sign a bundle atomically, replacing an existing bundle at ``out_dir``.
 
     ``manifest_fields`` supplies version, architecture, input, threshold,
@@ -221,10 +235,13 @@ def write_bundle(out_dir: str | os.PathLike, model_bytes: bytes,
     training; format, files, head and signer are computed. Returns the manifest as
     signed. Raises ManifestError or weights.WeightsError before writing anything, and
     ``FileExistsError`` if ``out_dir`` is a file, a symlink or a non-empty directory that
-    is not a bundle.
+    is not a bundle. A ``slice_head`` is written as ``slice_head.npz``; the fields then
+    need ``slice_check``.
     """
-    return _build(out_dir, {MODEL: bytes(model_bytes), HEAD: weights.head_to_bytes(head_arrays)},
-                  manifest_fields, signing_key)
+    files = {MODEL: bytes(model_bytes), HEAD: weights.head_to_bytes(head_arrays)}
+    if slice_head is not None:
+        files[SLICE_HEAD] = weights.head_to_bytes(slice_head)
+    return _build(out_dir, files, manifest_fields, signing_key)
 
 
 def resign_bundle(src_dir: str | os.PathLike, out_dir: str | os.PathLike,

@@ -7,6 +7,10 @@ canonical: then any edit either changes the signed content or is refused. Beside
 documented fields the writer adds ``head`` ({"embedding_dim", "hidden"}) so the head's
 expected shapes are signed too.
 
+An optional ``slice_check`` ({"file": "slice_head.npz", "threshold": t}) names a head
+that scores, from the same embedding, how much an image looks like a brain MRI slice;
+below ``t`` the device refuses to predict. Software that predates it ignores both.
+
 The device calls a probability "uncertain" when it is close to the threshold. Format 2
 gives that band as a half-width in logits (``uncertain_logit_band``), so it means the same
 at any threshold; format 1's ``uncertain_band`` was in probability (|p - threshold| <
@@ -27,6 +31,7 @@ from typing import Any, Mapping, Sequence
 from models.core import signing
 
 MANIFEST, SIGNATURE, MODEL, HEAD = "manifest.json", "signature", "model.tflite", "head.npz"
+SLICE_HEAD = "slice_head.npz"  # optional: the "not a brain MRI slice" check
 FORMAT = 2
 READABLE_FORMATS = (1, 2)
 DEFAULT_LABELS = ("no_tumour", "tumour")
@@ -156,6 +161,11 @@ def check_manifest(m: Mapping[str, Any]) -> None:
     _field(m, "signer", str, bool, "a key id")
     files = _field(m, "files", dict, lambda v: {MODEL, HEAD} <= set(v),
                    f"an object listing at least {MODEL} and {HEAD}")
+    if "slice_check" in m:
+        _field(m, "slice_check", dict, lambda v: v.get("file") == SLICE_HEAD
+               and SLICE_HEAD in files and type(v.get("threshold")) in (int, float)
+               and 0 < v["threshold"] < 1,
+               f"an object naming {SLICE_HEAD} (listed in files) and a threshold in (0, 1)")
     for name, entry in files.items():
         # Names are checked before any file is opened: this is the traversal guard.
         if not SAFE_NAME.fullmatch(name) or name in (MANIFEST, SIGNATURE):

@@ -370,3 +370,55 @@ def test_non_canonical_manifest_refused(bdir, key):
     (bdir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     with pytest.raises(bundle.ManifestError, match="canonical"):
         bundle.verify_bundle(bdir, [key.verify_key])
+
+
+def test_a_slice_check_travels_signed_and_loads_with_its_threshold(tmp_path, key):
+    # Prepare
+    fields = {**FIELDS, "slice_check": {"file": "slice_head.npz", "threshold": 0.3}}
+    # Execute
+    bundle.write_bundle(tmp_path / "b", MODEL_BYTES, make_head(), fields, key,
+                        slice_head=make_head(seed=7))
+    b = bundle.verify_bundle(tmp_path / "b", [key.verify_key])
+    # Assert
+    head, threshold = b.load_slice_check()
+    assert threshold == 0.3 and "slice_head.npz" in b.manifest["files"]
+    np.testing.assert_array_equal(head["hidden/kernel"], make_head(seed=7)["hidden/kernel"])
+    assert bundle.verify_bundle(tmp_path / "b", [key.verify_key]).load_slice_check()
+    plain = bundle.write_bundle(tmp_path / "p", MODEL_BYTES, make_head(), FIELDS, key)
+    assert "slice_check" not in plain
+    assert bundle.verify_bundle(tmp_path / "p", [key.verify_key]).load_slice_check() is None
+
+
+@pytest.mark.parametrize("check, with_file", [
+    ({"file": "slice_head.npz", "threshold": 0.3}, False),
+    ({"file": "other.npz", "threshold": 0.3}, True),
+    ({"file": "slice_head.npz", "threshold": 1.0}, True),
+    ({"file": "slice_head.npz"}, True),
+], ids=["file-missing", "other-name", "threshold-1", "no-threshold"])
+def test_a_bad_slice_check_is_refused(tmp_path, key, check, with_file):
+    with pytest.raises(bundle.ManifestError, match="slice_check"):
+        bundle.write_bundle(tmp_path / "b", MODEL_BYTES, make_head(),
+                            {**FIELDS, "slice_check": check}, key,
+                            slice_head=make_head(seed=7) if with_file else None)
+
+
+def test_a_slice_head_for_another_embedding_is_refused_when_loaded(tmp_path, key):
+    rng = np.random.default_rng(1)
+    wide = {n: rng.standard_normal(s).astype(np.float32)
+            for n, s in weights.head_shapes(D + 4).items()}
+    bundle.write_bundle(tmp_path / "b", MODEL_BYTES, make_head(),
+                        {**FIELDS, "slice_check": {"file": "slice_head.npz",
+                                                   "threshold": 0.3}}, key, slice_head=wide)
+    b = bundle.verify_bundle(tmp_path / "b", [key.verify_key])
+    with pytest.raises(bundle.IntegrityError, match="reads 12 features"):
+        b.load_slice_check()
+
+
+def test_a_tampered_slice_head_is_refused(tmp_path, key):
+    bundle.write_bundle(tmp_path / "b", MODEL_BYTES, make_head(),
+                        {**FIELDS, "slice_check": {"file": "slice_head.npz",
+                                                   "threshold": 0.3}}, key,
+                        slice_head=make_head(seed=7))
+    flip_middle(tmp_path / "b" / "slice_head.npz")
+    with pytest.raises(bundle.IntegrityError, match="slice_head.npz"):
+        bundle.verify_bundle(tmp_path / "b", [key.verify_key])
