@@ -40,9 +40,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = BuildConfig.for_arch(args.arch, args.epochs, args.seed, dict(args.set))
     if args.sparsity is not None:
         cfg.sparsity = args.sparsity
-    manifest = build_bundle(args.data, args.out, key, cfg, verbose=2, float_out=args.float_out)
+    manifest = build_bundle(args.data, args.out, key, cfg, verbose=2, float_out=args.float_out,
+                            loso=args.loso)
     print(f"wrote {args.out} (version {manifest['version']}, signer {manifest['signer']})")
     _print_metrics(manifest["metrics"]["test"], "held-out test split")
+    refused = manifest["metrics"]["slice_check"]
+    print(f"not a brain MRI slice: refused {refused['negatives_refused_all']:.1%} of drawn "
+          f"negatives; of the test slices, per site: " + ", ".join(
+              f"{k[5:]} {v:.1%}" for k, v in refused["slices_refused"].items()))
+    if manifest["data"]["license_note"]:
+        print(manifest["data"]["license_note"])
     return 0
 
 
@@ -245,6 +252,8 @@ def parser() -> argparse.ArgumentParser:
                     help="pruning target (default: the architecture's; 0 = no pruning)")
     sp.add_argument("--float-out", help="also save the float Keras weights (.weights.h5) "
                     "for a coordinator to rebuild from")
+    sp.add_argument("--loso", help="a 'loso --json' result whose per-site figures go into "
+                    "the manifest")
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("evaluate", help="evaluate a bundle through LiteRT")

@@ -51,7 +51,7 @@ def _conv_bn_relu(x: keras.KerasTensor, filters: int, strides: int = 1) -> keras
 
 
 def _edge_backbone(x: keras.KerasTensor, widths: tuple[int, ...] = (24, 48, 96),
-                   stem: int = 16) -> keras.KerasTensor:
+                   stem: int = 16, depth: int = 1) -> keras.KerasTensor:
     """A stride-2 stem and three conv-BN-ReLU-pool stages on a 128x128 grayscale slice,
     then average+max pooling.
 
@@ -64,7 +64,9 @@ def _edge_backbone(x: keras.KerasTensor, widths: tuple[int, ...] = (24, 48, 96),
     """
     x = _conv_bn_relu(x, stem, strides=2)
     for filters in widths:
-        x = layers.MaxPooling2D(2)(_conv_bn_relu(x, filters))
+        for _ in range(depth):
+            x = _conv_bn_relu(x, filters)
+        x = layers.MaxPooling2D(2)(x)
     avg = layers.GlobalAveragePooling2D()(x)
     mx = layers.GlobalMaxPooling2D()(x)
     return layers.Concatenate(name=EMBEDDING)([avg, mx])
@@ -87,6 +89,9 @@ ARCHITECTURES = {
     "edge_wide": Architecture("edge_wide", InputSpec(128, 128, 1),
                               lambda x: _edge_backbone(x, (48, 96, 192), 24),
                               "edge at twice the width (48/96/192)"),
+    "edge_deep": Architecture("edge_deep", InputSpec(128, 128, 1),
+                              lambda x: _edge_backbone(x, (24, 48, 96, 128), 16, depth=2),
+                              "edge with two convs per stage and a fourth stage"),
 }
 DEFAULT_ARCH = "edge"
 
@@ -134,6 +139,15 @@ def set_head(model: keras.Model, head: dict[str, np.ndarray]) -> None:
     hk, hb, ok, ob = (head[n] for n in HEAD_NAMES)
     model.get_layer(HEAD_HIDDEN).set_weights([hk, hb])
     model.get_layer(HEAD_OUTPUT).set_weights([ok, ob])
+
+
+def divide_logit(model: keras.Model, temperature: float) -> None:
+    """Divide the output logit by ``temperature`` (temperature scaling) by scaling the
+    output layer's kernel and bias: the model, its head and everything built from them
+    then give calibrated probabilities with no extra step anywhere."""
+    layer = model.get_layer(HEAD_OUTPUT)
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel / temperature, bias / temperature])
 
 
 def freeze_backbone(model: keras.Model) -> None:
