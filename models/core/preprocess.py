@@ -7,6 +7,11 @@ appliance imports this module with only NumPy and OpenCV.
 Pipeline: decode -> grayscale float in [0, 1] -> brain mask (largest bright component,
 so black borders, burnt-in text and markers are ignored) -> square crop around the
 brain -> intensity normalisation inside the brain mask -> resize -> float32 in [0, 255].
+
+The models were trained on exactly these outputs, so speed-ups keep them bit for bit:
+every shortcut below computes the same floating-point operations on the same values, and
+``tests/models/test_preprocess_equivalence.py`` checks every slice of the shared data
+against a frozen copy of the original code (``tests/models/preprocess_reference.py``).
 """
 from __future__ import annotations
 
@@ -121,6 +126,10 @@ def to_gray(img: np.ndarray) -> np.ndarray:
             img = img[:, :, 0]
     if img.ndim != 2:
         raise UnusableImageError(f"unsupported image shape {img.shape}")
+    if img.dtype == np.uint8:
+        return cv2.LUT(img, _UNIT_U8)  # the same divisions, once per grey level
+    if img.dtype.kind == "u":  # in [0, 1] already: nothing to clean or clip
+        return img.astype(np.float32) / float(np.iinfo(img.dtype).max)
     if np.issubdtype(img.dtype, np.integer):
         out = img.astype(np.float32) / float(np.iinfo(img.dtype).max)
     else:
@@ -128,6 +137,9 @@ def to_gray(img: np.ndarray) -> np.ndarray:
         hi = float(np.nanmax(out)) if out.size else 0.0
         out = out / hi if hi > 1.0 else out
     return np.clip(np.nan_to_num(out), 0.0, 1.0)
+
+
+_UNIT_U8 = np.arange(256, dtype=np.float32) / 255.0  # float32(v) / 255 for each uint8 v
 
 
 # A pixel is "coloured" when its channels differ by more than this (of the image's peak)
@@ -147,15 +159,30 @@ def colour_share(img: np.ndarray) -> float:
     if img.ndim != 3 or img.shape[2] < 3:
         return 0.0
     step = max(1, max(img.shape[:2]) // 512)  # a camera frame: subsample before converting
-    bgr = np.clip(np.nan_to_num(img[::step, ::step, :3].astype(np.float32)), 0, None)
-    bgr /= max(float(bgr.max()), 1e-6)  # relative to its own peak: 12-bit or dim colour too
+    sub = img[::step, ::step, :3]
+    if sub.dtype == np.uint8:  # finite and >= 0: one table divides by the peak
+        if _channels_equal(sub):  # grey stored as colour: every spread below is 0 but for
+            return 0.0            # rounding, thousands of times under COLOUR_CHROMA
+        peak = max(float(sub.max()), 1e-6)
+        bgr = cv2.LUT(np.ascontiguousarray(sub), np.arange(256, dtype=np.float32) / peak)
+    else:
+        bgr = np.clip(np.nan_to_num(sub.astype(np.float32)), 0, None)
+        bgr /= max(float(bgr.max()), 1e-6)  # relative to its own peak: 12-bit or dim colour
     shrink = 256 / max(bgr.shape[:2])
     if shrink < 1:
         size = (max(1, round(bgr.shape[1] * shrink)), max(1, round(bgr.shape[0] * shrink)))
         bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
     means = bgr.reshape(-1, 3).mean(axis=0)
     bgr = bgr * (means.mean() / np.maximum(means, 1e-6))
-    return float(np.mean(bgr.max(axis=2) - bgr.min(axis=2) > COLOUR_CHROMA))
+    b, g, r = bgr[:, :, 0], bgr[:, :, 1], bgr[:, :, 2]
+    spread = np.maximum(np.maximum(b, g), r) - np.minimum(np.minimum(b, g), r)
+    return cv2.countNonZero((spread > COLOUR_CHROMA).view(np.uint8)) / spread.size
+
+
+def _channels_equal(bgr: np.ndarray) -> bool:
+    """Whether the three channels of a uint8 image are identical."""
+    b, g, r = cv2.split(np.ascontiguousarray(bgr))
+    return cv2.countNonZero(cv2.absdiff(b, g)) == 0 and cv2.countNonZero(cv2.absdiff(b, r)) == 0
 
 
 # Lowering the cut further is taken when it grows the mask by more than this factor...
@@ -177,43 +204,68 @@ def brain_mask(gray: np.ndarray) -> np.ndarray:
     was none) without covering more than :data:`MASK_MAX_SHARE` of the image. Each lower
     cut costs one more component pass. Returns an all-False mask for a blank image.
     """
+    head = _head(gray)
+    return np.zeros(gray.shape, bool) if head.mask is None else head.mask.view(bool)
+
+
+@dataclass(frozen=True)
+class _Component:
+    """A filled component: uint8 0/1 at full size (None: no component) and its area."""
+
+    mask: np.ndarray | None
+    area: int
+
+
+def _head(gray: np.ndarray) -> _Component:
+    """:func:`brain_mask` as a :class:`_Component`."""
     g8 = cv2.GaussianBlur((gray * 255).astype(np.uint8), (5, 5), 0)
-    if int(g8.max()) - int(g8.min()) < 8:
-        return np.zeros(gray.shape, bool)
+    low, high = cv2.minMaxLoc(g8)[:2]
+    if high - low < 8:
+        return _Component(None, 0)
     thr, _ = cv2.threshold(g8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     # The background level: the 1st percentile, from the histogram; whatever the
     # scanner's black level, the cut stays 8 grey levels above it.
-    bg = float(np.searchsorted(np.cumsum(np.bincount(g8.ravel(), minlength=256)),
-                               0.01 * g8.size))
+    counts = cv2.calcHist([g8], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+    bg = float(np.searchsorted(np.cumsum(counts), 0.01 * g8.size))
+    # Opening by a flat element commutes with thresholding: open(g8 > t) is
+    # open(g8) > t. One grey opening serves every cut.
+    k = max(3, int(min(g8.shape) * 0.02) | 1)
+    element = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    opened = cv2.morphologyEx(g8, cv2.MORPH_OPEN, element)
+    # Each component of an opening holds a whole element, at worst the quarter of one
+    # centred on a corner, so there are at most this many (16-bit labels count faster).
+    most = g8.size // cv2.countNonZero(element[k // 2:, k // 2:])
 
     def halfway(level: float) -> float:
         return max(bg + (level - bg) * 0.5, bg + 8)
 
     cut = halfway(thr)
-    mask = _largest_component(g8 > cut)
+    mask = _largest_component(opened > cut, most)
     while (lower := halfway(cut)) < cut:
-        grown = _largest_component(g8 > lower)
-        if grown.mean() > MASK_MAX_SHARE or (
-                mask.any() and grown.sum() <= MASK_GROWTH * mask.sum()):
+        grown = _largest_component(opened > lower, most)
+        if grown.area / g8.size > MASK_MAX_SHARE or (
+                mask.area and grown.area <= MASK_GROWTH * mask.area):
             break
         mask, cut = grown, lower
     return mask
 
 
-def _largest_component(binary: np.ndarray) -> np.ndarray:
-    """The largest connected component after an opening (2 % of the side), holes filled."""
-    k = max(3, int(min(binary.shape) * 0.02) | 1)
-    opened = cv2.morphologyEx(binary.astype(np.uint8), cv2.MORPH_OPEN,
-                              cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
+def _largest_component(opened: np.ndarray, most: int) -> _Component:
+    """The largest 8-connected component of an opened binary image (with at most
+    ``most`` components), holes filled."""
+    small = most < 65535
+    n, labels = cv2.connectedComponents(opened.view(np.uint8), connectivity=8,
+                                        ltype=cv2.CV_16U if small else cv2.CV_32S)
     if n <= 1:
-        return np.zeros(binary.shape, bool)
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    contours, _ = cv2.findContours((labels == largest).astype(np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_SIMPLE)
-    filled = np.zeros(binary.shape, np.uint8)
+        return _Component(None, 0)
+    areas = (cv2.calcHist([labels], [0], None, [n], [0, n]).ravel() if small
+             else np.bincount(labels.ravel(), minlength=n))
+    largest = 1 + int(np.argmax(areas[1:]))
+    contours, _ = cv2.findContours(cv2.compare(labels, largest, cv2.CMP_EQ),
+                                   cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    filled = np.zeros(opened.shape, np.uint8)
     cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
-    return filled.astype(bool)
+    return _Component(filled, cv2.countNonZero(filled))
 
 
 def crop_to_mask(gray: np.ndarray, mask: np.ndarray, margin: float = 0.04
@@ -222,21 +274,31 @@ def crop_to_mask(gray: np.ndarray, mask: np.ndarray, margin: float = 0.04
 
     Falls back to the whole image when the mask is empty or implausibly small (< 2%).
     """
+    u8 = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    return _crop(gray, _Component(u8, cv2.countNonZero(u8)), margin)
+
+
+def _crop(gray: np.ndarray, head: _Component, margin: float = 0.04
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`crop_to_mask` of a :class:`_Component`."""
     h, w = gray.shape
-    if mask.sum() < 0.02 * h * w:
-        mask = np.ones_like(mask)
-    ys, xs = np.nonzero(mask)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    mask = head.mask
+    if mask is None or head.area < 0.02 * h * w:
+        mask = np.ones((h, w), np.uint8)
+        x0, y0, x1, y1 = 0, 0, w, h
+    else:
+        x0, y0, bw, bh = cv2.boundingRect(mask)
+        x1, y1 = x0 + bw, y0 + bh
     side = int(max(y1 - y0, x1 - x0) * (1 + 2 * margin))
     cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
     top, left = cy - side // 2, cx - side // 2
     out_img = np.zeros((side, side), np.float32)
-    out_mask = np.zeros((side, side), bool)
+    out_mask = np.zeros((side, side), np.uint8)
     sy0, sx0 = max(top, 0), max(left, 0)
     sy1, sx1 = min(top + side, h), min(left + side, w)
     out_img[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = gray[sy0:sy1, sx0:sx1]
     out_mask[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = mask[sy0:sy1, sx0:sx1]
-    return out_img, out_mask
+    return out_img, out_mask.view(bool)  # 0 and 1 only: a valid bool view
 
 
 def normalize(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -247,13 +309,21 @@ def normalize(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """
     # Erode first: the mask's rim holds background pixels, whose share would otherwise
     # move the 1st percentile with the mask's size.
-    core = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-    inside = gray[core] if core.sum() > 100 else (gray[mask] if mask.any() else gray.ravel())
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    core = cv2.erode(mask.view(np.uint8), _CORE_KERNEL).view(bool)
+    if cv2.countNonZero(core.view(np.uint8)) > 100:
+        inside = gray[core]
+    else:
+        inside = gray[mask] if mask.any() else gray.ravel()
     lo, hi = np.percentile(inside[::max(1, inside.size // 50_000)], [1.0, 99.0])
     if hi - lo < 1e-6:
         return np.zeros_like(gray)
-    out = np.clip((gray - lo) / (hi - lo), 0.0, 1.0)
-    return out
+    out = gray - lo  # float64: the percentiles are
+    out /= hi - lo
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+_CORE_KERNEL = np.ones((5, 5), np.uint8)
 
 
 def refuse_colour(img: np.ndarray) -> None:
@@ -299,9 +369,10 @@ def preprocess(img: np.ndarray, spec: InputSpec = InputSpec()) -> np.ndarray:
     img = _shrink(img)
     refuse_colour(img)
     gray = to_gray(img)
-    if float(gray.max()) - float(gray.min()) < 1e-3:
+    low, high = cv2.minMaxLoc(gray)[:2]
+    if high - low < 1e-3:
         raise UnusableImageError("blank image (no contrast)")
-    crop, mask = crop_to_mask(gray, brain_mask(gray))
+    crop, mask = _crop(gray, _head(gray))
     crop = normalize(crop, mask)
     small = cv2.resize(crop, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
     out = np.clip(small, 0.0, 1.0)[:, :, None] * 255.0
