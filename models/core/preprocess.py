@@ -8,9 +8,8 @@ Pipeline: decode -> grayscale float in [0, 1] -> brain mask (largest bright comp
 so black borders, burnt-in text and markers are ignored) -> square crop around the
 brain -> intensity normalisation inside the brain mask -> resize -> float32 in [0, 255].
 
-The models were trained on exactly these outputs, so speed-ups keep them bit for bit:
-every shortcut below computes the same floating-point operations on the same values, and
-``tests/models/test_preprocess_equivalence.py`` checks every slice of the shared data
+Models were trained on exactly these outputs: every shortcut below does the same float
+operations on the same values, checked bit for bit on every slice of the shared data
 against a frozen copy of the original code (``tests/models/preprocess_reference.py``).
 """
 from __future__ import annotations
@@ -18,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -55,7 +55,7 @@ class InputSpec:
         return cls(int(d["height"]), int(d["width"]), int(d["channels"]))
 
 
-def _image_size(data: bytes) -> tuple[int, int] | None:
+def image_size(data: bytes) -> tuple[int, int] | None:
     """Width and height from PNG/JPEG headers without decoding the pixels."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
         return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
@@ -66,8 +66,7 @@ def _image_size(data: bytes) -> tuple[int, int] | None:
                 i += 1
                 continue
             marker = data[i + 1]
-            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
-                          0xCE, 0xCF):
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn
                 h = int.from_bytes(data[i + 5:i + 7], "big")
                 w = int.from_bytes(data[i + 7:i + 9], "big")
                 return w, h
@@ -95,7 +94,7 @@ def decode_image(data: bytes) -> np.ndarray:
     """
     if not data:
         raise ImageDecodeError("empty file")
-    size = _image_size(data)
+    size = image_size(data)
     if size and size[0] * size[1] > MAX_PIXELS:
         raise _too_large(*size)
     buf = np.frombuffer(data, dtype=np.uint8)
@@ -117,6 +116,11 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def to_gray(img: np.ndarray) -> np.ndarray:
     """Grayscale float32 in [0, 1] from gray, BGR or BGRA of any integer or float depth."""
+    return _to_gray(img)[0]
+
+
+def _to_gray(img: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`to_gray`, and the uint8 grey it was made from (None unless uint8)."""
     if img.ndim == 3:
         if img.shape[2] == 4:
             img = img[:, :, :3]
@@ -127,19 +131,20 @@ def to_gray(img: np.ndarray) -> np.ndarray:
     if img.ndim != 2:
         raise UnusableImageError(f"unsupported image shape {img.shape}")
     if img.dtype == np.uint8:
-        return cv2.LUT(img, _UNIT_U8)  # the same divisions, once per grey level
+        return cv2.LUT(img, _UNIT_U8), img  # the same divisions, once per grey level
     if img.dtype.kind == "u":  # in [0, 1] already: nothing to clean or clip
-        return img.astype(np.float32) / float(np.iinfo(img.dtype).max)
+        return img.astype(np.float32) / float(np.iinfo(img.dtype).max), None
     if np.issubdtype(img.dtype, np.integer):
         out = img.astype(np.float32) / float(np.iinfo(img.dtype).max)
     else:
         out = img.astype(np.float32)
         hi = float(np.nanmax(out)) if out.size else 0.0
         out = out / hi if hi > 1.0 else out
-    return np.clip(np.nan_to_num(out), 0.0, 1.0)
+    return np.clip(np.nan_to_num(out), 0.0, 1.0), None
 
 
 _UNIT_U8 = np.arange(256, dtype=np.float32) / 255.0  # float32(v) / 255 for each uint8 v
+_BACK_U8 = (_UNIT_U8 * 255).astype(np.uint8)  # and (gray * 255).astype(np.uint8) of it
 
 
 # A pixel is "coloured" when its channels differ by more than this (of the image's peak)
@@ -161,8 +166,9 @@ def colour_share(img: np.ndarray) -> float:
     step = max(1, max(img.shape[:2]) // 512)  # a camera frame: subsample before converting
     sub = img[::step, ::step, :3]
     if sub.dtype == np.uint8:  # finite and >= 0: one table divides by the peak
-        if _channels_equal(sub):  # grey stored as colour: every spread below is 0 but for
-            return 0.0            # rounding, thousands of times under COLOUR_CHROMA
+        b, g, r = cv2.split(np.ascontiguousarray(sub))
+        if not (cv2.countNonZero(cv2.absdiff(b, g)) or cv2.countNonZero(cv2.absdiff(b, r))):
+            return 0.0  # grey stored as colour: every spread below is 0 but for rounding
         peak = max(float(sub.max()), 1e-6)
         bgr = cv2.LUT(np.ascontiguousarray(sub), np.arange(256, dtype=np.float32) / peak)
     else:
@@ -177,12 +183,6 @@ def colour_share(img: np.ndarray) -> float:
     b, g, r = bgr[:, :, 0], bgr[:, :, 1], bgr[:, :, 2]
     spread = np.maximum(np.maximum(b, g), r) - np.minimum(np.minimum(b, g), r)
     return cv2.countNonZero((spread > COLOUR_CHROMA).view(np.uint8)) / spread.size
-
-
-def _channels_equal(bgr: np.ndarray) -> bool:
-    """Whether the three channels of a uint8 image are identical."""
-    b, g, r = cv2.split(np.ascontiguousarray(bgr))
-    return cv2.countNonZero(cv2.absdiff(b, g)) == 0 and cv2.countNonZero(cv2.absdiff(b, r)) == 0
 
 
 # Lowering the cut further is taken when it grows the mask by more than this factor...
@@ -208,17 +208,17 @@ def brain_mask(gray: np.ndarray) -> np.ndarray:
     return np.zeros(gray.shape, bool) if head.mask is None else head.mask.view(bool)
 
 
-@dataclass(frozen=True)
-class _Component:
+class _Component(NamedTuple):
     """A filled component: uint8 0/1 at full size (None: no component) and its area."""
-
     mask: np.ndarray | None
     area: int
 
 
-def _head(gray: np.ndarray) -> _Component:
-    """:func:`brain_mask` as a :class:`_Component`."""
-    g8 = cv2.GaussianBlur((gray * 255).astype(np.uint8), (5, 5), 0)
+def _head(gray: np.ndarray, gray_u8: np.ndarray | None = None) -> _Component:
+    """:func:`brain_mask` as a :class:`_Component`; ``gray_u8``: the uint8 grey that
+    ``gray`` was made from, if any."""
+    raw = (gray * 255).astype(np.uint8) if gray_u8 is None else cv2.LUT(gray_u8, _BACK_U8)
+    g8 = cv2.GaussianBlur(raw, (5, 5), 0)
     low, high = cv2.minMaxLoc(g8)[:2]
     if high - low < 8:
         return _Component(None, 0)
@@ -253,41 +253,39 @@ def _head(gray: np.ndarray) -> _Component:
 def _largest_component(opened: np.ndarray, most: int) -> _Component:
     """The largest 8-connected component of an opened binary image (with at most
     ``most`` components), holes filled."""
-    small = most < 65535
-    n, labels = cv2.connectedComponents(opened.view(np.uint8), connectivity=8,
-                                        ltype=cv2.CV_16U if small else cv2.CV_32S)
-    if n <= 1:
+    binary = opened.view(np.uint8)
+    x, y, w, h = cv2.boundingRect(binary)  # labelled inside the box holding all of them
+    if w == 0:
         return _Component(None, 0)
-    areas = (cv2.calcHist([labels], [0], None, [n], [0, n]).ravel() if small
-             else np.bincount(labels.ravel(), minlength=n))
-    largest = 1 + int(np.argmax(areas[1:]))
-    contours, _ = cv2.findContours(cv2.compare(labels, largest, cv2.CMP_EQ),
-                                   cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    box = binary[y:y + h, x:x + w]
+    small = most < 65535
+    n, labels = cv2.connectedComponents(box, connectivity=8,
+                                        ltype=cv2.CV_16U if small else cv2.CV_32S)
+    if n > 2:  # more than one: keep the largest (the first of equals, in raster order)
+        areas = (cv2.calcHist([labels], [0], None, [n], [0, n]).ravel() if small
+                 else np.bincount(labels.ravel(), minlength=n))
+        box = cv2.compare(labels, 1 + int(np.argmax(areas[1:])), cv2.CMP_EQ)
+    contours, _ = cv2.findContours(box, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
+                                   offset=(x, y))
     filled = np.zeros(opened.shape, np.uint8)
     cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
     return _Component(filled, cv2.countNonZero(filled))
 
 
-def crop_to_mask(gray: np.ndarray, mask: np.ndarray, margin: float = 0.04
+def crop_to_mask(gray: np.ndarray, mask: np.ndarray | None, margin: float = 0.04
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Square crop around the mask's bounding box (zero padded), image and mask together.
 
-    Falls back to the whole image when the mask is empty or implausibly small (< 2%).
+    Falls back to the whole image when the mask is empty (or None) or implausibly small
+    (< 2%).
     """
-    u8 = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
-    return _crop(gray, _Component(u8, cv2.countNonZero(u8)), margin)
-
-
-def _crop(gray: np.ndarray, head: _Component, margin: float = 0.04
-          ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`crop_to_mask` of a :class:`_Component`."""
     h, w = gray.shape
-    mask = head.mask
-    if mask is None or head.area < 0.02 * h * w:
-        mask = np.ones((h, w), np.uint8)
+    u8 = None if mask is None else np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    if u8 is None or cv2.countNonZero(u8) < 0.02 * h * w:
+        u8 = np.ones((h, w), np.uint8)
         x0, y0, x1, y1 = 0, 0, w, h
     else:
-        x0, y0, bw, bh = cv2.boundingRect(mask)
+        x0, y0, bw, bh = cv2.boundingRect(u8)
         x1, y1 = x0 + bw, y0 + bh
     side = int(max(y1 - y0, x1 - x0) * (1 + 2 * margin))
     cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
@@ -297,7 +295,7 @@ def _crop(gray: np.ndarray, head: _Component, margin: float = 0.04
     sy0, sx0 = max(top, 0), max(left, 0)
     sy1, sx1 = min(top + side, h), min(left + side, w)
     out_img[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = gray[sy0:sy1, sx0:sx1]
-    out_mask[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = mask[sy0:sy1, sx0:sx1]
+    out_mask[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = u8[sy0:sy1, sx0:sx1]
     return out_img, out_mask.view(bool)  # 0 and 1 only: a valid bool view
 
 
@@ -311,11 +309,9 @@ def normalize(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
     # move the 1st percentile with the mask's size.
     mask = np.ascontiguousarray(mask, dtype=bool)
     core = cv2.erode(mask.view(np.uint8), _CORE_KERNEL).view(bool)
-    if cv2.countNonZero(core.view(np.uint8)) > 100:
-        inside = gray[core]
-    else:
-        inside = gray[mask] if mask.any() else gray.ravel()
-    lo, hi = np.percentile(inside[::max(1, inside.size // 50_000)], [1.0, 99.0])
+    inside = gray[core] if cv2.countNonZero(core.view(np.uint8)) > 100 else (
+        gray[mask] if mask.any() else gray.ravel())
+    lo, hi = _percentiles(inside[::max(1, inside.size // 50_000)])
     if hi - lo < 1e-6:
         return np.zeros_like(gray)
     out = gray - lo  # float64: the percentiles are
@@ -324,6 +320,24 @@ def normalize(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 _CORE_KERNEL = np.ones((5, 5), np.uint8)
+_PERCENTS = np.true_divide([1.0, 99.0], 100)
+
+
+def _percentiles(values: np.ndarray) -> np.ndarray:
+    """``np.percentile(values, [1, 99])`` of a float array without NaN: the same order
+    statistics and the same float64 interpolation as NumPy's default ("linear") method,
+    without its overhead (half of this function's time on a 256 px slice)."""
+    virtual = (values.size - 1) * _PERCENTS
+    below = np.floor(virtual)
+    below[virtual >= values.size - 1] = -1  # past the end: the largest value
+    above = np.where(below == -1, -1, below + 1)
+    low, high = below.astype(np.intp), above.astype(np.intp)
+    part = np.partition(values, np.unique(np.concatenate(([0, -1], low, high))))
+    a, b, gamma = part[low], part[high], virtual - below
+    diff = b - a  # in the values' own type, as NumPy's _lerp
+    out = a + diff * gamma
+    np.subtract(b, diff * (1 - gamma), out=out, where=gamma >= 0.5, casting="unsafe")
+    return out
 
 
 def refuse_colour(img: np.ndarray) -> None:
@@ -368,11 +382,11 @@ def preprocess(img: np.ndarray, spec: InputSpec = InputSpec()) -> np.ndarray:
         raise UnusableImageError(f"image too small: shape {img.shape}")
     img = _shrink(img)
     refuse_colour(img)
-    gray = to_gray(img)
+    gray, gray_u8 = _to_gray(img)
     low, high = cv2.minMaxLoc(gray)[:2]
     if high - low < 1e-3:
         raise UnusableImageError("blank image (no contrast)")
-    crop, mask = _crop(gray, _head(gray))
+    crop, mask = crop_to_mask(gray, _head(gray, gray_u8).mask)
     crop = normalize(crop, mask)
     small = cv2.resize(crop, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
     out = np.clip(small, 0.0, 1.0)[:, :, None] * 255.0

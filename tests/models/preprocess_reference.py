@@ -5,15 +5,17 @@
 copy is the specification it must match bit for bit; ``python -m
 tests.models.preprocess_reference`` writes the digests of its outputs on every slice of
 the shared data's ``MANIFEST.tsv`` (``preprocess_reference.tsv``, read by
-``test_preprocess_equivalence.py``). Never optimise this file: change it only together
-with retraining every model.
+``test_preprocess_equivalence.py``); with ``--time``, it times both, slice by slice.
+Never optimise this file: change it only together with retraining every model.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import hashlib
+import statistics
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -193,11 +195,45 @@ def digests(preprocess_fn, paths: list[str], data: Path = DATA, workers: int = 2
         return list(pool.map(one, paths))
 
 
+def timing(paths: list[str], data: Path = DATA, per_site: int = 40) -> None:
+    """Print the median CPU time per slice, on one core, of this reference and of
+    ``models.core.preprocess`` (each slice's best of three, the two alternating), per
+    site, at the edge input (128x128x1)."""
+    from models.core import preprocess as fast
+    cv2.setNumThreads(1)
+    sites: dict[str, list[str]] = {}
+    for rel in paths:
+        sites.setdefault(rel.split("/")[0], []).append(rel)
+    print(f"{'site':22s} {'reference':>10s} {'fast':>8s}  (ms CPU per slice, one core)")
+    for site, rels in sorted(sites.items()):
+        times: dict[str, list[float]] = {"reference": [], "fast": []}
+        for rel in rels[::max(1, len(rels) // per_site)][:per_site]:
+            img = read_image(data / rel)
+            best = {"reference": float("inf"), "fast": float("inf")}
+            for _ in range(3):
+                for name, fn in (("reference", preprocess), ("fast", fast.preprocess)):
+                    start = time.thread_time()
+                    try:
+                        fn(img, SPECS[0])
+                    except UnusableImageError:
+                        pass
+                    best[name] = min(best[name], (time.thread_time() - start) * 1000)
+            for name in times:
+                times[name].append(best[name])
+        old, new = (statistics.median(times[k]) for k in ("reference", "fast"))
+        print(f"{site:22s} {old:10.2f} {new:8.2f}  {old / new:4.1f}x")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=DIGESTS)
+    parser.add_argument("--time", action="store_true",
+                        help="time the reference against models.core.preprocess instead")
     args = parser.parse_args(argv)
+    if args.time:
+        timing(manifest_paths(args.data), args.data)
+        return 0
     rows = digests(preprocess, manifest_paths(args.data), args.data)
     with open(args.out, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
