@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from datetime import datetime, timezone
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -20,6 +21,9 @@ MIN_PASSWORD = 10
 TOKEN_PREFIX = "ne_"
 SETUP_CODE_KEY = "setup_code_sha256"
 SESSIONS_AFTER = "sessions_after:"  # + user name: sessions begun before then have ended
+# A token's last use is recorded to this many seconds: a write (and its fsync) on every
+# API request would cost as much as storing the upload.
+TOKEN_USE_RESOLUTION_S = 60.0
 
 
 class TooManyAttempts(Exception):
@@ -46,14 +50,25 @@ def new_api_token(accounts: AccountStore, name: str, user: str) -> str:
 
 
 def token_user(accounts: AccountStore, token: str) -> User | None:
-    """The enabled user behind an API token (its last use is recorded), else None."""
+    """The enabled user behind an API token (its last use is recorded, to the minute),
+    else None."""
     digest = hash_token(token)
     found = accounts.find_token(digest)
     user = accounts.get_user(found.user) if found is not None else None
-    if user is None or user.disabled:
+    if user is None or user.disabled or found is None:
         return None
-    accounts.touch_token(digest)
+    if not _used_within(found.last_used_at, TOKEN_USE_RESOLUTION_S):
+        accounts.touch_token(digest)
     return user
+
+
+def _used_within(last_used_at: str | None, seconds: float) -> bool:
+    """Whether an ISO-8601 time is less than ``seconds`` ago."""
+    try:
+        then = datetime.fromisoformat(last_used_at or "")
+    except ValueError:
+        return False
+    return 0 <= (datetime.now(timezone.utc) - then).total_seconds() < seconds
 
 
 def new_setup_code(accounts: AccountStore) -> str:

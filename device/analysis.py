@@ -1,22 +1,28 @@
 """One slice through the appliance: decode, preprocess, predict, store; heat maps.
 
 The browser upload, the JSON API and the camera all call :meth:`Analyser.analyse`, so
-they share validation, the training preprocessing and the crash-safe store. The heat map
-(49 occluded inferences) is drawn on first view by :meth:`Analyser.heatmap`, so scripts
-that never look at it do not pay for it.
+they share validation, the training preprocessing and the crash-safe store. The case,
+its image and its embedding are stored in one durable step. The heat map (49 occluded
+inferences in one batch) is drawn after the answer, in the background
+(:mod:`device.heatmaps`), or on first view if that has not happened yet.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from device.exc import UnusableImageError
+import numpy as np
+
+from device.admission import MemoryBudget, analysis_bytes
+from device.exc import NotFoundError, UnusableImageError
+from device.heatmaps import HeatmapJob, HeatmapQueue
 from device.hw.status import Indicator, State
-from device.imaging import decode_upload, stored_model_input
+from device.imaging import Upload, decode_upload, stored_model_input
 from device.inference.heatmap import FULL_SCALE_DROP, heatmap_png
-from device.inference.predictor import Predictor
+from device.inference.predictor import Prediction, Predictor
 from device.inference.slot import ModelSlot
 from device.store.base import Case, CaseStore
 from device.telemetry import Telemetry
@@ -30,6 +36,20 @@ def heatmap_author(predictor: Predictor) -> str:
     return f"v{predictor.version} {predictor.bundle.signer} {FULL_SCALE_DROP:g}"
 
 
+def model_input(upload: Upload, predictor: Predictor) -> np.ndarray:
+    """The training preprocessing of an upload, for ``predictor``'s input.
+
+    Raises
+    ------
+    UnusableImageError
+        A slice the preprocessing refuses (blank, colour); 422.
+    """
+    try:
+        return mp.preprocess(upload.pixels, predictor.input_spec)
+    except mp.UnusableImageError as exc:
+        raise UnusableImageError(str(exc)) from None
+
+
 @dataclass
 class Analyser:
     """Turns image bytes into stored cases with the model in ``slot``."""
@@ -39,6 +59,9 @@ class Analyser:
     status: Indicator
     telemetry: Telemetry
     max_upload_bytes: int
+    heatmaps: HeatmapQueue = field(default_factory=HeatmapQueue)
+    memory: MemoryBudget = field(default_factory=MemoryBudget)
+    _drawing: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def analyse(self, data: bytes, source: str) -> Case:
         """Analyse one image's bytes and store it as a new case; returns the case.
@@ -46,42 +69,90 @@ class Analyser:
         Raises the :mod:`device.exc` input errors (400/413/415/422) before anything is
         written: a refused image leaves no trace but a counter.
         """
-        upload = decode_upload(data, self.max_upload_bytes)
         predictor = self.slot.current  # this request keeps this model even if swapped
-        with self.status.activity(State.BUSY):
+        with self.status.activity(State.BUSY), self.heatmaps.upload():
             start = time.perf_counter()
-            try:
-                image = mp.preprocess(upload.pixels, predictor.input_spec)
-            except mp.UnusableImageError as exc:
-                raise UnusableImageError(str(exc)) from None
+            cost = analysis_bytes(data) if len(data) <= self.max_upload_bytes else 0
+            with self.memory.hold(cost):  # large images take turns; too large: refused
+                upload = decode_upload(data, self.max_upload_bytes)
+                image = model_input(upload, predictor)
             result = predictor.predict(image)
+            # Here, between the prediction and the store, is where a slice is refused on
+            # what the model saw (not a brain slice: result.is_slice, from the embedding):
+            # raise a device.exc input error, and nothing is stored.
             latency_ms = (time.perf_counter() - start) * 1000
-            case = self.store.add_case(
-                upload.png(), source=source, width=upload.width, height=upload.height,
-                probability=result.probability, predicted_label=result.label,
-                threshold=predictor.threshold, uncertain=result.uncertain,
-                model_version=predictor.version, latency_ms=latency_ms)
-            self.store.set_embedding(case.id, predictor.backbone_id, result.embedding)
+            case = self._store(upload, source, predictor, result, latency_ms)
+        self.heatmaps.submit(HeatmapJob(case.id, predictor, image, result.probability))
         self.telemetry.predictions.labels("tumour" if result.label else "no_tumour").inc()
         logger.info("case %s: p=%.3f v%d %.1f ms", case.id, result.probability,
                     predictor.version, latency_ms)
         return case
 
+    def _store(self, upload: Upload, source: str, predictor: Predictor, result: Prediction,
+               latency_ms: float) -> Case:
+        """The case, its image as uploaded (without metadata) and its embedding, in one
+        durable step."""
+        return self.store.add_case(
+            upload.stored(), source=source, width=upload.width, height=upload.height,
+            probability=result.probability, predicted_label=result.label,
+            threshold=predictor.threshold, uncertain=result.uncertain,
+            model_version=predictor.version, latency_ms=latency_ms,
+            backbone_id=predictor.backbone_id, embedding=result.embedding)
+
     def heatmap(self, case: Case) -> Path:
-        """Path of the case's heat map, drawn and stored on first request by the model in
-        service, and drawn again when that model (or the colour scale) has changed."""
+        """Path of the case's heat map, drawn now if the background has not drawn it yet
+        with the model in service (or the colour scale has changed since)."""
         predictor = self.slot.current
         since = self.store.heatmaps_valid_since(heatmap_author(predictor))
+        if (path := self._fresh(case, since)) is not None:
+            return path
+        job = self.heatmaps.take(case.id)  # queued: its model input saves a decode
+        with self.status.activity(State.BUSY), self._drawing:
+            case = self.store.get(case.id)
+            if (path := self._fresh(case, since)) is not None:  # drawn while we waited
+                return path
+            if job is not None and job.predictor is predictor:
+                image, probability = job.image, job.probability
+            else:
+                image = self._stored_input(case, predictor)
+                probability = predictor.predict(image).probability
+            case = self.store.set_heatmap(case.id, heatmap_png(predictor, image, probability))
+        path = self.store.heatmap_path(case)
+        assert path is not None  # set_heatmap names one
+        return path
+
+    def _stored_input(self, case: Case, predictor: Predictor) -> np.ndarray:
+        """The model input of a stored case's image, as at its upload."""
+        path = self.store.image_path(case)
+        with open(path, "rb") as fh:
+            header = fh.read(1 << 16)  # (a stored image has no large metadata segment)
+        with self.memory.hold(analysis_bytes(header)):
+            try:
+                return stored_model_input(path, predictor.input_spec)
+            except mp.UnusableImageError as exc:  # e.g. colour kept by older software
+                raise UnusableImageError(f"no heat map for this case: {exc}") from None
+
+    def draw_queued(self, job: HeatmapJob) -> None:
+        """Draw a queued heat map unless the model changed or it is drawn already."""
+        predictor = self.slot.current
+        if job.predictor is not predictor:  # it would be stale at once
+            return
+        since = self.store.heatmaps_valid_since(heatmap_author(predictor))
+        with self._drawing:
+            try:
+                case = self.store.get(job.case_id)
+                if self._fresh(case, since) is None:
+                    self.store.set_heatmap(case.id, heatmap_png(predictor, job.image,
+                                                                job.probability))
+            except NotFoundError:  # deleted meanwhile
+                return
+
+    def _fresh(self, case: Case, since: float) -> Path | None:
+        """The case's heat map if it exists and was drawn at or after ``since``."""
         path = self.store.heatmap_path(case)
         # (File times come from the kernel's coarse clock, up to a tick behind
         # time.time(): a map drawn within a tick of a model change is drawn once more.)
-        if path is not None and path.exists() and path.stat().st_mtime >= since:
-            return path
-        with self.status.activity(State.BUSY):
-            try:
-                image = stored_model_input(self.store.image_path(case), predictor.input_spec)
-            except mp.UnusableImageError as exc:  # e.g. a colour image older software kept
-                raise UnusableImageError(f"no heat map for this case: {exc}") from None
-            probability = predictor.predict(image).probability
-            case = self.store.set_heatmap(case.id, heatmap_png(predictor, image, probability))
-        return self.store.heatmap_path(case)
+        try:
+            return path if path is not None and path.stat().st_mtime >= since else None
+        except FileNotFoundError:
+            return None

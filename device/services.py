@@ -14,6 +14,7 @@ from pathlib import Path
 from device.analysis import Analyser
 from device.config import Settings
 from device.federation import Federation
+from device.heatmaps import HeatmapQueue
 from device.hw.camera import Camera, detect_camera
 from device.hw.status import Indicator, NullIndicator, StatusIndicator
 from device.inference.predictor import Predictor, create_predictor
@@ -71,6 +72,7 @@ class Services:
         self.federation.sync_in_background()
 
     def close(self) -> None:
+        self.analyser.heatmaps.close()
         self.status.close()
         if self.camera is not None:
             self.camera.close()
@@ -118,9 +120,13 @@ def build_services(settings: Settings) -> Services:
     predictor = load_predictor(settings, bundles.current_path())
     slot, telemetry = ModelSlot(predictor), Telemetry()
     status = _indicator(settings, lambda: svc.request_sync())  # svc: bound just below
+    analyser = Analyser(slot, store, status, telemetry, settings.max_upload_bytes,
+                        HeatmapQueue())
+    analyser.heatmaps.start(analyser.draw_queued)
+    telemetry.heatmaps_waiting.set_function(analyser.heatmaps.pending)
     svc = Services(
         settings, store, accounts, slot, status, detect_camera(settings.camera), bundles,
-        telemetry, Analyser(slot, store, status, telemetry, settings.max_upload_bytes),
+        telemetry, analyser,
         InstalledFollower(bundles, slot, partial(load_predictor, settings), telemetry,
                           settings.bundle_poll_s))
     svc.federation = build_federation(svc)

@@ -28,6 +28,9 @@ class Telemetry:
                               ["kind"], registry=self.registry)
         self.model_version = Gauge("neuroedge_model_version", "Serving bundle version",
                                    registry=self.registry)
+        self.heatmaps_waiting = Gauge("neuroedge_heatmaps_waiting",
+                                      "Heat maps queued or being drawn in the background",
+                                      registry=self.registry)
         self._lock = threading.Lock()
         self.last_error: str | None = None
         self.last_error_detail: str | None = None  # for the admin page, not /healthz

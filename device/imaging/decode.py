@@ -18,6 +18,7 @@ import numpy as np
 import models.core.preprocess as mp
 from device.exc import InputError, TooLargeError, UnsupportedTypeError, UnusableImageError
 from device.imaging.dicom import decode_dicom, looks_like_dicom
+from device.imaging.strip import MalformedImage, strip_jpeg, strip_png
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +44,14 @@ class Upload:
         takes.
     kind : str
         The detected type: ``"png"``, ``"jpeg"`` or ``"dicom"``.
+    kept : bytes or None
+        For PNG and JPEG, the uploaded bytes without metadata, which decode to
+        :attr:`pixels`; None for DICOM.
     """
 
     pixels: np.ndarray
     kind: str
+    kept: bytes | None = None
 
     @property
     def height(self) -> int:
@@ -57,6 +62,16 @@ class Upload:
     def width(self) -> int:
         """Columns of :attr:`pixels`."""
         return int(self.pixels.shape[1])
+
+    def stored(self) -> bytes:
+        """What the appliance keeps: :attr:`kept`, or for DICOM :meth:`png`.
+
+        Returns
+        -------
+        bytes
+            PNG or JPEG bytes with no metadata, which decode to :attr:`pixels`.
+        """
+        return self.kept if self.kept is not None else self.png()
 
     def png(self) -> bytes:
         """Lossless PNG of :attr:`pixels` (16-bit kept), with no metadata chunks.
@@ -132,23 +147,34 @@ def decode_upload(data: bytes, max_bytes: int) -> Upload:
     if kind is None:
         logger.info("refused upload of unknown type (%d bytes)", len(data))
         raise UnsupportedTypeError(f"unsupported file type; accepted: {ACCEPTED}")
-    pixels = decode_dicom(data) if kind == "dicom" else _decode_raster(data, kind)
+    kept = None if kind == "dicom" else _strip(data, kind)
+    pixels = decode_dicom(data) if kept is None else _decode_raster(kept, kind)
     height, width = pixels.shape[:2]
     if min(height, width) < mp.MIN_SIDE:
         raise UnusableImageError(f"image too small: {width}x{height} pixels, at least "
                                  f"{mp.MIN_SIDE} on each side needed")
     pixels.flags.writeable = False
     logger.info("decoded %s upload: %dx%d %s", kind, width, height, pixels.dtype)
-    return Upload(pixels, kind)
+    return Upload(pixels, kind, kept)
 
 
-def _decode_raster(data: bytes, kind: str) -> np.ndarray:
-    """PNG/JPEG through the training decoder, as 2-D gray or 3-D BGR."""
+def _strip(data: bytes, kind: str) -> bytes:
+    """The upload without metadata (:mod:`device.imaging.strip`); InputError if its
+    structure is broken."""
     # OpenCV builds differ: libjpeg(-turbo) in OpenCV 4 returns the decoded top of a
     # truncated JPEG with only a warning, so a missing EOI marker is refused here.
     if kind == "jpeg" and not _jpeg_complete(data):
         logger.info("refused JPEG upload: no end-of-image marker")
         raise InputError(CORRUPT)
+    try:
+        return strip_png(data) if kind == "png" else strip_jpeg(data)
+    except MalformedImage as exc:
+        logger.info("refused %s upload: %s", kind, exc)
+        raise InputError(CORRUPT) from None
+
+
+def _decode_raster(data: bytes, kind: str) -> np.ndarray:
+    """PNG/JPEG through the training decoder, as 2-D gray or 3-D BGR."""
     try:
         img = mp.decode_image(data)
     except mp.UnusableImageError as exc:
@@ -180,7 +206,7 @@ def _jpeg_complete(data: bytes) -> bool:
 
 
 def stored_model_input(path: Path, spec: mp.InputSpec) -> np.ndarray:
-    """The model's input from an image the store kept (the PNG written from an upload).
+    """The model's input from an image the store kept (:meth:`Upload.stored`).
 
     Raises OSError when the file is gone, ``mp.UnusableImageError`` (a ValueError) for an
     image older software accepted that preprocessing now refuses (a colour picture), and

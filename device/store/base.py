@@ -36,7 +36,8 @@ EXPORT_FIELDS = ("id", "created_at", "source", "width", "height", "probability",
 @dataclass(frozen=True)
 class Case:
     """One screened slice. ``image_name``/``heatmap_name`` are store-chosen file names
-    (``<id>.png``), never the uploaded file name, which may contain a patient name."""
+    (``<id>.png`` or ``<id>.jpg``), never the uploaded file name, which may contain a
+    patient name."""
 
     id: str
     created_at: str
@@ -122,11 +123,14 @@ class CaseStore(ABC):
     """Cases, their images (local disk only) and the embedding cache."""
 
     @abstractmethod
-    def add_case(self, png: bytes, *, source: str, width: int, height: int,
+    def add_case(self, image: bytes, *, source: str, width: int, height: int,
                  probability: float, predicted_label: int, threshold: float,
                  uncertain: bool, model_version: int, latency_ms: float,
-                 heatmap_png: bytes | None = None) -> Case:
-        """Store a new case; the image files are durable before the record exists.
+                 heatmap_png: bytes | None = None, backbone_id: str | None = None,
+                 embedding: np.ndarray | None = None) -> Case:
+        """Store a new case, with its embedding for ``backbone_id`` when given, in one
+        durable step: when it returns, the record, the image (PNG or JPEG bytes, kept
+        as given) and the embedding survive a power cut together.
 
         Raises InputError on invalid arguments, StoreError if nothing could be stored
         (then no file is left behind either).
@@ -167,7 +171,8 @@ class CaseStore(ABC):
 
     @abstractmethod
     def set_heatmap(self, case_id: str, png: bytes) -> Case:
-        """Store (or replace) the case's heat map PNG, written durably; the updated case."""
+        """Store (or replace) the case's heat map PNG, written durably; the updated case
+        (NotFoundError if the case is gone, then nothing is kept)."""
 
     @abstractmethod
     def heatmaps_valid_since(self, drawn_by: str) -> float:

@@ -34,6 +34,15 @@ CREATE TABLE IF NOT EXISTS embeddings (
 );
 CREATE INDEX IF NOT EXISTS embeddings_backbone ON embeddings (backbone_id);
 
+-- Image and heat-map files whose fsync is pending: their bytes, committed with the row
+-- that names them (one fsync per upload), dropped once the files are flushed
+-- (device/store/journal.py). Names are never reused: a new heat map gets a new name.
+CREATE TABLE IF NOT EXISTS pending_files (
+    name    TEXT PRIMARY KEY,
+    case_id TEXT NOT NULL REFERENCES cases (id) ON DELETE CASCADE,
+    data    BLOB NOT NULL
+);
+
 -- Which model and colour scale draw heat maps, and since when: older maps are redrawn.
 CREATE TABLE IF NOT EXISTS heatmap_author (
     id       INTEGER PRIMARY KEY CHECK (id = 1),

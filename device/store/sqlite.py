@@ -1,10 +1,13 @@
 """SQLite implementation of the case store: rows in the appliance database, images on
 local disk only.
 
-Crash safety of :meth:`SQLiteCaseStore.add_case`: every image is written to a temp file
-in ``images/``, fsynced, renamed to its final ``<id>.png`` name and the directory fsynced
-*before* the row is inserted. A crash can therefore leave a file without a row, never a
-row without a file; :meth:`SQLiteCaseStore.recover` (run at every start) deletes such
+Crash safety of :meth:`SQLiteCaseStore.add_case` with one fsync: the image (and heat map)
+files are written first, without fsync; then the row, the embedding and a copy of the
+files' bytes commit in one transaction, shared with other uploads committing at the same
+moment (:mod:`device.store.commit`). The copies are dropped once the files are fsynced
+in the background, and written back at start if a power cut came first
+(:mod:`device.store.journal`). A crash can therefore leave a file without a row, never a
+row without its file; :meth:`SQLiteCaseStore.recover` (run at every start) deletes such
 files and leftover temp files.
 """
 from __future__ import annotations
@@ -14,12 +17,13 @@ import csv
 import hashlib
 import logging
 import re
+import secrets
 import sqlite3
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import numpy as np
 
@@ -28,17 +32,22 @@ from device.store.base import (
     EXPORT_FIELDS, MAX_LIST_LIMIT, MAX_LIST_OFFSET, SOURCES, Case, CaseStore, check_case_id,
     check_label, check_name, check_status,
 )
+from device.store.commit import GroupCommit
 from device.store.db import DB_NAME, Database, number, text
-from models.core.files import write_atomic
+from device.store.journal import FileJournal, stage, write_file
 from models.core.sqlitedb import now_iso, sweep_dir
 
 log = logging.getLogger(__name__)
 
 IMAGES_DIR = "images"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_OWNED_FILE = re.compile(r"[0-9a-f]{32}(-heatmap)?\.png")  # the only names we create
+_JPEG_MAGIC = b"\xff\xd8\xff"
+# The only names we create: <id>.png or .jpg (the image), <id>-heatmap-<8 hex>.png (a
+# heat map; <id>-heatmap.png before heat maps got a new name at each drawing).
+_OWNED_FILE = re.compile(r"[0-9a-f]{32}(\.png|\.jpg|-heatmap(-[0-9a-f]{8})?\.png)")
 _FIELDS = tuple(Case.__dataclass_fields__)
 _COLUMNS = ", ".join(_FIELDS)
+_INSERT = f"INSERT INTO cases ({_COLUMNS}) VALUES ({', '.join('?' * len(_FIELDS))})"
 _WHERE = {"all": "1", "unconfirmed": "confirmed_label IS NULL",
           "confirmed": "confirmed_label = predicted_label",
           "disagreed": "confirmed_label <> predicted_label"}
@@ -49,6 +58,25 @@ def _png(data: Any, what: str) -> bytes:
             or not bytes(data[:8]) == _PNG_MAGIC:
         raise InputError(f"{what} must be PNG bytes")
     return bytes(data)
+
+
+def _image(data: Any) -> tuple[bytes, str]:
+    """The image's bytes and file extension: PNG or JPEG, else InputError."""
+    if isinstance(data, (bytes, bytearray, memoryview)) and bytes(data[:3]) == _JPEG_MAGIC:
+        return bytes(data), "jpg"
+    return _png(data, "image"), "png"
+
+
+def _vector(vector: Any) -> bytes:
+    """A non-empty finite 1-D embedding as little-endian float32 bytes, else InputError."""
+    try:
+        with np.errstate(over="ignore"):  # overflow to inf is refused just below
+            vec = np.asarray(vector, dtype="<f4")
+    except (TypeError, ValueError) as exc:
+        raise InputError("embedding must be numeric") from exc
+    if vec.ndim != 1 or vec.size == 0 or not np.isfinite(vec).all():
+        raise InputError("embedding must be a non-empty finite 1-D vector")
+    return vec.tobytes()
 
 
 def _case(row: sqlite3.Row) -> Case:
@@ -68,29 +96,39 @@ class SQLiteCaseStore(CaseStore):
         self._closed = False
         self._images = Path(data_dir) / IMAGES_DIR
         self._images.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # Held by add_case from first file write to commit and by recover(): otherwise
-        # recover() could delete a complete file whose row is about to be inserted.
+        # Names of files written whose row may not have committed yet: recover() keeps
+        # them. Taken before a file is written, so recover() never misses one.
         self._files_lock = threading.Lock()
+        self._in_flight: set[str] = set()
+        self._journal = FileJournal(self._db, self._images)
+        self._commits: GroupCommit | None = None
         try:
+            self._journal.restore()
             self.recover()
         except BaseException:
             self.close()
             raise
+        self._commits = GroupCommit(self._db, "case-commit")
+        self._journal.start()
 
-    def add_case(self, png: bytes, *, source: str, width: int, height: int,
+    def add_case(self, image: bytes, *, source: str, width: int, height: int,
                  probability: float, predicted_label: int, threshold: float,
                  uncertain: bool, model_version: int, latency_ms: float,
-                 heatmap_png: bytes | None = None) -> Case:
-        png = _png(png, "image")
+                 heatmap_png: bytes | None = None, backbone_id: str | None = None,
+                 embedding: np.ndarray | None = None) -> Case:
+        image, extension = _image(image)
         heatmap = None if heatmap_png is None else _png(heatmap_png, "heat map")
         if source not in SOURCES:
             raise InputError(f"source must be one of {', '.join(SOURCES)}")
         if not isinstance(uncertain, (bool, np.bool_)):
             raise InputError("uncertain must be a bool")
+        if (backbone_id is None) != (embedding is None):
+            raise InputError("an embedding needs its backbone_id, and the other way round")
+        vector = None if embedding is None else _vector(embedding)
         case_id = uuid.uuid4().hex
         case = Case(
-            id=case_id, created_at=now_iso(), source=source, image_name=f"{case_id}.png",
-            image_sha256=hashlib.sha256(png).hexdigest(),
+            id=case_id, created_at=now_iso(), source=source,
+            image_name=f"{case_id}.{extension}", image_sha256=hashlib.sha256(image).hexdigest(),
             width=number(width, "width", 1, integer=True),
             height=number(height, "height", 1, integer=True),
             probability=number(probability, "probability", 0, 1),
@@ -99,28 +137,47 @@ class SQLiteCaseStore(CaseStore):
             model_version=number(model_version, "model_version", 0, integer=True),
             latency_ms=number(latency_ms, "latency_ms", 0),
             heatmap_name=None if heatmap is None else f"{case_id}-heatmap.png")
-        written: list[Path] = []
-        with self._files_lock:
-            try:
-                self._write_durably(case.image_name, png, written)
-                if heatmap is not None and case.heatmap_name is not None:
-                    self._write_durably(case.heatmap_name, heatmap, written)
-                with self._db.tx() as conn:
-                    conn.execute(f"INSERT INTO cases ({_COLUMNS}) VALUES "
-                                 f"({', '.join('?' * len(_FIELDS))})",
-                                 tuple(getattr(case, name) for name in _FIELDS))
-            except BaseException as exc:
-                for path in written:
-                    with contextlib.suppress(OSError):
-                        path.unlink(missing_ok=True)
-                if isinstance(exc, OSError):
-                    raise StoreError(f"cannot write image file: {exc.strerror}") from exc
-                raise
+        files = {case.image_name: image}
+        if heatmap is not None and case.heatmap_name is not None:
+            files[case.heatmap_name] = heatmap
+        if vector is not None:
+            text(backbone_id, "backbone_id", 256)
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(_INSERT, tuple(getattr(case, name) for name in _FIELDS))
+            for name, data in files.items():
+                stage(conn, case_id, name, data)
+            if vector is not None:
+                conn.execute("INSERT INTO embeddings VALUES (?, ?, ?, ?)",
+                             (case_id, backbone_id, len(vector) // 4, vector))
+        self._write_then_commit(files, insert)
         log.info("stored case %s (source=%s, model v%s)", case_id, source, model_version)
         return case
 
-    def _write_durably(self, name: str, data: bytes, written: list[Path]) -> None:
-        written.append(write_atomic(self._images / name, data))
+    def _write_then_commit(self, files: dict[str, bytes],
+                           work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Write ``files`` (no fsync), then commit ``work``, which stages them; returns
+        its result. If anything fails, the files are removed and nothing is kept."""
+        if self._commits is None:
+            raise StoreError("store is closed")
+        with self._files_lock:
+            self._in_flight.update(files)
+        try:
+            for name, data in files.items():
+                write_file(self._images / name, data)
+            result = self._commits.run(work)
+        except Exception as exc:  # not committed (a BaseException may have been)
+            for name in files:
+                with contextlib.suppress(OSError):
+                    (self._images / name).unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise StoreError(f"cannot write image file: {exc.strerror}") from exc
+            raise
+        finally:
+            with self._files_lock:
+                self._in_flight.difference_update(files)
+        self._journal.written(len(files), sum(map(len, files.values())))
+        return result
 
     def get(self, case_id: str) -> Case:
         rows = self._db.read(f"SELECT {_COLUMNS} FROM cases WHERE id = ?",
@@ -188,17 +245,23 @@ class SQLiteCaseStore(CaseStore):
         return None if case.heatmap_name is None else self._path(case.heatmap_name)
 
     def set_heatmap(self, case_id: str, png: bytes) -> Case:
+        data = _png(png, "heat map")
         case = self.get(case_id)
-        name = f"{case.id}-heatmap.png"
-        with self._files_lock:
-            written: list[Path] = []
-            self._write_durably(name, _png(png, "heat map"), written)
-            with self._db.tx() as conn:
-                updated = conn.execute("UPDATE cases SET heatmap_name = ? WHERE id = ?",
-                                       (name, case.id)).rowcount
-            if not updated:  # deleted while the heat map was drawn
-                written[0].unlink(missing_ok=True)
+        name = f"{case.id}-heatmap-{secrets.token_hex(4)}.png"  # never an existing file
+
+        def update(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT heatmap_name FROM cases WHERE id = ?",
+                               (case.id,)).fetchone()
+            if row is None:  # deleted while the heat map was drawn
                 raise NotFoundError("no such case")
+            conn.execute("UPDATE cases SET heatmap_name = ? WHERE id = ?", (name, case.id))
+            conn.execute("DELETE FROM pending_files WHERE name = ?", (row[0],))
+            stage(conn, case.id, name, data)
+            return row[0]
+        replaced = self._write_then_commit({name: data}, update)
+        if replaced is not None:  # if this fails, recover() removes it at the next start
+            with contextlib.suppress(OSError):
+                self._path(replaced).unlink(missing_ok=True)
         return self.get(case_id)
 
     def heatmaps_valid_since(self, drawn_by: str) -> float:
@@ -221,18 +284,12 @@ class SQLiteCaseStore(CaseStore):
     def set_embedding(self, case_id: str, backbone_id: str, vector: np.ndarray) -> None:
         check_case_id(case_id)
         text(backbone_id, "backbone_id", 256)
-        try:
-            with np.errstate(over="ignore"):  # overflow to inf is refused just below
-                vec = np.asarray(vector, dtype="<f4")
-        except (TypeError, ValueError) as exc:
-            raise InputError("embedding must be numeric") from exc
-        if vec.ndim != 1 or vec.size == 0 or not np.isfinite(vec).all():
-            raise InputError("embedding must be a non-empty finite 1-D vector")
+        blob = _vector(vector)
         with self._db.tx() as conn:
             if conn.execute("SELECT 1 FROM cases WHERE id = ?", (case_id,)).fetchone() is None:
                 raise NotFoundError("no such case")
             conn.execute("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)",
-                         (case_id, backbone_id, int(vec.size), vec.tobytes()))
+                         (case_id, backbone_id, len(blob) // 4, blob))
 
     def get_embedding(self, case_id: str, backbone_id: str) -> np.ndarray | None:
         rows = self._db.read("SELECT vector FROM embeddings WHERE case_id = ? "
@@ -274,12 +331,19 @@ class SQLiteCaseStore(CaseStore):
             referenced = {row[0] for row in self._db.read(
                 "SELECT image_name FROM cases UNION "
                 "SELECT heatmap_name FROM cases WHERE heatmap_name IS NOT NULL")}
-            return sweep_dir(self._images, referenced, _OWNED_FILE, "image")
+            return sweep_dir(self._images, referenced | self._in_flight, _OWNED_FILE,
+                             "image")
 
     def ping(self) -> bool:
         return self._db.ping()
 
     def close(self) -> None:
-        if not self._closed:  # idempotent: release the shared database once
-            self._closed = True
+        if self._closed:  # idempotent: release the shared database once
+            return
+        self._closed = True
+        try:
+            if self._commits is not None:
+                self._commits.close()
+            self._journal.close()  # a clean stop leaves no fsync pending
+        finally:
             self._db.release()

@@ -87,22 +87,24 @@ def delete(case_id: str):
     return redirect(url_for("cases.index"), 303)
 
 
-@bp.route("/<case_id>/image.png")
+@bp.route("/<case_id>/image")
 @login_required
 def image(case_id: str):
+    """The slice as stored: the uploaded PNG or JPEG without its metadata."""
     store = services().store
-    return _png(store.image_path(store.get(case_id)))
+    path = store.image_path(store.get(case_id))
+    return _image(path, "image/jpeg" if path.suffix == ".jpg" else "image/png")
 
 
 @bp.route("/<case_id>/heatmap.png")
 @login_required
 def heatmap(case_id: str):
     svc = services()
-    return _png(svc.analyser.heatmap(svc.store.get(case_id)))
+    return _image(svc.analyser.heatmap(svc.store.get(case_id)), "image/png")
 
 
-def _png(path) -> Response:
-    response = send_file(path, mimetype="image/png", max_age=0)
+def _image(path, mimetype: str) -> Response:
+    response = send_file(path, mimetype=mimetype, max_age=0)
     response.headers["Cache-Control"] = "private, no-store"
     return response
 

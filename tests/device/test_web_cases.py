@@ -161,7 +161,7 @@ def test_a_heat_map_is_drawn_again_after_the_model_or_colour_scale_changed(
     client, case = signed_in_with_a_case(app, services, slice_bytes)
     client.get(f"/cases/{case.id}/heatmap.png")
     path = services.store.heatmap_path(services.store.get(case.id))
-    drawn = path.stat().st_ino  # a drawing writes a new file (temp file, then rename)
+    drawn = path.stat().st_ino  # a drawing writes a new file, under a new name
 
     client.get(f"/cases/{case.id}/heatmap.png")
     assert path.stat().st_ino == drawn  # the model in service drew it: kept
@@ -169,7 +169,9 @@ def test_a_heat_map_is_drawn_again_after_the_model_or_colour_scale_changed(
     services.store.heatmaps_valid_since("v1 another-key 1")
     redrawn = client.get(f"/cases/{case.id}/heatmap.png").data
 
-    assert path.stat().st_ino != drawn and redrawn[:4] == b"\x89PNG"
+    now = services.store.heatmap_path(services.store.get(case.id))
+    assert now != path and not path.exists() and redrawn[:4] == b"\x89PNG"
+    assert now.read_bytes() == redrawn
     page = " ".join(client.get(f"/cases/{case.id}").get_data(as_text=True).split())
     assert "Occlusion heat map drawn by model version 1:" in page
 

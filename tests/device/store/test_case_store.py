@@ -325,3 +325,43 @@ def test_closed_store_fails_health_check(impl: Impl, tmp_path: Path) -> None:
     assert store.ping() is False
     with pytest.raises(StoreError):
         store.count()
+
+
+def test_a_case_commits_with_its_embedding_and_a_jpeg_is_kept_as_jpeg(
+        cases: CaseStore) -> None:
+    # Prepare: an uploaded JPEG, kept as uploaded
+    jpeg = b"\xff\xd8\xff\xe0" + bytes(range(256))
+    # Execute
+    case = add(cases, png=jpeg, backbone_id="bb1", embedding=np.array([0.5, 2.0]))
+    # Assert
+    assert case.image_name == f"{case.id}.jpg"
+    assert cases.image_path(case).read_bytes() == jpeg
+    assert case.image_sha256 == hashlib.sha256(jpeg).hexdigest()
+    np.testing.assert_array_equal(cases.get_embedding(case.id, "bb1"), [0.5, 2.0])
+
+
+@pytest.mark.parametrize("bad", [
+    {"backbone_id": "bb1", "embedding": np.array([np.nan])},
+    {"backbone_id": "bb1", "embedding": np.ones((2, 2))},
+    {"embedding": np.ones(3)}, {"backbone_id": "bb1"},
+    {"backbone_id": "", "embedding": np.ones(3)},
+], ids=["nan", "2-d", "no-backbone", "no-embedding", "empty-backbone"])
+def test_a_bad_embedding_refuses_the_whole_case(cases: CaseStore, tmp_path: Path,
+                                                bad: dict[str, Any]) -> None:
+    with pytest.raises(InputError):
+        add(cases, **bad)
+    assert cases.count() == 0
+    assert [p for p in tmp_path.rglob("*.png")] == []
+
+
+def test_a_new_heat_map_replaces_the_old_file(cases: CaseStore) -> None:
+    # Prepare
+    case = cases.set_heatmap(add(cases).id, HEATMAP)
+    first = cases.heatmap_path(case)
+    # Execute
+    redrawn = cases.set_heatmap(case.id, HEATMAP + b"v2")
+    # Assert: the row names the new file; the old one is gone
+    path = cases.heatmap_path(redrawn)
+    assert path is not None and path.read_bytes() == HEATMAP + b"v2"
+    assert first is not None and not first.exists()
+    assert files(cases, case) == {case.image_name, redrawn.heatmap_name}

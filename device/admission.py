@@ -1,0 +1,69 @@
+"""Admission by memory: uploads are analysed at once only while their working memory fits.
+
+Decoding and preprocessing a slice needs a few megabytes; a 12-megapixel camera frame
+needs about 90 MB (decoded pixels, then float copies at up to 2048 px). Eight of those
+at once would take the serving process from under 200 MB to about 800 MB, more than a
+Pi can spare. Each analysis therefore holds its estimated working memory from a budget
+for as long as it decodes and preprocesses: small slices run side by side, large ones
+take turns. One analysis always runs, however large (its size is limited elsewhere).
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Iterator
+
+from models.core import preprocess as mp
+
+BUDGET_BYTES = 96 << 20
+# Bytes per decoded pixel (8-bit colour) and per pixel of the working image (at most
+# WORK_SIDE on a side: float32 grey, masks, float64 crop). Measured with tracemalloc:
+# 93 MB at the peak for a 4056x3040 JPEG (estimated 125), 4.9 MB for a 512x512 slice
+# (estimated 8).
+DECODED_BYTES_PER_PIXEL = 3
+WORKING_BYTES_PER_PIXEL = 28
+
+
+def analysis_bytes(data: bytes) -> int:
+    """Estimated peak memory of decoding and preprocessing ``data``, from its header
+    (PNG, JPEG) or its size (DICOM and anything else: pixels as large as the file)."""
+    size = mp.image_size(data)
+    pixels = size[0] * size[1] if size else len(data)
+    side = max(size) if size else int(pixels ** 0.5)
+    work = pixels * min(1.0, (mp.WORK_SIDE / max(side, 1)) ** 2)
+    return int(pixels * DECODED_BYTES_PER_PIXEL + work * WORKING_BYTES_PER_PIXEL)
+
+
+class MemoryBudget:
+    """A number of bytes shared by concurrent analyses.
+
+    Parameters
+    ----------
+    limit : int
+        Bytes the analyses in progress may hold together.
+    """
+
+    def __init__(self, limit: int = BUDGET_BYTES) -> None:
+        self.limit = limit
+        self._used = 0
+        self._free = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, nbytes: int) -> Iterator[None]:
+        """Wait until ``nbytes`` fit (or nothing else is held), and hold them."""
+        with self._free:
+            while self._used and self._used + nbytes > self.limit:
+                self._free.wait()
+            self._used += nbytes
+        try:
+            yield
+        finally:
+            with self._free:
+                self._used -= nbytes
+                self._free.notify_all()
+
+    @property
+    def used(self) -> int:
+        """Bytes held now."""
+        with self._free:
+            return self._used
