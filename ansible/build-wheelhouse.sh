@@ -2,7 +2,8 @@
 # Build the wheelhouse that deploy.yml copies to the targets (offline installs).
 #   ansible/build-wheelhouse.sh [OUT_DIR] [--pi-platform]
 # OUT_DIR (default ansible/wheelhouse) gets device/ and coordinator/, each with the
-# NeuroEdge wheel and every dependency of its extra. --pi-platform downloads the
+# NeuroEdge wheel and every dependency of its extra and of the flower extra (so that
+# either transport installs from the same wheelhouse). --pi-platform downloads the
 # device/ dependencies for the Raspberry Pi (aarch64, CPython 3.11) instead of this
 # machine's platform (Raspberry Pi OS Bookworm 64-bit: glibc 2.36, Python 3.11).
 # Needs PyPI access on the control machine only.
@@ -31,7 +32,7 @@ for flavour in device coordinator; do
     cp "$wheel" "$out/$flavour/"
     w="$out/$flavour/$(basename "$wheel")"
     # Dependencies are re-downloaded only when the pins (setup.cfg) change.
-    stamp="$out/$flavour/.deps-$(sha256sum "$src/setup.cfg" | cut -c1-16)-$pi"
+    stamp="$out/$flavour/.deps-$(sha256sum "$src/setup.cfg" | cut -c1-16)-$pi-flower"
     [ -e "$stamp" ] && continue
     # New pins or platform: start from an empty folder (no stale or foreign wheels).
     find "$out/$flavour" -maxdepth 1 -type f ! -name "$(basename "$wheel")" -delete
@@ -40,9 +41,9 @@ for flavour in device coordinator; do
         plat=(--platform manylinux2014_aarch64 --platform linux_aarch64)
         for v in 36 35 34 33 32 31 30 29 28 27 26 17; do plat+=(--platform "manylinux_2_${v}_aarch64"); done
         $pip download --quiet -d "$out/$flavour" --only-binary=:all: --python-version 3.11 \
-            --implementation cp "${plat[@]}" "${w}[$flavour]"
+            --implementation cp "${plat[@]}" "${w}[$flavour,flower]"
     else
-        $pip download --quiet -d "$out/$flavour" "${w}[$flavour]"
+        $pip download --quiet -d "$out/$flavour" "${w}[$flavour,flower]"
     fi
     rm -f "$out/$flavour"/.deps-*
     touch "$stamp"

@@ -28,9 +28,7 @@ STOP_DUMP_S = 5.0
 def _exit_on_sigterm(*_: object) -> None:
     """SIGTERM (systemd stop) -> SystemExit in the main thread, with a stack-dump watchdog.
 
-    The exit unwinds through ``cmd_serve``'s ``finally`` (store closed). The handler does
-    not stop a server itself: in cheroot that deadlocks, as stop() waits for the very
-    loop the handler interrupted.
+    The exit unwinds through ``cmd_serve``'s ``finally`` (store closed).
     """
     faulthandler.dump_traceback_later(STOP_DUMP_S, exit=False)
     sys.exit(0)
@@ -47,9 +45,8 @@ def _secret_key(settings: Settings) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = _settings(args, host=args.host, port=args.port, tls_cert=args.tls_cert,
-                         tls_key=args.tls_key, initial_bundle=args.initial_bundle,
-                         data=args.data)
+    settings = _settings(args, host=args.host, port=args.port,
+                         initial_bundle=args.initial_bundle, data=args.data)
     if args.validate_config:
         print(f"configuration OK: state in {settings.state_dir}")
         return 0
@@ -67,37 +64,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 logger.exception("deadline check failed")
 
     threading.Thread(target=tick, daemon=True, name="deadline").start()
-    scheme = "https" if settings.tls_cert else "http"
-    print(f"NeuroEdge coordinator on {scheme}://{settings.host}:{settings.port}/ "
+    print(f"NeuroEdge coordinator on http://{settings.host}:{settings.port}/ "
           f"(state in {settings.state_dir}, latest bundle v{svc.bundles.latest().version})",
           flush=True)
     try:
-        if settings.tls_cert:
-            _serve_tls(app, settings)
-        else:
-            import waitress
-            signal.signal(signal.SIGTERM, _exit_on_sigterm)
-            waitress.serve(app, host=settings.host, port=settings.port,
-                           threads=settings.threads, ident="neuroedge-coordinator")
+        import waitress
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        waitress.serve(app, **waitress_options(settings))
     finally:
         stop.set()
         svc.close()
     return 0
 
 
-def _serve_tls(app, settings: Settings) -> None:
-    """TLS needs a server that speaks it: cheroot's builtin adapter (waitress cannot)."""
-    from cheroot.ssl.builtin import BuiltinSSLAdapter
-    from cheroot.wsgi import Server
-    server = Server((settings.host, settings.port), app, numthreads=settings.threads)
-    server.ssl_adapter = BuiltinSSLAdapter(str(settings.tls_cert), str(settings.tls_key))
-    # At stop, a worker held by an idle keep-alive client is waited for this long, then
-    # its socket is closed (cheroot's 5 s default left too little of a 10 s stop budget;
-    # devices retry an interrupted request with the same update id).
-    server.shutdown_timeout = 2
-    # SystemExit in this (serving) thread; safe_start() then stops the server.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    server.safe_start()
+def waitress_options(settings: Settings) -> dict:
+    """Plain HTTP for loopback behind the TLS terminator (waitress buffers a request
+    before a thread sees it, so idle or slow clients hold no worker)."""
+    options = {"host": settings.host, "port": settings.port, "threads": settings.threads,
+               "ident": "neuroedge-coordinator",
+               # an update's limit plus its form fields; waitress would spool up to 1 GiB
+               "max_request_body_size": int((settings.max_update_mb + 1) * 2**20)}
+    if settings.trusted_proxy:
+        options.update(trusted_proxy=settings.trusted_proxy,
+                       trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto"},
+                       clear_untrusted_proxy_headers=True)
+    return options
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -199,8 +190,6 @@ def parser() -> argparse.ArgumentParser:
     sp = command("serve", cmd_serve, "serve the coordinator API")
     sp.add_argument("--host")
     sp.add_argument("--port", type=int)
-    sp.add_argument("--tls-cert", type=Path)
-    sp.add_argument("--tls-key", type=Path)
     sp.add_argument("--initial-bundle", type=Path)
     sp.add_argument("--data", type=Path, help="the coordinator's own labelled images")
     sp.add_argument("--validate-config", action="store_true")

@@ -19,6 +19,13 @@ class Settings:
         default_factory=lambda: configfile.user_data_dir("neuroedge-coordinator"))
     host: str = "127.0.0.1"
     port: int = 8443
+    # The address of the TLS terminator (nginx) in front: its X-Forwarded-For and
+    # X-Forwarded-Proto are believed (client address for sign-in throttling, https
+    # links), anyone else's are dropped. "" = no proxy.
+    trusted_proxy: str = ""
+    cookie_secure: bool = False       # the dashboard's cookie only over https (the proxy)
+    # No longer served: TLS is the terminator's job (an idle connection stalled
+    # cheroot's TLS for every client, issue 26). Kept only to say so clearly.
     tls_cert: Path | None = None
     tls_key: Path | None = None
     initial_bundle: Path = MODELS_DIR / "default_bundle"
@@ -44,8 +51,10 @@ class Settings:
     def validate(self) -> "Settings":
         if not 0 < self.port < 65536:
             raise ConfigError(f"port: {self.port} is not a TCP port (1-65535)")
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ConfigError("tls_cert and tls_key must be given together")
+        if self.tls_cert is not None or self.tls_key is not None:
+            raise ConfigError("tls_cert, tls_key: the coordinator no longer serves TLS "
+                              "itself; terminate TLS in nginx in front of it and set "
+                              "trusted_proxy (docs/operations.md, TLS)")
         if self.method not in METHODS:
             raise ConfigError(f"method: {self.method!r}; choose from {', '.join(METHODS)}")
         if not 1 <= self.min_quorum <= self.min_updates:
@@ -56,10 +65,8 @@ class Settings:
             raise ConfigError("max_norm, clip_norm and round_deadline_s must be positive")
         if not (self.initial_bundle / "manifest.json").is_file():
             raise ConfigError(f"initial_bundle: no manifest.json in {self.initial_bundle}")
-        for name in ("tls_cert", "tls_key", "data"):
-            path = getattr(self, name)
-            if path is not None and not path.exists():
-                raise ConfigError(f"{name}: {path} does not exist")
+        if self.data is not None and not self.data.exists():
+            raise ConfigError(f"data: {self.data} does not exist")
         return self
 
 

@@ -51,12 +51,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # SIGTERM (systemd stop) unwinds through the finally below: pins and store closed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        waitress.serve(app, host=settings.host, port=settings.port, threads=settings.threads,
-                       ident="neuroedge")
+        waitress.serve(app, **waitress_options(settings))
     finally:
         stop.set()
         svc.close()
     return 0
+
+
+def waitress_options(settings: Settings) -> dict:
+    """Where and how waitress listens; behind a TLS terminator only its forwarded
+    client address and scheme are believed."""
+    options = {"host": settings.host, "port": settings.port, "threads": settings.threads,
+               "ident": "neuroedge"}
+    if settings.trusted_proxy:
+        options.update(trusted_proxy=settings.trusted_proxy,
+                       trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto"},
+                       clear_untrusted_proxy_headers=True)
+    return options
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -26,6 +26,10 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: configfile.user_data_dir("neuroedge"))
     host: str = "127.0.0.1"
     port: int = 8080
+    # The address of the TLS terminator (nginx) in front: its X-Forwarded-For and
+    # X-Forwarded-Proto are believed (client address for sign-in throttling), anyone
+    # else's are dropped. "" = no proxy.
+    trusted_proxy: str = ""
     bundle: Path = DEFAULT_BUNDLE
     trusted_keys: list[str] = field(default_factory=lambda: [str(DEV_PUBLIC_KEY)])
     predictor: str = "litert"

@@ -20,7 +20,7 @@ def create_app(settings, svc, secret_key: str) -> Flask:
     app = Flask(__name__)
     app.config.update(SECRET_KEY=secret_key, SESSION_COOKIE_HTTPONLY=True,
                       SESSION_COOKIE_SAMESITE="Strict",
-                      SESSION_COOKIE_SECURE=settings.tls_cert is not None,
+                      SESSION_COOKIE_SECURE=settings.cookie_secure,
                       SESSION_COOKIE_NAME="neuroedge_coordinator",
                       PERMANENT_SESSION_LIFETIME=timedelta(hours=8),
                       MAX_CONTENT_LENGTH=int(settings.max_update_mb * 2**20) + 65536)

@@ -11,14 +11,25 @@ MOUNTED=()            # mounts we made
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-# Debian bookworm rootfs tarball, cached; rebuilt with debootstrap when missing.
+# What the targets' Debian 12 image holds: a Raspberry Pi OS Lite or Debian 12 server
+# as the playbook finds it, plus the Debian packages the playbook installs (targets
+# have no mirror, so apt finds them already installed).
+ROOTFS_PACKAGES=systemd,systemd-sysv,dbus,openssh-server,sudo,python3,python3-venv,python3-apt,ca-certificates,iproute2,curl,nftables,unattended-upgrades,systemd-timesyncd,openssl,acl,nginx
+
+# rootfs_tarball CACHE: the cached image's path; its name changes with the package list.
+rootfs_tarball() {
+    echo "$1/rootfs-bookworm-$(printf '%s' "$ROOTFS_PACKAGES" | sha256sum | cut -c1-12).tar"
+}
+
+# ensure_rootfs TARBALL: build it with debootstrap when missing (images of other
+# package lists are removed: one image in the cache).
 ensure_rootfs() {
     local tarball=$1 build
     if [ -s "$tarball" ]; then return 0; fi
     log "building the Debian 12 rootfs with debootstrap (about 2-3 minutes)"
+    find "$(dirname "$tarball")" -maxdepth 1 -name 'rootfs-bookworm*.tar' ! -path "$tarball" -delete
     build=$(mktemp -d "$(dirname "$tarball")/rootfs-build.XXXXXX")
-    debootstrap --variant=minbase \
-        --include=systemd,systemd-sysv,dbus,openssh-server,sudo,python3,python3-venv,python3-apt,ca-certificates,iproute2,curl,nftables,unattended-upgrades,systemd-timesyncd,openssl,acl \
+    debootstrap --variant=minbase --include="$ROOTFS_PACKAGES" \
         bookworm "$build" http://deb.debian.org/debian >"$build.log" 2>&1 \
         || { tail -n 20 "$build.log" >&2; rm -rf "$build"; return 1; }
     rm -f "$build"/var/cache/apt/archives/*.deb
@@ -41,10 +52,27 @@ lan_up() {
     ip link set "${p}h" up
 }
 
-# target_create PREFIX NAME IP ROOTFS_TAR WORK PUBKEY
+# target_create PREFIX NAME IP ROOTFS_TAR WORK PUBKEY: a root filesystem and a network
+# namespace (with its address on the LAN) for one target.
 target_create() {
-    local p=$1 name=$2 ipaddr=$3 tarball=$4 work=$5 pubkey=$6 dir ns
-    dir=$work/$name; ns=$p-$name
+    local p=$1 name=$2 ipaddr=$3 ns=$1-$2
+    target_rootfs "$name" "$4" "$5" "$6"
+    ip netns add "$ns"; CREATED_NETNS+=("$ns")
+    ip -n "$ns" link set lo up
+    ip link add "${p}${name:0:5}" type veth peer name "${p}${name:0:5}c"
+    ip link set "${p}${name:0:5}" netns "$p-lan"
+    ip -n "$p-lan" link set "${p}${name:0:5}" master br0 up
+    ip link set "${p}${name:0:5}c" netns "$ns"
+    ip -n "$ns" link set "${p}${name:0:5}c" name eth0
+    ip -n "$ns" addr add "$ipaddr/24" dev eth0
+    ip -n "$ns" link set eth0 up
+}
+
+# target_rootfs NAME ROOTFS_TAR WORK PUBKEY: a fresh Debian 12 in WORK/NAME that lets
+# "pi" in with PUBKEY and passwordless sudo, like a new SD card or server.
+target_rootfs() {
+    local name=$1 tarball=$2 work=$3 pubkey=$4 dir
+    dir=$work/$name
     mkdir -p "$dir"
     tar -C "$dir" -xf "$tarball"
     chmod 0755 "$dir"
@@ -61,19 +89,14 @@ target_create() {
     for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer; do
         rm -f "$dir/etc/systemd/system/timers.target.wants/$u"
     done
-    ip netns add "$ns"; CREATED_NETNS+=("$ns")
-    ip -n "$ns" link set lo up
-    ip link add "${p}${name:0:5}" type veth peer name "${p}${name:0:5}c"
-    ip link set "${p}${name:0:5}" netns "$p-lan"
-    ip -n "$p-lan" link set "${p}${name:0:5}" master br0 up
-    ip link set "${p}${name:0:5}c" netns "$ns"
-    ip -n "$ns" link set "${p}${name:0:5}c" name eth0
-    ip -n "$ns" addr add "$ipaddr/24" dev eth0
-    ip -n "$ns" link set eth0 up
+    # Installed ahead (no mirror here) but off, as on a machine without it: the
+    # playbook enables nginx where it terminates TLS.
+    rm -f "$dir/etc/systemd/system/multi-user.target.wants/nginx.service"
 }
 
 # target_boot PREFIX NAME WORK: boot the container with systemd as PID 1. CAP_NET_ADMIN
 # (for nftables) only acts on the target's own network namespace.
+declare -A TARGET_PID=()
 target_boot() {
     local p=$1 name=$2 work=$3
     if ! mountpoint -q /run/systemd/nspawn; then
@@ -83,8 +106,22 @@ target_boot() {
     fi
     systemd-nspawn -q -D "$work/$name" --boot --register=no --keep-unit --console=passive \
         -M "$p-$name" --capability=CAP_NET_ADMIN --network-namespace-path="/run/netns/$p-$name" \
-        >"$work/$name.console.log" 2>&1 &
+        >>"$work/$name.console.log" 2>&1 &
     NSPAWN_PIDS+=($!)
+    TARGET_PID[$name]=$!
+}
+
+# target_replace PREFIX NAME ROOTFS_TAR WORK PUBKEY: power the target off and boot a
+# fresh one in its place (same name, address and network): a replacement machine.
+target_replace() {
+    local p=$1 name=$2 pid=${TARGET_PID[$2]}
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    rm -rf "${4:?}/$name"
+    target_rootfs "$name" "$3" "$4" "$5"
+    target_boot "$p" "$name" "$4"
 }
 
 # wait_ssh KEY IP [SECONDS]

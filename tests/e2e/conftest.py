@@ -233,13 +233,12 @@ def start_appliance(appliance_data: Path, tmp_path: Path, request: pytest.Fixtur
 @pytest.fixture
 def start_coordinator(tmp_path: Path, request: pytest.FixtureRequest
                       ) -> Iterator[Callable[..., Coordinator]]:
-    """``start(state, config=None, tls=None)``: a new coordinator process on a new port;
-    every process is stopped at teardown (killed if it does not stop)."""
+    """``start(state, config=None)``: a new coordinator process on a new port; every
+    process is stopped at teardown (killed if it does not stop)."""
     from tests.e2e.coordinator_process import Coordinator
 
-    def start(state: Path, config: Path | None = None,
-              tls: tuple[Path, Path, Path] | None = None) -> Coordinator:
-        return started(Coordinator(state, tmp_path, config, tls)).start()
+    def start(state: Path, config: Path | None = None) -> Coordinator:
+        return started(Coordinator(state, tmp_path, config)).start()
 
     with _processes(request) as started:
         yield start

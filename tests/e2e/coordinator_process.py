@@ -48,13 +48,11 @@ def write_config(path: Path, **settings: int) -> Path:
 class Coordinator(ServerProcess):
     """One ``python -m coordinator serve`` on loopback; restartable on the same port."""
 
-    def __init__(self, state: Path, log_dir: Path, config: Path | None = None,
-                 tls: tuple[Path, Path, Path] | None = None) -> None:
+    def __init__(self, state: Path, log_dir: Path, config: Path | None = None) -> None:
         self.port = free_port()
         super().__init__(f"coordinator-{self.port}", log_dir)
-        self.state, self.config, self.tls = state, config, tls
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
-        self.verify = str(tls[0]) if tls else True  # tls = (ca, cert, key)
+        self.state, self.config = state, config
+        self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "Coordinator":
         """Start the process and wait until ``/healthz`` answers 200."""
@@ -62,15 +60,13 @@ class Coordinator(ServerProcess):
                "--host", "127.0.0.1", "--port", str(self.port)]
         if self.config:
             cmd += ["--config", str(self.config)]
-        if self.tls:
-            cmd += ["--tls-cert", str(self.tls[1]), "--tls-key", str(self.tls[2])]
         self.spawn(cmd)
         return self
 
     # --- the device side ---------------------------------------------------------------
     def get(self, path: str, token: str) -> requests.Response:
         return requests.get(f"{self.url}{path}", headers={"Authorization": f"Bearer {token}"},
-                            timeout=10, verify=self.verify)
+                            timeout=10)
 
     def rounds(self, token: str) -> list[dict]:
         response = self.get("/api/v1/rounds", token)
@@ -81,8 +77,7 @@ class Coordinator(ServerProcess):
         return requests.post(f"{self.url}/api/v1/updates",
                              headers={"Authorization": f"Bearer {token}"},
                              files={"weights": ("update.npz", io.BytesIO(update.payload))},
-                             data={"meta": json.dumps(update.meta)}, timeout=30,
-                             verify=self.verify)
+                             data={"meta": json.dumps(update.meta)}, timeout=30)
 
     def wait_for_outcome(self, token: str, round_id: int) -> dict:
         """The round once its aggregation has run (the reason then starts "outcome:")."""

@@ -1,53 +1,21 @@
 """The coordinator as real ``python -m coordinator serve`` processes: a SIGKILL mid-round
-resumes with every acknowledged update; TLS with a CA made by the ``openssl`` CLI; a
-stop that hangs dumps its threads and still exits.
+resumes with every acknowledged update; a stop that hangs dumps its threads and still
+exits.
 
 Devices and tokens are made with the real CLI; updates are int8-encoded head deltas
 posted over HTTP exactly as an appliance sends them."""
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
-import pytest
 import requests
 
-from tests.e2e.conftest import CLI_TIMEOUT_S, REPO, START_TIMEOUT_S, STOP_TIMEOUT_S, _env, free_port
-from tests.e2e.coordinator_process import (
-    Update, enroll, path_of, write_config,
-)
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    done = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=CLI_TIMEOUT_S)
-    assert done.returncode == 0, f"openssl {' '.join(args)}:\n{done.stderr}"
-
-
-@pytest.fixture
-def tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """(CA certificate, server certificate for IP 127.0.0.1 signed by it, server key)."""
-    folder = tmp_path / "tls"
-    folder.mkdir()
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
-            "-subj", "/CN=NeuroEdge test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=folder)
-    openssl("req", "-new", *ec, "-keyout", "server.key", "-out", "server.csr",
-            "-subj", "/CN=127.0.0.1", cwd=folder)
-    (folder / "server.ext").write_text("subjectAltName=IP:127.0.0.1\n"
-                                       "basicConstraints=critical,CA:FALSE\n"
-                                       "keyUsage=critical,digitalSignature\n"
-                                       "extendedKeyUsage=serverAuth\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-set_serial", "2", "-days", "1", "-extfile", "server.ext", "-out", "server.pem",
-            cwd=folder)
-    return folder / "ca.pem", folder / "server.pem", folder / "server.key"
+from tests.e2e.conftest import REPO, START_TIMEOUT_S, STOP_TIMEOUT_S, _env, free_port
+from tests.e2e.coordinator_process import Update, enroll, write_config
 
 
 def test_sigkill_mid_round_resumes_with_the_acknowledged_updates(tmp_path, start_coordinator):
@@ -91,56 +59,6 @@ def test_sigkill_mid_round_resumes_with_the_acknowledged_updates(tmp_path, start
     assert "publishing disabled" in rnd["reason"], rnd["reason"]
     health = requests.get(f"{server.url}/healthz", timeout=10).json()
     assert health["latest_version"] == 1
-
-
-def test_tls_serves_https_only_and_devices_work_over_it(tmp_path, start_coordinator,
-                                                        tls_files):
-    # Prepare
-    ca = tls_files[0]
-    state = tmp_path / "state"
-    token = enroll(state, "pi-1")
-
-    # Execute
-    server = start_coordinator(state, tls=tls_files)
-    https = requests.get(f"https://127.0.0.1:{server.port}/healthz", verify=str(ca),
-                         timeout=10)
-
-    # Assert: verified HTTPS works; the certificate is not trusted without our CA.
-    assert https.status_code == 200 and https.json()["status"] == "ok"
-    with pytest.raises(requests.exceptions.SSLError):
-        requests.get(f"https://127.0.0.1:{server.port}/healthz", timeout=10)
-
-    # Assert: plain HTTP on the same port gets no answer from the API.
-    try:
-        plain = requests.get(f"http://127.0.0.1:{server.port}/healthz", timeout=10)
-    except requests.ConnectionError:
-        plain = None
-    assert plain is None or plain.status_code >= 400
-
-    # Execute: a device fetches the latest bundle over TLS with its token.
-    latest = server.get("/api/v1/bundles/latest", token)
-
-    # Assert: it is v1, and every download link stays on https.
-    assert latest.status_code == 200, latest.text
-    body = latest.json()
-    assert body["version"] == 1
-    assert body["files"] and all(u.startswith(f"{server.url}/") for u in body["files"].values())
-    manifest = server.get(path_of(body["files"]["manifest.json"]), token)
-    assert manifest.status_code == 200 and json.loads(manifest.content)["version"] == 1
-
-
-def test_tls_server_stops_cleanly_on_sigterm(tmp_path, start_coordinator, tls_files):
-    # Prepare
-    server = start_coordinator(tmp_path / "state", tls=tls_files)
-
-    # Execute
-    started = time.monotonic()
-    code = server.stop()
-
-    # Assert: it exits by itself, promptly (not killed after STOP_TIMEOUT_S); a stop that
-    # hangs has dumped every thread's stack into the log by then.
-    assert code == 0, f"exit code {code}; log:\n{server.stderr()[-8000:]}"
-    assert time.monotonic() - started < STOP_TIMEOUT_S
 
 
 def test_a_stop_that_hangs_dumps_every_threads_stack_and_still_exits(tmp_path):
