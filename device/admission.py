@@ -6,14 +6,24 @@ at once would take the serving process from under 200 MB to about 800 MB, more t
 Pi can spare. Each analysis therefore holds its estimated working memory from a budget
 for as long as it decodes and preprocesses: small slices run side by side, large ones
 take turns. One analysis always runs, however large (its size is limited elsewhere).
+
+What is freed must also leave the process: :func:`bound_allocator` stops glibc from
+keeping large freed buffers (by default it raises its mmap threshold after each large
+free, up to 32 MB, and keeps one heap per thread), which had eight camera frames leave
+the process at 630 MB instead of 250.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import logging
 import threading
 from typing import Iterator
 
 from models.core import preprocess as mp
+
+logger = logging.getLogger(__name__)
 
 BUDGET_BYTES = 96 << 20
 # Bytes per decoded pixel (8-bit colour) and per pixel of the working image (at most
@@ -22,6 +32,26 @@ BUDGET_BYTES = 96 << 20
 # (estimated 8).
 DECODED_BYTES_PER_PIXEL = 3
 WORKING_BYTES_PER_PIXEL = 28
+
+
+# glibc's mallopt() parameters, and the values the appliance sets: buffers of 4 MB and
+# more (large images only) are mapped and unmapped; up to 32 MB at the top of a heap is
+# kept for reuse (a slice's arrays: no page faults on every upload); two heaps.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+ALLOCATOR = ((_M_MMAP_THRESHOLD, 4 << 20), (_M_TRIM_THRESHOLD, 32 << 20), (_M_ARENA_MAX, 2))
+
+
+def bound_allocator() -> bool:
+    """Apply :data:`ALLOCATOR` to this process's C allocator; False where it is not
+    glibc's (the defaults then stay)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    done = all(mallopt(param, value) == 1 for param, value in ALLOCATOR)
+    logger.debug("allocator bounds %s", "set" if done else "not set")
+    return done
 
 
 def analysis_bytes(data: bytes) -> int:

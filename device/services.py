@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from device.admission import bound_allocator
 from device.analysis import Analyser
 from device.config import Settings
 from device.federation import Federation
@@ -113,6 +114,7 @@ def _indicator(settings: Settings, on_sync) -> Indicator:
 
 def build_services(settings: Settings) -> Services:
     """Build everything; the caller owns the result and must ``close()`` it."""
+    bound_allocator()  # memory freed by large uploads leaves the process
     store, accounts = open_stores(settings)
     # settings.bundle is the shipped fallback; a bundle installed from the coordinator wins.
     bundles = InstalledBundles(settings.data_dir, settings.bundle, trusted_keys(settings))

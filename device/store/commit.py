@@ -6,6 +6,9 @@ SQLite transaction (each in its own SAVEPOINT, so one failing leaves the others 
 commits once; each caller returns when the COMMIT holding its work is on disk. Nothing
 waits on purpose: a batch is whatever queued while the previous COMMIT was flushing,
 so a lone upload commits at once and a busy appliance fsyncs less than once per upload.
+Give it a :class:`Database` of its own on the file: while it waits for the disk, reads
+(a sign-in, a page) go on through the shared one (WAL lets readers and one writer work
+at once).
 """
 from __future__ import annotations
 
@@ -38,7 +41,8 @@ class GroupCommit:
     Parameters
     ----------
     db : Database
-        The database written to; the batch runs in one :meth:`Database.tx`.
+        The database written to, each batch in one :meth:`Database.tx`; best one that
+        nothing else uses, so that its lock is never held by a reader.
     name : str
         Name of the writer thread (logs and debuggers).
     """
@@ -47,6 +51,7 @@ class GroupCommit:
         self._db = db
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
+        self.commits = 0  # COMMITs made: fewer than transactions when uploads share them
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -100,6 +105,7 @@ class GroupCommit:
             with self._db.tx() as conn:
                 for job in batch:
                     self._run_one(conn, job)
+            self.commits += 1
         except BaseException as exc:  # BEGIN or COMMIT failed: none of the batch is kept
             log.warning("a commit of %d transaction(s) failed: %s", len(batch), exc)
             for job in batch:

@@ -20,6 +20,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 from models.core.files import TMP_SUFFIX, fsync_dir
 from models.core.sqlitedb import Database
@@ -71,9 +72,13 @@ class FileJournal:
         self._last_write = time.monotonic()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._commit: Callable[[Callable[[sqlite3.Connection], Any]], Any] | None = None
 
-    def start(self) -> None:
-        """Start the background flusher."""
+    def start(self, commit: Callable[[Callable[[sqlite3.Connection], Any]], Any] | None = None
+              ) -> None:
+        """Start the background flusher; ``commit(work)``, if given, commits its deletions
+        (the group commit's, so that they share a COMMIT with uploads)."""
+        self._commit = commit
         self._thread = threading.Thread(target=self._loop, name="file-flush", daemon=True)
         self._thread.start()
 
@@ -103,9 +108,15 @@ class FileJournal:
             finally:
                 os.close(fd)
         fsync_dir(self._dir)
-        with self._db.tx() as conn:
+
+        def delete(conn: sqlite3.Connection) -> None:
             conn.executemany("DELETE FROM pending_files WHERE name = ?",
                              [(name,) for name in names])
+        if self._commit is not None:
+            self._commit(delete)
+        else:
+            with self._db.tx() as conn:
+                delete(conn)
         return len(names)
 
     def restore(self) -> int:
@@ -120,15 +131,19 @@ class FileJournal:
             log.info("restored %d file(s) whose fsync was pending", restored)
         return restored
 
-    def close(self) -> None:
-        """Stop the flusher and flush what is pending; idempotent."""
+    def stop(self) -> None:
+        """Stop the background flusher (after the flush in progress, if any)."""
         with self._wake:
-            if self._closed:
-                return
             self._closed = True
             self._wake.notify()
         if self._thread is not None:
             self._thread.join()
+
+    def close(self) -> None:
+        """Stop the flusher and flush what is pending through the database's own
+        connection (the group commit may be closed by now)."""
+        self.stop()
+        self._commit = None
         self.flush()
 
     def _due(self) -> float | None:

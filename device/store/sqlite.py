@@ -101,6 +101,7 @@ class SQLiteCaseStore(CaseStore):
         self._files_lock = threading.Lock()
         self._in_flight: set[str] = set()
         self._journal = FileJournal(self._db, self._images)
+        self._writer: Database | None = None
         self._commits: GroupCommit | None = None
         try:
             self._journal.restore()
@@ -108,8 +109,10 @@ class SQLiteCaseStore(CaseStore):
         except BaseException:
             self.close()
             raise
-        self._commits = GroupCommit(self._db, "case-commit")
-        self._journal.start()
+        # The writer's own connection: reads never wait for an upload's fsync.
+        self._writer = Database(self._db.path)
+        self._commits = GroupCommit(self._writer, "case-commit")
+        self._journal.start(self._commits.run)
 
     def add_case(self, image: bytes, *, source: str, width: int, height: int,
                  probability: float, predicted_label: int, threshold: float,
@@ -342,8 +345,11 @@ class SQLiteCaseStore(CaseStore):
             return
         self._closed = True
         try:
+            self._journal.stop()
             if self._commits is not None:
-                self._commits.close()
+                self._commits.close()  # commits what is queued
             self._journal.close()  # a clean stop leaves no fsync pending
+            if self._writer is not None:
+                self._writer.close()
         finally:
             self._db.release()

@@ -3,6 +3,7 @@ COMMIT (group commit), and an image's durability rides on its row's COMMIT until
 file itself is flushed (the file journal). A power cut must still lose nothing."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -28,34 +30,66 @@ def _pending(data_dir: Path) -> list[str]:
         conn.close()
 
 
-def test_uploads_that_finish_together_share_one_commit(tmp_path: Path) -> None:
-    # Prepare: the writer is held up in its first COMMIT while seven more uploads arrive
-    store = SQLiteCaseStore(tmp_path)
-    db, commits = store._db, store._commits
-    assert isinstance(commits, GroupCommit)
-    transactions: list[int] = []
-    real_tx = db.tx
+@contextlib.contextmanager
+def write_locked(data_dir: Path) -> Iterator[None]:
+    """Another process's write transaction on the database, for the block's duration:
+    the store's writer waits for it (busy_timeout) while uploads queue behind."""
+    conn = sqlite3.connect(data_dir / "neuroedge.db", isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
 
-    def counting_tx():
-        transactions.append(1)
-        return real_tx()
-    db.tx = counting_tx  # type: ignore[method-assign]
+
+def _start_behind_a_lock(commits: GroupCommit, threads: list[threading.Thread]) -> None:
+    """Start the first thread, whose job the writer takes and waits on the lock with,
+    then the others, whose jobs queue (within busy_timeout, 5 s)."""
+    threads[0].start()
+    time.sleep(0.2)
+    for thread in threads[1:]:
+        thread.start()
+    deadline = time.monotonic() + 3
+    while commits._queue.qsize() < len(threads) - 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_uploads_that_finish_together_share_one_commit(tmp_path: Path) -> None:
+    # Prepare: the writer is held up in its first BEGIN while seven more uploads arrive
+    store = SQLiteCaseStore(tmp_path)
+    commits = store._commits
+    assert isinstance(commits, GroupCommit)
     made: list = []
-    db._lock.acquire()  # the writer's first BEGIN waits here
     threads = [threading.Thread(target=lambda: made.append(add(store))) for _ in range(8)]
     # Execute
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 10
-    while commits._queue.qsize() < 7 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    db._lock.release()
+    with write_locked(tmp_path):
+        _start_behind_a_lock(commits, threads)
     for t in threads:
         t.join()
-    # Assert: 8 cases, 2 transactions (the first alone, then the seven together)
+    # Assert: 8 cases in 2 commits (the first alone, then the seven together)
     try:
         assert len(made) == 8 and store.count() == 8
-        assert len(transactions) == 2
+        assert commits.commits == 2
+    finally:
+        store.close()
+
+
+def test_reads_go_on_while_the_writer_waits_for_the_disk(tmp_path: Path) -> None:
+    # Prepare: an upload whose commit is held up by another writer
+    store = SQLiteCaseStore(tmp_path)
+    kept = add(store)
+    thread = threading.Thread(target=lambda: add(store))
+    # Execute: a read meanwhile, on the store's shared connection
+    with write_locked(tmp_path):
+        thread.start()
+        time.sleep(0.2)
+        read = store.get(kept.id)
+        commit_still_held_up = thread.is_alive()
+    thread.join()
+    # Assert: the read was answered while the upload still waited to commit
+    try:
+        assert read == kept and commit_still_held_up and store.count() == 2
     finally:
         store.close()
 
@@ -65,7 +99,6 @@ def test_one_failing_upload_in_a_batch_leaves_the_others_stored(tmp_path: Path) 
     store = SQLiteCaseStore(tmp_path)
     commits = store._commits
     assert commits is not None
-    store._db._lock.acquire()
     results: list = []
 
     def run(work) -> None:
@@ -81,16 +114,14 @@ def test_one_failing_upload_in_a_batch_leaves_the_others_stored(tmp_path: Path) 
             lambda c: c.execute("INSERT INTO settings VALUES ('c', 'z')") and "c"]
     threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
     # Execute: they queue behind the held lock; the failing one shares a COMMIT with "c"
-    for t in threads:
-        t.start()
-        time.sleep(0.05)
-    store._db._lock.release()
+    with write_locked(tmp_path):
+        _start_behind_a_lock(commits, threads)
     for t in threads:
         t.join()
     # Assert
     keys = [row[0] for row in store._db.read("SELECT key FROM settings ORDER BY key")]
     store.close()
-    assert keys == ["b", "c"]
+    assert keys == ["b", "c"] and commits.commits == 2
     assert sorted(r for r in results if isinstance(r, str)) == ["b", "c"]
     errors = [r for r in results if isinstance(r, Exception)]
     assert len(errors) == 1 and isinstance(errors[0], StoreError)
