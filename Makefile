@@ -49,6 +49,7 @@ screenshots: install system-deps
 bench: install system-deps
 	$(PY) -m models bench --data $(DATA)
 	$(PY) -m device.bench
+	$(PY) -m device.bench --cpus 0
 	$(PY) -m coordinator.bench
 
 # Rebuild the shipped default bundle from the shared dataset (see README).
