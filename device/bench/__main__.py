@@ -125,8 +125,9 @@ def report(figures: dict[str, dict[str, float]], cpus: str | None) -> None:
     print(f"  {'':46s} {'peer':>9s} {'appliance':>10s} {'ratio':>7s}  target")
     for key, label, unit, target in ROWS:
         ratio = app[key] / peer[key] if peer[key] else float("nan")
-        print(f"  {label + ' (' + unit + ')':46s} {peer[key]:9.1f} {app[key]:10.1f} "
-              f"{ratio:6.2f}x  {target}")
+        digits = 2 if unit == "s" else 1
+        print(f"  {label + ' (' + unit + ')':46s} {peer[key]:9.{digits}f} "
+              f"{app[key]:10.{digits}f} {ratio:6.2f}x  {target}")
     failed = {k: v for k, v in app.items() if "failed" in k and v}
     failed.update({f"peer {k}": v for k, v in peer.items() if "failed" in k and v})
     print(f"  failed requests: {failed or 'none'}")
