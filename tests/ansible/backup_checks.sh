@@ -38,7 +38,7 @@ same_rounds() {  # same_rounds FILE: the coordinator's rounds now equal those in
 }
 
 fresh_pi1() {  # a replacement pi1 (same name and address), provisioned by deploy.yml
-    target_replace "$P" pi1 "$ROOTFS" "$WORK" "$KEY.pub"
+    target_replace "$P" pi1 "$ROOTFS" "$TARGETS" "$KEY.pub"
     wait_ssh "$KEY" "$PI_IP" || return 1
     # New SSH connections: the old ones' multiplexing masters talk to a dead machine.
     export ANSIBLE_SSH_CONTROL_PATH_DIR=$WORK/ssh-new
@@ -46,6 +46,15 @@ fresh_pi1() {  # a replacement pi1 (same name and address), provisioned by deplo
 }
 
 same_cases() { diff "$WORK/pi1.digest" <(case_digest "$PI_IP"); }
+
+second_flower_round() {  # the restored SuperLink knows pi2's node: its update is taken
+    on "$COORD_IP" sudo systemctl start neuroedge-flower-round || return 1
+    flower_round_events | python3 -c 'import json, sys
+events = json.load(sys.stdin)
+assert len(events) == 2, events
+sites = {s.get("device_id"): s for s in events[0]["sites"]}  # newest first
+assert "round" in sites["pi2"].get("update", {}), sites'
+}
 
 old_token_labels_a_case() {  # the restored accounts: pi1's API token from before works
     local id label
@@ -75,6 +84,8 @@ backup_checks() {
         same_rounds "$WORK/rounds.json"
     check "restored coordinator serves its own certificate again" \
         curl -fsS --max-time 10 --cacert "$WORK/ca.crt" "https://$COORD_IP:8443/healthz"
+    check "restored SuperLink: a second Flower round takes pi2's update (same node)" \
+        second_flower_round
     log "coordinator restore: $((SECONDS - t)) s"
 
     t=$SECONDS

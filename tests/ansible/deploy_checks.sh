@@ -45,15 +45,15 @@ one_admin() {  # one_admin IP
 }
 
 firewall_loaded() {
-    on "$PI_IP" sudo nft list table inet neuroedge | grep -q 'dport 443 ' \
-        && on "$PI2_IP" sudo nft list table inet neuroedge | grep -q 'dport 8080 ' \
-        && on "$COORD_IP" sudo nft list table inet neuroedge | grep -qE 'dport \{ 8443, 9092 \}'
+    on "$PI_IP" sudo nft list table inet neuroedge | grep 'dport 443 ' >/dev/null \
+        && on "$PI2_IP" sudo nft list table inet neuroedge | grep 'dport 8080 ' >/dev/null \
+        && on "$COORD_IP" sudo nft list table inet neuroedge | grep -E 'dport \{ 8443, 9092 \}' >/dev/null
 }
 
 outside_blocked() {  # from $SUBNET.200 (not in the clinic network) nothing answers
-    ! curl -sS --max-time 4 -k --interface "$SUBNET.200" "https://$PI_IP/healthz" \
-        && ! curl -sS --max-time 4 --interface "$SUBNET.200" "http://$PI2_IP:8080/healthz" \
-        && ! curl -sS --max-time 4 -k --interface "$SUBNET.200" "https://$COORD_IP:8443/healthz"
+    ! curl -sS --max-time 2 -k --interface "$SUBNET.200" "https://$PI_IP/healthz" \
+        && ! curl -sS --max-time 2 --interface "$SUBNET.200" "http://$PI2_IP:8080/healthz" \
+        && ! curl -sS --max-time 2 -k --interface "$SUBNET.200" "https://$COORD_IP:8443/healthz"
 }
 
 private_files() {

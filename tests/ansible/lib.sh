@@ -52,11 +52,9 @@ lan_up() {
     ip link set "${p}h" up
 }
 
-# target_create PREFIX NAME IP ROOTFS_TAR WORK PUBKEY: a root filesystem and a network
-# namespace (with its address on the LAN) for one target.
-target_create() {
+# target_net PREFIX NAME IP: the target's network namespace, with its address on the LAN.
+target_net() {
     local p=$1 name=$2 ipaddr=$3 ns=$1-$2
-    target_rootfs "$name" "$4" "$5" "$6"
     ip netns add "$ns"; CREATED_NETNS+=("$ns")
     ip -n "$ns" link set lo up
     ip link add "${p}${name:0:5}" type veth peer name "${p}${name:0:5}c"
@@ -94,8 +92,9 @@ target_rootfs() {
     rm -f "$dir/etc/systemd/system/multi-user.target.wants/nginx.service"
 }
 
-# target_boot PREFIX NAME WORK: boot the container with systemd as PID 1. CAP_NET_ADMIN
-# (for nftables) only acts on the target's own network namespace.
+# target_boot PREFIX NAME WORK: boot the container with systemd as PID 1 (its console
+# in $LOGS, default WORK). CAP_NET_ADMIN (for nftables) only acts on the target's own
+# network namespace.
 declare -A TARGET_PID=()
 target_boot() {
     local p=$1 name=$2 work=$3
@@ -106,7 +105,7 @@ target_boot() {
     fi
     systemd-nspawn -q -D "$work/$name" --boot --register=no --keep-unit --console=passive \
         -M "$p-$name" --capability=CAP_NET_ADMIN --network-namespace-path="/run/netns/$p-$name" \
-        >>"$work/$name.console.log" 2>&1 &
+        >>"${LOGS:-$work}/$name.console.log" 2>&1 &
     NSPAWN_PIDS+=($!)
     TARGET_PID[$name]=$!
 }
@@ -154,6 +153,6 @@ teardown() {
     done
     for i in "${CREATED_LINKS[@]}"; do ip link del "$i" 2>/dev/null; done
     for i in "${CREATED_NETNS[@]}"; do ip netns del "$i" 2>/dev/null; done
-    for i in "${MOUNTED[@]}"; do umount "$i" 2>/dev/null; done
+    for i in "${MOUNTED[@]}"; do umount "$i" 2>/dev/null || umount -l "$i" 2>/dev/null; done
     set -e
 }

@@ -51,29 +51,42 @@ check() {  # check NAME COMMAND...
 T0=$SECONDS
 mkdir -p "$CACHE"
 WORK=$(mktemp -d /var/tmp/neuroedge-e2e.XXXXXX)
+LOGS=$WORK
+# The targets' root filesystems (about 5 GB) go to a tmpfs when memory allows: unpacking,
+# pip and the final removal then cost no disk I/O (on a busy disk, deleting them took
+# minutes). NEUROEDGE_E2E_TMPFS=0 or 1 forces the choice.
+TARGETS=$WORK/targets
+mkdir "$TARGETS"
 P=nx$(printf '%04x' $((RANDOM % 65536)))
 KEEP=${NEUROEDGE_E2E_KEEP:-0}
 SUMMARY_DONE=0
 finish() {
-    local rc=$?
+    local rc=$? t=$SECONDS
     teardown
     if [ "$SUMMARY_DONE" = 0 ]; then   # aborted before the end: count it, still summarise
         FAILED=$((FAILED + 1))
         log "FAIL aborted (exit $rc) before all checks ran"
-        echo "ansible-e2e: $PASSED passed, $FAILED failed"
         [ "$rc" -ne 0 ] || rc=1
     fi
+    rm -rf "$TARGETS"   # the (large) root filesystems; nothing left to remove on tmpfs
+    log "teardown: $((SECONDS - t)) s; total: $((SECONDS - T0)) s"
     if [ "$KEEP" = 1 ] || [ "$FAILED" -gt 0 ] || [ "$rc" -ne 0 ]; then
-        # keep logs, drop the (large) root filesystems
-        rm -rf "$WORK/coord" "$WORK/pi1" "$WORK/pi2"
         log "logs kept in $WORK"
     else
         rm -rf "$WORK"
     fi
+    echo "ansible-e2e: $PASSED passed, $FAILED failed"
     exit "$rc"
 }
 trap finish EXIT
 trap 'exit 130' INT TERM
+available_gib=$(awk '/^MemAvailable/ {print int($2 / 1048576)}' /proc/meminfo)
+if [ "${NEUROEDGE_E2E_TMPFS:-auto}" = 1 ] \
+   || { [ "${NEUROEDGE_E2E_TMPFS:-auto}" = auto ] && [ "$available_gib" -ge 12 ]; }; then
+    mount -t tmpfs -o size=10g,mode=0755 neuroedge-e2e "$TARGETS"
+    MOUNTED+=("$TARGETS")
+    log "targets on a tmpfs ($available_gib GiB of memory available)"
+fi
 
 # --- host tools --------------------------------------------------------------------
 need=()
@@ -85,7 +98,7 @@ if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-if ip -br addr | grep -q " $SUBNET\."; then
+if ip -br addr | grep " $SUBNET\." >/dev/null; then
     echo "run_e2e.sh: $SUBNET.0/24 is already in use on this host (another run?)" >&2; exit 2
 fi
 
@@ -118,9 +131,13 @@ PI2_IP=$SUBNET.12
 lan_up "$P" "$SUBNET"
 # A second host address outside the "clinic network" ($SUBNET.0/25) for the firewall check.
 ip addr add "$SUBNET.200/24" dev "${P}h"
+for name in coord pi1 pi2; do     # unpacked side by side: I/O, not CPU
+    target_rootfs "$name" "$ROOTFS" "$TARGETS" "$KEY.pub" &
+done
+wait
 for t in "coord=$COORD_IP" "pi1=$PI_IP" "pi2=$PI2_IP"; do
-    target_create "$P" "${t%%=*}" "${t#*=}" "$ROOTFS" "$WORK" "$KEY.pub"
-    target_boot "$P" "${t%%=*}" "$WORK"
+    target_net "$P" "${t%%=*}" "${t#*=}"
+    target_boot "$P" "${t%%=*}" "$TARGETS"
 done
 for t in "coord=$COORD_IP" "pi1=$PI_IP" "pi2=$PI2_IP"; do
     wait_ssh "$KEY" "${t#*=}" \
@@ -164,16 +181,18 @@ play() {  # play PLAYBOOK [ARGS...]: ansible-playbook with the test inventory an
 }
 on() { local ip=$1; shift; ssh_t "$KEY" "$ip" "$@"; }
 
-# --- static checks ------------------------------------------------------------------
+# --- static checks (ansible-lint runs beside the first playbook run) ------------------
 check "syntax-check" play deploy.yml --syntax-check
-check "ansible-lint" bash -c "cd '$REPO/ansible' && ansible-lint --offline -q deploy.yml backup.yml restore.yml"
+(cd "$REPO/ansible" && ansible-lint --offline -q deploy.yml backup.yml restore.yml) \
+    >"$WORK/lint.log" 2>&1 &
+LINT_PID=$!
 
 deploy_checks          # three runs of deploy.yml (first, idempotent, certificate renewal)
+check "ansible-lint" wait "$LINT_PID"
+cat "$WORK/lint.log" >>"$WORK/checks.log"
 tls_checks             # nginx in front of the coordinator and pi1
 flower_checks          # cases on both Pis, an HTTP update from pi1, a Flower round via pi2
 backup_checks          # backup.yml, then restore.yml on a wiped coordinator and a new pi1
 
-log "total: $((SECONDS - T0)) s"
 SUMMARY_DONE=1
-echo "ansible-e2e: $PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]
