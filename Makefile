@@ -57,8 +57,9 @@ bundle: install
 	$(PY) -m models train --data $(DATA) --arch edge --out $(BUNDLE) \
 		--sign-key models/dev_keys/dev_signing.key --float-out models/default_float.weights.h5
 
-# Provisioning test: ansible/deploy.yml against a Pi-like and a coordinator target booted
-# with systemd-nspawn (root, Debian 12; caches in /var/cache/neuroedge-ci). ~3 min warm.
+# Provisioning test: ansible/deploy.yml, backup.yml and restore.yml against a coordinator and
+# two Pi-like targets booted with systemd-nspawn (root, Debian 12; caches in
+# /var/cache/neuroedge-ci). Its timings: docs/operations.md, "Testing the playbook".
 ansible-e2e:
 	$(SUDO) tests/ansible/run_e2e.sh
 
