@@ -68,9 +68,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"(state in {settings.state_dir}, latest bundle v{svc.bundles.latest().version})",
           flush=True)
     try:
-        import waitress
+        from coordinator.api.auth import large_body_credential
+        from models.core.serving import serve
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        waitress.serve(app, **waitress_options(settings))
+        serve(app, large_body_credential(app), **waitress_options(settings))
     finally:
         stop.set()
         svc.close()
@@ -79,7 +80,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def waitress_options(settings: Settings) -> dict:
     """Plain HTTP for loopback behind the TLS terminator (waitress buffers a request
-    before a thread sees it, so idle or slow clients hold no worker)."""
+    before a thread sees it, so idle or slow clients hold no worker). Bodies over 64 KB
+    need a device token (:func:`models.core.serving.serve`)."""
     options = {"host": settings.host, "port": settings.port, "threads": settings.threads,
                "ident": "neuroedge-coordinator",
                # an update's limit plus its form fields; waitress would spool up to 1 GiB
@@ -156,14 +158,15 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
-    from werkzeug.security import generate_password_hash
-    password = sys.stdin.readline().rstrip("\n")
-    if len(password) < 10:
-        print("error: password must be at least 10 characters", file=sys.stderr)
+    from models.core.passwords import WeakPasswordError, hash_password
+    try:  # the rules of models.core.passwords (NIST SP 800-63B)
+        password_hash = hash_password(sys.stdin.readline().rstrip("\n"), args.name)
+    except WeakPasswordError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     store = _store(args)
     try:
-        store.add_admin(args.name, generate_password_hash(password))
+        store.add_admin(args.name, password_hash)
         store.audit("admin_added", None, {"name": args.name})
     finally:
         store.close()

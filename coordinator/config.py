@@ -46,6 +46,7 @@ class Settings:
     dp_noise_multiplier: float = 0.0  # > 0 enables central DP (clipped mean + noise)
     dp_delta: float = 1e-5
     max_update_mb: float = 16.0
+    api_rate_limit: str = "120 per minute"  # device API requests per token; "" for none
     threads: int = 8
 
     def validate(self) -> "Settings":
@@ -65,6 +66,11 @@ class Settings:
             raise ConfigError("max_norm, clip_norm and round_deadline_s must be positive")
         if not (self.initial_bundle / "manifest.json").is_file():
             raise ConfigError(f"initial_bundle: no manifest.json in {self.initial_bundle}")
+        if self.api_rate_limit:
+            from models.core.webguard import valid_rate  # (Flask only when configured)
+            if not valid_rate(self.api_rate_limit):
+                raise ConfigError(f"api_rate_limit: {self.api_rate_limit!r} is not a rate "
+                                  "such as '120 per minute'")
         if self.data is not None and not self.data.exists():
             raise ConfigError(f"data: {self.data} does not exist")
         return self

@@ -28,11 +28,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.validate_config:
         print(f"configuration OK: {settings.data_dir}, bundle {settings.bundle}")
         return 0
-    import waitress
-
     from device.accounts import new_setup_code
     from device.services import build_services
     from device.web import create_app
+    from device.web.auth import large_body_credential
+    from models.core.serving import serve
     svc = build_services(settings)
     app = create_app(settings, svc)
     if svc.accounts.count_users() == 0:
@@ -51,7 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # SIGTERM (systemd stop) unwinds through the finally below: pins and store closed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        waitress.serve(app, **waitress_options(settings))
+        serve(app, large_body_credential(app), **waitress_options(settings))
     finally:
         stop.set()
         svc.close()
@@ -60,9 +60,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def waitress_options(settings: Settings) -> dict:
     """Where and how waitress listens; behind a TLS terminator only its forwarded
-    client address and scheme are believed."""
+    client address and scheme are believed. A body is at most a full browser batch (an
+    authenticated one: :func:`models.core.serving.serve` refuses anything over 64 KB
+    without a valid session or token at its headers)."""
+    from device.web import MAX_FILES_PER_UPLOAD
+    batch = settings.max_upload_bytes * MAX_FILES_PER_UPLOAD + 2**20  # + the form fields
     options = {"host": settings.host, "port": settings.port, "threads": settings.threads,
-               "ident": "neuroedge"}
+               "ident": "neuroedge", "max_request_body_size": batch}
     if settings.trusted_proxy:
         options.update(trusted_proxy=settings.trusted_proxy,
                        trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto"},
@@ -122,7 +126,7 @@ def _read_password(args: argparse.Namespace) -> str:
 
 def cmd_adduser(args: argparse.Namespace) -> int:
     from device.accounts import hash_password
-    password_hash = hash_password(_read_password(args))
+    password_hash = hash_password(_read_password(args), args.name)
     accounts = _open_accounts(args)
     accounts.add_user(args.name, args.role, password_hash)
     accounts.close()
@@ -132,20 +136,23 @@ def cmd_adduser(args: argparse.Namespace) -> int:
 
 def cmd_user(args: argparse.Namespace) -> int:
     """Reset a password, or disable/enable an account; either way the user's open
-    sessions end and a sign-in lockout is lifted."""
-    from device.accounts import end_sessions, hash_password
-    password_hash = hash_password(_read_password(args)) if args.action == "passwd" else ""
+    sessions end and a sign-in lockout is lifted; a reset also revokes their API tokens."""
+    from device.accounts import end_sessions, hash_password, reset_password
+    password_hash = hash_password(_read_password(args), args.name) \
+        if args.action == "passwd" else ""
     accounts = _open_accounts(args)
     try:
         if args.action == "passwd":
-            accounts.set_password(args.name, password_hash)
+            revoked = reset_password(accounts, args.name, password_hash)
+            done = (f"password changed, {revoked} API token{'' if revoked == 1 else 's'} "
+                    "revoked")
         else:
             accounts.set_disabled(args.name, args.action == "disable")
-        end_sessions(accounts, args.name)
+            end_sessions(accounts, args.name)
+            done = f"{args.action}d"
     finally:
         accounts.close()
-    done = {"passwd": "password changed", "disable": "disabled", "enable": "enabled"}
-    print(f"user {args.name}: {done[args.action]}")
+    print(f"user {args.name}: {done}")
     return 0
 
 

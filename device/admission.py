@@ -21,16 +21,16 @@ import logging
 import threading
 from typing import Iterator
 
+from device.imaging import limits
 from models.core import preprocess as mp
 
 logger = logging.getLogger(__name__)
 
 BUDGET_BYTES = 96 << 20
-# Bytes per decoded pixel (8-bit colour) and per pixel of the working image (at most
-# WORK_SIDE on a side: float32 grey, masks, float64 crop). Measured with tracemalloc:
-# 93 MB at the peak for a 4056x3040 JPEG (estimated 125), 4.9 MB for a 512x512 slice
-# (estimated 8).
-DECODED_BYTES_PER_PIXEL = 3
+# Bytes per pixel of the working image (at most WORK_SIDE on a side: float32 grey, masks,
+# float64 crop), beside the decoded pixels (device.imaging.limits). Measured with
+# tracemalloc: 93 MB at the peak for a 4056x3040 JPEG (estimated 125), 4.9 MB for a
+# 512x512 slice (estimated 8).
 WORKING_BYTES_PER_PIXEL = 28
 
 
@@ -55,13 +55,20 @@ def bound_allocator() -> bool:
 
 
 def analysis_bytes(data: bytes) -> int:
-    """Estimated peak memory of decoding and preprocessing ``data``, from its header
-    (PNG, JPEG) or its size (DICOM and anything else: pixels as large as the file)."""
+    """Estimated peak memory of decoding and preprocessing ``data``: its decoded pixels
+    (pixels x channels x bytes per sample, from the PNG or JPEG header) and the working
+    image; for DICOM and anything else, pixels as many as the file's bytes, in float64."""
     size = mp.image_size(data)
-    pixels = size[0] * size[1] if size else len(data)
-    side = max(size) if size else int(pixels ** 0.5)
+    decoded = limits.png_decoded_bytes(data) if data[:4] == b"\x89PNG" else \
+        limits.jpeg_decoded_bytes(data) if data[:2] == b"\xff\xd8" else None
+    if size is None or decoded is None:
+        pixels = len(data)
+        decoded = pixels * limits.DICOM_BYTES_PER_SAMPLE
+        side = int(pixels ** 0.5)
+    else:
+        pixels, side = size[0] * size[1], max(size)
     work = pixels * min(1.0, (mp.WORK_SIDE / max(side, 1)) ** 2)
-    return int(pixels * DECODED_BYTES_PER_PIXEL + work * WORKING_BYTES_PER_PIXEL)
+    return int(decoded + work * WORKING_BYTES_PER_PIXEL)
 
 
 class MemoryBudget:

@@ -24,7 +24,7 @@ from device.imaging import Upload, decode_upload, stored_model_input
 from device.inference.heatmap import FULL_SCALE_DROP, heatmap_png
 from device.inference.predictor import Prediction, Predictor
 from device.inference.slot import ModelSlot
-from device.store.base import Case, CaseStore
+from device.store.base import Case, CaseStore, IdempotencyKey
 from device.telemetry import Telemetry
 from models.core import preprocess as mp
 
@@ -63,11 +63,13 @@ class Analyser:
     memory: MemoryBudget = field(default_factory=MemoryBudget)
     _drawing: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
-    def analyse(self, data: bytes, source: str) -> Case:
+    def analyse(self, data: bytes, source: str, idempotency: IdempotencyKey | None = None
+                ) -> Case:
         """Analyse one image's bytes and store it as a new case; returns the case.
 
         Raises the :mod:`device.exc` input errors (400/413/415/422) before anything is
-        written: a refused image leaves no trace but a counter.
+        written: a refused image leaves no trace but a counter. With ``idempotency``,
+        the key is stored with the case (DuplicateKey if another request took it).
         """
         predictor = self.slot.current  # this request keeps this model even if swapped
         with self.status.activity(State.BUSY), self.heatmaps.upload():
@@ -81,7 +83,7 @@ class Analyser:
             # what the model saw (not a brain slice: result.is_slice, from the embedding):
             # raise a device.exc input error, and nothing is stored.
             latency_ms = (time.perf_counter() - start) * 1000
-            case = self._store(upload, source, predictor, result, latency_ms)
+            case = self._store(upload, source, predictor, result, latency_ms, idempotency)
         self.heatmaps.submit(HeatmapJob(case.id, predictor, image, result.probability))
         self.telemetry.predictions.labels("tumour" if result.label else "no_tumour").inc()
         logger.info("case %s: p=%.3f v%d %.1f ms", case.id, result.probability,
@@ -89,7 +91,7 @@ class Analyser:
         return case
 
     def _store(self, upload: Upload, source: str, predictor: Predictor, result: Prediction,
-               latency_ms: float) -> Case:
+               latency_ms: float, idempotency: IdempotencyKey | None) -> Case:
         """The case, its image as uploaded (without metadata) and its embedding, in one
         durable step."""
         return self.store.add_case(
@@ -97,7 +99,8 @@ class Analyser:
             probability=result.probability, predicted_label=result.label,
             threshold=predictor.threshold, uncertain=result.uncertain,
             model_version=predictor.version, latency_ms=latency_ms,
-            backbone_id=predictor.backbone_id, embedding=result.embedding)
+            backbone_id=predictor.backbone_id, embedding=result.embedding,
+            idempotency=idempotency)
 
     def heatmap(self, case: Case) -> Path:
         """Path of the case's heat map, drawn now if the background has not drawn it yet

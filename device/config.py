@@ -43,6 +43,7 @@ class Settings:
     cookie_secure: bool = False      # set True when served behind HTTPS
     login_attempts: int = 5          # failures allowed per user+address ...
     login_window_s: int = 900        # ... within this many seconds
+    api_rate_limit: str = "1200 per minute"  # per API token (Flask-Limiter); "" for none
     secret_key: str = field(default="", repr=False)
     # Federation (empty coordinator_url: this appliance works alone). Transport "http"
     # talks to `python -m coordinator serve`; "flower" takes rounds from a Flower
@@ -87,6 +88,11 @@ class Settings:
             raise ConfigError(f"coordinator_ca: no file {self.coordinator_ca}")
         if self.login_attempts < 1 or self.login_window_s < 1:
             raise ConfigError("login_attempts and login_window_s must be positive")
+        if self.api_rate_limit:
+            from models.core.webguard import valid_rate  # (Flask only when configured)
+            if not valid_rate(self.api_rate_limit):
+                raise ConfigError(f"api_rate_limit: {self.api_rate_limit!r} is not a rate "
+                                  "such as '600 per minute'")
         if self.transport not in ("http", "flower"):
             raise ConfigError(f"transport: {self.transport!r} is not 'http' or 'flower'")
         if self.transport == "flower" and not self.device_id:

@@ -47,6 +47,13 @@ class StoreError(DeviceError, RuntimeError):
     """The case store cannot complete an operation (nothing is half-written)."""
 
 
+class StorageFullError(StoreError):
+    """The disk is full (ENOSPC, or SQLite's "database or disk is full"): nothing was
+    stored (507 Insufficient Storage); it works again once space is freed."""
+
+    status = 507
+
+
 class CameraUnavailableError(DeviceError, RuntimeError):
     """No usable camera: picamera2 missing, no sensor attached, or the camera closed."""
 

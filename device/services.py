@@ -106,10 +106,19 @@ def build_federation(svc: Services, link: CoordinatorLink | None = None
 
 
 def _indicator(settings: Settings, on_sync) -> Indicator:
+    """The LED and button; without a usable GPIO pin factory (a laptop, a Pi without
+    the pins' library) the appliance serves anyway, with a warning and no LED."""
     if not settings.gpio:
         return NullIndicator()
-    return StatusIndicator(settings.led_pin, settings.button_pin,
-                           hold_seconds=settings.hold_seconds, on_sync=on_sync)
+    from gpiozero.exc import GPIOZeroError
+    try:
+        return StatusIndicator(settings.led_pin, settings.button_pin,
+                               hold_seconds=settings.hold_seconds, on_sync=on_sync)
+    except GPIOZeroError as exc:  # BadPinFactory among them
+        logger.warning("no status LED or button: %s (%s). Serving without them; set "
+                       "gpio = false to silence this, or GPIOZERO_PIN_FACTORY=mock to "
+                       "simulate them", exc, type(exc).__name__)
+        return NullIndicator()
 
 
 def build_services(settings: Settings) -> Services:

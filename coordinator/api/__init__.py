@@ -8,6 +8,7 @@ from flask import Flask, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from coordinator.exc import CoordinatorError
+from models.core import webguard
 
 logger = logging.getLogger(__name__)
 
@@ -26,16 +27,18 @@ def create_app(settings, svc, secret_key: str) -> Flask:
                       MAX_CONTENT_LENGTH=int(settings.max_update_mb * 2**20) + 65536)
     app.extensions["neuroedge_coordinator"] = svc
     from coordinator.api import auth, bundles, dashboard, updates
+    guards = webguard.install(app)
     auth.init_app(app)
     for module in (updates, bundles, dashboard):
         app.register_blueprint(module.bp)
+    for module in (updates, bundles):  # devices: bearer tokens, no cookies
+        guards.csrf.exempt(module.bp)
+    auth.limit(app, guards.limiter, settings.api_rate_limit)
 
     @app.after_request
     def _count(response):
         route = request.url_rule.rule if request.url_rule else "unmatched"
         svc.telemetry.requests.labels(route, str(response.status_code)).inc()
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
         return response
 
     @app.errorhandler(CoordinatorError)
@@ -47,6 +50,10 @@ def create_app(settings, svc, secret_key: str) -> Flask:
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
+        if exc.response is not None:  # already answered (a sign-in lockout page)
+            return exc.response
+        if isinstance(exc, webguard.CSRFError):
+            return _respond({"error": webguard.CSRF_MESSAGE}, 400)
         message = "update too large" if exc.code == 413 else (exc.description or exc.name)
         return _respond({"error": message}, exc.code or 500)
 

@@ -318,7 +318,7 @@ class CoordinatorStore(ABC):
         """Write :data:`AUDIT_FIELDS` of every event, oldest first (``detail`` as JSON);
         return the number of data rows."""
 
-    # --- dashboard admins and login throttling ----------------------------------------
+    # --- dashboard admins and their sessions ------------------------------------------
 
     @abstractmethod
     def add_admin(self, name: str, password_hash: str) -> None:
@@ -333,17 +333,22 @@ class CoordinatorStore(ABC):
         """Number of admins (0 means first-run setup is pending)."""
 
     @abstractmethod
-    def record_login_failure(self, key: str, now: float) -> None:
-        """Remember a failed login for ``key`` (e.g. name or client address) at ``now``
-        (epoch seconds); failures older than a day are pruned."""
+    def set_admin_password(self, name: str, password_hash: str) -> None:
+        """Replace an admin's password hash and end their sessions; NotFoundError if
+        there is no such admin."""
 
     @abstractmethod
-    def recent_failures(self, key: str, since: float) -> int:
-        """Failures recorded for ``key`` at or after ``since`` (epoch seconds)."""
+    def add_session(self, sid_hash: str, admin: str, expires_at: float) -> None:
+        """Record a dashboard session (epoch seconds of its end); expired ones are
+        pruned."""
 
     @abstractmethod
-    def clear_failures(self, key: str) -> None:
-        """Forget the failures of ``key`` (after a successful login)."""
+    def session_admin(self, sid_hash: str, now: float) -> str | None:
+        """The admin of a session that has not ended nor expired at ``now``, or None."""
+
+    @abstractmethod
+    def end_session(self, sid_hash: str) -> None:
+        """End one session (sign-out); no-op for an unknown hash."""
 
     # --- lifecycle --------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """SQLite part of the coordinator store for its simple records: bundles, the audit
-trail, dashboard admins and login throttling.
+trail, dashboard admins and their sessions.
 
 A mixin of :class:`~coordinator.store.sqlite.SQLiteCoordinatorStore` (which provides
 ``self._db``), kept apart so that neither module grows past a screenful of concerns.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import logging
 import sqlite3
+import time
 from typing import Any, TextIO
 
 from coordinator.exc import ConflictError, InputError, NotFoundError
@@ -16,7 +17,6 @@ from coordinator.store.base import (
     AUDIT_FIELDS, MAX_LIST_LIMIT, Admin, AuditEvent, BundleRecord, check_name,
 )
 from coordinator.store.db import Database, from_json, now_iso, number, text, to_json
-from models.core.sqlitedb import LoginFailures
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class RecordsMixin:
                              for name in AUDIT_FIELDS])
         return len(rows)
 
-    # --- dashboard admins and login throttling ----------------------------------------
+    # --- dashboard admins and their sessions ------------------------------------------
 
     def add_admin(self, name: str, password_hash: str) -> None:
         check_name(name, "admin name")
@@ -130,11 +130,26 @@ class RecordsMixin:
     def count_admins(self) -> int:
         return int(self._db.read("SELECT COUNT(*) FROM admins")[0][0])
 
-    def record_login_failure(self, key: str, now: float) -> None:
-        LoginFailures(self._db, InputError).record(key, now)
+    def set_admin_password(self, name: str, password_hash: str) -> None:
+        text(password_hash, "password hash")
+        with self._db.tx() as conn:
+            if conn.execute("UPDATE admins SET password_hash = ? WHERE name = ?",
+                            (password_hash, name)).rowcount == 0:
+                raise NotFoundError(f"no such admin: {name!r:.80}")
+            conn.execute("DELETE FROM web_sessions WHERE admin = ?", (name,))
 
-    def recent_failures(self, key: str, since: float) -> int:
-        return LoginFailures(self._db, InputError).recent(key, since)
+    def add_session(self, sid_hash: str, admin: str, expires_at: float) -> None:
+        text(sid_hash, "session hash", 64)
+        with self._db.tx() as conn:
+            conn.execute("DELETE FROM web_sessions WHERE expires_at < ?", (time.time(),))
+            conn.execute("INSERT INTO web_sessions (sid_hash, admin, expires_at) "
+                         "VALUES (?, ?, ?)", (sid_hash, admin, float(expires_at)))
 
-    def clear_failures(self, key: str) -> None:
-        LoginFailures(self._db, InputError).clear(key)
+    def session_admin(self, sid_hash: str, now: float) -> str | None:
+        rows = self._db.read("SELECT admin FROM web_sessions WHERE sid_hash = ? AND "
+                             "expires_at > ?", (sid_hash, now))
+        return rows[0][0] if rows else None
+
+    def end_session(self, sid_hash: str) -> None:
+        with self._db.tx() as conn:
+            conn.execute("DELETE FROM web_sessions WHERE sid_hash = ?", (sid_hash,))

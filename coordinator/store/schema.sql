@@ -71,6 +71,14 @@ CREATE TABLE IF NOT EXISTS admins (
     created_at    TEXT NOT NULL
 );
 
+-- Dashboard sessions: the cookie carries a random id, only its hash is kept here; sign-out
+-- deletes the row, so a copied cookie ends with the session (issue 26, finding 5).
+CREATE TABLE IF NOT EXISTS web_sessions (
+    sid_hash   TEXT PRIMARY KEY CHECK (length(sid_hash) = 64),
+    admin      TEXT NOT NULL REFERENCES admins (name) ON DELETE CASCADE,
+    expires_at REAL NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS login_failures (
     key TEXT NOT NULL,
     at  REAL NOT NULL

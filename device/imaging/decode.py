@@ -17,6 +17,7 @@ import numpy as np
 
 import models.core.preprocess as mp
 from device.exc import InputError, TooLargeError, UnsupportedTypeError, UnusableImageError
+from device.imaging import limits
 from device.imaging.dicom import decode_dicom, looks_like_dicom
 from device.imaging.strip import MalformedImage, strip_jpeg, strip_png
 
@@ -134,7 +135,8 @@ def decode_upload(data: bytes, max_bytes: int) -> Upload:
     UnsupportedTypeError
         Not PNG, JPEG or DICOM, or a DICOM compression this device cannot decode (415).
     UnusableImageError
-        More than ``models.core.preprocess.MAX_PIXELS`` pixels (refused from the header,
+        More than ``models.core.preprocess.MAX_PIXELS`` pixels or, decoded, more than
+        :data:`device.imaging.limits.MAX_DECODED_BYTES` (both refused from the header,
         before allocating), smaller than ``MIN_SIDE`` on a side, or a DICOM without
         pixel data (422).
     """
@@ -147,6 +149,7 @@ def decode_upload(data: bytes, max_bytes: int) -> Upload:
     if kind is None:
         logger.info("refused upload of unknown type (%d bytes)", len(data))
         raise UnsupportedTypeError(f"unsupported file type; accepted: {ACCEPTED}")
+    _check_decoded_size(data, kind)
     kept = None if kind == "dicom" else _strip(data, kind)
     pixels = decode_dicom(data) if kept is None else _decode_raster(kept, kind)
     height, width = pixels.shape[:2]
@@ -156,6 +159,17 @@ def decode_upload(data: bytes, max_bytes: int) -> Upload:
     pixels.flags.writeable = False
     logger.info("decoded %s upload: %dx%d %s", kind, width, height, pixels.dtype)
     return Upload(pixels, kind, kept)
+
+
+def _check_decoded_size(data: bytes, kind: str) -> None:
+    """UnusableImageError (422) if a PNG or JPEG header announces more than
+    :data:`~device.imaging.limits.MAX_DECODED_BYTES` of pixels (DICOM: checked by its
+    decoder, from its own header)."""
+    decoded = limits.png_decoded_bytes(data) if kind == "png" else \
+        limits.jpeg_decoded_bytes(data) if kind == "jpeg" else None
+    if decoded is not None and decoded > limits.MAX_DECODED_BYTES:
+        logger.info("refused %s upload: %d bytes once decoded", kind, decoded)
+        raise UnusableImageError(f"image too large: {limits.describe(decoded)}")
 
 
 def _strip(data: bytes, kind: str) -> bytes:

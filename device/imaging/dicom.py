@@ -29,6 +29,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 import models.core.preprocess as mp
 from device.exc import DeviceError, InputError, UnsupportedTypeError, UnusableImageError
+from device.imaging import limits
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,9 @@ def _decode(data: bytes) -> np.ndarray:
     rows, cols = int(ds.Rows), int(ds.Columns)
     if rows * cols > mp.MAX_PIXELS:
         raise UnusableImageError(f"image too large: {cols}x{rows} pixels")
+    decoded = limits.dicom_decoded_bytes(rows, cols, int(ds.get("SamplesPerPixel") or 1))
+    if decoded > limits.MAX_DECODED_BYTES:
+        raise UnusableImageError(f"image too large: {limits.describe(decoded)}")
     frames = int(ds.get("NumberOfFrames") or 1)
     arr = pixel_array(ds, index=frames // 2)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()

@@ -27,6 +27,7 @@ MAX_LIST_OFFSET = 2**63 - 1  # SQLite's largest INTEGER: larger offsets are Inpu
 CASE_ID = re.compile(r"[0-9a-f]{32}")
 # User and token names: short, printable, no separators, safe in logs and CSV cells.
 MAX_NAME = 64
+KEY_TTL_S = 86400.0  # idempotency keys are forgotten after a day
 NAME = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_NAME}}}")
 EXPORT_FIELDS = ("id", "created_at", "source", "width", "height", "probability",
                  "predicted_label", "threshold", "uncertain", "model_version", "latency_ms",
@@ -87,6 +88,24 @@ class Token:
     last_used_at: Optional[str] = None
 
 
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """The ``Idempotency-Key`` of an API request: the same key from the same user
+    answers with the case it created, if the request (``request_sha256``) is the same."""
+
+    user: str
+    key: str
+    request_sha256: str
+
+
+class DuplicateKey(Exception):
+    """:meth:`CaseStore.add_case` found its idempotency key taken (a concurrent retry)."""
+
+    def __init__(self, case_id: str) -> None:
+        super().__init__(case_id)
+        self.case_id = case_id
+
+
 def check_case_id(case_id: object) -> str:
     """Return ``case_id`` if it is 32 lowercase hex characters, else raise NotFoundError.
 
@@ -127,14 +146,21 @@ class CaseStore(ABC):
                  probability: float, predicted_label: int, threshold: float,
                  uncertain: bool, model_version: int, latency_ms: float,
                  heatmap_png: bytes | None = None, backbone_id: str | None = None,
-                 embedding: np.ndarray | None = None) -> Case:
+                 embedding: np.ndarray | None = None,
+                 idempotency: IdempotencyKey | None = None) -> Case:
         """Store a new case, with its embedding for ``backbone_id`` when given, in one
         durable step: when it returns, the record, the image (PNG or JPEG bytes, kept
-        as given) and the embedding survive a power cut together.
+        as given), the embedding and the idempotency key survive a power cut together.
 
         Raises InputError on invalid arguments, StoreError if nothing could be stored
-        (then no file is left behind either).
+        (then no file is left behind either), DuplicateKey if another case holds the
+        idempotency key (nothing is stored).
         """
+
+    @abstractmethod
+    def case_for_key(self, user: str, key: str) -> tuple[Case, str] | None:
+        """The case an idempotency key of ``user`` created and the sha256 of its request,
+        or None (keys are kept :data:`KEY_TTL_S` seconds)."""
 
     @abstractmethod
     def get(self, case_id: str) -> Case:
@@ -270,17 +296,25 @@ class AccountStore(ABC):
         """All tokens, oldest first."""
 
     @abstractmethod
-    def record_login_failure(self, key: str, now: float) -> None:
-        """Remember a failed login for ``key`` (e.g. user name or client address)."""
+    def revoke_user_tokens(self, user: str) -> int:
+        """Delete every token of ``user``; returns how many."""
 
     @abstractmethod
-    def recent_failures(self, key: str, since: float) -> int:
-        """Failures recorded for ``key`` at or after ``since`` (epoch seconds)."""
+    def add_session(self, sid_hash: str, user: str, expires_at: float) -> None:
+        """Record a web session of ``user`` (epoch seconds of its end); expired sessions
+        are pruned. NotFoundError if the user does not exist."""
 
     @abstractmethod
-    def clear_failures(self, key: str, prefix: bool = False) -> None:
-        """Forget the failures of ``key`` (after a successful login), or with ``prefix``
-        of every key that starts with it (all addresses of one user)."""
+    def session_user(self, sid_hash: str, now: float) -> str | None:
+        """The user of a session that has not ended nor expired at ``now``, or None."""
+
+    @abstractmethod
+    def end_session(self, sid_hash: str) -> None:
+        """End one session (sign-out); no-op for an unknown hash."""
+
+    @abstractmethod
+    def end_user_sessions(self, user: str) -> int:
+        """End every session of ``user``; returns how many."""
 
     @abstractmethod
     def get_setting(self, key: str) -> str | None:

@@ -72,6 +72,27 @@ CREATE TABLE IF NOT EXISTS login_failures (
 );
 CREATE INDEX IF NOT EXISTS login_failures_key ON login_failures (key, at);
 
+-- Web sessions: the cookie carries a random id, only its hash is kept here; sign-out
+-- deletes the row, so a copied cookie ends with the session (issue 26, finding 5).
+CREATE TABLE IF NOT EXISTS web_sessions (
+    sid_hash   TEXT PRIMARY KEY CHECK (length(sid_hash) = 64),
+    user       TEXT NOT NULL REFERENCES users (name) ON DELETE CASCADE,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS web_sessions_user ON web_sessions (user);
+
+-- Idempotency keys of the predictions API: the same key (per user) answers with the
+-- case it created, committed with that case (issue 26, finding 12).
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    user           TEXT NOT NULL,
+    key            TEXT NOT NULL,
+    request_sha256 TEXT NOT NULL CHECK (length(request_sha256) = 64),
+    case_id        TEXT NOT NULL REFERENCES cases (id) ON DELETE CASCADE,
+    created_at     REAL NOT NULL,
+    PRIMARY KEY (user, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created_at);
+
 CREATE TABLE IF NOT EXISTS settings (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import logging
 import re
@@ -27,10 +28,10 @@ from typing import Any, Callable, TextIO
 
 import numpy as np
 
-from device.exc import InputError, NotFoundError, StoreError
+from device.exc import InputError, NotFoundError, StorageFullError, StoreError
 from device.store.base import (
-    EXPORT_FIELDS, MAX_LIST_LIMIT, MAX_LIST_OFFSET, SOURCES, Case, CaseStore, check_case_id,
-    check_label, check_name, check_status,
+    EXPORT_FIELDS, KEY_TTL_S, MAX_LIST_LIMIT, MAX_LIST_OFFSET, SOURCES, Case, CaseStore,
+    DuplicateKey, IdempotencyKey, check_case_id, check_label, check_name, check_status,
 )
 from device.store.commit import GroupCommit
 from device.store.db import DB_NAME, Database, number, text
@@ -79,6 +80,29 @@ def _vector(vector: Any) -> bytes:
     return vec.tobytes()
 
 
+def _claim_key(conn: sqlite3.Connection, key: IdempotencyKey, case_id: str) -> None:
+    """Record ``key`` for the new case in its transaction; DuplicateKey if it is taken
+    (the caller's savepoint then rolls the case back). Keys past their day go."""
+    now = time.time()
+    conn.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (now - KEY_TTL_S,))
+    found = conn.execute("SELECT case_id FROM idempotency_keys WHERE user = ? AND key = ?",
+                         (key.user, key.key)).fetchone()
+    if found is not None:
+        raise DuplicateKey(found[0])
+    conn.execute("INSERT INTO idempotency_keys (user, key, request_sha256, case_id, "
+                 "created_at) VALUES (?, ?, ?, ?, ?)",
+                 (text(key.user, "user", 256), text(key.key, "idempotency key", 255),
+                  key.request_sha256, case_id, now))
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether a write failed for want of space: ENOSPC/EDQUOT, or SQLITE_FULL."""
+    cause = exc if isinstance(exc, (OSError, sqlite3.Error)) else exc.__cause__
+    if isinstance(cause, OSError):
+        return cause.errno in (errno.ENOSPC, errno.EDQUOT)
+    return getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
 def _case(row: sqlite3.Row) -> Case:
     values = {name: row[name] for name in _FIELDS}
     return Case(**{**values, "uncertain": bool(values["uncertain"])})
@@ -118,7 +142,8 @@ class SQLiteCaseStore(CaseStore):
                  probability: float, predicted_label: int, threshold: float,
                  uncertain: bool, model_version: int, latency_ms: float,
                  heatmap_png: bytes | None = None, backbone_id: str | None = None,
-                 embedding: np.ndarray | None = None) -> Case:
+                 embedding: np.ndarray | None = None,
+                 idempotency: IdempotencyKey | None = None) -> Case:
         image, extension = _image(image)
         heatmap = None if heatmap_png is None else _png(heatmap_png, "heat map")
         if source not in SOURCES:
@@ -153,6 +178,8 @@ class SQLiteCaseStore(CaseStore):
             if vector is not None:
                 conn.execute("INSERT INTO embeddings VALUES (?, ?, ?, ?)",
                              (case_id, backbone_id, len(vector) // 4, vector))
+            if idempotency is not None:
+                _claim_key(conn, idempotency, case_id)
         self._write_then_commit(files, insert)
         log.info("stored case %s (source=%s, model v%s)", case_id, source, model_version)
         return case
@@ -173,6 +200,9 @@ class SQLiteCaseStore(CaseStore):
             for name in files:
                 with contextlib.suppress(OSError):
                     (self._images / name).unlink(missing_ok=True)
+            if _disk_full(exc):
+                raise StorageFullError("the appliance's disk is full: nothing was stored; "
+                                       "send it again once space is freed") from exc
             if isinstance(exc, OSError):
                 raise StoreError(f"cannot write image file: {exc.strerror}") from exc
             raise
@@ -181,6 +211,13 @@ class SQLiteCaseStore(CaseStore):
                 self._in_flight.difference_update(files)
         self._journal.written(len(files), sum(map(len, files.values())))
         return result
+
+    def case_for_key(self, user: str, key: str) -> tuple[Case, str] | None:
+        rows = self._db.read(
+            f"SELECT {', '.join('c.' + f for f in _FIELDS)}, k.request_sha256 FROM "
+            "idempotency_keys k JOIN cases c ON c.id = k.case_id WHERE k.user = ? AND "
+            "k.key = ? AND k.created_at >= ?", (user, key, time.time() - KEY_TTL_S))
+        return (_case(rows[0]), rows[0]["request_sha256"]) if rows else None
 
     def get(self, case_id: str) -> Case:
         rows = self._db.read(f"SELECT {_COLUMNS} FROM cases WHERE id = ?",

@@ -1,16 +1,17 @@
-"""SQLite implementation of the account store: users, token hashes, login failures and
+"""SQLite implementation of the account store: users, token hashes, web sessions and
 settings, in the appliance database shared with the case store."""
 from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 from device.exc import InputError, NotFoundError
 from device.store.base import ROLES, AccountStore, Token, User, check_name
-from device.store.db import DB_NAME, Database, text
-from models.core.sqlitedb import LoginFailures, now_iso
+from device.store.db import DB_NAME, Database, number, text
+from models.core.sqlitedb import now_iso
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +26,13 @@ def _token(row: sqlite3.Row) -> Token:
 
 
 class SQLiteAccountStore(AccountStore):
-    """Users, token hashes, login failures and settings in ``data_dir/neuroedge.db``.
+    """Users, token hashes, web sessions and settings in ``data_dir/neuroedge.db``.
 
     Pass ``db`` to share one :class:`Database` with :class:`SQLiteCaseStore`.
     """
 
     def __init__(self, data_dir: Path, *, db: Database | None = None) -> None:
         self._db = (db if db is not None else Database(Path(data_dir) / DB_NAME)).acquire()
-        self._failures = LoginFailures(self._db, InputError)
         self._closed = False
 
     def add_user(self, name: str, role: str, password_hash: str) -> None:
@@ -103,14 +103,34 @@ class SQLiteAccountStore(AccountStore):
         return [_token(row) for row in
                 self._db.read("SELECT * FROM tokens ORDER BY created_at, name")]
 
-    def record_login_failure(self, key: str, now: float) -> None:
-        self._failures.record(key, now)
+    def revoke_user_tokens(self, user: str) -> int:
+        with self._db.tx() as conn:
+            count = conn.execute("DELETE FROM tokens WHERE user = ?", (user,)).rowcount
+        log.info("revoked %d API token(s) of user %s", count, user)
+        return count
 
-    def recent_failures(self, key: str, since: float) -> int:
-        return self._failures.recent(key, since)
+    def add_session(self, sid_hash: str, user: str, expires_at: float) -> None:
+        text(sid_hash, "session hash", 64)
+        expires_at = number(expires_at, "expires_at", 0)
+        with self._db.tx() as conn:
+            if conn.execute("SELECT 1 FROM users WHERE name = ?", (user,)).fetchone() is None:
+                raise NotFoundError(f"no such user: {user!r:.80}")
+            conn.execute("DELETE FROM web_sessions WHERE expires_at < ?", (time.time(),))
+            conn.execute("INSERT INTO web_sessions (sid_hash, user, expires_at) "
+                         "VALUES (?, ?, ?)", (sid_hash, user, expires_at))
 
-    def clear_failures(self, key: str, prefix: bool = False) -> None:
-        self._failures.clear(key, prefix)
+    def session_user(self, sid_hash: str, now: float) -> str | None:
+        rows = self._db.read("SELECT user FROM web_sessions WHERE sid_hash = ? AND "
+                             "expires_at > ?", (sid_hash, now))
+        return rows[0][0] if rows else None
+
+    def end_session(self, sid_hash: str) -> None:
+        with self._db.tx() as conn:
+            conn.execute("DELETE FROM web_sessions WHERE sid_hash = ?", (sid_hash,))
+
+    def end_user_sessions(self, user: str) -> int:
+        with self._db.tx() as conn:
+            return conn.execute("DELETE FROM web_sessions WHERE user = ?", (user,)).rowcount
 
     def get_setting(self, key: str) -> str | None:
         rows = self._db.read("SELECT value FROM settings WHERE key = ?", (key,))

@@ -13,6 +13,7 @@ from flask import Flask, current_app, g, request
 
 from device.config import Settings, ensure_secret_key
 from device.services import Services
+from models.core import webguard
 
 # Browser batch uploads may carry several slices; the API takes one (see api.py).
 MAX_FILES_PER_UPLOAD = 20
@@ -50,9 +51,13 @@ def create_app(settings: Settings, svc: Services) -> Flask:
     app.extensions["neuroedge"] = svc
 
     from device.web import admin, api, auth, cases, errors, health, upload
-    auth.init_app(app)
+    auth.init_app(app)  # before CSRF: an expired session's form goes to sign-in
+    guards = webguard.install(app)
+    guards.csrf.exempt(api.bp)  # bearer tokens, no cookies
     for module in (auth, upload, cases, api, health, admin):
         app.register_blueprint(module.bp)
+    auth.limit(app, guards.limiter)
+    api.limit(guards.limiter, settings.api_rate_limit)
 
     app.add_template_filter(local_time, "when")
     app.jinja_env.globals["status_text"] = cases.STATUS_TEXT
@@ -67,9 +72,6 @@ def create_app(settings: Settings, svc: Services) -> Flask:
         svc.telemetry.requests.labels(route, request.method, str(response.status_code)).inc()
         if "started" in g:
             svc.telemetry.latency.labels(route).observe(time.perf_counter() - g.started)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
         return response
 
     errors.register(app, settings, svc.telemetry, svc.status)

@@ -1,16 +1,35 @@
 """JSON API for scripts and PACS integration: ``POST /api/v1/predictions``."""
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 
 from flask import Blueprint, abort, jsonify, request, url_for
+from flask_limiter import Limiter
 
-from device.exc import InputError
+from device.exc import InputError, UnusableImageError
 from device.federation import Federation, FederationStatus
+from device.store.base import Case, DuplicateKey, IdempotencyKey
 from device.web import services
 from device.web.auth import current_user, token_user
+from device.web.upload import read_upload
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+
+
+def limit(limiter: Limiter, rate: str) -> None:
+    """Throttle the API per token (per address without one); ``rate`` "" for none."""
+    if rate:
+        limiter.limit(rate, key_func=_caller)(bp)
+
+
+def _caller() -> str:
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        return "token|" + hashlib.sha256(header[7:].strip().encode()).hexdigest()[:32]
+    return f"address|{request.remote_addr}"
 
 
 @bp.before_request
@@ -28,15 +47,51 @@ def predictions():
         raise InputError("multipart field 'image' is required")
     if len(images) > 1:  # scoring the first would silently drop the others
         raise InputError("one image per request: send each slice in its own request")
-    case = services().analyser.analyse(images[0].read(), "api")
-    return jsonify({
+    svc = services()
+    data = read_upload(images[0], svc.settings.max_upload_bytes)
+    key = _idempotency_key(data)
+    if key is not None and (replay := _replay(key)) is not None:
+        return replay
+    try:
+        case = svc.analyser.analyse(data, "api", key)
+    except DuplicateKey:  # the same key sent twice at once: the first one stored it
+        return _replay(key) or abort(409, "Idempotency-Key in use; retry")
+    latency_ms = round((time.perf_counter() - start) * 1000, 2)
+    return jsonify(_prediction(case, latency_ms)), 201
+
+
+def _prediction(case: Case, latency_ms: float) -> dict:
+    return {
         "case_id": case.id, "probability": round(case.probability, 6),
         "label": "tumour" if case.predicted_label else "no_tumour",
         "threshold": case.threshold, "uncertain": case.uncertain,
-        "model_version": case.model_version,
-        "latency_ms": round((time.perf_counter() - start) * 1000, 2),
+        "model_version": case.model_version, "latency_ms": latency_ms,
         "heatmap_url": url_for("cases.heatmap", case_id=case.id, _external=True),
-    }), 201
+    }
+
+
+def _idempotency_key(data: bytes) -> IdempotencyKey | None:
+    """The request's ``Idempotency-Key`` (1-255 printable ASCII characters), or None."""
+    value = request.headers.get("Idempotency-Key")
+    if value is None:
+        return None
+    if not IDEMPOTENCY_KEY.fullmatch(value):
+        raise InputError("Idempotency-Key must be 1 to 255 printable ASCII characters")
+    return IdempotencyKey(current_user(), value, hashlib.sha256(data).hexdigest())
+
+
+def _replay(key: IdempotencyKey):
+    """The answer of the case this key created (201 again, marked as a replay), None if
+    the key is new; 422 if it came with another image."""
+    found = services().store.case_for_key(key.user, key.key)
+    if found is None:
+        return None
+    case, request_sha256 = found
+    if request_sha256 != key.request_sha256:
+        raise UnusableImageError("Idempotency-Key already used for another image")
+    response = jsonify(_prediction(case, case.latency_ms))
+    response.headers["Idempotent-Replayed"] = "true"
+    return response, 201
 
 
 @bp.route("/cases/<case_id>/label", methods=["POST"])

@@ -1,19 +1,28 @@
-"""Accounts on the web: login/logout, first-run setup, CSRF, API tokens, throttling."""
+"""Accounts on the web: login/logout, first-run setup, API tokens, throttling.
+
+Sessions live on the appliance (the cookie carries a random id, :mod:`device.accounts`),
+so signing out ends them everywhere. CSRF is Flask-WTF's and throttling Flask-Limiter's
+(:mod:`models.core.webguard`): sign-in failures per user name and address, and per
+address; API requests per token.
+"""
 from __future__ import annotations
 
 import functools
-import hmac
+import hashlib
 import logging
-import secrets
-import time
 from typing import Callable
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, Flask, abort, flash, g, redirect, render_template, request,
-                   session, url_for)
+from flask import (Blueprint, Flask, abort, current_app, flash, g, redirect, render_template,
+                   request, session, url_for)
+from flask_limiter import Limiter
+from itsdangerous import BadSignature
 
 from device import accounts as rules
+from device.exc import InputError
 from device.web import services
+from models.core.serving import Credential, bearer_token, cookie
+from models.core.webguard import safe_next
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__)
@@ -25,58 +34,107 @@ PUBLIC = {"auth.login", "auth.setup", "health.healthz", "health.metrics", "stati
 def _start_session(name: str, role: str) -> None:
     session.clear()
     session.permanent = True
-    session["user"], session["role"], session["since"] = name, role, time.time()
+    session["user"], session["role"] = name, role
+    session["sid"] = rules.start_session(services().accounts, name)
 
 
 def init_app(app: Flask) -> None:
+    """The sign-in guard of every page; registered before CSRF protection, so a form
+    sent after its session ended goes to sign-in rather than to a CSRF error."""
     @app.before_request
     def _guard():
         if request.endpoint in PUBLIC or request.path.startswith("/api/"):
             return None
         if services().accounts.count_users() == 0:
             return redirect(url_for("auth.setup"))
-        if request.method == "POST":
-            if not _signed_in():  # an expired session: sign in, then back to the page
-                if request.endpoint != "auth.logout":
-                    flash("Your session has ended; sign in again, then repeat the action.")
-                return redirect(url_for("auth.login", next=_referring_page()))
-            check_csrf()
+        if request.method == "POST" and not _signed_in():
+            if request.endpoint != "auth.logout":  # an expired session: sign in, then back
+                flash("Your session has ended; sign in again, then repeat the action.")
+            return redirect(url_for("auth.login", next=_referring_page()))
         return None
 
     @app.context_processor
     def _inject():
-        return {"csrf_token": csrf_token, "current_user": session.get("user"),
-                "current_role": session.get("role")}
+        return {"current_user": session.get("user"), "current_role": session.get("role")}
 
 
-def csrf_token() -> str:
-    if "csrf" not in session:
-        session["csrf"] = secrets.token_urlsafe(32)
-    return session["csrf"]
+def limit(app: Flask, limiter: Limiter) -> None:
+    """Sign-in throttling: failures per user name and address (lifted when the account's
+    sessions are ended by a reset, disable or enable), and ten times as many per address
+    for all names."""
+    failed = functools.partial(_status_is, 401)
+    view = app.view_functions["auth.login"]
+    for factor, key in ((1, _login_key), (10, _address_key)):
+        view = limiter.limit(functools.partial(_login_limit, factor), key_func=key,
+                             methods=["POST"], deduct_when=failed, on_breach=_locked_out)(view)
+    app.view_functions["auth.login"] = view
 
 
-def check_csrf() -> None:
-    sent = request.form.get("csrf_token", "")
-    if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
-        abort(400, "missing or invalid CSRF token; reload the page and try again")
+def _status_is(status: int, response) -> bool:
+    return response.status_code == status
+
+
+def _login_limit(factor: int) -> str:
+    settings = services().settings
+    return f"{settings.login_attempts * factor} per {settings.login_window_s} seconds"
+
+
+def _login_key() -> str:
+    name = request.form.get("username", "").strip()[:256]
+    epoch = rules.account_epoch(services().accounts, name) if name else ""
+    digest = hashlib.sha256(f"{name}|{epoch}".encode()).hexdigest()[:32]
+    return f"login|{digest}|{request.remote_addr}"
+
+
+def _address_key() -> str:
+    return f"login-address|{request.remote_addr}"
+
+
+def _locked_out(_limit) -> object:
+    svc = services()
+    svc.telemetry.record_error("login_throttled")
+    minutes = -(-svc.settings.login_window_s // 60)
+    return current_app.make_response((render_template(
+        "login.html", username=request.form.get("username", "").strip(),
+        error=f"Too many failed attempts for this user name; try again in {minutes} "
+              "minutes, or ask an administrator to reset the password."), 429))
 
 
 def _signed_in() -> bool:
-    """A session of a user who still exists and is not disabled (a disabled account's
-    sessions end at its next request). Checked once per request: a POST asks twice."""
+    """A live session of a user who still exists and is not disabled (a disabled
+    account's sessions end at its next request). Checked once per request."""
     if "signed_in" not in g:
         g.signed_in = _session_valid()
     return g.signed_in
 
 
 def _session_valid() -> bool:
-    name = session.get("user")
-    if not name:
-        return False
-    if not rules.session_valid(services().accounts, name, session.get("since", 0)):
+    user = rules.session_user(services().accounts, session.get("sid", ""))
+    if user is None or user.name != session.get("user"):
         session.clear()
         return False
     return True
+
+
+def large_body_credential(app: Flask) -> Credential:
+    """For :func:`models.core.serving.serve`: whether a request's headers carry a live
+    session cookie or a valid API token, read-only (it runs on the I/O thread)."""
+    serializer = app.session_interface.get_signing_serializer(app)
+    name = app.config["SESSION_COOKIE_NAME"]
+    max_age = int(app.permanent_session_lifetime.total_seconds())
+    accounts = app.extensions["neuroedge"].accounts
+
+    def credential(headers, _path: str) -> bool:
+        token = bearer_token(headers)
+        if token:
+            return rules.token_valid(accounts, token)
+        value = cookie(headers, name)
+        try:
+            data = serializer.loads(value, max_age=max_age) if value and serializer else {}
+        except BadSignature:
+            return False
+        return rules.session_user(accounts, data.get("sid", "")) is not None
+    return credential
 
 
 def _referring_page() -> str | None:
@@ -128,38 +186,20 @@ def current_user() -> str:
 def login():
     if request.method == "GET":
         return render_template("login.html")
-    check_csrf()
     svc = services()
     name = request.form.get("username", "").strip()
-    settings = svc.settings
-    try:
-        user = rules.sign_in(svc.accounts, name, request.form.get("password", ""),
-                             request.remote_addr, attempts=settings.login_attempts,
-                             window_s=settings.login_window_s)
-    except rules.TooManyAttempts:
-        svc.telemetry.record_error("login_throttled")
-        minutes = -(-settings.login_window_s // 60)
-        return render_template(
-            "login.html", username=name,
-            error=f"Too many failed attempts for this user name; try again in "
-                  f"{minutes} minutes, or ask an administrator to reset the password."), 429
+    user = rules.sign_in(svc.accounts, name, request.form.get("password", ""))
     if user is None:
         svc.telemetry.record_error("login_failed")
         return render_template("login.html", username=name,
                                error="Wrong user name or password."), 401
     _start_session(user.name, user.role)
-    return redirect(_safe_next(request.args.get("next")))
-
-
-def _safe_next(target: str | None) -> str:
-    """Only same-site paths: never an open redirect."""
-    if target and target.startswith("/") and not target.startswith("//"):
-        return target
-    return url_for("upload.index")
+    return redirect(safe_next(request.args.get("next")) or url_for("upload.index"))
 
 
 @bp.route("/logout", methods=["POST"])
 def logout():
+    rules.end_session(services().accounts, session.get("sid", ""))
     session.clear()
     flash("Signed out.")
     return redirect(url_for("auth.login"))
@@ -173,7 +213,6 @@ def setup():
         return redirect(url_for("auth.login"))
     if request.method == "GET":
         return render_template("setup.html")
-    check_csrf()
     code = request.form.get("setup_code", "").strip()
     if not rules.setup_code_matches(accounts, code):
         return render_template("setup.html", error="Wrong setup code (see the server "
@@ -183,7 +222,11 @@ def setup():
     if password != request.form.get("password2", ""):
         return render_template("setup.html", error="Passwords differ.", setup_code=code,
                                username=name), 400
-    rules.add_first_admin(accounts, name, password)
+    try:
+        rules.add_first_admin(accounts, name, password)
+    except InputError as exc:
+        return render_template("setup.html", error=f"{exc}.", setup_code=code,
+                               username=name), 400
     logger.info("first admin account created")
     _start_session(name, "admin")
     return redirect(url_for("upload.index"))

@@ -11,6 +11,7 @@ from device.config import Settings
 from device.exc import DeviceError
 from device.hw.status import Indicator
 from device.telemetry import Telemetry
+from models.core.webguard import CSRF_MESSAGE, CSRFError
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ def register(app: Flask, settings: Settings, telemetry: Telemetry, status: Indic
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
+        if exc.response is not None:  # already answered (a sign-in lockout page)
+            return exc.response
+        if isinstance(exc, CSRFError):
+            return _error_response(CSRF_MESSAGE, 400)
         if exc.code == 413:
             telemetry.record_error("TooLargeError")
             if _body_over_limit():

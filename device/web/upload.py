@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import secrets
 import threading
@@ -18,8 +19,9 @@ from dataclasses import dataclass, field
 
 from flask import (Blueprint, abort, current_app, flash, redirect, render_template, request,
                    url_for)
+from werkzeug.datastructures import FileStorage
 
-from device.exc import CameraUnavailableError, InputError
+from device.exc import CameraUnavailableError, InputError, StorageFullError, TooLargeError
 from device.web import MAX_FILES_PER_UPLOAD, services
 from device.web.auth import current_user, login_required
 
@@ -123,6 +125,20 @@ def _digest(files: list) -> str:
     return total.hexdigest()[:32]
 
 
+def read_upload(part: FileStorage, limit: int) -> bytes:
+    """The bytes of one uploaded file, measured before it is read: Werkzeug keeps a large
+    part in a spool file, and one over ``limit`` must not come into memory (issue 26,
+    finding 2). TooLargeError (413) names the limit."""
+    stream = part.stream
+    stream.seek(0, os.SEEK_END)
+    size = stream.tell()
+    stream.seek(0)
+    if size > limit:
+        raise TooLargeError(f"file too large: {size / 2**20:.1f} MB, the limit is "
+                            f"{limit / 2**20:g} MB")
+    return stream.read()
+
+
 def _analyse_all(files: list, results: list) -> None:
     """Analyse each file in turn into ``results``; one failing never loses the others'
     cases, and is never analysed twice (a repeated post shows these results)."""
@@ -130,9 +146,10 @@ def _analyse_all(files: list, results: list) -> None:
     for number, f in enumerate(files, start=1):
         # The uploaded file name may hold a patient name: show it back, never store it.
         try:
-            case = svc.analyser.analyse(f.read(), "upload")
+            case = svc.analyser.analyse(read_upload(f, svc.settings.max_upload_bytes),
+                                        "upload")
             results.append({"number": number, "name": f.filename, "case": case})
-        except InputError as exc:
+        except (InputError, StorageFullError) as exc:
             svc.telemetry.record_error(type(exc).__name__)
             results.append({"number": number, "name": f.filename, "error": str(exc),
                             "status": exc.status})

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import zipfile
+import zlib
 from typing import BinaryIO, Mapping
 
 import numpy as np
@@ -180,7 +181,8 @@ def read_npz(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Arrays:
         raise
     except ValueError as exc:
         raise WeightsError(f"archive refused: {exc}") from exc
-    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, zlib.error,
+            RuntimeError) as exc:  # RuntimeError: a member flagged as encrypted
         raise WeightsError(f"archive is corrupt: {exc}") from exc
     return arrays
 

@@ -48,3 +48,22 @@ def test_an_unknown_token_or_a_disabled_user_is_refused(store) -> None:
 
     assert rules.token_user(store, token) is None
     assert rules.token_user(store, "ne_not-a-token") is None
+
+
+def test_a_scrypt_hash_is_replaced_by_argon2_at_the_next_sign_in(tmp_path: Path) -> None:
+    # Prepare: an account made by older software (Werkzeug's scrypt)
+    from werkzeug.security import generate_password_hash
+    accounts = SQLiteAccountStore(tmp_path)
+    accounts.add_user("old", "clinician", generate_password_hash("an old passphrase"))
+    try:
+        # Execute: the user signs in with the right password
+        user = rules.sign_in(accounts, "old", "an old passphrase")
+
+        # Assert: let in, and the stored hash is now argon2id, which still verifies
+        assert user is not None and user.name == "old"
+        stored = accounts.get_user("old").password_hash
+        assert stored.startswith("$argon2id$")
+        assert rules.sign_in(accounts, "old", "an old passphrase") is not None
+        assert rules.sign_in(accounts, "old", "a wrong passphrase") is None
+    finally:
+        accounts.close()

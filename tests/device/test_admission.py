@@ -12,14 +12,17 @@ from device.admission import BUDGET_BYTES, MemoryBudget, analysis_bytes
 from tests.device.images import slice_like
 
 
-def _jpeg(width: int, height: int) -> bytes:
-    return cv2.imencode(".jpg", cv2.resize(slice_like(), (width, height)))[1].tobytes()
+def _jpeg(width: int, height: int, colour: bool = False) -> bytes:
+    grey = cv2.resize(slice_like(), (width, height))
+    image = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR) if colour else grey
+    return cv2.imencode(".jpg", image)[1].tobytes()
 
 
 def test_a_slice_is_cheap_and_a_camera_frame_is_not() -> None:
     # Execute
-    slice_cost, frame_cost = analysis_bytes(_jpeg(512, 512)), analysis_bytes(_jpeg(4056, 3040))
-    # Assert: ten slices fit in the budget; a 12-megapixel frame needs it all
+    slice_cost = analysis_bytes(_jpeg(512, 512))
+    frame_cost = analysis_bytes(_jpeg(4056, 3040, colour=True))
+    # Assert: ten slices fit in the budget; a 12-megapixel colour frame needs it all
     assert slice_cost * 10 < BUDGET_BYTES < frame_cost
     assert 90 << 20 < frame_cost < 200 << 20  # 93 MB measured
 

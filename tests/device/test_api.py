@@ -290,3 +290,45 @@ def test_413_says_which_limit_was_hit(server, api_token, services, slice_bytes, 
     else:
         assert error == "upload larger than 20 MB"
     assert services.store.count() == 0
+
+
+def _keyed(server, token, data: bytes, key: str):
+    return requests.post(f"{server}/api/v1/predictions",
+                         headers={"Authorization": f"Bearer {token}", "Idempotency-Key": key},
+                         files={"image": ("slice.jpg", io.BytesIO(data))}, timeout=30)
+
+
+def test_a_retry_with_the_same_idempotency_key_returns_the_same_case(
+        server, api_token, services, slice_bytes):
+    # Prepare: a client that lost the answer to its first post (issue 26, finding 12)
+    first = _keyed(server, api_token, slice_bytes, "study-42/slice-7")
+
+    # Execute: it sends the same slice again with the same key, then another with a new key
+    again = _keyed(server, api_token, slice_bytes, "study-42/slice-7")
+    other = _keyed(server, api_token, slice_bytes, "study-42/slice-8")
+
+    # Assert: the retry answers with the first case and stores nothing; a new key is new
+    assert first.status_code == 201 and again.status_code == 201
+    assert again.json()["case_id"] == first.json()["case_id"]
+    assert again.json()["probability"] == first.json()["probability"]
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert other.json()["case_id"] != first.json()["case_id"]
+    assert services.store.count() == 2
+
+
+def test_an_idempotency_key_reused_for_another_image_is_422(
+        server, api_token, services, slice_bytes, data_dir):
+    _keyed(server, api_token, slice_bytes, "k-1")
+
+    reused = _keyed(server, api_token, (data_dir / "no" / "N1.JPG").read_bytes(), "k-1")
+
+    assert reused.status_code == 422 and "Idempotency-Key" in reused.json()["error"]
+    assert services.store.count() == 1
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "caf\u00e9"])
+def test_a_malformed_idempotency_key_is_400(server, api_token, services, slice_bytes, key):
+    response = _keyed(server, api_token, slice_bytes, key)
+
+    assert response.status_code == 400 and "Idempotency-Key" in response.json()["error"]
+    assert services.store.count() == 0

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from werkzeug.security import check_password_hash
 
 from device.config import DEFAULT_BUNDLE
 from models.core.bundle import resign_bundle
+from models.core.passwords import verify
 from models.core.signing import load_signing_key
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,7 +95,7 @@ def test_user_resets_a_password_and_disables_and_enables_an_account(tmp_path):
     store, accounts = open_stores(load_settings(data_dir=data, gpio=False))
     try:
         bob = accounts.get_user("bob")
-        assert bob.disabled and check_password_hash(bob.password_hash, "another password!")
+        assert bob.disabled and verify(bob.password_hash, "another password!")[0]
     finally:
         store.close(), accounts.close()
     assert run(data, "user", "enable", "bob").returncode == 0
@@ -152,3 +152,35 @@ def test_serve_validate_config_accepts_a_good_file(tmp_path):
     out = run(tmp_path / "d", "serve", "--config", str(config), "--validate-config")
 
     assert out.returncode == 0 and "configuration OK" in out.stdout
+
+
+def test_a_password_reset_revokes_the_users_api_tokens(tmp_path):
+    # Prepare: alice with an API token, bob with another
+    from device import accounts as rules
+    from device.store import SQLiteAccountStore
+    data = tmp_path / "d"
+    for name in ("alice", "bob"):
+        assert run(data, "adduser", name, "--password-stdin",
+                   stdin="an old passphrase\n").returncode == 0
+    tokens = {name: run(data, "token", "create", f"{name}-pacs",
+                        "--user", name).stdout.split()[-1] for name in ("alice", "bob")}
+
+    # Execute: issue 26, finding 10: an administrator resets alice's password
+    reset = run(data, "user", "passwd", "alice", "--password-stdin",
+                stdin="a brand new passphrase\n")
+
+    # Assert: whoever copied alice's token is locked out with her old password; bob is not
+    accounts = SQLiteAccountStore(data)
+    try:
+        assert reset.returncode == 0 and "1 API token revoked" in reset.stdout
+        assert rules.token_user(accounts, tokens["alice"]) is None
+        assert rules.token_user(accounts, tokens["bob"]).name == "bob"
+    finally:
+        accounts.close()
+
+
+@pytest.mark.parametrize("password", ["bobbybobbybobby", "qwertyuiop"])
+def test_adduser_refuses_a_guessable_password(tmp_path, password):
+    done = run(tmp_path / "d", "adduser", "bobby", "--password-stdin", stdin=password + "\n")
+
+    assert done.returncode != 0 and "password" in done.stderr

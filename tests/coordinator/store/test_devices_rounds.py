@@ -185,18 +185,22 @@ def test_audit_events_newest_first_filtered_and_exported(store: CoordinatorStore
         store.audit("bad kind!", None, {})
 
 
-def test_admins_and_login_throttling(store: CoordinatorStore) -> None:
+def test_admins_and_their_sessions(store: CoordinatorStore) -> None:
     # Prepare
     assert store.count_admins() == 0 and store.get_admin("root") is None
     # Execute
     store.add_admin("root", "scrypt$hash")
-    for at in (100.0, 200.0, 300.0):
-        store.record_login_failure("root", at)
-    # Assert
+    store.add_session("a" * 64, "root", expires_at=1e12)
+    store.add_session("b" * 64, "root", expires_at=1e12)
+    store.end_session("a" * 64)
+    # Assert: one session ended by sign-out, the other alive until its expiry
     assert store.count_admins() == 1 and store.get_admin("root").password_hash == "scrypt$hash"
     with pytest.raises(ConflictError):
         store.add_admin("root", "other")
-    assert store.recent_failures("root", 150.0) == 2
-    assert store.recent_failures("10.0.0.9", 0.0) == 0
-    store.clear_failures("root")
-    assert store.recent_failures("root", 0.0) == 0
+    assert store.session_admin("a" * 64, now=0.0) is None
+    assert store.session_admin("b" * 64, now=0.0) == "root"
+    assert store.session_admin("b" * 64, now=2e12) is None
+    # A new password ends every session of the admin
+    store.set_admin_password("root", "argon2$hash")
+    assert store.session_admin("b" * 64, now=0.0) is None
+    assert store.get_admin("root").password_hash == "argon2$hash"

@@ -1,4 +1,4 @@
-"""Contract tests of the account store: users, API tokens, sign-in failures, settings."""
+"""Contract tests of the account store: users, API tokens, web sessions, settings."""
 from __future__ import annotations
 
 import pytest
@@ -64,20 +64,30 @@ def test_tokens_lifecycle(accounts: AccountStore) -> None:
         accounts.revoke_token("scanner-1")
 
 
-def test_login_failures_are_counted_per_key_and_cleared(accounts: AccountStore) -> None:
-    for t in (100.0, 200.0, 300.0):
-        accounts.record_login_failure("ada|10.0.0.7", t)
-    accounts.record_login_failure("bob|10.0.0.8", 250.0)
-    assert accounts.recent_failures("ada|10.0.0.7", since=150.0) == 2
-    accounts.clear_failures("ada|10.0.0.7")
-    assert accounts.recent_failures("ada|10.0.0.7", since=0.0) == 0
-    assert accounts.recent_failures("bob|10.0.0.8", since=0.0) == 1
+def test_sessions_end_by_sign_out_expiry_or_for_the_whole_user(
+        accounts: AccountStore) -> None:
+    # Prepare: ada with three sessions, one already expired
+    accounts.add_user("ada", "admin", "h")
+    for sid, expires in (("a", 1e12), ("b", 1e12), ("c", 50.0)):
+        accounts.add_session(sid * 64, "ada", expires)
+    # Execute: sign out of one
+    accounts.end_session("a" * 64)
+    # Assert: that one ended, the expired one never counts, the other is alive
+    assert accounts.session_user("a" * 64, now=100.0) is None
+    assert accounts.session_user("c" * 64, now=100.0) is None
+    assert accounts.session_user("b" * 64, now=100.0) == "ada"
+    assert accounts.end_user_sessions("ada") == 2  # b, and c until pruned
+    assert accounts.session_user("b" * 64, now=100.0) is None
 
 
-def test_old_login_failures_are_pruned(accounts: AccountStore) -> None:
-    accounts.record_login_failure("k", 100.0)
-    accounts.record_login_failure("k", 100.0 + 2 * 86400)
-    assert accounts.recent_failures("k", since=0.0) == 1
+def test_a_session_needs_an_existing_user_and_a_users_tokens_go_together(
+        accounts: AccountStore) -> None:
+    accounts.add_user("ada", "admin", "h")
+    with pytest.raises(NotFoundError):
+        accounts.add_session("d" * 64, "nobody", 1e12)
+    accounts.add_token("t1", "h1", "ada")
+    accounts.add_token("t2", "h2", "ada")
+    assert accounts.revoke_user_tokens("ada") == 2 and accounts.list_tokens() == []
 
 
 def test_settings(accounts: AccountStore) -> None:
