@@ -5,17 +5,27 @@ update is clipped to L2 norm C, so the sum of updates moves by at most C, and Ga
 noise of std ``z * C`` on the sum (``z * C / n`` on the mean) gives Renyi DP
 ``alpha / (2 z^2)`` per round at every order alpha (Mironov 2017). The participant
 count n is treated as public.
+
+The accounting is Google's ``dp-accounting`` (its RDP accountant, on the orders below):
+the same Renyi DP curve as the accountant written here before (checked against a frozen
+copy in the tests), converted to (epsilon, delta) by its tighter bound (Balle et al. 2020,
+Proposition 12), so the epsilon reported for a round is a little lower than before for
+the same noise (4.73 instead of 5.30 for z = 1, one round, delta = 1e-5).
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Iterable, Mapping
 
 import numpy as np
+from dp_accounting import DpEvent, GaussianDpEvent, PoissonSampledDpEvent
+from dp_accounting.rdp import RdpAccountant
 
 from .aggregate import Arrays, clip_by_norm, weighted_fedavg
 
-# Renyi orders: fine steps where small-budget optima fall, coarser above.
+# Renyi orders: fine steps where small-budget optima fall, coarser above (the library's
+# default grid is coarser below 10).
 ORDERS = np.concatenate([np.linspace(1.25, 10.0, 176), np.arange(11.0, 65.0),
                          [80.0, 96.0, 128.0, 192.0, 256.0]])
 
@@ -72,87 +82,55 @@ def dp_fedavg(deltas: Iterable[Mapping[str, np.ndarray]], clip_norm: float,
     return gaussian_mechanism(mean, clip_norm, noise_multiplier, len(deltas), rng)
 
 
-def _log_a_int(alpha: int, q: float, sigma: float) -> float:
-    """log A_alpha of the Poisson-subsampled Gaussian, integer alpha (Mironov et al. 2019).
-
-    .. math:: A_\\alpha = \\sum_{k=0}^{\\alpha} \\binom{\\alpha}{k} (1-q)^{\\alpha-k} q^k
-              e^{(k^2 - k) / (2\\sigma^2)}
-    """
-    k = np.arange(alpha + 1, dtype=np.float64)
-    log_binom = np.array([math.lgamma(alpha + 1) - math.lgamma(i + 1)
-                          - math.lgamma(alpha - i + 1) for i in range(alpha + 1)])
-    terms = log_binom + (alpha - k) * math.log1p(-q) + k * math.log(q) + (k * k - k) / (
-        2 * sigma ** 2)
-    top = terms.max()
-    return float(top + math.log(np.exp(terms - top).sum()))
-
-
-def rdp_per_round(noise_multiplier: float, sampling_rate: float = 1.0) -> np.ndarray:
-    """Renyi DP of one round at each of :data:`ORDERS`.
-
-    ``alpha / (2 z^2)`` without subsampling; with Poisson sampling rate q < 1,
-    ``log A_alpha / (alpha - 1)`` at integer orders (inf at the others: not covered).
-    """
+def _round_event(noise_multiplier: float, sampling_rate: float) -> DpEvent:
+    """One round: the Gaussian mechanism, Poisson-subsampled when ``sampling_rate`` < 1."""
     _check(noise_multiplier)
     if not 0 < sampling_rate <= 1:
         raise ValueError(f"sampling_rate must be in (0, 1], got {sampling_rate}")
-    if sampling_rate == 1:
-        return ORDERS / (2 * noise_multiplier ** 2)
-    return np.array([_log_a_int(round(a), sampling_rate, noise_multiplier) / (a - 1)
-                     if abs(a - round(a)) < 1e-9 else np.inf for a in ORDERS])
-
-
-def rdp_to_epsilon(rdp: np.ndarray, delta: float) -> float:
-    """Convert RDP per order to (epsilon, delta): ``min_a rdp(a) + log(1/delta)/(a-1)``."""
-    return float(np.min(rdp + math.log(1 / delta) / (ORDERS - 1)))
+    gaussian = GaussianDpEvent(noise_multiplier)
+    return gaussian if sampling_rate == 1 else PoissonSampledDpEvent(sampling_rate, gaussian)
 
 
 def epsilon_for(noise_multiplier: float, rounds: int, delta: float,
                 sampling_rate: float = 1.0) -> float:
-    """Epsilon after ``rounds`` Gaussian-mechanism rounds, by the RDP accountant.
-
-    .. math:: \\varepsilon = \\min_\\alpha \\left[ T \\cdot rdp(\\alpha)
-              + \\frac{\\log(1/\\delta)}{\\alpha - 1} \\right],
-              \\quad rdp(\\alpha) = \\frac{\\alpha}{2 z^2} \\text{ when } q = 1
-
-    over :data:`ORDERS` (RDP composes additively over rounds). With q = 1 the
-    continuous optimum is ``a + 2 sqrt(a log(1/delta))``, ``a = T / (2 z^2)``; the grid
-    gives a value at most slightly above it.
-    """
+    """Epsilon after ``rounds`` Gaussian-mechanism rounds, by the RDP accountant of
+    ``dp-accounting`` over :data:`ORDERS` (RDP composes additively over rounds)."""
     _check(noise_multiplier, delta)
     if rounds < 0:
         raise ValueError(f"rounds must be >= 0, got {rounds}")
+    event = _round_event(noise_multiplier, sampling_rate)
     if rounds == 0:
         return 0.0
-    return rdp_to_epsilon(rounds * rdp_per_round(noise_multiplier, sampling_rate), delta)
+    return float(RdpAccountant(list(ORDERS)).compose(event, rounds).get_epsilon(delta))
 
 
 class PrivacyLedger:
     """Cumulative privacy spent by a federation, composed in RDP across rounds.
 
-    Rounds may use different noise multipliers; the RDP vectors add up and are
-    converted once, which is tighter than adding per-round epsilons.
+    Rounds may use different noise multipliers; the RDP curves add up and are converted
+    once, which is tighter than adding per-round epsilons.
     """
 
     def __init__(self, delta: float, sampling_rate: float = 1.0) -> None:
         _check(1.0, delta)
-        rdp_per_round(1.0, sampling_rate)  # validates the rate
+        _round_event(1.0, sampling_rate)  # validates the rate
         self.delta, self.sampling_rate = delta, sampling_rate
         self.rounds = 0
-        self._rdp = np.zeros_like(ORDERS)
+        self._accountant = RdpAccountant(list(ORDERS))
 
     @property
     def epsilon(self) -> float:
         """Epsilon spent so far (0 before any round)."""
-        return rdp_to_epsilon(self._rdp, self.delta) if self.rounds else 0.0
+        return float(self._accountant.get_epsilon(self.delta)) if self.rounds else 0.0
 
     def peek(self, noise_multiplier: float) -> float:
         """Epsilon the ledger would reach after one more round, without spending it."""
-        rdp = self._rdp + rdp_per_round(noise_multiplier, self.sampling_rate)
-        return rdp_to_epsilon(rdp, self.delta)
+        trial = copy.deepcopy(self._accountant)
+        trial.compose(_round_event(noise_multiplier, self.sampling_rate))
+        return float(trial.get_epsilon(self.delta))
 
     def spend(self, noise_multiplier: float) -> tuple[float, float]:
         """Record one round at ``noise_multiplier``; return ``(epsilon_total, delta)``."""
-        self._rdp = self._rdp + rdp_per_round(noise_multiplier, self.sampling_rate)
+        self._accountant.compose(_round_event(noise_multiplier, self.sampling_rate))
         self.rounds += 1
         return self.epsilon, self.delta
