@@ -26,7 +26,9 @@ def free_port() -> int:
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEUROEDGE_")}
-    return {**env, "GPIOZERO_PIN_FACTORY": "mock", "PYTHONUNBUFFERED": "1"}
+    # No API throttling: the load generator is meant to saturate the appliance.
+    return {**env, "GPIOZERO_PIN_FACTORY": "mock", "PYTHONUNBUFFERED": "1",
+            "NEUROEDGE_API_RATE_LIMIT": ""}
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
@@ -81,7 +83,7 @@ def _device_cli(*args: str, data_dir: Path, stdin: str | None = None) -> str:
 def start_appliance(data_dir: Path, cpus: str | None) -> Server:
     """``device serve`` on the shipped bundle, with an API token for the clients."""
     _device_cli("adduser", "bench", "--role", "admin", "--password-stdin",
-                data_dir=data_dir, stdin="benchmark-password\n")
+                data_dir=data_dir, stdin="load test passphrase\n")
     token = _device_cli("token", "create", "bench", data_dir=data_dir).split()[-1]
     port = free_port()
     target = Target(f"http://127.0.0.1:{port}", "/api/v1/predictions",
