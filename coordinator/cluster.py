@@ -20,7 +20,7 @@ import requests
 
 from coordinator.rounds import parse_time
 
-ADMIN_PASSWORD = "simulation-admin-password"
+ADMIN_PASSWORD = "simulated-clinic-passphrase"
 READY_TIMEOUT_S = 120
 FLOWER_APP = Path(__file__).resolve().parent / "flower_app"
 FLOWER_RUN_TIMEOUT_S = 3600

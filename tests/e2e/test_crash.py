@@ -218,3 +218,79 @@ def test_kill_9_under_four_clients_twenty_times_loses_no_acknowledged_upload(
         if case.heatmap_name is not None:
             assert (images / case.heatmap_name).read_bytes()[:8] == PNG_MAGIC
     assert created <= len(cases) <= created + LOAD_CLIENTS * LOAD_ROUNDS
+
+
+@dataclass
+class KeyedClient:
+    """One client thread posting with an ``Idempotency-Key`` per slice; the key whose
+    answer a kill cut off is kept, to be retried after the restart."""
+
+    url: str
+    token: str
+    image: bytes
+    prefix: str
+    acknowledged: dict[str, str] = field(default_factory=dict)   # key -> case id
+    unanswered: str | None = None
+    refused: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def post(self, http: requests.Session, key: str) -> requests.Response:
+        return http.post(f"{self.url}/api/v1/predictions", timeout=10,
+                         headers={"Idempotency-Key": key},
+                         files={"image": ("slice.jpg", self.image)})
+
+    def run(self) -> None:
+        with requests.Session() as http:
+            http.headers["Authorization"] = f"Bearer {self.token}"
+            while not self.stop.is_set():
+                key = f"{self.prefix}-{len(self.acknowledged)}"
+                try:
+                    response = self.post(http, key)
+                except requests.RequestException:
+                    self.unanswered = key
+                    return
+                if response.status_code != 201:
+                    self.refused.append(f"{response.status_code} {response.text[:200]}")
+                    return
+                self.acknowledged[key] = response.json()["case_id"]
+
+
+def test_a_retry_after_kill_9_with_its_idempotency_key_stores_no_duplicate(
+        start_appliance, appliance_data, slice_path: Path):
+    # Prepare: issue 26 finding 12 - a case stored whose answer a kill cut off, then
+    # stored again by the client's retry
+    add_user(appliance_data, "alice")
+    token = create_token(appliance_data, "pacs", "alice")
+    rng = random.Random(time.time_ns())
+    keys: dict[str, str] = {}
+    for run in range(KILLS * 2):
+        server = start_appliance()
+        client = KeyedClient(server.url, token, slice_path.read_bytes(), f"r{run}")
+        thread = threading.Thread(target=client.run, daemon=True)
+
+        # Execute: upload until SIGKILL, restart, retry the unanswered key
+        thread.start()
+        time.sleep(rng.uniform(*KILL_AFTER_S))
+        server.kill()
+        client.stop.set()
+        thread.join(timeout=15)
+        keys.update(client.acknowledged)
+        assert client.refused == []
+        if client.unanswered is not None:
+            server = start_appliance()
+            client.url = server.url  # a new port at each start
+            with requests.Session() as http:
+                http.headers["Authorization"] = f"Bearer {token}"
+                retry = client.post(http, client.unanswered)
+            server.stop()
+            assert retry.status_code == 201, retry.text
+            keys[client.unanswered] = retry.json()["case_id"]
+    store = SQLiteCaseStore(appliance_data)
+    try:
+        cases = all_cases(store)
+    finally:
+        store.close()
+
+    # Assert: one case per key, each the one its answer named
+    assert len(keys) > KILLS
+    assert sorted(c.id for c in cases) == sorted(keys.values())
