@@ -25,7 +25,7 @@ from nacl.signing import SigningKey
 
 from models.core import metrics
 from models.core.bundle import Bundle, write_bundle
-from models.core.runtime import TFLiteModel
+from models.core.runtime import BundleModel, TFLiteModel, bundle_model
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +60,18 @@ def prune_head(head: dict[str, np.ndarray], sparsity: float) -> dict[str, np.nda
     return out
 
 
-def evaluate_tflite(model: bytes | Path, data: EvalData, threshold: float) -> dict:
-    prob, _ = TFLiteModel(model).predict(data.x_val)
+def evaluate_model(model: BundleModel, data: EvalData, threshold: float) -> dict:
+    """Validation figures of a model as a device runs it."""
+    prob, _ = model.predict(data.x_val)
     return metrics.binary_metrics(data.y_val, prob, threshold)
+
+
+def carried_fields(current: Bundle) -> dict:
+    """What a new version keeps of the current one besides the model: its "not a
+    slice" check, its block's description and the record of its data and licences
+    (a model derived from non-commercial data stays non-commercial)."""
+    return {k: current.manifest[k] for k in ("slice_check", "block", "data")
+            if k in current.manifest}
 
 
 def publish(current: Bundle, float_weights: Path, head: dict[str, np.ndarray],
@@ -80,15 +89,17 @@ def publish(current: Bundle, float_weights: Path, head: dict[str, np.ndarray],
     model.load_weights(str(float_weights))
     pruned = prune_head(head, sparsity)
     set_head(model, pruned)
+    block = current.load_block()
     tflite = to_tflite(model, "int8", calibration=data.calibration)
     try:
-        prob, _ = TFLiteModel(tflite).predict(data.x_val)
+        candidate_model = BundleModel(TFLiteModel(tflite), pruned, block)
+        prob, _ = candidate_model.predict(data.x_val)
     except (RuntimeError, ValueError) as exc:  # e.g. a degenerate head XNNPACK refuses
         reason = f"candidate does not run in LiteRT: {exc}"
         logger.warning("not publishing: %s", reason)
         return Outcome(False, None, reason, {}, time.perf_counter() - start)
     candidate = metrics.binary_metrics(data.y_val, prob, current.threshold)
-    baseline = evaluate_tflite(current.model_path, data, current.threshold)
+    baseline = evaluate_model(bundle_model(current), data, current.threshold)
     drop_auc = baseline["auc"] - candidate["auc"]
     drop_acc = baseline["accuracy"] - candidate["accuracy"]
     summary = metrics.json_safe({"candidate": candidate, "current": baseline})
@@ -108,8 +119,11 @@ def publish(current: Bundle, float_weights: Path, head: dict[str, np.ndarray],
         "metrics": {"validation": summary["candidate"]},
         "training": {"source": "federated round", "head_sparsity": sparsity,
                      "format": "int8", "model_bytes": len(tflite)},
+        **carried_fields(current),
     }
-    write_bundle(out_dir / f"v{version}", tflite, pruned, fields, key)
+    slice_check = current.load_slice_check()
+    write_bundle(out_dir / f"v{version}", tflite, pruned, fields, key,
+                 slice_head=slice_check[0] if slice_check else None, block=block)
     model.save_weights(str(out_dir / f"v{version}.weights.h5"))
     seconds = time.perf_counter() - start
     logger.info("published v%d in %.1f s: validation AUC %.3f accuracy %.3f", version,

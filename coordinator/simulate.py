@@ -24,10 +24,10 @@ import numpy as np
 
 from coordinator.cluster import Cluster, FlowerCluster
 from models.core import metrics
-from models.core.bundle import read_manifest
+from models.core.bundle import Bundle, read_manifest
 from models.training.dataset import Sample, load_images, load_samples
 from models.core.preprocess import InputSpec
-from models.core.runtime import TFLiteModel
+from models.core.runtime import bundle_model
 from models.training.splits import (duplicate_groups, paper_partition, parse_partition,
                                     site_partition, train_val_test_split)
 
@@ -88,16 +88,20 @@ def feed(cluster: Cluster, k: int, samples: list[Sample]) -> None:
                      json={"label": int(s.label)})
 
 
+def _model(bundle_dir: Path):
+    """The bundle's model as a device runs it (hashes checked, not the signature)."""
+    return bundle_model(Bundle(bundle_dir, read_manifest(bundle_dir)))
+
+
 def evaluate_bundle(bundle_dir: Path, x: np.ndarray, y: np.ndarray) -> dict:
-    manifest = read_manifest(bundle_dir)
-    prob, _ = TFLiteModel(bundle_dir / "model.tflite").predict(x)
-    return metrics.binary_metrics(y, prob, manifest["threshold"])
+    prob, _ = _model(bundle_dir).predict(x)
+    return metrics.binary_metrics(y, prob, read_manifest(bundle_dir)["threshold"])
 
 
 def embed(bundle_dir: Path, samples: list[Sample]) -> tuple[np.ndarray, np.ndarray]:
     spec = InputSpec.from_dict(read_manifest(bundle_dir)["input"])
     x, y, _ = load_images(samples, spec)
-    return TFLiteModel(bundle_dir / "model.tflite").predict(x)[1], y
+    return _model(bundle_dir).predict(x)[1], y
 
 
 def baselines(bundle_dir: Path, part: Partition) -> dict:

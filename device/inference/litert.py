@@ -5,7 +5,7 @@ import numpy as np
 
 from device.inference.predictor import Predictor, register
 from models.core.bundle import Bundle
-from models.core.runtime import TFLiteModel
+from models.core.runtime import bundle_model
 
 # Occluded copies run as one batch on a second interpreter: one invoke instead of 49.
 HEATMAP_BATCH = 49
@@ -17,11 +17,11 @@ class LiteRTPredictor(Predictor):
 
     def __init__(self, bundle: Bundle, num_threads: int = 2) -> None:
         super().__init__(bundle)
-        model = bundle.read_file("model.tflite")  # re-checks the sha256 as it reads
         # One image takes a fraction of a millisecond: waking a second thread costs more
         # than it saves, and keeps a core from the next request. The batch uses them.
-        self._single = TFLiteModel(model, num_threads=1)
-        self._batch = TFLiteModel(model, num_threads=num_threads, batch=HEATMAP_BATCH)
+        # (Files are re-checked against their sha256 as they are read.)
+        self._single = bundle_model(bundle, num_threads=1)
+        self._batch = bundle_model(bundle, num_threads=num_threads, batch=HEATMAP_BATCH)
         self.embedding_dim = self._single.embedding_dim
 
     def probabilities(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

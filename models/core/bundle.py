@@ -32,13 +32,13 @@ import numpy as np
 from models.core import signing, weights
 from models.core.files import replace_dir
 from models.core.manifest import (
-    DEFAULT_LABELS, FORMAT, HEAD, MANIFEST, MODEL, SAFE_NAME, SIGNATURE, SLICE_HEAD,
-    BundleError, IntegrityError, ManifestError, NotRegularFile, SignatureError, VersionError,
-    canonical_bytes, check_manifest, load_checked_manifest, parse, read_manifest,
+    BLOCK, BLOCK_FORMAT, DEFAULT_LABELS, FORMAT, HEAD, MANIFEST, MODEL, SAFE_NAME, SIGNATURE,
+    SLICE_HEAD, BundleError, IntegrityError, ManifestError, NotRegularFile, SignatureError,
+    VersionError, canonical_bytes, check_manifest, load_checked_manifest, parse, read_manifest,
     read_regular, uncertain_logit_band,
 )
 
-__all__ = ["HEAD", "MANIFEST", "MODEL", "SIGNATURE", "SLICE_HEAD", "Bundle", "BundleError",
+__all__ = ["BLOCK", "HEAD", "MANIFEST", "MODEL", "SIGNATURE", "SLICE_HEAD", "Bundle", "BundleError",
            "IntegrityError", "ManifestError", "SignatureError", "VersionError",
            "canonical_bytes", "check_bundle_target", "pack", "read_manifest",
            "resign_bundle", "uncertain_logit_band", "unpack", "verify_bundle",
@@ -128,6 +128,16 @@ class Bundle:
         """Load the head weights, validated against the manifest's shapes."""
         return weights.load_head(self.read_file(HEAD), expected_shapes=self.head_shapes)
 
+    def load_block(self) -> dict[str, np.ndarray] | None:
+        """The last block's arrays (format 3), validated against the manifest's shapes;
+        None for a bundle without one."""
+        spec = self.manifest.get("block")
+        if spec is None:
+            return None
+        from models.core.block import block_shapes
+        shapes = block_shapes(spec["input"], spec["channels"], spec.get("adapter_rank", 0))
+        return weights.load_arrays(self.read_file(BLOCK), shapes)
+
     def load_slice_check(self) -> tuple[dict[str, np.ndarray], float] | None:
         """The "not a brain MRI slice" head and its threshold, or None if the bundle has
         none. The head reads the same embedding as the tumour head."""
@@ -210,7 +220,8 @@ def _build(out_dir: str | os.PathLike, files: Mapping[str, bytes], fields: Mappi
     dim, hidden = weights.load_head(files[HEAD])["hidden/kernel"].shape
     now = datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     manifest = {"created_at": now, "parent_version": None, "labels": list(DEFAULT_LABELS),
-                "metrics": {}, "training": {}, **fields, "format": FORMAT,
+                "metrics": {}, "training": {}, **fields,
+                "format": BLOCK_FORMAT if "block" in fields else FORMAT,
                 "head": {"embedding_dim": int(dim), "hidden": int(hidden)},
                 "signer": signing.key_id(key.verify_key),
                 "files": {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
@@ -227,7 +238,8 @@ def _build(out_dir: str | os.PathLike, files: Mapping[str, bytes], fields: Mappi
 def write_bundle(out_dir: str | os.PathLike, model_bytes: bytes,
                  head_arrays: Mapping[str, np.ndarray], manifest_fields: Mapping[str, Any],
                  signing_key: nacl.signing.SigningKey,
-                 slice_head: Mapping[str, np.ndarray] | None = None) -> dict:
+                 slice_head: Mapping[str, np.ndarray] | None = None,
+                 block: Mapping[str, np.ndarray] | None = None) -> dict:
     """Write and sign a bundle atomically, replacing an existing bundle at ``out_dir``.
 
     ``manifest_fields`` supplies version, architecture, input, threshold,
@@ -236,11 +248,14 @@ def write_bundle(out_dir: str | os.PathLike, model_bytes: bytes,
     signed. Raises ManifestError or weights.WeightsError before writing anything, and
     ``FileExistsError`` if ``out_dir`` is a file, a symlink or a non-empty directory that
     is not a bundle. A ``slice_head`` is written as ``slice_head.npz``; the fields then
-    need ``slice_check``.
+    need ``slice_check``. A ``block`` is written as ``block.npz`` (format 3); the fields
+    then need ``block``.
     """
     files = {MODEL: bytes(model_bytes), HEAD: weights.head_to_bytes(head_arrays)}
     if slice_head is not None:
         files[SLICE_HEAD] = weights.head_to_bytes(slice_head)
+    if block is not None:
+        files[BLOCK] = weights.arrays_to_bytes(block)
     return _build(out_dir, files, manifest_fields, signing_key)
 
 

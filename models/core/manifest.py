@@ -7,6 +7,11 @@ canonical: then any edit either changes the signed content or is refused. Beside
 documented fields the writer adds ``head`` ({"embedding_dim", "hidden"}) so the head's
 expected shapes are signed too.
 
+Format 3 adds ``block`` ({"file": "block.npz", "input": [H, W, C], "channels": K,
+"adapter_rank": r}): the model's third output is the input of its last block, whose
+weights ``block.npz`` holds; devices compute that block and the head in NumPy, so a
+clinic can adapt them (:mod:`models.core.block`). Older software refuses format 3.
+
 An optional ``slice_check`` ({"file": "slice_head.npz", "threshold": t}) names a head
 that scores, from the same embedding, how much an image looks like a brain MRI slice;
 below ``t`` the device refuses to predict. Software that predates it ignores both.
@@ -32,8 +37,10 @@ from models.core import signing
 
 MANIFEST, SIGNATURE, MODEL, HEAD = "manifest.json", "signature", "model.tflite", "head.npz"
 SLICE_HEAD = "slice_head.npz"  # optional: the "not a brain MRI slice" check
+BLOCK = "block.npz"  # optional: the last block's weights, run in NumPy (format 3)
 FORMAT = 2
-READABLE_FORMATS = (1, 2)
+BLOCK_FORMAT = 3  # a model with a block-input output: older software must refuse it
+READABLE_FORMATS = (1, 2, 3)
 DEFAULT_LABELS = ("no_tumour", "tumour")
 MAX_LOGIT_BAND = 10.0  # +-10 logits already spans probabilities 5e-5 to 1 - 5e-5
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -161,6 +168,16 @@ def check_manifest(m: Mapping[str, Any]) -> None:
     _field(m, "signer", str, bool, "a key id")
     files = _field(m, "files", dict, lambda v: {MODEL, HEAD} <= set(v),
                    f"an object listing at least {MODEL} and {HEAD}")
+    if (fmt == BLOCK_FORMAT) != ("block" in m):
+        raise ManifestError(f"format {BLOCK_FORMAT} is a bundle with a block and only it")
+    if "block" in m:
+        _field(m, "block", dict, lambda v: v.get("file") == BLOCK and BLOCK in files
+               and isinstance(v.get("input"), list) and len(v["input"]) == 3
+               and all(type(d) is int and d > 0 for d in v["input"])
+               and type(v.get("channels")) is int and v["channels"] > 0
+               and type(v.get("adapter_rank", 0)) is int and v.get("adapter_rank", 0) >= 0,
+               f"an object naming {BLOCK} (listed in files), its input [H, W, C], "
+               "channels and adapter_rank")
     if "slice_check" in m:
         _field(m, "slice_check", dict, lambda v: v.get("file") == SLICE_HEAD
                and SLICE_HEAD in files and type(v.get("threshold")) in (int, float)

@@ -89,6 +89,42 @@ def head_to_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+def arrays_to_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """Any named finite float arrays as deterministic ``.npz`` bytes (float32)."""
+    out = {}
+    for name in sorted(arrays):
+        arr = np.asarray(arrays[name])
+        if arr.dtype.kind not in _FLOAT_KINDS or not np.isfinite(arr).all():
+            raise WeightsError(f"{name}: needs finite floats, got dtype {arr.dtype}")
+        out[name] = np.array(arr, dtype=np.float32, order="C")
+    buf = io.BytesIO()
+    np.savez(buf, **out)
+    return buf.getvalue()
+
+
+def load_arrays(source: str | os.PathLike | bytes | BinaryIO,
+                expected_shapes: Mapping[str, tuple[int, ...]],
+                max_bytes: int = DEFAULT_MAX_BYTES) -> Arrays:
+    """Named float32 arrays from untrusted ``.npz`` data, exactly the names and shapes
+    of ``expected_shapes``, finite (WeightsError naming what is wrong otherwise)."""
+    arrays = read_npz(_read_source(source, max_bytes), max_bytes)
+    if set(arrays) != set(expected_shapes):
+        raise WeightsError(f"arrays must be exactly {sorted(expected_shapes)}, got "
+                           f"{sorted(arrays)}")
+    out: Arrays = {}
+    for name, want in expected_shapes.items():
+        arr = np.asarray(arrays[name])
+        if arr.dtype.kind not in _FLOAT_KINDS:
+            raise WeightsError(f"{name}: dtype {arr.dtype} refused, expected a float dtype")
+        with np.errstate(over="ignore"):
+            out[name] = np.array(arr, dtype=np.float32, order="C")
+        if out[name].shape != tuple(want):
+            raise WeightsError(f"{name}: shape {out[name].shape}, expected {tuple(want)}")
+        if not np.isfinite(out[name]).all():
+            raise WeightsError(f"{name}: contains NaN or Inf")
+    return out
+
+
 def save_head(path_or_filelike: str | os.PathLike | BinaryIO,
               arrays: Mapping[str, np.ndarray]) -> None:
     """Write a head to a path (atomically and durably) or to a binary file object."""

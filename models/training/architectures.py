@@ -82,8 +82,12 @@ ARCHITECTURES = {
                                   "rotation": 0.05, "dropout": 0.0, "blur": 0.0,
                                   "bias": 0.0, "threshold": None},
                           sparsity=0.8),
+    # Multi-site recipe (docs/experiments.md, 2026-12-07): 40 epochs (cosine) of ~2,900
+    # slices; rotations of +-18 deg (+-180 slowed learning: the slices are upright), each
+    # site weighing the same in the loss.
     "edge": Architecture("edge", InputSpec(128, 128, 1), _edge_backbone,
-                         "stride-2 stem, 3 conv-BN stages, global avg+max pooling (small head)"),
+                         "stride-2 stem, 3 conv-BN stages, global avg+max pooling (small head)",
+                         recipe={"epochs": 40, "rotation": 0.05, "site_balance": True}),
     # Twice the width: more capacity for many scanners and sequences (a 384-wide
     # embedding: the head is 12,353 parameters).
     "edge_wide": Architecture("edge_wide", InputSpec(128, 128, 1),
@@ -122,9 +126,50 @@ def build_model(name: str, dropout: float = 0.0) -> keras.Model:
     return keras.Model(inp, out, name=name)
 
 
+Block = tuple[keras.layers.Conv2D, keras.layers.BatchNormalization]
+
+
+def last_block(model: keras.Model) -> Block | None:
+    """The last conv + batch-norm pair that :mod:`models.core.block` computes in NumPy
+    (conv 3x3 same, no bias -> BN -> ReLU -> 2x2 max pool -> average + max pooling), or
+    None for an architecture whose last block is another shape (``paper``)."""
+    convs = [layer for layer in model.layers if isinstance(layer, layers.Conv2D)]
+    norms = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
+    if not convs or not norms or convs[-1].use_bias or convs[-1].padding != "same" \
+            or tuple(convs[-1].kernel_size) != (3, 3):
+        return None
+    return convs[-1], norms[-1]
+
+
 def with_embedding(model: keras.Model) -> keras.Model:
-    """The same weights with two outputs: probability and the head's input embedding."""
-    return keras.Model(model.inputs, [model.output, model.get_layer(EMBEDDING).output])
+    """The same weights with the outputs a bundle's model has: probability, the head's
+    input embedding and, where the last block is NumPy-computable, that block's input."""
+    outputs = [model.output, model.get_layer(EMBEDDING).output]
+    block = last_block(model)
+    if block is not None:
+        outputs.append(block[0].input)
+    return keras.Model(model.inputs, outputs)
+
+
+def get_block(model: keras.Model) -> dict[str, np.ndarray] | None:
+    """The last block's arrays under :mod:`models.core.block`'s names (None if the
+    architecture has no such block)."""
+    from models.core import block as B
+    found = last_block(model)
+    if found is None:
+        return None
+    conv, norm = found
+    gamma, beta, mean, var = norm.get_weights()
+    return {B.KERNEL: conv.get_weights()[0].astype(np.float32), B.GAMMA: gamma,
+            B.BETA: beta, B.MEAN: mean, B.VAR: var}
+
+
+def set_block(model: keras.Model, block: dict[str, np.ndarray]) -> None:
+    """Load block arrays (an adapter folded into the kernel) into ``model``."""
+    from models.core import block as B
+    conv, norm = last_block(model)
+    conv.set_weights([B.effective_kernel(block)])
+    norm.set_weights([block[B.GAMMA], block[B.BETA], block[B.MEAN], block[B.VAR]])
 
 
 def get_head(model: keras.Model) -> dict[str, np.ndarray]:

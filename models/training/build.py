@@ -15,9 +15,10 @@ from nacl.signing import SigningKey
 from models.core import metrics
 from models.core.bundle import write_bundle
 from models.core.preprocess import InputSpec
-from models.core.runtime import TFLiteModel
+from models.core.runtime import BundleModel, TFLiteModel
 from models.training import calibration, ood
-from models.training.architectures import divide_logit, get_architecture, get_head
+from models.training.architectures import (divide_logit, get_architecture, get_block,
+                                           get_head)
 from models.training.compress import prune, sparsity_of
 from models.training.dataset import DataSource, Sample, load_grouped
 from models.training.export import gzip_size, to_tflite
@@ -121,11 +122,17 @@ def loso_summary(path: str | Path | None) -> dict | None:
             "sites": {s: {k: r[k] for k in keep if k in r} for s, r in result["sites"].items()}}
 
 
-def fit_slice_check(lite: TFLiteModel, t: Trained, spec: InputSpec, seed: int
-                    ) -> tuple[dict, float, dict]:
+def fit_slice_check(lite: BundleModel, t: Trained, spec: InputSpec, seed: int
+                    ) -> tuple[dict | None, float, dict]:
     """The slice head (trained on training slices and drawn negatives), its threshold
     (refusing at most :data:`ood.MAX_REFUSED` of validation slices) and its report on
-    the test slices of each site and on negatives drawn with another seed."""
+    the test slices of each site and on negatives drawn with another seed. No head (and
+    the reason) with fewer than :data:`ood.MIN_VALIDATION_SLICES` validation slices."""
+    if (n_val := int((t.role == "val").sum())) < ood.MIN_VALIDATION_SLICES:
+        reason = (f"not shipped: {n_val} validation slices, fewer than "
+                  f"{ood.MIN_VALIDATION_SLICES} to place its threshold")
+        logger.warning("slice check %s", reason)
+        return None, 0.0, {"shipped": False, "reason": reason}
     neg_train, _ = ood.negative_inputs(NEGATIVES_PER_CATEGORY, spec, seed + 1)
     neg_eval, cats = ood.negative_inputs(NEGATIVES_PER_CATEGORY // 3, spec, seed + 2)
     emb = {r: lite.predict(t.part(r)[0])[1] for r in ("train", "val", "test")}
@@ -161,7 +168,8 @@ def build_bundle(data: str | Path | DataSource, out: str | Path, key: SigningKey
     float_test = predict(t.model, x_te)
     prune(t.model, cfg.sparsity, x_tr, cfg.train)
     tflite = to_tflite(t.model, "int8", calibration=x_tr)
-    lite = TFLiteModel(tflite)
+    head, block = get_head(t.model), get_block(t.model)
+    lite = BundleModel(TFLiteModel(tflite), head, block)  # what a device runs
     val_prob, test_prob = lite.predict(x_va)[0], lite.predict(x_te)[0]
     threshold = operating_threshold(cfg.train, y_va, val_prob)
     test = metrics.binary_metrics(y_te, test_prob, threshold)
@@ -173,7 +181,11 @@ def build_bundle(data: str | Path | DataSource, out: str | Path, key: SigningKey
         "version": 1, "parent_version": None, "architecture": cfg.arch,
         "input": spec.to_dict(),
         "threshold": round(float(threshold), 6), "uncertain_logit_band": UNCERTAIN_LOGIT_BAND,
-        "slice_check": {"file": "slice_head.npz", "threshold": round(slice_threshold, 6)},
+        **({"slice_check": {"file": "slice_head.npz", "threshold": round(slice_threshold, 6)}}
+           if slice_head is not None else {}),
+        **({"block": {"file": "block.npz", "input": list(lite.lite.feature_shape),
+                      "channels": int(block["block/gamma"].size), "adapter_rank": 0}}
+           if block is not None else {}),
         "data": data_record(t.kept, t.role),
         "metrics": metrics.json_safe({
             "test": test, "test_by_site": per_site(y_te, test_prob, t.sites("test"), threshold),
@@ -191,7 +203,7 @@ def build_bundle(data: str | Path | DataSource, out: str | Path, key: SigningKey
                                            if r == "test")},
         },
     }
-    manifest = write_bundle(out, tflite, get_head(t.model), fields, key, slice_head=slice_head)
+    manifest = write_bundle(out, tflite, head, fields, key, slice_head=slice_head, block=block)
     if float_out:
         t.model.save_weights(str(float_out))
     logger.info("bundle v1: test accuracy %.3f AUC %.3f sensitivity %.3f, %d bytes",

@@ -8,10 +8,10 @@ from typing import Sequence
 import numpy as np
 
 from models.core import metrics
-from models.core.bundle import MODEL, read_manifest
+from models.core.bundle import Bundle, read_manifest
 from models.training.dataset import Sample, load_images, load_samples
 from models.core.preprocess import InputSpec
-from models.core.runtime import TFLiteModel
+from models.core.runtime import BundleModel, bundle_model
 from models.training.shifts import SHIFTS, load_shifted, shift_report
 
 logger = logging.getLogger(__name__)
@@ -35,13 +35,14 @@ def select_split(samples: Sequence[Sample], manifest: dict, split: str) -> list[
 
 
 def _bundle_and_data(bundle_dir: str | Path, data: str | Path, split: str
-                     ) -> tuple[dict, TFLiteModel, np.ndarray, np.ndarray, list[Sample]]:
-    """The bundle's manifest and LiteRT model, and the ``split`` of ``data`` as its input."""
+                     ) -> tuple[dict, BundleModel, np.ndarray, np.ndarray, list[Sample]]:
+    """The bundle's manifest and model as a device runs it (its files checked against
+    the manifest's hashes, not its signature), and the ``split`` of ``data``."""
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
     samples = select_split(load_samples(data), manifest, split)
     images, labels, kept = load_images(samples, InputSpec.from_dict(manifest["input"]))
-    return manifest, TFLiteModel(bundle_dir / MODEL), images, labels, kept
+    return manifest, bundle_model(Bundle(bundle_dir, manifest)), images, labels, kept
 
 
 def evaluate_bundle(bundle_dir: str | Path, data: str | Path, split: str = "all"

@@ -20,6 +20,9 @@ from models.training import negatives
 
 logger = logging.getLogger(__name__)
 MAX_REFUSED = 0.005  # of real validation slices; the target is <= 1 % on any site
+# Fewer validation slices cannot place that threshold: a bundle trained on so little data
+# (a test's) ships without a slice check rather than refuse real slices.
+MIN_VALIDATION_SLICES = 100
 HIDDEN = 32
 HEAD_CONFIG = TrainConfig(epochs=80, batch_size=64, learning_rate=3e-3, prox_mu=0.0,
                           patience=10, min_examples=2)

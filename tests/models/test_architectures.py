@@ -52,14 +52,17 @@ def test_freeze_backbone_leaves_only_the_head_trainable():
     assert trainable == {"head_hidden", "head_output"}
 
 
-def test_with_embedding_exposes_probability_and_embedding():
+def test_with_embedding_exposes_probability_embedding_and_the_last_blocks_input():
     model = build_model("edge")
     x = np.random.default_rng(1).uniform(0, 255, (2, 128, 128, 1)).astype(np.float32)
 
-    prob, emb = with_embedding(model).predict(x, verbose=0)
+    prob, emb, block_input = with_embedding(model).predict(x, verbose=0)
+    paper = with_embedding(build_model("paper"))
 
     assert prob.shape == (2, 1) and emb.shape == (2, 192)
+    assert block_input.shape == (2, 16, 16, 48)  # the third stage's input
     np.testing.assert_allclose(prob, model.predict(x, verbose=0), atol=1e-6)
+    assert len(paper.outputs) == 2  # its last block is not one models.core.block computes
 
 
 def test_unknown_architecture_names_the_choices():

@@ -289,14 +289,17 @@ def test_a_bad_format_1_band_is_refused(bdir, key, change, match):
         bundle.verify_bundle(bdir, [key.verify_key])
 
 
-@pytest.mark.parametrize("fmt", [0, 3, "2"])
-def test_an_unknown_format_is_refused(bdir, key, fmt):
+@pytest.mark.parametrize("fmt, match", [(0, "'format' must be one of 1, 2, 3"),
+                                        (4, "'format' must be one of 1, 2, 3"),
+                                        ("2", "'format' must be one of 1, 2, 3"),
+                                        (3, "format 3 is a bundle with a block")])
+def test_an_unknown_format_is_refused(bdir, key, fmt, match):
     manifest = bundle.read_manifest(bdir)
     body = bundle.canonical_bytes({**manifest, "format": fmt})
     (bdir / "manifest.json").write_bytes(body + b"\n")
     (bdir / "signature").write_bytes(signing.sign(body, key))
 
-    with pytest.raises(bundle.ManifestError, match="'format' must be one of 1, 2"):
+    with pytest.raises(bundle.ManifestError, match=match):
         bundle.verify_bundle(bdir, [key.verify_key])
 
 
@@ -422,3 +425,44 @@ def test_a_tampered_slice_head_is_refused(tmp_path, key):
     flip_middle(tmp_path / "b" / "slice_head.npz")
     with pytest.raises(bundle.IntegrityError, match="slice_head.npz"):
         bundle.verify_bundle(tmp_path / "b", [key.verify_key])
+
+
+def block_arrays(rank=0):
+    from models.core.block import block_shapes
+    rng = np.random.default_rng(3)
+    return {n: rng.standard_normal(s).astype(np.float32)
+            for n, s in block_shapes([4, 4, 2], 3, rank).items()}
+
+
+BLOCK_FIELD = {"file": "block.npz", "input": [4, 4, 2], "channels": 3, "adapter_rank": 0}
+
+
+def test_a_block_makes_a_format_3_bundle_and_loads_with_its_shapes(tmp_path, key):
+    # Execute
+    manifest = bundle.write_bundle(tmp_path / "b", MODEL_BYTES, make_head(),
+                                   {**FIELDS, "block": BLOCK_FIELD}, key, block=block_arrays())
+    b = bundle.verify_bundle(tmp_path / "b", [key.verify_key])
+    # Assert
+    assert manifest["format"] == 3 and "block.npz" in manifest["files"]
+    for name, arr in block_arrays().items():
+        np.testing.assert_array_equal(b.load_block()[name], arr)
+    bundle.write_bundle(tmp_path / "p", MODEL_BYTES, make_head(), FIELDS, key)
+    assert bundle.verify_bundle(tmp_path / "p", [key.verify_key]).load_block() is None
+
+
+def test_block_arrays_of_other_shapes_than_the_manifest_says_are_refused(tmp_path, key):
+    bundle.write_bundle(tmp_path / "b", MODEL_BYTES, make_head(),
+                        {**FIELDS, "block": {**BLOCK_FIELD, "adapter_rank": 2}}, key,
+                        block=block_arrays())
+    b = bundle.verify_bundle(tmp_path / "b", [key.verify_key])
+    with pytest.raises(weights.WeightsError, match="block/lora_a"):
+        b.load_block()
+
+
+@pytest.mark.parametrize("field", [{**BLOCK_FIELD, "file": "other.npz"},
+                                   {**BLOCK_FIELD, "input": [4, 4]},
+                                   {**BLOCK_FIELD, "channels": 0}])
+def test_a_bad_block_field_is_refused(tmp_path, key, field):
+    with pytest.raises(bundle.ManifestError, match="block"):
+        bundle.write_bundle(tmp_path / "b", MODEL_BYTES, make_head(),
+                            {**FIELDS, "block": field}, key, block=block_arrays())
