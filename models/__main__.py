@@ -117,6 +117,18 @@ def cmd_loso(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt_modes(args: argparse.Namespace) -> int:
+    from models.training.adaptation_modes import CLINICS, compare
+    results = compare(args.data, args.weights, args.threshold, args.clinics or CLINICS,
+                      args.seed,
+                      args.cases_per_round, args.rounds)
+    for row in results:
+        print(json.dumps(row), flush=True)
+    if args.json:
+        _dump(results, args.json)
+    return 0
+
+
 def cmd_shifts(args: argparse.Namespace) -> int:
     from models.training.evaluate import shift_evaluation
     from models.training.shifts import format_report
@@ -291,6 +303,21 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--jobs", type=positive_int, help="held-out sites trained at once, "
                     "each in its own process (default 1)")
     sp.set_defaults(func=cmd_loso)
+
+    sp = sub.add_parser("adapt-modes", help="which part of the model clinics should adapt "
+                        "together: an in-process federation of real sites per mode")
+    data_arg(sp)
+    sp.add_argument("--weights", required=True, help="the initial model's float weights "
+                    "(an edge model's .weights.h5)")
+    sp.add_argument("--threshold", type=float, required=True,
+                    help="the initial model's operating threshold")
+    sp.add_argument("--clinics", type=names, default=None,
+                    help="sites taking part (default: the four TCGA-LGG sites)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--cases-per-round", type=positive_int, default=10)
+    sp.add_argument("--rounds", type=positive_int, default=6)
+    sp.add_argument("--json", type=json_out, help="write the results to this file")
+    sp.set_defaults(func=cmd_adapt_modes)
 
     sp = sub.add_parser("shifts", help="a bundle's decisions under acquisition shifts "
                         "(other scanners, protocols, exports), via LiteRT")
