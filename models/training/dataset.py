@@ -107,6 +107,21 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
 
 
+# Files that are not brain MRI slices, by md5 (any copy, in any dataset format): left out
+# of every training and evaluation, or the 'not a brain MRI slice' check would learn
+# them as slices (docs/model-card.md, "Data").
+NOT_BRAIN_SLICES = {
+    "f67a11de5061edbd165e3c1ab291b354": "Kaggle yes/Y248.JPG, an abdominal CT labelled tumour",
+}
+
+
+def _without_non_slices(samples: list[Sample]) -> list[Sample]:
+    kept = [s for s in samples if _md5(s.path) not in NOT_BRAIN_SLICES]
+    for sample in set(samples) - set(kept):
+        logger.info("left out %s: %s", sample.path, NOT_BRAIN_SLICES[_md5(sample.path)])
+    return kept
+
+
 def _choose_sites(rows: list[dict], sites: Sequence[str] | None,
                   exclude: Sequence[str] | None, where: Path) -> list[dict]:
     known = sorted({r["site"] for r in rows})
@@ -176,6 +191,7 @@ def load_samples(data: str | Path | DataSource) -> list[Sample]:
     """Samples from a manifest (a ``.tsv`` file, or a folder holding ``MANIFEST.tsv``
     with its columns), a dataset folder (``yes/``, ``no/``) or a CSV file; a
     :class:`DataSource` also chooses sites of a manifest (DatasetError elsewhere).
+    Files in :data:`NOT_BRAIN_SLICES` are left out.
     """
     if not isinstance(data, DataSource):
         data = DataSource(Path(data))
@@ -183,13 +199,13 @@ def load_samples(data: str | Path | DataSource) -> list[Sample]:
     manifest = location / MANIFEST_NAME if location.is_dir() else location
     if manifest.suffix.lower() == ".tsv" and manifest.is_file() and not (
             location.is_dir() and (location / "yes").is_dir()):
-        return load_manifest(manifest, sites, exclude_sites)
+        return _without_non_slices(load_manifest(manifest, sites, exclude_sites))
     if sites or exclude_sites:
         raise DatasetError(f"{location}: choosing sites needs a {MANIFEST_NAME}")
     if location.is_dir():
-        return load_folder(location)
+        return _without_non_slices(load_folder(location))
     if location.suffix.lower() == ".csv" and location.is_file():
-        return load_csv(location)
+        return _without_non_slices(load_csv(location))
     raise DatasetError(f"{location}: not a manifest (.tsv), a dataset folder (yes/, no/) "
                        "or a .csv file")
 
