@@ -76,6 +76,7 @@ def waitress_options(settings: Settings) -> dict:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """One JSON line per file; a bad file gets an error line and the rest go on."""
+    from device.exc import NotASliceError
     from device.imaging import decode_upload
     from device.services import load_predictor, trusted_keys
     from device.sync.bundles import InstalledBundles
@@ -91,6 +92,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         try:
             upload = decode_upload(Path(name).read_bytes(), settings.max_upload_bytes)
             result = predictor.predict(mp.preprocess(upload.pixels, predictor.input_spec))
+            if not result.is_slice:
+                raise NotASliceError(NotASliceError.message)
             line = {"file": name, "probability": round(result.probability, 6),
                     "label": "tumour" if result.label else "no_tumour",
                     "uncertain": result.uncertain, "model_version": predictor.version}

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from device.admission import MemoryBudget, analysis_bytes
-from device.exc import NotFoundError, UnusableImageError
+from device.exc import NotASliceError, NotFoundError, UnusableImageError
 from device.heatmaps import HeatmapJob, HeatmapQueue
 from device.hw.status import Indicator, State
 from device.imaging import Upload, decode_upload, stored_model_input
@@ -68,7 +68,8 @@ class Analyser:
         """Analyse one image's bytes and store it as a new case; returns the case.
 
         Raises the :mod:`device.exc` input errors (400/413/415/422) before anything is
-        written: a refused image leaves no trace but a counter. With ``idempotency``,
+        written: a refused image leaves no trace but a counter; one the bundle's slice
+        check refuses (NotASliceError, 422) gets no prediction. With ``idempotency``,
         the key is stored with the case (DuplicateKey if another request took it).
         """
         predictor = self.slot.current  # this request keeps this model even if swapped
@@ -79,9 +80,9 @@ class Analyser:
                 upload = decode_upload(data, self.max_upload_bytes)
                 image = model_input(upload, predictor)
             result = predictor.predict(image)
-            # Here, between the prediction and the store, is where a slice is refused on
-            # what the model saw (not a brain slice: result.is_slice, from the embedding):
-            # raise a device.exc input error, and nothing is stored.
+            if not result.is_slice:  # the bundle's slice check, on the model's embedding
+                logger.info("refused: slice score %.3f", result.slice_score)
+                raise NotASliceError(NotASliceError.message)
             latency_ms = (time.perf_counter() - start) * 1000
             case = self._store(upload, source, predictor, result, latency_ms, idempotency)
         self.heatmaps.submit(HeatmapJob(case.id, predictor, image, result.probability))

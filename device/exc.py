@@ -33,6 +33,13 @@ class UnusableImageError(InputError):
     status = 422
 
 
+class NotASliceError(UnusableImageError):
+    """The bundle's slice check finds no brain MRI slice (a photo, a document, another
+    body part): no prediction is given and nothing is stored (422)."""
+
+    message = "not a brain MRI slice \u2014 no prediction"
+
+
 class NotFoundError(DeviceError, LookupError):
     """No such case, user or file (404)."""
 

@@ -14,6 +14,7 @@ from device.inference.slot import ModelSlot
 from models.core.bundle import Bundle, verify_bundle
 from models.core.preprocess import preprocess_bytes
 from models.core.signing import load_public_key
+from tests.device.bundles import with_slice_check
 
 
 @pytest.fixture(scope="module")
@@ -121,24 +122,8 @@ def test_slot_swap_leaves_requests_in_flight_on_the_old_model(bundle):
 def test_a_bundles_slice_check_scores_the_embedding_and_decides(bundle, data_dir, tmp_path,
                                                                 threshold, expected):
     # Prepare: the shipped model re-signed with a slice head whose output is the sigmoid
-    # of its first embedding feature (hidden unit 0 copies it, the rest are off)
-    from models.core.bundle import write_bundle
-    from models.core.signing import generate_signing_key
-    key = generate_signing_key()
-    head = bundle.load_head()
-    dim = head["hidden/kernel"].shape[0]
-    slice_head = {"hidden/kernel": np.zeros((dim, 32), np.float32),
-                  "hidden/bias": np.zeros(32, np.float32),
-                  "output/kernel": np.zeros((32, 1), np.float32),
-                  "output/bias": np.zeros(1, np.float32)}
-    slice_head["hidden/kernel"][0, 0] = 1.0
-    slice_head["output/kernel"][0, 0] = 1.0
-    fields = {k: bundle.manifest[k] for k in ("version", "architecture", "input", "threshold")}
-    fields.update(uncertain_logit_band=bundle.uncertain_logit_band,
-                  slice_check={"file": "slice_head.npz", "threshold": threshold})
-    write_bundle(tmp_path / "b", bundle.model_path.read_bytes(), head, fields, key,
-                 slice_head=slice_head)
-    checked = create_predictor("litert", verify_bundle(tmp_path / "b", [key.verify_key]))
+    # of its first embedding feature
+    checked = create_predictor("litert", with_slice_check(bundle, tmp_path / "b", threshold))
     image = preprocess_bytes((data_dir / "yes/Y1.jpg").read_bytes(), checked.input_spec)
     # Execute
     result = checked.predict(image)
@@ -146,6 +131,7 @@ def test_a_bundles_slice_check_scores_the_embedding_and_decides(bundle, data_dir
     first = max(float(result.embedding[0]), 0.0)
     assert result.slice_score == pytest.approx(1 / (1 + np.exp(-first)), abs=1e-5)
     assert result.is_slice is expected
-    unchecked = create_predictor("litert", bundle).predict(image)
+    unchecked = create_predictor(
+        "litert", with_slice_check(bundle, tmp_path / "u", None)).predict(image)
     assert unchecked.slice_score is None and unchecked.is_slice
     assert unchecked.probability == pytest.approx(result.probability)
