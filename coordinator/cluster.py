@@ -51,6 +51,14 @@ class Cluster:
             f"min_updates = {n_sites}\nmin_quorum = 1\nround_deadline_s = 20\n"
             f"method = '{method}'\npublish_margin = {publish_margin}\nmax_norm = 100.0\n"
             f"initial_weights = '{initial / 'model.weights.h5'}'\n")
+        try:  # a failed start stops what it started, or servers outlive the run
+            self._start_all(initial)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_all(self, initial: Path) -> None:
+        n_sites, root = self.n, self.root
         self.device_tokens = [
             self._cli("coordinator", "enroll", f"site-{k}", "--state-dir", str(self.state))
             for k in range(n_sites)]
@@ -125,7 +133,10 @@ class Cluster:
     # -- processes ---------------------------------------------------------------------
     def _cli(self, module: str, *args: str, stdin: str | None = None) -> str:
         out = subprocess.run([sys.executable, "-m", module, *args], input=stdin, text=True,
-                             capture_output=True, env=self.env, check=True)
+                             capture_output=True, env=self.env)
+        if out.returncode:
+            raise RuntimeError(f"{module} {args[0]} failed ({out.returncode}): "
+                               f"{out.stderr.strip()[-500:]}")
         return out.stdout.strip().splitlines()[-1]
 
     def _start(self, argv: list[str], log: Path, env: dict | None = None) -> None:
