@@ -45,9 +45,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"wrote {args.out} (version {manifest['version']}, signer {manifest['signer']})")
     _print_metrics(manifest["metrics"]["test"], "held-out test split")
     refused = manifest["metrics"]["slice_check"]
-    print(f"not a brain MRI slice: refused {refused['negatives_refused_all']:.1%} of drawn "
-          f"negatives; of the test slices, per site: " + ", ".join(
-              f"{k[5:]} {v:.1%}" for k, v in refused["slices_refused"].items()))
+    if "reason" in refused:
+        print(f"not a brain MRI slice check {refused['reason']}")
+    else:
+        print(f"not a brain MRI slice: refused {refused['negatives_refused_all']:.1%} of "
+              f"drawn negatives; of the test slices, per site: " + ", ".join(
+                  f"{k[5:]} {v:.1%}" for k, v in refused["slices_refused"].items()))
     if manifest["data"]["license_note"]:
         print(manifest["data"]["license_note"])
     return 0
