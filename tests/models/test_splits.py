@@ -329,7 +329,8 @@ def test_on_the_real_manifest_no_patient_straddles_any_split():
     for parts in (folds, roles, site):
         assert _straddling(groups, parts) == []
     # Patients of one site stay apart (their slices at one level correlate above the
-    # near-duplicate cut), so the 116 patients and the Kaggle set's 202 groups (203 less the abdominal CT left out) remain
+    # near-duplicate cut), so the 116 patients and the Kaggle set's 202 groups (203 less
+    # the abdominal CT left out) remain
     assert len(np.unique(groups)) == 116 + 202
 
 
