@@ -111,6 +111,15 @@ def cmd_loso(args: argparse.Namespace) -> int:
     from models.training.architectures import DEFAULT_ARCH
     from models.training.loso import format_table, leave_one_site_out
     from models.training.train import recipe
+    if args.rescore:
+        from models.training.loso import rescore
+        with open(args.rescore, encoding="utf-8") as fh:
+            saved = json.load(fh)
+        result = rescore(saved, args.data, args.threshold)
+        print(format_table(result))
+        if args.json:
+            _dump(result, args.json)
+        return 0
     arch = args.arch or DEFAULT_ARCH
     cfg = recipe(arch, args.seed, args.epochs, dict(args.set))
     result = leave_one_site_out(args.data, arch, cfg, args.holdout, jobs=args.jobs or 1)
@@ -305,6 +314,10 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", type=json_out, help="write the full result to this file")
     sp.add_argument("--jobs", type=positive_int, help="held-out sites trained at once, "
                     "each in its own process (default 1)")
+    sp.add_argument("--rescore", help="a saved --json result: judge its held-out "
+                    "predictions at --threshold instead of training")
+    sp.add_argument("--threshold", type=float, default=0.5,
+                    help="the fixed threshold of --rescore (default 0.5)")
     sp.set_defaults(func=cmd_loso)
 
     sp = sub.add_parser("adapt-modes", help="which part of the model clinics should adapt "

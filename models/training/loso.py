@@ -108,11 +108,36 @@ def leave_one_site_out(data: str | Path | DataSource, arch: str,
             "temperature": out["temperature"], "seconds": out["seconds"],
             "validation": out["validation"]}
         predictions.update(by_file([kept[i] for i in np.flatnonzero(sel)], out["prob"]))
-    two_class = [r for r in reports.values() if 0 < r["tumour"] < r["n"]]
-    worst = {k: min(r[k] for r in two_class) for k in (*REPORT_KEYS, "ece")} if two_class else {}
-    worst["ece"] = max((r["ece"] for r in two_class), default=float("nan"))
     return {"arch": arch, "config": cfg.to_dict(), "n": int(len(y)), "sites": reports,
-            "worst": worst, "predictions": predictions}
+            "worst": _worst(reports), "predictions": predictions}
+
+
+def rescore(result: dict, data: str | Path | DataSource, threshold: float,
+            bootstrap: int = 1000) -> dict:
+    """A saved :func:`leave_one_site_out` result judged at another fixed ``threshold``,
+    from its held-out predictions (no training; the threshold must not come from the
+    held-out sites)."""
+    _, y, groups, kept = load_grouped(data, get_architecture(result["arch"]).input_spec)
+    site_of = np.array([s.site for s in kept])
+    reports = {}
+    for site, old in result["sites"].items():
+        sel = np.flatnonzero(site_of == site)
+        prob = np.array([result["predictions"][kept[i].rel] for i in sel])
+        report = site_report(y[sel], prob, prob, groups[sel],
+                             [kept[i].sequence for i in sel], threshold, bootstrap)
+        reports[site] = {**report, "ece_uncalibrated": old["ece_uncalibrated"],
+                         "temperature": old["temperature"], "seconds": old["seconds"],
+                         "validation": old["validation"]}
+    return {**result, "config": {**result["config"], "threshold": threshold},
+            "sites": reports, "worst": _worst(reports), "rescored_at": threshold}
+
+
+def _worst(reports: dict) -> dict:
+    """The lowest of each figure, and the highest ECE, over the two-class sites."""
+    two_class = [r for r in reports.values() if 0 < r["tumour"] < r["n"]]
+    worst = {k: min(r[k] for r in two_class) for k in REPORT_KEYS} if two_class else {}
+    worst["ece"] = max((r["ece"] for r in two_class), default=float("nan"))
+    return worst
 
 
 def format_table(result: dict) -> str:

@@ -72,6 +72,18 @@ def test_loso_cli_reports_every_held_out_site(small_manifest: Path, tmp_path: Pa
     assert len(result["predictions"]) == sum(r["n"] for r in sites.values())
     table = capsys.readouterr().out
     assert "site_ljubljana_ms" in table and "—" in table
+    # Rescored at its own threshold, a saved run gives its own figures; at 0 it calls
+    # every slice a tumour
+    again, zero = tmp_path / "again.json", tmp_path / "zero.json"
+    threshold = str(cs["threshold"])
+    main(["loso", "--data", str(small_manifest), "--rescore", str(out), "--threshold",
+          threshold, "--json", str(again)])
+    main(["loso", "--data", str(small_manifest), "--rescore", str(out), "--threshold", "0",
+          "--json", str(zero)])
+    redone = json.loads(again.read_text())["sites"]["site_tcga_lgg_cs"]
+    assert {k: redone[k] for k in ("auc", "balanced_accuracy", "confusion", "ci95")} == \
+        {k: cs[k] for k in ("auc", "balanced_accuracy", "confusion", "ci95")}
+    assert json.loads(zero.read_text())["sites"]["site_ljubljana_ms"]["specificity"] == 0
 
 
 def test_loso_refuses_a_held_out_site_the_data_does_not_have(small_manifest: Path) -> None:
