@@ -1,0 +1,48 @@
+"""models adapt-modes on two real TCGA sites, one round: every mode reports each clinic,
+and the initial row is the Keras model's own figure on the same held-out patients."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from models.__main__ import main
+from models.core import metrics
+from tests.conftest import DATA
+
+SHARED = DATA.parent
+CLINICS = ["site_tcga_lgg_cs", "site_tcga_lgg_fg"]
+
+
+@pytest.mark.slow
+def test_two_clinics_one_round_report_every_mode_per_clinic(trained_bundle, tmp_path):
+    if not (SHARED / "MANIFEST.tsv").is_file():
+        pytest.skip(f"shared manifest not found at {SHARED}")
+    from models.training import adaptation_modes as am
+    from models.training.architectures import ARCHITECTURES, build_model
+    from models.training.dataset import load_grouped
+    from models.training.train import predict
+    out = tmp_path / "modes.json"
+    # Execute
+    code = main(["adapt-modes", "--data", str(SHARED), "--weights", str(trained_bundle[1]),
+                 "--threshold", "0.5", "--clinics", ",".join(CLINICS),
+                 "--cases-per-round", "10", "--rounds", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())
+    # Assert: the initial model, then each mode with federated, local and pooled figures
+    assert code == 0
+    assert [r["mode"] for r in rows] == ["initial", "head", "fedbn", "lora", "block"]
+    for row in rows[1:]:
+        assert set(row["per_clinic"]) == set(row["per_clinic_local"]) == set(CLINICS)
+        assert all(0 <= v <= 1 for v in [*row["per_clinic"].values(), row["local"],
+                                         *row["central"].values()])
+    everything = load_grouped(SHARED, ARCHITECTURES["edge"].input_spec)
+    sites = np.array([s.site for s in everything[3]])
+    parts = am._split(everything[2], sites, CLINICS, 0)
+    model = build_model("edge")
+    model.load_weights(trained_bundle[1])
+    for clinic, (_, test) in parts.items():
+        prob = predict(model, everything[0][test])
+        expected = metrics.binary_metrics(everything[1][test], prob, 0.5)
+        assert rows[0]["per_clinic"][clinic] == pytest.approx(
+            expected["balanced_accuracy"], abs=0.02)
