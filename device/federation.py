@@ -26,6 +26,7 @@ from device.inference.slot import ModelSlot
 from device.store.base import CaseStore
 from device.sync.link import CoordinatorLink
 from device.sync.outbox import FlushResult, Outbox
+from device.sync.retry import after_refusal, why_not_now
 from device.sync.updater import BundleUpdater, UpdateResult
 from device.telemetry import Telemetry
 from models.core.head import predict
@@ -207,16 +208,18 @@ class Federation:
     def sync_now(self, force: bool = True) -> dict:
         """Send queued updates, then take a newer bundle if one passes every check.
 
-        ``force`` (a person asked: button, admin page, API) ignores the outbox backoff;
-        the background loop passes False. A version refused once is not fetched again.
+        ``force`` (a person asked: button, admin page, API) ignores the outbox's and the
+        bundle's backoff; the background loop passes False. A version whose model was
+        refused is not fetched again; one that failed on the way is (:mod:`retry`).
         """
         try:
             with self.status.activity(State.SYNCING):
                 flushed = self.flush(force)
                 current = self.slot.current.version
                 latest = self.link.latest(current)
-                if latest.get("version") in self._state().get("refused_versions", []):
-                    outcome = UpdateResult("none", latest["version"], "refused before", {})
+                wait = why_not_now(self._state(), latest.get("version"), time.time(), force)
+                if wait is not None:
+                    outcome = UpdateResult("none", latest["version"], wait, {})
                 else:
                     outcome = self.updater.check_and_install(latest, functools.partial(
                         self.link.download, max_bytes=MAX_BUNDLE_FILE))
@@ -226,14 +229,11 @@ class Federation:
             raise
         if outcome.action == "refused":
             self.status.set(State.UPDATE_AVAILABLE)
-            if outcome.version != current:  # the coordinator's copy of the shipped
-                # version is tried again at each sync: a refusal of it (a missing key)
-                # is mended by the configuration, not by a newer version
-                self._save_state(refused_versions=[
-                    *self._state().get("refused_versions", []), outcome.version])
+            self._save_state(**after_refusal(self._state(), outcome, current, time.time()))
             self._report("bundle_refused", outcome.version, outcome.reason)
         elif outcome.action == "installed":
             self.status.set(State.READY)
+            self._save_state(retry=None)
             self._report("bundle_installed", outcome.version, "")
         self.telemetry.last_sync_at = time.time()
         return {"sent": flushed.sent, "deferred": flushed.deferred, "refused_updates":

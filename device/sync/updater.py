@@ -75,12 +75,15 @@ def synthetic_slice(size: int = 256) -> np.ndarray:
 
 @dataclass(frozen=True)
 class UpdateResult:
-    """What a check decided: ``action`` is "none", "installed" or "refused"."""
+    """What a check decided: ``action`` is "none", "installed" or "refused". A refusal is
+    ``final`` when the model itself was refused, not when it failed on the way (a
+    download, a size, hash or signature check): that is tried again."""
 
     action: str
     version: int | None
     reason: str
     metrics: dict[str, Any] = field(default_factory=dict)
+    final: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (NaN already mapped to None) for the report to the coordinator."""
@@ -88,9 +91,10 @@ class UpdateResult:
 
 
 class _Refused(Exception):
-    def __init__(self, reason: str, metrics_: dict[str, Any] | None = None) -> None:
+    def __init__(self, reason: str, metrics_: dict[str, Any] | None = None,
+                 final: bool = True) -> None:
         super().__init__(reason)
-        self.reason, self.metrics = reason, metrics_ or {}
+        self.reason, self.metrics, self.final = reason, metrics_ or {}, final
 
 
 class BundleUpdater:
@@ -201,10 +205,10 @@ class BundleUpdater:
             self._check_compatible(current.bundle, bundle)
             found = self._evaluate(current, bundle)
             path = self.installed.install(staged, version)
-        except BundleError as exc:
-            return UpdateResult("refused", version, f"bundle refused: {exc}")
+        except BundleError as exc:  # size, hash, signature: maybe the transport's fault
+            return UpdateResult("refused", version, f"bundle refused: {exc}", final=False)
         except _Refused as exc:
-            return UpdateResult("refused", version, exc.reason, exc.metrics)
+            return UpdateResult("refused", version, exc.reason, exc.metrics, exc.final)
         # The tested predictor names the staging path; serve one of the installed folder.
         predictor = self.make_predictor(verify_bundle(path, self.installed.trusted_keys))
         self.slot.swap(predictor)
@@ -224,8 +228,8 @@ class BundleUpdater:
                 raise _Refused(f"coordinator lists an unsafe file name {name!r:.80}")
             try:
                 fetch(url, staged / name)
-            except ValueError as exc:  # refused or unsafe download: this bundle, not the net
-                raise _Refused(f"download of {name} failed: {exc}") from exc
+            except ValueError as exc:  # refused or unsafe download: tried again later
+                raise _Refused(f"download of {name} failed: {exc}", final=False) from exc
         # Older coordinators send manifest and signature inline only.
         if MANIFEST not in files and isinstance(latest.get("manifest"), dict):
             (staged / MANIFEST).write_bytes(canonical_bytes(latest["manifest"]) + b"\n")

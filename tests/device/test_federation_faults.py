@@ -182,6 +182,9 @@ def test_a_bundle_worse_on_local_cases_is_refused_and_reported(pair, trained_bun
     assert_refused_and_reported(coord, device, answer, "local gate")
     assert "sensitivity" in answer["reason"] or "accuracy" in answer["reason"]
     assert after["model_version"] == 1
+    # A refusal of the model itself is final: that version is not fetched again.
+    again = device.call("POST", "/api/v1/federation/sync")
+    assert again["bundle"] == "none" and again["reason"] == "refused before"
 
 
 def test_a_bundle_with_a_bad_signature_is_refused_and_reported(pair):
@@ -192,13 +195,22 @@ def test_a_bundle_with_a_bad_signature_is_refused_and_reported(pair):
                   parent_version=1)
     assert registry.get(2).version == 2   # verified (and cached) by the coordinator ...
     signature = registry.path(2) / SIGNATURE
-    tampered = bytearray(signature.read_bytes())
+    sound = signature.read_bytes()
+    tampered = bytearray(sound)
     tampered[0] ^= 0xFF
     signature.write_bytes(bytes(tampered))   # ... then altered on its disk
 
     answer = device.call("POST", "/api/v1/federation/sync")
 
     assert_refused_and_reported(coord, device, answer, "signature")
+    # Issue 26 finding 6: a check that failed on the way is not final. The background
+    # sync waits (backoff); once the coordinator's copy is sound again, a sync installs.
+    background = device.svc.federation.sync_now(force=False)
+    signature.write_bytes(sound)
+    again = device.call("POST", "/api/v1/federation/sync")
+    assert background["bundle"] == "none" and "next try in" in background["reason"]
+    assert again["bundle"] == "installed" and again["version"] == 2, again
+    assert device.svc.slot.current.version == 2
 
 
 def test_training_without_enough_confirmed_cases_is_skipped_with_a_reason(services):
