@@ -245,27 +245,26 @@ def json_out(text: str) -> str:
     return text
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m models", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+def data_arg(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--data", required=True, help="a MANIFEST.tsv (or the folder "
+                    "holding it), a dataset folder (yes/, no/) or a CSV with "
+                    "filename,labels")
+    sp.add_argument("--sites", type=names, help="only these sites of the manifest "
+                    "(comma-separated)")
+    sp.add_argument("--exclude-sites", type=names, help="leave these sites out")
 
-    def data_arg(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--data", required=True, help="a MANIFEST.tsv (or the folder "
-                        "holding it), a dataset folder (yes/, no/) or a CSV with "
-                        "filename,labels")
-        sp.add_argument("--sites", type=names, help="only these sites of the manifest "
-                        "(comma-separated)")
-        sp.add_argument("--exclude-sites", type=names, help="leave these sites out")
 
-    def train_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--seed", type=int, default=0)
-        sp.add_argument("--epochs", type=positive_int,
-                        help="epochs (default: the architecture's training recipe)")
-        sp.add_argument("--set", type=setting, action="append", default=[],
-                        metavar="NAME=VALUE", help="change one setting of the training "
-                        "recipe (models.training.train.TrainConfig), e.g. noise=0.05")
+def train_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--epochs", type=positive_int,
+                    help="epochs (default: the architecture's training recipe)")
+    sp.add_argument("--set", type=setting, action="append", default=[],
+                    metavar="NAME=VALUE", help="change one setting of the training "
+                    "recipe (models.training.train.TrainConfig), e.g. noise=0.05")
 
+
+def _training_commands(sub) -> None:
+    """train, evaluate and cv."""
     sp = sub.add_parser("train", help="train, prune, int8-quantize and sign a bundle")
     data_arg(sp)
     train_args(sp)
@@ -304,6 +303,9 @@ def parser() -> argparse.ArgumentParser:
                     "in this process, one after another)")
     sp.set_defaults(func=cmd_cv)
 
+
+def _site_commands(sub) -> None:
+    """loso, adapt-modes and shifts: how the model does at other sites."""
     sp = sub.add_parser("loso", help="leave-one-site-out: train on all sites but one, "
                         "judge on the one left out")
     data_arg(sp)
@@ -344,6 +346,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print the result as JSON")
     sp.set_defaults(func=cmd_shifts)
 
+
+def _bundle_commands(sub) -> None:
+    """keygen, sign, verify, reproduce-paper and bench."""
     sp = sub.add_parser("keygen", help="create an Ed25519 signing key (mode 0600)")
     sp.add_argument("--out", required=True)
     sp.add_argument("--force", action="store_true", help="replace an existing key")
@@ -376,6 +381,16 @@ def parser() -> argparse.ArgumentParser:
     data_arg(sp)
     train_args(sp)
     sp.set_defaults(func=cmd_bench)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m models", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    _training_commands(sub)
+    _site_commands(sub)
+    _bundle_commands(sub)
     return p
 
 

@@ -145,6 +145,22 @@ def fit_slice_check(lite: BundleModel, t: Trained, spec: InputSpec, seed: int
     return head, threshold, report
 
 
+def _training_record(cfg: BuildConfig, t: Trained, tflite: bytes, temperature: float
+                     ) -> dict:
+    """The manifest's ``training``: recipe, compression, calibration and the split."""
+    return {
+        "config": cfg.train.to_dict(), "sparsity": round(sparsity_of(t.model), 4),
+        "calibration": {"temperature": round(temperature, 4), "method": "temperature "
+                        "scaling on the validation split, folded into the output layer"},
+        "format": "int8", "model_bytes": len(tflite), "model_gzip_bytes": gzip_size(tflite),
+        "split": {"method": "grouped (patients, duplicates) stratified "
+                            + "/".join(f"{f:.0%}" for f in SPLIT), "seed": cfg.train.seed,
+                  "counts": {r: int((t.role == r).sum()) for r in ("train", "val", "test")},
+                  "test_files": sorted(s.rel for s, r in zip(t.kept, t.role)
+                                       if r == "test")},
+    }
+
+
 def build_bundle(data: str | Path | DataSource, out: str | Path, key: SigningKey,
                  cfg: BuildConfig, verbose: int = 0, float_out: str | Path | None = None,
                  loso: str | Path | None = None) -> dict:
@@ -191,17 +207,7 @@ def build_bundle(data: str | Path | DataSource, out: str | Path, key: SigningKey
             "test": test, "test_by_site": per_site(y_te, test_prob, t.sites("test"), threshold),
             "validation": metrics.binary_metrics(y_va, val_prob, threshold),
             "slice_check": slice_report, "leave_one_site_out": loso_summary(loso)}),
-        "training": {
-            "config": cfg.train.to_dict(), "sparsity": round(sparsity_of(t.model), 4),
-            "calibration": {"temperature": round(temperature, 4), "method": "temperature "
-                            "scaling on the validation split, folded into the output layer"},
-            "format": "int8", "model_bytes": len(tflite), "model_gzip_bytes": gzip_size(tflite),
-            "split": {"method": "grouped (patients, duplicates) stratified "
-                                + "/".join(f"{f:.0%}" for f in SPLIT), "seed": cfg.train.seed,
-                      "counts": {r: int((t.role == r).sum()) for r in ("train", "val", "test")},
-                      "test_files": sorted(s.rel for s, r in zip(t.kept, t.role)
-                                           if r == "test")},
-        },
+        "training": _training_record(cfg, t, tflite, temperature),
     }
     manifest = write_bundle(out, tflite, head, fields, key, slice_head=slice_head, block=block)
     if float_out:
