@@ -70,10 +70,11 @@ class Trained:
 
 def train_on_split(data: str | Path | DataSource, arch: str, cfg: TrainConfig,
                    verbose: int = 0) -> Trained:
-    """Train ``arch`` on the train part of a grouped (patients, duplicates), stratified
-    :data:`SPLIT`."""
+    """Train ``arch`` on the train part of a grouped (patients, duplicates) :data:`SPLIT`,
+    stratified by label within each site."""
     x, y, groups, kept = load_grouped(data, get_architecture(arch).input_spec)
-    role = train_val_test_split(y, groups, fractions=SPLIT, seed=cfg.seed)
+    role = train_val_test_split(y, groups, fractions=SPLIT, seed=cfg.seed,
+                                strata=[s.site for s in kept])
     trained = Trained(None, x, y, kept, role)  # type: ignore[arg-type]
     trained.model, _, _ = train_model(arch, *trained.part("train"), *trained.part("val"),
                                       cfg, verbose, sites=trained.sites("train"))

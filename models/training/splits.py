@@ -207,14 +207,23 @@ def stratified_group_kfold(labels: Sequence[int], groups: Sequence[int], k: int 
 
 def train_val_test_split(labels: Sequence[int], groups: Sequence[int],
                          fractions: Sequence[float] = (0.70, 0.15, 0.15),
-                         seed: int = 0) -> np.ndarray:
-    """"train"/"val"/"test" per item, grouped and stratified, at ``fractions``."""
+                         seed: int = 0, strata: Sequence[str] | None = None) -> np.ndarray:
+    """"train"/"val"/"test" per item, grouped and stratified, at ``fractions``; with
+    ``strata`` (a site per item), within each stratum, so that a site of many small
+    groups is not sent mostly to validation and test to balance one of large groups."""
     weights = np.asarray(fractions, dtype=np.float64)
     if weights.shape != (3,):
         raise ValueError(f"fractions needs 3 values (train, val, test), got {fractions}")
     if not (np.all(weights > 0) and abs(weights.sum() - 1) < 1e-6):
         raise ValueError(f"fractions must be positive and sum to 1, got {list(fractions)}")
-    part = _split(labels, groups, weights, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        return np.array(ROLES)[_split(labels, groups, weights, rng)]
+    y, g, strata = np.asarray(labels), np.asarray(groups), np.asarray(strata)
+    part = np.zeros(len(y), dtype=int)
+    for stratum in sorted(set(strata)):
+        sel = strata == stratum
+        part[sel] = _split(y[sel], g[sel], weights, rng)
     return np.array(ROLES)[part]
 
 
