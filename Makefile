@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DATA ?= ../shared/data/brain_tumor_dataset
+DATA ?= ../shared/data
+KAGGLE ?= $(DATA)/brain_tumor_dataset
 BUNDLE := models/default_bundle
 STAMP := $(VENV)/.installed
 
@@ -47,12 +48,13 @@ screenshots: install system-deps
 	NEUROEDGE_SCREENSHOTS=docs/img $(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_browser.py
 
 bench: install system-deps
-	$(PY) -m models bench --data $(DATA)
+	$(PY) -m models bench --data $(KAGGLE)
 	$(PY) -m device.bench
 	$(PY) -m device.bench --cpus 0
 	$(PY) -m coordinator.bench
 
-# Rebuild the shipped default bundle from the shared dataset (see README).
+# Rebuild the shipped default bundle from every site of the shared data's manifest
+# (docs/model-card.md): about an hour on 2 cores.
 bundle: install
 	$(PY) -m models train --data $(DATA) --arch edge --out $(BUNDLE) \
 		--sign-key models/dev_keys/dev_signing.key --float-out models/default_float.weights.h5

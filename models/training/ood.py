@@ -19,9 +19,10 @@ from models.core.preprocess import InputSpec, UnusableImageError, preprocess
 from models.training import negatives
 
 logger = logging.getLogger(__name__)
-# Of real validation slices: none. Refusing 0.5 % of them refused 0-5.4 % of each site's
-# test slices (docs/experiments.md, 2026-12-07); the target is <= 1 % on any site.
-MAX_REFUSED = 0.0
+# Of real validation slices; the target is <= 1 % on any site. Refusing none let one
+# odd validation slice set the threshold: 77 % of drawn negatives refused instead of
+# 99.5 % (docs/experiments.md, 2026-12-07).
+MAX_REFUSED = 0.005
 # Fewer validation slices cannot place that threshold: a bundle trained on so little data
 # (a test's) ships without a slice check rather than refuse real slices.
 MIN_VALIDATION_SLICES = 100

@@ -130,9 +130,11 @@ def test_a_good_round_publishes_a_signed_int8_v2_that_verifies(make):
 
 
 @pytest.mark.slow
-def test_a_coordinator_on_the_shipped_format_1_bundle_publishes_format_2(tmp_path, small_data):
-    # The production path: the shipped bundle (format 1, probability band) is adopted as
-    # v1 and federated versions follow; the operating point carries through both.
+def test_a_coordinator_on_the_shipped_bundle_publishes_versions_that_carry_its_parts(
+        tmp_path, small_data):
+    # The production path: the shipped bundle is adopted as v1 and federated versions
+    # follow; the operating point, the block, the slice check and the record of the data
+    # (its non-commercial licence) carry through.
     settings = load_settings(state_dir=tmp_path / "state", data=small_data, min_updates=2,
                              publish_margin=1.0)
     shipped = read_manifest(settings.initial_bundle)
@@ -148,12 +150,13 @@ def test_a_coordinator_on_the_shipped_format_1_bundle_publishes_format_2(tmp_pat
         v1, v2 = svc.bundles.get(1), svc.bundles.get(2)
     finally:
         svc.close()
-    assert shipped["format"] == 1 and shipped["uncertain_band"] == 0.15
-    assert v1.manifest["format"] == v2.manifest["format"] == 2
+    assert shipped["format"] == v1.manifest["format"] == v2.manifest["format"] == 3
     assert v1.threshold == v2.threshold == shipped["threshold"]
-    assert v1.uncertain_logit_band == v2.uncertain_logit_band == 0.619
-    # +-0.15 around 0.436 was 0.286-0.586; as the band around 0.5, in logits:
-    assert v2.uncertain_interval == pytest.approx((0.294, 0.589), abs=1e-3)
+    assert v2.uncertain_logit_band == shipped["uncertain_logit_band"]
+    for part in ("block", "slice_check", "data"):
+        assert v1.manifest[part] == v2.manifest[part] == shipped[part], part
+    assert v2.manifest["data"]["noncommercial"] is True
+    assert v2.load_slice_check() is not None and v2.load_block() is not None
 
 
 @pytest.mark.slow
