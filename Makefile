@@ -54,7 +54,7 @@ bench: install system-deps
 	$(PY) -m coordinator.bench
 
 # Rebuild the shipped default bundle from every site of the shared data's manifest
-# (docs/model-card.md): about an hour on 2 cores.
+# (docs/model-card.md, "How it was trained").
 bundle: install
 	$(PY) -m models train --data $(DATA) --arch edge --out $(BUNDLE) \
 		--sign-key models/dev_keys/dev_signing.key --float-out models/default_float.weights.h5
