@@ -166,14 +166,6 @@ def get_block(model: keras.Model) -> dict[str, np.ndarray] | None:
             B.BETA: beta, B.MEAN: mean, B.VAR: var}
 
 
-def set_block(model: keras.Model, block: dict[str, np.ndarray]) -> None:
-    """Load block arrays (an adapter folded into the kernel) into ``model``."""
-    from models.core import block as B
-    conv, norm = last_block(model)
-    conv.set_weights([B.effective_kernel(block)])
-    norm.set_weights([block[B.GAMMA], block[B.BETA], block[B.MEAN], block[B.VAR]])
-
-
 def get_head(model: keras.Model) -> dict[str, np.ndarray]:
     """Head weights under the names of :data:`models.core.weights.HEAD_NAMES`."""
     hk, hb = model.get_layer(HEAD_HIDDEN).get_weights()

@@ -98,6 +98,8 @@ def test_admin_page_is_for_admins_and_says_when_there_is_no_coordinator(
     assert denied.status_code == 403
     assert "No coordinator configured" in page and "carol" in page
     assert "No coordinator is configured" in trained
+    # The shipped model learned from non-commercial data: the page says so
+    assert "must not be used commercially" in page
 
 
 def test_a_clinician_deletes_only_unlabelled_cases_and_an_admin_any(app, admin, slice_bytes,
