@@ -23,6 +23,7 @@ from typing import Iterator
 
 from device.imaging import limits
 from models.core import preprocess as mp
+from models.core.headers import image_size
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def analysis_bytes(data: bytes) -> int:
     """Estimated peak memory of decoding and preprocessing ``data``: its decoded pixels
     (pixels x channels x bytes per sample, from the PNG or JPEG header) and the working
     image; for DICOM and anything else, pixels as many as the file's bytes, in float64."""
-    size = mp.image_size(data)
+    size = image_size(data)
     decoded = limits.png_decoded_bytes(data) if data[:4] == b"\x89PNG" else \
         limits.jpeg_decoded_bytes(data) if data[:2] == b"\xff\xd8" else None
     if size is None or decoded is None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import struct
 
+from models.core.headers import jpeg_frame
+
 MAX_DECODED_BYTES = 64 * 2**20  # a 12-megapixel colour photo is 36 MB; an MR slice < 2 MB
 
 # Channels OpenCV's IMREAD_UNCHANGED gives per PNG colour type: grey, RGB, palette (RGB,
 # or RGBA with transparency: counted as 4), grey + alpha (BGRA), RGBA.
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 4, 4: 4, 6: 4}
-_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 DICOM_BYTES_PER_SAMPLE = 8  # the modality and VOI look-up tables work in float64
 
 
@@ -30,21 +31,12 @@ def png_decoded_bytes(data: bytes) -> int | None:
 
 def jpeg_decoded_bytes(data: bytes) -> int | None:
     """Decoded size of a JPEG from its first start-of-frame segment; None if none."""
-    i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            i += 1
-            continue
-        marker = data[i + 1]
-        if marker in _SOF:
-            precision, height, width, components = struct.unpack(">BHHB", data[i + 4:i + 10])
-            return width * height * max(components, 3 if components > 1 else 1) * (
-                2 if precision > 8 else 1)
-        if marker in (0xD8, 0x01, 0xFF) or 0xD0 <= marker <= 0xD7:
-            i += 2 if marker != 0xFF else 1
-            continue
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    return None
+    frame = jpeg_frame(data)
+    if frame is None:
+        return None
+    precision, height, width, components = frame
+    return width * height * max(components, 3 if components > 1 else 1) * (
+        2 if precision > 8 else 1)
 
 
 def dicom_decoded_bytes(rows: int, columns: int, samples: int) -> int:

@@ -25,6 +25,7 @@ import numpy as np
 # Refuse decompression bombs before OpenCV allocates them: PNG/JPEG headers are checked
 # below; OpenCV's own limit (set in ``models/__init__``) covers the other formats.
 from models import MAX_PIXELS
+from models.core.headers import image_size
 
 logger = logging.getLogger(__name__)
 MIN_SIDE = 64  # pixels on the shorter side; no training slice has fewer than 150
@@ -53,28 +54,6 @@ class InputSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "InputSpec":
         return cls(int(d["height"]), int(d["width"]), int(d["channels"]))
-
-
-def image_size(data: bytes) -> tuple[int, int] | None:
-    """Width and height from PNG/JPEG headers without decoding the pixels."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if data[:2] == b"\xff\xd8":
-        i = 2
-        while i + 9 < len(data):
-            if data[i] != 0xFF:
-                i += 1
-                continue
-            marker = data[i + 1]
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn
-                h = int.from_bytes(data[i + 5:i + 7], "big")
-                w = int.from_bytes(data[i + 7:i + 9], "big")
-                return w, h
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-                i += 2
-                continue
-            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    return None
 
 
 def _too_large(width: int, height: int) -> UnusableImageError:
