@@ -14,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from models.core import block as B
+from models.core import head as H
+
 
 def interpreter_class() -> type:
     """LiteRT's ``Interpreter``: ``ai_edge_litert`` first, ``tflite_runtime`` as fallback.
@@ -121,7 +124,6 @@ class BundleModel:
 
     def from_features(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities and embeddings from block inputs, with this model's block."""
-        from models.core import block as B, head as H
         emb = B.embed(self.block, features)
         return H.predict(self.head, emb).astype(np.float32), emb
 
