@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps run test bench bundle clean ansible-e2e screenshots
+.PHONY: install system-deps run test faults bench bundle clean ansible-e2e screenshots
 
 install: $(STAMP)
 
@@ -22,10 +22,12 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $@
 
 # Debian packages: Chromium for the browser test (Playwright cannot download its own
-# browser here) and wrk, the HTTP load generator of `make bench`.
+# browser here), wrk, the HTTP load generator of `make bench`, and faketime, which moves
+# the appliance's clock in the fault suite.
 system-deps:
-	@command -v chromium >/dev/null && command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \
-		$(SUDO) apt-get install -y -qq chromium wrk >/dev/null; }
+	@command -v chromium >/dev/null && command -v wrk >/dev/null && command -v faketime >/dev/null \
+		|| { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq chromium wrk faketime >/dev/null; }
 
 # The main job: the appliance on the shipped default bundle. Off a Raspberry Pi the
 # LED and button run on gpiozero's mock pin factory.
@@ -41,7 +43,14 @@ run: install
 test: install system-deps
 	$(PY) -m flake8 models device coordinator tests
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not fault"
+	$(MAKE) --no-print-directory faults
+
+# The fault suite (docs/operations.md, "Faults"): kill -9 of either service at each
+# stage, a full disk, a clock jump, a coordinator that is slow or answers garbage. It
+# ends with the line "faults: N passed, M failed".
+faults: install system-deps
+	$(PY) -m pytest -m fault
 
 # The pictures of docs/clinician.md, saved by the browser tests as they run.
 screenshots: install system-deps

@@ -163,3 +163,28 @@ def write_destroyed_v2(trained_bundle: tuple[Path, Path], small_data: Path, key,
     write_bundle(out, to_tflite(model, "int8", calibration=calibration), head,
                  {**fields, "version": 2, "parent_version": 1}, key)
     return out
+
+
+# --- the fault suite's closing line -------------------------------------------------
+_fault_outcomes: dict[str, str] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Each fault test's outcome: failed if any phase failed, else that of its call."""
+    if "fault" not in report.keywords or _fault_outcomes.get(report.nodeid) == "failed":
+        return
+    if report.failed:
+        _fault_outcomes[report.nodeid] = "failed"
+    elif report.when == "call" or report.skipped:
+        _fault_outcomes[report.nodeid] = report.outcome
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """``faults: N passed, M failed`` (and skipped, if any) when fault tests ran."""
+    if not _fault_outcomes:
+        return
+    outcomes = list(_fault_outcomes.values())
+    count = {k: outcomes.count(k) for k in ("passed", "failed", "skipped")}
+    line = f"faults: {count['passed']} passed, {count['failed']} failed"
+    terminalreporter.write_line(line + (f", {count['skipped']} skipped"
+                                        if count["skipped"] else ""))

@@ -135,7 +135,10 @@ def login():
     sid = secrets.token_urlsafe(32)
     store.add_session(hash_token(sid), admin.name, time.time() + SESSION_LIFETIME_S)
     session.clear()
-    session.permanent = True
+    # A browser-session cookie, without Expires: the server ends the session after its
+    # lifetime (the signed cookie's age, the sessions table). An Expires set by a server
+    # whose clock is behind the browser's would make the browser drop the cookie at once.
+    session.permanent = False
     session["admin"], session["sid"] = admin.name, sid
     return redirect(safe_next(request.args.get("next")) or url_for("dashboard.index"))
 

@@ -138,7 +138,8 @@ class Outbox:
         Accepted or duplicate: deleted. :class:`UpdateRefused`: moved to ``refused/``,
         never retried. :class:`CoordinatorUnavailable`: the entry's ``attempts`` grows,
         it waits its backoff, and this flush stops (the coordinator is down). An entry
-        not yet due also stops the flush, so updates always leave in the order queued.
+        not yet due also stops the flush, so updates always leave in the order queued (a
+        wait longer than ``backoff_max`` is the clock's doing: the entry is due).
         ``force`` (a sync a person asked for) ignores the backoff once.
         """
         now = time.time() if now is None else now
@@ -146,7 +147,8 @@ class Outbox:
         with self._flush_lock:
             entries = self.pending()
             for i, entry in enumerate(entries):
-                if entry.next_attempt_at > now and not force:
+                # A wait longer than the longest backoff: the clock went back, send now.
+                if now < entry.next_attempt_at <= now + self.backoff_max and not force:
                     return FlushResult(sent, refused, len(entries) - i)
                 try:
                     answer = client.post_update(entry.payload_path.read_bytes(), entry.meta)

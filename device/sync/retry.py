@@ -23,7 +23,9 @@ def why_not_now(state: dict, version: object, now: float, force: bool) -> str | 
     if version in state.get("refused_versions", []):
         return "refused before"
     retry = state.get("retry") or {}
-    if not force and retry.get("version") == version and now < retry["next_at"]:
+    # A wait longer than the longest backoff means the clock went back: try now.
+    if not force and retry.get("version") == version and \
+            now < retry["next_at"] <= now + RETRY_MAX_S:
         return (f"v{version} failed {retry['failures']} time(s) on the way; next try in "
                 f"{retry['next_at'] - now:.0f} s")
     return None

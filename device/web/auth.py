@@ -33,7 +33,10 @@ PUBLIC = {"auth.login", "auth.setup", "health.healthz", "health.metrics", "stati
 
 def _start_session(name: str, role: str) -> None:
     session.clear()
-    session.permanent = True
+    # A browser-session cookie, without Expires: the server ends the session after its
+    # lifetime (the signed cookie's age, the sessions table). An Expires set by a server
+    # whose clock is behind the browser's would make the browser drop the cookie at once.
+    session.permanent = False
     session["user"], session["role"] = name, role
     session["sid"] = rules.start_session(services().accounts, name)
 

@@ -12,12 +12,14 @@ import sys
 import textwrap
 import time
 
+import pytest
 import requests
 
 from tests.e2e.conftest import REPO, START_TIMEOUT_S, STOP_TIMEOUT_S, _env, free_port
 from tests.e2e.coordinator_process import Update, enroll, write_config
 
 
+@pytest.mark.fault
 def test_sigkill_mid_round_resumes_with_the_acknowledged_updates(tmp_path, start_coordinator):
     # Prepare: three devices, a round that needs all three, two updates acknowledged.
     state = tmp_path / "state"

@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import requests
 
 from device.store.base import MAX_LIST_LIMIT
@@ -23,6 +24,7 @@ from device.store.sqlite import IMAGES_DIR, SQLiteCaseStore
 from models.core.files import is_temp
 from tests.e2e.conftest import add_user, create_token
 
+pytestmark = pytest.mark.fault
 KILLS = 3
 KILL_AFTER_S = (0.3, 1.5)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -28,6 +28,7 @@ from models.core.signing import load_public_key
 from tests.e2e.conftest import (CLI_TIMEOUT_S, REPO, ServerProcess, _env, add_user,
                                 create_token, free_port)
 
+pytestmark = pytest.mark.fault
 DEVICE_ID = "pi-1"
 N_SLICES = 24
 KILL_TRAINING_AFTER_S = 0.3

@@ -121,6 +121,20 @@ def test_an_entry_not_yet_due_is_not_sent(closed_url, tmp_path):
     assert outbox.pending()[0].attempts == 1            # no second attempt was made
 
 
+def test_after_the_clock_went_back_a_deferred_entry_is_due_at_once(closed_url, tmp_path):
+    # Prepare: one failed attempt at t=0 (next attempt within 900 s); the clock then
+    # steps back two days (a wrong clock at boot corrected by NTP, a replaced RTC battery).
+    outbox = Outbox(tmp_path, seed=0)
+    outbox.put(uuid.uuid4().hex, b"payload", {"device_id": DEVICE})
+    client = CoordinatorClient(closed_url, "nd_x", timeout=5)
+    outbox.flush(client, now=0.0)
+
+    result = outbox.flush(client, now=-2 * 86400.0)
+
+    # Assert: a wait longer than the longest backoff is the clock's doing: sent now.
+    assert result.deferred == 1 and outbox.pending()[0].attempts == 2
+
+
 def test_half_written_entries_are_removed_on_recovery(tmp_path):
     outbox = Outbox(tmp_path, seed=0)
     kept = uuid.uuid4().hex

@@ -23,6 +23,14 @@ def test_failures_on_the_way_back_off_doubling_up_to_an_hour_and_a_person_skips_
     assert why_not_now(state, 3, now=1010.0, force=False) is None  # a newer version
 
 
+def test_a_wait_longer_than_the_longest_backoff_means_the_clock_went_back():
+    state = after_refusal({}, transport(2), current=1, now=1000.0)
+
+    assert why_not_now(state, 2, now=1000.0 - 2 * 86400, force=False) is None
+    assert "next try in" in why_not_now(state, 2, now=1000.0 - RETRY_MAX_S + 100,
+                                        force=False)
+
+
 def test_a_final_refusal_sticks_and_ends_the_backoff():
     state = after_refusal({}, transport(2), current=1, now=0.0)
     state.update(after_refusal(state, UpdateResult("refused", 2, "local gate"), 1, now=5.0))
