@@ -33,8 +33,10 @@ def inner_split(y: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarra
 
 
 def by_file(kept: list[Sample], prob: np.ndarray) -> dict[str, float]:
-    """Probabilities keyed by file (relative to the dataset), as the JSON carries them."""
-    return {s.rel: round(float(p), 5) for s, p in zip(kept, prob)}
+    """Probabilities keyed by file (relative to the dataset), as the JSON carries them:
+    unrounded, so that a rescore of the saved run reproduces its figures (rounding made
+    ties that moved the AUC)."""
+    return {s.rel: float(p) for s, p in zip(kept, prob)}
 
 
 def review_list(files: list[str], y: np.ndarray, prob: np.ndarray,
