@@ -54,6 +54,7 @@ class Settings:
     device_id: str = ""
     device_token: str = field(default="", repr=False)
     coordinator_ca: Path | None = None   # CA certificate that signed the coordinator's TLS
+    coordinator_timeout_s: float = 30.0  # connect, each read; a JSON answer in twice this
     sync_interval_s: float = 900.0       # outbox flush + bundle check
     train_min_new_cases: int = 8         # newly confirmed cases that start a training run
     gate_margin: float = 0.05            # refuse a bundle this much worse on local cases
@@ -107,6 +108,9 @@ class Settings:
             raise ConfigError(f"coordinator_url: {self.coordinator_url!r} is not http(s)")
         if self.update_encoding not in ("int8", "float32"):
             raise ConfigError("update_encoding must be int8 or float32")
+        if not 0 < self.coordinator_timeout_s <= 600:
+            raise ConfigError(f"coordinator_timeout_s: {self.coordinator_timeout_s} not in "
+                              "(0, 600]")
         if not 0 <= self.update_topk < 1 or self.sync_interval_s <= 0:
             raise ConfigError("update_topk must be in [0, 1) and sync_interval_s positive")
         return self

@@ -99,7 +99,8 @@ def build_federation(svc: Services, link: CoordinatorLink | None = None
         if s.transport != "http" or not s.coordinator_url:
             return None
         from device.sync.client import CoordinatorClient
-        link = CoordinatorClient(s.coordinator_url, s.device_token, s.coordinator_ca)
+        link = CoordinatorClient(s.coordinator_url, s.device_token, s.coordinator_ca,
+                                 timeout=s.coordinator_timeout_s)
     updater = BundleUpdater(s, svc.slot, svc.store, svc.bundles, status=svc.status)
     return Federation(link, Outbox(s.data_dir), updater, settings=s, store=svc.store,
                       slot=svc.slot, status=svc.status, telemetry=svc.telemetry)

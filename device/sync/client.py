@@ -20,11 +20,13 @@ import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 
 from device.exc import ConfigError
 from device.sync.link import (CoordinatorRefused, CoordinatorUnavailable, UnsafeDownload,
@@ -38,6 +40,10 @@ API = "/api/v1"
 RETRYABLE_4XX = frozenset({401, 408, 425, 429})
 DEFAULT_REASONS = {400: "malformed", 409: "conflict", 413: "too_large", 422: "rejected"}
 CHUNK = 64 * 1024
+# A JSON answer (an acknowledgement, the latest bundle's listing) is a few KB: more, or
+# one that has not fully arrived within this many read timeouts, is not the coordinator's.
+MAX_ANSWER = 1 << 20
+ANSWER_TIMEOUTS = 2
 
 
 def _origin(url: str) -> tuple[str, str, int]:
@@ -115,7 +121,12 @@ class CoordinatorClient:
         data = {"meta": json.dumps(meta)}
         response = self._send("POST", f"{API}/updates", refused=UpdateRefused,
                               files=files, data=data)
-        return self._json(response)
+        answer = self._json(response)
+        if answer.get("update_id") != meta.get("update_id"):
+            # Deleting the update on an answer that does not name it would lose it.
+            raise CoordinatorUnavailable("coordinator answer does not acknowledge the "
+                                         "update", response.status_code)
+        return answer
 
     def latest(self, model_version: int | None = None) -> dict:
         """The latest bundle: ``{"version", "manifest", "signature", "files"}``.
@@ -125,7 +136,12 @@ class CoordinatorClient:
         """
         headers = {"X-Model-Version": str(int(model_version))} \
             if model_version is not None else {}
-        return self._json(self._send("GET", f"{API}/bundles/latest", headers=headers))
+        answer = self._json(self._send("GET", f"{API}/bundles/latest", headers=headers))
+        version, files = answer.get("version"), answer.get("files", {})
+        if type(version) is not int or version < 1 or not isinstance(files, dict):
+            raise CoordinatorUnavailable("coordinator answer has no valid version and "
+                                         "file list")
+        return answer
 
     def report(self, kind: str, version: int | None, reason: str = "") -> dict:
         """Tell the coordinator what happened to a bundle (``bundle_refused``,
@@ -190,7 +206,7 @@ class CoordinatorClient:
         body = request.body
         sent = len(body) if isinstance(body, (bytes, str)) else 0
         try:
-            response = self._session.send(request, timeout=self.timeout, stream=stream,
+            response = self._session.send(request, timeout=self.timeout, stream=True,
                                           allow_redirects=False)
         except requests.RequestException as exc:
             # The exception text holds the URL, never the headers; still keep it short.
@@ -198,13 +214,14 @@ class CoordinatorClient:
                         type(exc).__name__)
             raise CoordinatorUnavailable(f"coordinator unreachable: {type(exc).__name__}") \
                 from None
-        self._count(sent, 0 if stream else len(response.content))
         status = response.status_code
+        if stream and 200 <= status < 300:
+            self._count(sent, 0)
+            return response  # the caller reads the body, bounded (download)
+        _read_answer(response, self.timeout * ANSWER_TIMEOUTS)
+        self._count(sent, len(response.content))
         if 200 <= status < 300:
             return response
-        if stream:
-            self._count(0, len(response.content))
-            response.close()
         if status >= 500 or status in RETRYABLE_4XX:
             logger.warning("coordinator %s %s answered %d", method, urlsplit(url).path,
                            status)
@@ -232,6 +249,30 @@ class CoordinatorClient:
         with self._count_lock:
             self.bytes_up += up
             self.bytes_down += down
+
+
+def _read_answer(response: requests.Response, seconds: float) -> None:
+    """Read a JSON answer's body into ``response`` (``.content``/``.json()`` then work),
+    bounded in size and in time: a coordinator, or something in its place, that drips
+    bytes or never ends the body cannot hold the sync. CoordinatorUnavailable if so."""
+    deadline = time.monotonic() + seconds
+    body = bytearray()
+    try:
+        # read1 returns what has arrived; iter_content would wait for a full chunk.
+        while chunk := response.raw.read1(CHUNK, decode_content=True):
+            body += chunk
+            if len(body) > MAX_ANSWER or time.monotonic() > deadline:
+                raise CoordinatorUnavailable(
+                    "coordinator answer is too large" if len(body) > MAX_ANSWER else
+                    f"coordinator answer took longer than {seconds:g} s", response.status_code)
+    except CoordinatorUnavailable:
+        raise
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise CoordinatorUnavailable(f"coordinator answer interrupted: {type(exc).__name__}",
+                                     response.status_code) from None
+    finally:
+        response.close()
+    response._content = bytes(body)  # what requests does when it reads the body itself
 
 
 def _error_of(response: requests.Response) -> tuple[str, str | None]:

@@ -135,6 +135,7 @@ def test_verify_bundle_accepts_the_shipped_one_and_refuses_a_tampered_copy(tmp_p
     ("trusted_keys = ['/no/such/coordinator.pub']", "trusted_keys: '/no/such/coordinator.pub'"),
     ("trusted_keys = ['not a key']", "trusted_keys: 'not a key'"),
     ("coordinator_ca = '/no/such/ca.crt'", "coordinator_ca: no file /no/such/ca.crt"),
+    ("coordinator_timeout_s = 0", "coordinator_timeout_s: 0"),
 ])
 def test_serve_validate_config_names_the_bad_setting(tmp_path, setting, message):
     config = tmp_path / "neuroedge.toml"
