@@ -2,10 +2,16 @@
 
 On first start the initial bundle (by default the shipped one) is re-signed with the
 coordinator's own key as version 1. Every published version stays downloadable.
+
+A new version is built in ``bundles/.staging/`` and moved into place (:meth:`promote`)
+only after the store has recorded it: a version folder exists only for a recorded
+version, so a coordinator killed while publishing never serves, nor builds on, a
+version it has no record of (:meth:`recover` tidies up at the next start).
 """
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -13,6 +19,7 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from models.core.bundle import Bundle, resign_bundle, verify_bundle
+from models.core.files import fsync_dir
 
 # The largest bundle version the coordinator answers for: beyond any fleet's lifetime,
 # inside SQLite's INTEGER and a file name's length.
@@ -28,6 +35,7 @@ class BundleRegistry:
         self.root = root
         self.key = key
         self.root.mkdir(parents=True, exist_ok=True)
+        self.staging.mkdir(exist_ok=True)
         self._lock = threading.Lock()
         self._cache: dict[int, Bundle] = {}
 
@@ -47,6 +55,37 @@ class BundleRegistry:
                 shutil.copyfile(initial_weights, self.weights_path(1))
             logger.info("initial bundle re-signed as version 1")
         return self.get(1)
+
+    @property
+    def staging(self) -> Path:
+        """Where a version is built before the store records it."""
+        return self.root / ".staging"
+
+    def promote(self, version: int) -> None:
+        """Move a recorded version from :attr:`staging` into place: its float weights
+        first, then the folder, whose appearance makes it the version devices fetch."""
+        for name in (self.weights_path(version).name, self.path(version).name):
+            staged = self.staging / name
+            if staged.exists():
+                if staged.is_file():
+                    with open(staged, "rb") as fh:  # Keras does not fsync what it saves
+                        os.fsync(fh.fileno())
+                os.replace(staged, self.root / name)
+        fsync_dir(self.root)
+
+    def recover(self, recorded: set[int]) -> None:
+        """After a restart: promote staged versions the store recorded, remove the
+        others and any version folder the store has no record of (a crash while
+        publishing); the round that built them is then finished again."""
+        for version in sorted(recorded):
+            self.promote(version)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        for version in set(self.versions()) - recorded:
+            logger.warning("removing bundle v%d: built but never recorded", version)
+            shutil.rmtree(self.path(version))
+            self.weights_path(version).unlink(missing_ok=True)
+        self.staging.mkdir(exist_ok=True)
+        fsync_dir(self.root)
 
     def versions(self) -> list[int]:
         return sorted(int(p.name[1:]) for p in self.root.glob("v*")

@@ -10,6 +10,7 @@ from nacl.signing import SigningKey
 
 from coordinator.bundles import BundleRegistry
 from coordinator.config import Settings
+from models.core.crash_points import crash_point
 from coordinator.rounds import RoundManager
 from coordinator.store.sqlite import SQLiteCoordinatorStore
 from coordinator.telemetry import Telemetry
@@ -65,16 +66,24 @@ def load_eval_data(settings: Settings, bundles: BundleRegistry):
 def make_publisher(settings: Settings, store, bundles: BundleRegistry, key: SigningKey,
                    data) -> callable:
     def publisher(delta: dict[str, np.ndarray], round_id: int):
-        from coordinator.publish import publish
+        from coordinator.publish import Outcome, publish
+        note = f"round {round_id}"
+        done = next((b for b in store.list_bundles() if b.reason == note), None)
+        if done is not None:  # published, then killed before the round's outcome
+            return Outcome(done.published, done.version, "published before a restart",
+                           done.metrics)
         current = bundles.latest()
         head = {k: v + delta[k] for k, v in current.load_head().items()}
         outcome = publish(current, bundles.weights_path(current.version), head, data, key,
-                          bundles.root, sparsity=settings.sparsity,
+                          bundles.staging, sparsity=settings.sparsity,
                           margin=settings.publish_margin)
         if outcome.published:
+            crash_point("publish.staged")
             store.add_bundle(outcome.version, current.version,
-                             str(bundles.path(outcome.version)), outcome.metrics, True,
-                             f"round {round_id}")
+                             str(bundles.path(outcome.version)), outcome.metrics, True, note)
+            crash_point("publish.recorded")
+            bundles.promote(outcome.version)
+            crash_point("publish.promoted")
         return outcome
     return publisher if data is not None else None
 
@@ -89,6 +98,7 @@ def build_services(settings: Settings) -> Services:
         store.add_bundle(1, None, str(first.path), first.manifest.get("metrics", {}), True,
                          "initial bundle re-signed")
         store.audit("bundle_published", None, {"version": 1, "reason": "initial"})
+    bundles.recover({b.version for b in store.list_bundles()})
     data = load_eval_data(settings, bundles)
     rounds = RoundManager(settings, store, bundles,
                           make_publisher(settings, store, bundles, key, data))

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device.sync.link import CoordinatorLink, CoordinatorUnavailable, UpdateRefused
+from models.core.crash_points import crash_point
 from models.core.files import fsync_dir, write_atomic
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,7 @@ class Outbox:
                     logger.info("coordinator unavailable (%s); %d update(s) wait",
                                 exc, len(entries) - i)
                     return FlushResult(sent, refused, len(entries) - i)
+                crash_point("outbox.acknowledged")
                 self._delete(entry)
                 sent += 1
                 logger.info("update %s delivered (round %s%s)", entry.update_id,

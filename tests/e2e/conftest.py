@@ -94,12 +94,13 @@ class ServerProcess:
 
     stderr = log
 
-    def spawn(self, cmd: list[str]) -> None:
-        """Start ``cmd`` with output in files and wait until ``/healthz`` answers 200."""
+    def spawn(self, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        """Start ``cmd`` (with ``env`` added to the environment) with output in files
+        and wait until ``/healthz`` answers 200."""
         self.starts += 1
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                         cwd=REPO, env=_env())
+                                         cwd=REPO, env={**_env(), **(env or {})})
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

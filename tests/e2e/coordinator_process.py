@@ -48,19 +48,21 @@ def write_config(path: Path, **settings: int) -> Path:
 class Coordinator(ServerProcess):
     """One ``python -m coordinator serve`` on loopback; restartable on the same port."""
 
-    def __init__(self, state: Path, log_dir: Path, config: Path | None = None) -> None:
+    def __init__(self, state: Path, log_dir: Path, config: Path | None = None,
+                 args: list[str] | None = None) -> None:
         self.port = free_port()
         super().__init__(f"coordinator-{self.port}", log_dir)
-        self.state, self.config = state, config
+        self.state, self.config, self.args = state, config, args or []
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "Coordinator":
-        """Start the process and wait until ``/healthz`` answers 200."""
+    def start(self, env: dict[str, str] | None = None) -> "Coordinator":
+        """Start the process (``args`` and ``env`` added) and wait until ``/healthz``
+        answers 200."""
         cmd = [sys.executable, "-m", "coordinator", "serve", "--state-dir", str(self.state),
-               "--host", "127.0.0.1", "--port", str(self.port)]
+               "--host", "127.0.0.1", "--port", str(self.port), *self.args]
         if self.config:
             cmd += ["--config", str(self.config)]
-        self.spawn(cmd)
+        self.spawn(cmd, env)
         return self
 
     # --- the device side ---------------------------------------------------------------
@@ -79,9 +81,10 @@ class Coordinator(ServerProcess):
                              files={"weights": ("update.npz", io.BytesIO(update.payload))},
                              data={"meta": json.dumps(update.meta)}, timeout=30)
 
-    def wait_for_outcome(self, token: str, round_id: int) -> dict:
+    def wait_for_outcome(self, token: str, round_id: int,
+                         timeout: float = OUTCOME_TIMEOUT_S) -> dict:
         """The round once its aggregation has run (the reason then starts "outcome:")."""
-        deadline = time.monotonic() + OUTCOME_TIMEOUT_S
+        deadline = time.monotonic() + timeout
         while True:
             rnd = next(r for r in self.rounds(token) if r["round"] == round_id)
             if (rnd["reason"] or "").startswith("outcome:") or time.monotonic() > deadline:
