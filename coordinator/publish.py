@@ -2,7 +2,8 @@
 
 The coordinator keeps the float Keras weights of the current model (devices only ever
 get the int8 TFLite). It sets the aggregated head, magnitude-prunes its hidden layer,
-converts to full int8 calibrated on its own images, evaluates on its own validation
+converts to full int8 calibrated on its own images (a bundle with a NumPy block keeps
+its model.tflite, which a round does not change), evaluates on its own validation
 images, and publishes only if the result is not worse than the current bundle by more
 than a margin.
 It never sees a device's images.
@@ -90,7 +91,11 @@ def publish(current: Bundle, float_weights: Path, head: dict[str, np.ndarray],
     pruned = prune_head(head, sparsity)
     set_head(model, pruned)
     block = current.load_block()
-    tflite = to_tflite(model, "int8", calibration=data.calibration)
+    # A bundle with a block runs model.tflite only up to the block's input (the block
+    # and the head run in NumPy), which a round does not change: its bytes are carried,
+    # so a device fetches the head only. Without a block the head is in the model.
+    tflite = current.read_file("model.tflite") if block is not None else \
+        to_tflite(model, "int8", calibration=data.calibration)
     try:
         candidate_model = BundleModel(TFLiteModel(tflite), pruned, block)
         prob, _ = candidate_model.predict(data.x_val)
@@ -118,7 +123,9 @@ def publish(current: Bundle, float_weights: Path, head: dict[str, np.ndarray],
         "uncertain_logit_band": current.uncertain_logit_band,
         "metrics": {"validation": summary["candidate"]},
         "training": {"source": "federated round", "head_sparsity": sparsity,
-                     "format": "int8", "model_bytes": len(tflite)},
+                     "format": "int8", "model_bytes": len(tflite),
+                     **({"model_from_version": current.version} if block is not None
+                        else {})},
         **carried_fields(current),
     }
     slice_check = current.load_slice_check()

@@ -60,6 +60,21 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 Fetch = Callable[[str, Path], int]
 
 
+def _copy_if_same(current: Bundle, name: str, offered: Any, dest: Path) -> bool:
+    """Copy ``name`` from the bundle in service if the offered manifest lists the same
+    SHA-256 for it; False (fetch it) otherwise, or if the local copy fails its hash."""
+    ours = current.manifest["files"].get(name)
+    theirs = offered.get(name) if isinstance(offered, dict) else None
+    if not (isinstance(theirs, dict) and ours and theirs.get("sha256") == ours["sha256"]):
+        return False
+    try:
+        dest.write_bytes(current.read_file(name))  # re-checked against its hash
+    except (BundleError, OSError) as exc:
+        logger.warning("fetching %s: the copy in service is unusable (%s)", name, exc)
+        return False
+    return True
+
+
 def synthetic_slice(size: int = 256) -> np.ndarray:
     """A head-like axial slice (uint8): skull ring, textured brain, ventricles, lesion."""
     yy, xx = (np.mgrid[:size, :size].astype(np.float32) / (size - 1)) * 2 - 1
@@ -197,7 +212,7 @@ class BundleUpdater:
                                 "operator; not installing it again")
         staged = self.installed.staging_dir(version)
         try:
-            self._download(latest, fetch, staged)
+            self._download(latest, fetch, staged, current.bundle)
             bundle = verify_bundle(staged, self.installed.trusted_keys, min_version=floor)
             if bundle.version != version:
                 raise _Refused(f"coordinator announced v{version} but the bundle is "
@@ -217,8 +232,13 @@ class BundleUpdater:
     def _serving_shipped(self, current: Predictor) -> bool:
         return current.bundle.path.resolve() == self.installed.shipped.resolve()
 
-    def _download(self, latest: dict, fetch: Fetch, staged: Path) -> None:
+    def _download(self, latest: dict, fetch: Fetch, staged: Path, current: Bundle) -> None:
+        """Every listed file into ``staged``; a file the bundle in service holds with
+        the hash the offer's manifest gives is copied, not fetched (a round changes
+        the head only). The result is verified as a whole either way."""
         files = latest.get("files")
+        offered = latest.get("manifest")
+        offered = offered.get("files") if isinstance(offered, dict) else None
         if not isinstance(files, dict) or not files or len(files) > MAX_FILES:
             raise _Refused(f"coordinator must list 1-{MAX_FILES} bundle files")
         for name, url in files.items():
@@ -226,6 +246,8 @@ class BundleUpdater:
             if not (isinstance(name, str) and _SAFE_NAME.fullmatch(name)
                     and isinstance(url, str) and url):
                 raise _Refused(f"coordinator lists an unsafe file name {name!r:.80}")
+            if _copy_if_same(current, name, offered, staged / name):
+                continue
             try:
                 fetch(url, staged / name)
             except ValueError as exc:  # refused or unsafe download: tried again later

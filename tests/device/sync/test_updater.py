@@ -4,6 +4,7 @@ version, fit, smoke test, head check) and its local gate, on real LiteRT bundles
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 import shutil
@@ -198,7 +199,11 @@ def _changed_byte(v, tmp, key):
     data = bytearray((tmp / "b" / "model.tflite").read_bytes())
     data[len(data) // 2] ^= 0x01
     (tmp / "b" / "model.tflite").write_bytes(bytes(data))
-    return latest(tmp / "b")
+    offer = latest(tmp / "b")
+    # The offer names the changed bytes, so the device fetches them rather than use its
+    # own copy; the signed manifest does not.
+    offer["manifest"]["files"]["model.tflite"]["sha256"] = hashlib.sha256(data).hexdigest()
+    return offer
 
 
 def _override(v, tmp, key, **fields):
@@ -335,3 +340,58 @@ def test_rollback_returns_to_previous_and_never_reinstalls(appliance, variants):
     with pytest.raises(RollbackError, match="no previous"):
         up.rollback()
     assert up.check_and_install(latest(variants[4]), fetch).action == "installed"
+
+
+def _next_round(bundle_dir: Path, out: Path, key) -> Path:
+    """The next version as a federated round publishes it: the same model and block, a
+    changed head (:func:`coordinator.publish.publish`)."""
+    bundle = verify_bundle(bundle_dir, [key.verify_key])
+    manifest = bundle.manifest
+    head = {k: v + 0.01 for k, v in bundle.load_head().items()}
+    slice_check = bundle.load_slice_check()
+    fields = {k: manifest[k] for k in ("architecture", "input", "labels", "threshold",
+                                       "uncertain_logit_band", "slice_check", "block")
+              if k in manifest}
+    write_bundle(out, bundle.read_file("model.tflite"), head,
+                 {**fields, "version": manifest["version"] + 1,
+                  "parent_version": manifest["version"]}, key,
+                 slice_head=slice_check[0] if slice_check else None,
+                 block=bundle.load_block())
+    return out
+
+
+def test_an_offer_that_changed_only_the_head_fetches_only_the_head(appliance, variants, key,
+                                                                   tmp_path):
+    # Prepare: v2 in service; v3 differs from it in head.npz only.
+    appliance.updater.check_and_install(latest(variants[2]), appliance.fetch)
+    v3 = _next_round(variants[2], tmp_path / "v3", key)
+    appliance.fetched.clear()
+
+    # Execute
+    result = appliance.updater.check_and_install(latest(v3), appliance.fetch)
+
+    # Assert: the head, the manifest and the signature fetched; the rest copied; the
+    # installed v3 is whole and verified.
+    assert result.action == "installed" and appliance.slot.current.version == 3
+    assert sorted(Path(u).name for u in appliance.fetched) == \
+        ["head.npz", "manifest.json", "signature"]
+    installed = verify_bundle(appliance.installed.root / "v3", [key.verify_key])
+    assert sorted(p.name for p in installed.path.iterdir()) == \
+        sorted(p.name for p in v3.iterdir())
+
+
+def test_a_damaged_copy_in_service_is_fetched_instead(appliance, variants, key, tmp_path):
+    # Prepare: v2 in service, then one of its files damaged on the card.
+    appliance.updater.check_and_install(latest(variants[2]), appliance.fetch)
+    v3 = _next_round(variants[2], tmp_path / "v3", key)
+    model = appliance.installed.root / "v2" / "model.tflite"
+    model.write_bytes(model.read_bytes()[:-1])
+    appliance.fetched.clear()
+
+    # Execute
+    result = appliance.updater.check_and_install(latest(v3), appliance.fetch)
+
+    # Assert: the damaged file was fetched, not copied; v3 is whole.
+    assert result.action == "installed", result.reason
+    assert "model.tflite" in [Path(u).name for u in appliance.fetched]
+    verify_bundle(appliance.installed.root / "v3", [key.verify_key])
