@@ -176,9 +176,22 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from coordinator.simulate import print_table, simulate, write_report
-    report = simulate(args.data, args.sites, args.rounds, args.partition, args.method,
-                      args.arch, args.seed, args.epochs, transport=args.transport)
-    print_table(report)
+    if args.partition == "sites":
+        if args.transport != "http":
+            raise ValueError("--partition sites feeds cases between rounds: --transport "
+                             "http only")
+        from coordinator.site_federation import print_sites_table, simulate_sites
+        names = lambda text: [s for s in text.split(",") if s]  # noqa: E731
+        report = simulate_sites(
+            args.data, args.rounds, args.cases_per_round, names(args.clinics),
+            names(args.initial_sites), args.holdout_site or None, args.method, args.arch,
+            args.seed, args.epochs, args.initial, args.publish_margin)
+        print_sites_table(report)
+    else:
+        report = simulate(args.data, args.sites, args.rounds, args.partition, args.method,
+                          args.arch, args.seed, args.epochs, transport=args.transport,
+                          initial=args.initial, publish_margin=args.publish_margin)
+        print_table(report)
     if args.json:
         write_report(report, Path(args.json))
     return 0
@@ -213,7 +226,22 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", type=Path, required=True)
     sp.add_argument("--sites", type=int, default=3)
     sp.add_argument("--rounds", type=int, default=3)
-    sp.add_argument("--partition", default="iid", help="paper, iid or dirichlet:ALPHA")
+    sp.add_argument("--partition", default="iid",
+                    help="paper, iid, dirichlet:ALPHA, or sites (each manifest site a clinic)")
+    sp.add_argument("--clinics", default="site_tcga_lgg_du,site_tcga_lgg_ht,"
+                    "site_tcga_lgg_cs,site_tcga_lgg_fg",
+                    help="--partition sites: the sites that take part, comma-separated")
+    sp.add_argument("--initial-sites", default="kaggle_navoneel",
+                    help="--partition sites: what the vendor's initial model learns from")
+    sp.add_argument("--holdout-site", default="site_ljubljana_ms",
+                    help="--partition sites: a site that never joins, only measures "
+                    "('' for none)")
+    sp.add_argument("--cases-per-round", type=int, default=10,
+                    help="--partition sites: confirmed cases per clinic before each round")
+    sp.add_argument("--initial", type=Path, help="a folder with bundle/ and "
+                    "model.weights.h5 to start from instead of training one")
+    sp.add_argument("--publish-margin", type=float, default=0.05,
+                    help="the coordinator's publishing gate (1.0 publishes what runs)")
     sp.add_argument("--method", default="fedavg")
     sp.add_argument("--arch", default="edge")
     sp.add_argument("--seed", type=int, default=0)

@@ -96,17 +96,25 @@ class Cluster:
         return (f"coordinator_url = '{self.coord_url}'\n"
                 f"device_token = '{self.device_tokens[k]}'\n")
 
-    def run_rounds(self, rounds: int, evaluate) -> list[dict]:
-        """Train and sync through the appliances' API, as the button or schedule would."""
+    def run_rounds(self, rounds: int, evaluate, before_round=None) -> list[dict]:
+        """Train and sync through the appliances' API, as the button or schedule would;
+        ``before_round(r)`` (e.g. new confirmed cases) runs before each round's training.
+        A round in which no site could train (too few cases, one class) sends nothing and
+        is reported with the sites' reasons."""
         rows, version, last_round = [], 1, 0
         up, down = [0] * self.n, [0] * self.n
         for r in range(1, rounds + 1):
             start = time.time()
+            if before_round is not None:
+                before_round(r)
             trained = [self.call(k, "POST", "/api/v1/federation/train") for k in range(self.n)]
+            if not any(t.get("action") == "queued" for t in trained):
+                rows.append(round_row(r, None, version, False, "no site could train",
+                                      evaluate(version), [0] * self.n, [0] * self.n, trained,
+                                      [None] * self.n, time.time() - start))
+                continue
             for k in range(self.n):
                 self.call(k, "POST", "/api/v1/federation/sync")
-            if not any(t.get("action") == "queued" for t in trained):
-                raise RuntimeError(f"round {r}: no site could train: {trained}")
             outcome = wait_for_outcome(self, last_round)
             last_round = outcome["round"]
             synced = [self.call(k, "POST", "/api/v1/federation/sync") for k in range(self.n)]
@@ -291,8 +299,8 @@ def round_row(r: int, coordinator_round: int | None, version: int, published: bo
               installed: list, seconds: float) -> dict:
     """One report row; the same keys for both transports."""
     return {"round": r, "coordinator_round": coordinator_round, "model_version": version,
-            "published": published, "reason": reason, "global_accuracy": result["accuracy"],
-            "global_auc": result["auc"], "global": result,
+            "published": published, "reason": reason, "global_accuracy": result.get("accuracy"),
+            "global_auc": result.get("auc"), "global": result,
             "bytes_up_per_device": float(np.mean(up)),
             "bytes_down_per_device": float(np.mean(down)),
             "update_bytes": [t.get("payload_bytes") for t in trained],

@@ -1,0 +1,193 @@
+"""``python -m coordinator simulate --partition sites``: clinics on real, different
+scanners adapt a vendor's model together (issue 23).
+
+Each site of the manifest named by ``clinics`` is one clinic: a real ``device serve``
+appliance on loopback (:class:`coordinator.cluster.Cluster`), fed through its own API.
+A clinic keeps a third of its patients (at least two) as its test part; the rest arrive
+in a random order, ``cases_per_round`` more confirmed cases before each round, as a
+clinic would live it. The initial model is the vendor's, learned from
+``initial_sites`` only (or given with ``initial``); the coordinator's own images, for
+its calibration and publishing gate, are those sites' too. ``holdout_site`` never
+joins: it measures generalisation (specificity when it has no tumour).
+
+Baselines on the same test parts, with the device's own NumPy head trainer from the
+initial model: each clinic alone, and all clinics' confirmed cases pooled
+(centralized), both on the cases the federation had seen by its last round.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from coordinator.cluster import Cluster
+from coordinator.simulate import feed, initial_model, write_csv
+from models.core import metrics
+from models.core.bundle import Bundle, read_manifest
+from models.core.preprocess import InputSpec
+from models.core.runtime import bundle_model
+from models.training.dataset import Sample, load_grouped
+
+logger = logging.getLogger(__name__)
+
+
+def clinic_split(groups: np.ndarray, sites: np.ndarray, clinics: Sequence[str], seed: int
+                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per clinic: its cases in arrival order, and its test part (whole patients)."""
+    rng = np.random.default_rng(seed)
+    parts = {}
+    for clinic in clinics:
+        idx = np.flatnonzero(sites == clinic)
+        if not len(idx):
+            raise ValueError(f"the data has no site {clinic!r}")
+        patients = np.unique(groups[idx])
+        rng.shuffle(patients)
+        test = np.isin(groups[idx], patients[:max(2, len(patients) // 3)])
+        parts[clinic] = (rng.permutation(idx[~test]), idx[test])
+    return parts
+
+
+def _figures(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict:
+    m = metrics.binary_metrics(y, prob, threshold)
+    return {k: m[k] for k in ("n", "balanced_accuracy", "auc", "sensitivity", "specificity")}
+
+
+def _summary(per_clinic: dict[str, dict]) -> float:
+    return float(np.mean([r["balanced_accuracy"] for r in per_clinic.values()]))
+
+
+class SiteEvaluation:
+    """A bundle version's figures on each clinic's test part and on the held-out site."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, tests: dict[str, np.ndarray],
+                 holdout: np.ndarray) -> None:
+        self.x, self.y, self.tests, self.holdout = x, y, tests, holdout
+
+    def __call__(self, bundle_dir: Path) -> dict:
+        threshold = read_manifest(bundle_dir)["threshold"]
+        model = bundle_model(Bundle(bundle_dir, read_manifest(bundle_dir)))
+        per_clinic = {c: _figures(self.y[t], model.predict(self.x[t])[0], threshold)
+                      for c, t in self.tests.items()}
+        report = {"per_clinic": per_clinic, "mean_balanced_accuracy": _summary(per_clinic)}
+        if len(self.holdout):
+            report["holdout_site"] = _figures(self.y[self.holdout],
+                                              model.predict(self.x[self.holdout])[0],
+                                              threshold)
+        return report
+
+    def trained_heads(self, bundle_dir: Path, seen: dict[str, np.ndarray]) -> dict:
+        """Local-only and centralized heads from ``bundle_dir``'s, on the cases each
+        clinic confirmed (the device's trainer and settings), judged like a version."""
+        from models.core.head import predict
+        from models.core.head_training import TrainConfig, train_head
+        bundle = Bundle(bundle_dir, read_manifest(bundle_dir))
+        model, head, threshold = bundle_model(bundle), bundle.load_head(), bundle.threshold
+        emb = {c: model.predict(self.x[i])[1] for c, i in seen.items()}
+        test_emb = {c: model.predict(self.x[t])[1] for c, t in self.tests.items()}
+
+        def judge(trained: dict, clinics: Sequence[str]) -> dict:
+            return {c: _figures(self.y[self.tests[c]], predict(trained, test_emb[c]),
+                                threshold) for c in clinics}
+
+        local, skipped = {}, {}
+        for clinic, idx in seen.items():
+            try:
+                local.update(judge(train_head(head, emb[clinic], self.y[idx],
+                                              TrainConfig()).head, [clinic]))
+            except ValueError as exc:  # one class, too few cases: as the device skips
+                skipped[clinic] = str(exc)
+        pooled = np.concatenate(list(seen.values()))
+        central = judge(train_head(head, np.concatenate(list(emb.values())), self.y[pooled],
+                                   TrainConfig()).head, list(self.tests))
+        return {"local_only": {"per_clinic": local, "skipped": skipped,
+                               "mean_balanced_accuracy": _summary(local) if local else None},
+                "centralized": {"per_clinic": central,
+                                "mean_balanced_accuracy": _summary(central)}}
+
+
+def simulate_sites(data: Path, rounds: int, cases_per_round: int,
+                   clinics: Sequence[str], initial_sites: Sequence[str],
+                   holdout_site: str | None, method: str = "fedavg", arch: str = "edge",
+                   seed: int = 0, epochs: int | None = None, initial: Path | None = None,
+                   publish_margin: float = 0.05, workdir: Path | None = None) -> dict:
+    """Run the federation of clinics; returns the report (module docstring)."""
+    overlap = set(clinics) & ({holdout_site} | set(initial_sites))
+    if overlap or len(clinics) < 2:
+        raise ValueError(f"need two or more clinics, none of them the held-out or an "
+                         f"initial site (overlap: {', '.join(sorted(overlap)) or 'none'})")
+    spec = InputSpec.from_dict(read_manifest(initial / "bundle")["input"]) if initial \
+        else None
+    from models.training.architectures import get_architecture
+    x, y, groups, kept = load_grouped(data, spec or get_architecture(arch).input_spec)
+    sites = np.array([s.site for s in kept])
+    parts = clinic_split(groups, sites, clinics, seed)
+    holdout = np.flatnonzero(sites == holdout_site) if holdout_site else np.array([], int)
+    evaluation = SiteEvaluation(x, y, {c: t for c, (_, t) in parts.items()}, holdout)
+    vendor: list[Sample] = [s for s in kept if s.site in initial_sites]
+    if not vendor:
+        raise ValueError(f"the data has no initial site {', '.join(initial_sites)}")
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        root = Path(tmp)
+        coordinator_csv = write_csv(vendor, root / "coordinator.csv")
+        initial = initial or initial_model(coordinator_csv, arch, root / "initial", epochs)
+        cluster = Cluster(root, len(clinics), coordinator_csv, method, initial,
+                          publish_margin)
+        bundles = cluster.state / "bundles"
+        try:
+            def arrive(r: int) -> None:
+                for k, (cases, _) in enumerate(parts.values()):
+                    feed(cluster, k, [kept[i] for i in
+                                      cases[(r - 1) * cases_per_round:r * cases_per_round]])
+
+            rows = cluster.run_rounds(rounds, lambda v: evaluation(bundles / f"v{v}"),
+                                      before_round=arrive)
+            seen = {c: cases[:rounds * cases_per_round] for c, (cases, _) in parts.items()}
+            report = {
+                "partition": "sites", "clinics": list(clinics),
+                "initial_sites": list(initial_sites), "holdout": holdout_site,
+                "method": method, "seed": seed, "arch": arch, "transport": "http",
+                "cases_per_round": cases_per_round,
+                "clinic_sizes": {c: {"cases": len(a), "test": len(t)}
+                                 for c, (a, t) in parts.items()},
+                "initial": evaluation(bundles / "v1"),
+                **evaluation.trained_heads(bundles / "v1", seen), "rounds": rows}
+        finally:
+            cluster.stop()
+    last = report["rounds"][-1]["global"] if report["rounds"] else report["initial"]
+    report["federated"] = last
+    report["per_clinic"] = last["per_clinic"]
+    report["holdout_site"] = last.get("holdout_site")
+    return report
+
+
+def print_sites_table(report: dict) -> None:
+    def mean(part: dict | None) -> str:
+        value = (part or {}).get("mean_balanced_accuracy")
+        return "  —  " if value is None else f"{value:.3f}"
+
+    print(f"clinics {', '.join(report['clinics'])}; initial model from "
+          f"{', '.join(report['initial_sites'])}; held out {report['holdout']}; "
+          f"{report['cases_per_round']} cases per clinic per round")
+    print(f"balanced accuracy, mean over clinics: initial {mean(report['initial'])}, "
+          f"local-only {mean(report['local_only'])}, centralized "
+          f"{mean(report['centralized'])}, federated {mean(report['federated'])}")
+    print(f"{'clinic':<20} {'initial':>8} {'alone':>8} {'pooled':>8} {'federated':>9}")
+    for c in report["clinics"]:
+        cells = [report[k]["per_clinic"].get(c, {}).get("balanced_accuracy")
+                 for k in ("initial", "local_only", "centralized", "federated")]
+        print(f"{c:<20} " + " ".join(f"{'—' if v is None else f'{v:.3f}':>8}"
+                                     for v in cells))
+    if report.get("holdout_site"):
+        print(f"held-out site {report['holdout']}: specificity "
+              f"{report['initial'].get('holdout_site', {}).get('specificity', float('nan')):.3f}"
+              f" initial, {report['holdout_site']['specificity']:.3f} federated")
+    print(f"{'round':>5} {'model':>5} {'mean bal.acc':>12} {'up B/dev':>9} "
+          f"{'down B/dev':>10} {'s':>6}  skipped")
+    for r in report["rounds"]:
+        print(f"{r['round']:>5} {'v%d' % r['model_version']:>5} "
+              f"{r['global']['mean_balanced_accuracy']:>12.3f} "
+              f"{r['bytes_up_per_device']:>9.0f} {r['bytes_down_per_device']:>10.0f} "
+              f"{r['seconds']:>6.1f}  {'; '.join(r['skipped']) or '—'}")

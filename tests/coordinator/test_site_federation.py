@@ -1,0 +1,98 @@
+"""``python -m coordinator simulate --partition sites`` on a small subset of the real
+manifest: two TCGA-LGG clinics as real appliances, cases arriving before each round,
+the MS site held out, baselines on the same test parts."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coordinator.site_federation import clinic_split
+from models.training.dataset import MANIFEST_NAME
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+CLINICS = ("site_tcga_lgg_du", "site_tcga_lgg_ht")
+PATIENTS = {"site_tcga_lgg_du": 4, "site_tcga_lgg_ht": 4, "site_ljubljana_ms": 1}
+
+
+@pytest.fixture(scope="module")
+def clinics_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four patients of each clinic, one of the MS site, 6 + 6 Kaggle slices (the
+    vendor's: the coordinator's own images)."""
+    if not (SHARED / MANIFEST_NAME).is_file():
+        pytest.skip(f"shared manifest not found at {SHARED}")
+    root = tmp_path_factory.mktemp("clinics")
+    lines = (SHARED / MANIFEST_NAME).read_text(encoding="utf-8").splitlines()
+    header = lines[0].split("\t")
+    chosen, taken = [lines[0]], {}
+    for line in lines[1:]:
+        row = dict(zip(header, line.split("\t")))
+        site = row["site"]
+        if site == "kaggle_navoneel":
+            taken[row["label"]] = taken.get(row["label"], 0) + 1
+            if taken[row["label"]] > 6:
+                continue
+        elif site not in PATIENTS:
+            continue
+        else:
+            who = taken.setdefault(site, set())
+            if row["subject"] not in who and len(who) == PATIENTS[site]:
+                continue
+            who.add(row["subject"])
+        (root / row["path"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SHARED / row["path"], root / row["path"])
+        chosen.append(line)
+    (root / MANIFEST_NAME).write_text("\n".join(chosen) + "\n", encoding="utf-8")
+    return root
+
+
+def test_a_clinic_split_keeps_each_patient_on_one_side():
+    groups = np.repeat(np.arange(9), 3)
+    sites = np.array(["a"] * 15 + ["b"] * 12)
+
+    parts = clinic_split(groups, sites, ["a", "b"], seed=0)
+
+    for clinic, (cases, test) in parts.items():
+        assert not set(groups[cases]) & set(groups[test])
+        assert len(np.unique(groups[test])) >= 2
+        assert set(cases) | set(test) == set(np.flatnonzero(sites == clinic))
+    with pytest.raises(ValueError, match="no site 'c'"):
+        clinic_split(groups, sites, ["c"], seed=0)
+
+
+@pytest.mark.slow
+def test_two_clinics_two_rounds_report_per_clinic_baselines_and_the_held_out_site(
+        clinics_manifest: Path, trained_bundle, tmp_path: Path, capsys):
+    from coordinator.__main__ import main
+    bundle, weights = trained_bundle
+    initial = tmp_path / "initial"
+    shutil.copytree(bundle, initial / "bundle")
+    shutil.copyfile(weights, initial / "model.weights.h5")
+    out = tmp_path / "report.json"
+
+    code = main(["simulate", "--partition", "sites", "--data", str(clinics_manifest),
+                 "--clinics", ",".join(CLINICS), "--initial", str(initial),
+                 "--rounds", "2", "--cases-per-round", "10",
+                 "--publish-margin", "1", "--json", str(out)])
+
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["clinics"] == list(CLINICS) and len(report["rounds"]) == 2
+    for part in ("initial", "local_only", "centralized", "federated"):
+        assert set(report[part]["per_clinic"]) | set(report[part].get("skipped", {})) == \
+            set(CLINICS), part
+    assert report["per_clinic"] == report["federated"]["per_clinic"]
+    assert report["holdout_site"]["n"] > 0 and report["holdout_site"]["sensitivity"] != \
+        report["holdout_site"]["sensitivity"]  # NaN: a tumour-free site has no sensitivity
+    published = [r for r in report["rounds"] if r["published"]]
+    assert published, report["rounds"]
+    # A round that changed only the head costs a device the head, not the whole bundle.
+    head_bytes = (initial / "bundle" / "head.npz").stat().st_size
+    whole = sum(p.stat().st_size for p in (initial / "bundle").iterdir())
+    assert all(r["bytes_down_per_device"] < head_bytes + (whole - head_bytes) / 2
+               for r in published), [r["bytes_down_per_device"] for r in published]
+    table = capsys.readouterr().out
+    assert "federated" in table and CLINICS[0] in table
