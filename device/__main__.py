@@ -74,8 +74,20 @@ def waitress_options(settings: Settings) -> dict:
     return options
 
 
+def _files(names: list[str]) -> list[str]:
+    """The files named, a folder's files (not hidden, sorted, not recursive) in its
+    place."""
+    files = []
+    for name in names:
+        path = Path(name)
+        files += sorted(str(p) for p in path.iterdir() if p.is_file()
+                        and not p.name.startswith(".")) if path.is_dir() else [name]
+    return files
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    """One JSON line per file; a bad file gets an error line and the rest go on."""
+    """One line per file (a folder: each of its files); a bad file gets an error line and
+    the rest go on. Exit 0 only if every file got a prediction."""
     from device.exc import NotASliceError
     from device.imaging import decode_upload
     from device.services import load_predictor, trusted_keys
@@ -87,8 +99,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         bundle = InstalledBundles(settings.data_dir, settings.bundle,
                                   trusted_keys(settings)).current_path()
     predictor = load_predictor(settings, bundle)
-    ok = 0
-    for name in args.files:
+    ok, files = 0, _files(args.files)
+    for name in files:
         try:
             upload = decode_upload(Path(name).read_bytes(), settings.max_upload_bytes)
             result = predictor.predict(mp.preprocess(upload.pixels, predictor.input_spec))
@@ -105,9 +117,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         elif "error" in line:
             print(f"{name}: ERROR {line['error']}", flush=True)
         else:
-            print(f"{name}: {line['label']} p={line['probability']:.3f} "
-                  f"(model v{line['model_version']})", flush=True)
-    return 0 if ok else 1
+            print(f"{name}: {line['label']}{' (uncertain)' if line['uncertain'] else ''} "
+                  f"p={line['probability']:.3f} (model v{line['model_version']})",
+                  flush=True)
+    if ok < len(files):
+        print(f"{len(files) - ok} of {len(files)} file(s) got no prediction",
+              file=sys.stderr)
+    return 0 if files and ok == len(files) else 1
 
 
 def _open_accounts(args: argparse.Namespace):
@@ -227,7 +243,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", type=Path,
                     help="bundle directory (default: the bundle the appliance serves)")
     sp.add_argument("--json", action="store_true", help="JSON lines")
-    sp.add_argument("files", nargs="+")
+    sp.add_argument("files", nargs="+", help="image or DICOM files, or folders of them")
 
     sp = command("adduser", cmd_adduser, "add a clinician or admin")
     sp.add_argument("name")

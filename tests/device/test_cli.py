@@ -36,7 +36,7 @@ def test_predict_prints_one_json_line_per_file_and_goes_on_after_a_bad_one(tmp_p
     out = run(tmp_path / "d", "predict", "--json", str(good), str(bad), str(other))
 
     lines = [json.loads(line) for line in out.stdout.splitlines()]
-    assert out.returncode == 0
+    assert out.returncode == 1 and "1 of 3 file(s) got no prediction" in out.stderr
     assert [line["file"] for line in lines] == [str(good), str(bad), str(other)]
     assert set(lines[0]) == {"file", "probability", "label", "uncertain", "model_version"}
     assert set(lines[1]) == {"file", "error"}
@@ -54,6 +54,29 @@ def test_predict_scores_with_the_installed_bundle_unless_told_otherwise(tmp_path
                              str(DEFAULT_BUNDLE), slice_).stdout)
 
     assert (served["model_version"], shipped["model_version"]) == (2, 1)
+
+
+def test_predict_takes_a_folder_and_says_uncertain_in_its_text(tmp_path, data_dir):
+    # Prepare: a folder of two slices and a hidden file; a bundle whose uncertain band
+    # covers every probability.
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for name in ("N1.JPG", "N2.JPG"):
+        shutil.copy(data_dir / "no" / name, folder / name)
+    (folder / ".DS_Store").write_bytes(b"\x00")
+    wide = tmp_path / "wide"
+    resign_bundle(DEFAULT_BUNDLE, wide, version=1, uncertain_logit_band=10.0,
+                  signing_key=load_signing_key(ROOT / "models/dev_keys/dev_signing.key"))
+
+    # Execute
+    out = run(tmp_path / "d", "predict", "--model", str(wide), str(folder))
+
+    # Assert: both files, in order, each said to be uncertain; every file succeeded.
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(folder / "N1.JPG"),
+                                                     str(folder / "N2.JPG")]
+    assert all("(uncertain)" in line for line in lines), lines
 
 
 def test_predict_exits_non_zero_when_no_file_succeeds(tmp_path):
