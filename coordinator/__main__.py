@@ -185,7 +185,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         report = simulate_sites(
             args.data, args.rounds, args.cases_per_round, names(args.clinics),
             names(args.initial_sites), args.holdout_site or None, args.method, args.arch,
-            args.seed, args.epochs, args.initial, args.publish_margin)
+            args.seed, args.epochs, args.initial, args.publish_margin, args.sparsity,
+            args.device_setting)
         print_sites_table(report)
     else:
         report = simulate(args.data, args.sites, args.rounds, args.partition, args.method,
@@ -242,6 +243,11 @@ def parser() -> argparse.ArgumentParser:
                     "model.weights.h5 to start from instead of training one")
     sp.add_argument("--publish-margin", type=float, default=0.05,
                     help="the coordinator's publishing gate (1.0 publishes what runs)")
+    sp.add_argument("--sparsity", type=float, default=0.5,
+                    help="--partition sites: the head pruning at each publication")
+    sp.add_argument("--device-setting", action="append", default=[], metavar="NAME=VALUE",
+                    help="--partition sites: a device.toml setting of every clinic "
+                    "(TOML value; repeat)")
     sp.add_argument("--method", default="fedavg")
     sp.add_argument("--arch", default="edge")
     sp.add_argument("--seed", type=int, default=0)

@@ -37,8 +37,11 @@ class Cluster:
     together; ``run_rounds`` drives R rounds and returns one report row per round."""
 
     def __init__(self, root: Path, n_sites: int, coordinator_data: Path, method: str,
-                 initial: Path, publish_margin: float = 0.05) -> None:
+                 initial: Path, publish_margin: float = 0.05, sparsity: float = 0.5,
+                 device_extra: str = "") -> None:
         self.root, self.procs, self.n = root, [], n_sites
+        self.names = [f"site-{k}" for k in range(n_sites)]  # as reports name the sites
+        self.device_extra = device_extra  # more device.toml lines for every site
         self.coordinator_data = coordinator_data
         bin_dir = str(Path(sys.executable).parent)  # flower-* and flwr-* live beside python
         self.env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock",
@@ -50,6 +53,7 @@ class Cluster:
         self.coord_cfg.write_text(
             f"min_updates = {n_sites}\nmin_quorum = 1\nround_deadline_s = 20\n"
             f"method = '{method}'\npublish_margin = {publish_margin}\nmax_norm = 100.0\n"
+            f"sparsity = {sparsity}\n"
             f"initial_weights = '{initial / 'model.weights.h5'}'\n")
         try:  # a failed start stops what it started, or servers outlive the run
             self._start_all(initial)
@@ -71,7 +75,7 @@ class Cluster:
                 f"gpio = false\ncamera = false\nsync_interval_s = 86400\n"
                 f"bundle = '{self.state / 'bundles' / 'v1'}'\ndevice_id = 'site-{k}'\n"
                 f"trusted_keys = ['{self.state / 'signing.key.pub'}']\n"
-                f"secret_key = 'sim-{k}'\n" + self.device_settings(k))
+                f"secret_key = 'sim-{k}'\n" + self.device_settings(k) + self.device_extra)
             common = ["--data-dir", str(data), "--config", str(data / "device.toml")]
             self._cli("device", "adduser", "admin", "--role", "admin", "--password-stdin",
                       *common, stdin=ADMIN_PASSWORD + "\n")
@@ -111,7 +115,7 @@ class Cluster:
             if not any(t.get("action") == "queued" for t in trained):
                 rows.append(round_row(r, None, version, False, "no site could train",
                                       evaluate(version), [0] * self.n, [0] * self.n, trained,
-                                      [None] * self.n, time.time() - start))
+                                      [None] * self.n, time.time() - start, self.names))
                 continue
             for k in range(self.n):
                 self.call(k, "POST", "/api/v1/federation/sync")
@@ -124,7 +128,7 @@ class Cluster:
                 outcome["reason"], evaluate(version),
                 [s["bytes_up"] - u for s, u in zip(synced, up)],
                 [s["bytes_down"] - d for s, d in zip(synced, down)], trained,
-                [s["bundle"] for s in synced], time.time() - start))
+                [s["bundle"] for s in synced], time.time() - start, self.names))
             up, down = [s["bytes_up"] for s in synced], [s["bytes_down"] for s in synced]
         return rows
 
@@ -275,7 +279,7 @@ class FlowerCluster(Cluster):
                 d["outcome"], evaluate(version), [s.get("bytes_up", 0) for s in sites],
                 [s.get("bytes_down", 0) for s in sites], trained,
                 [s.get("evaluate", {}).get("sync", {}).get("bundle") for s in sites],
-                at - previous))
+                at - previous, self.names))
             previous = at
         return rows
 
@@ -296,7 +300,7 @@ def wait_for_outcome(cluster: Cluster, after: int, timeout: float = 600) -> dict
 
 def round_row(r: int, coordinator_round: int | None, version: int, published: bool,
               reason: str, result: dict, up: list[int], down: list[int], trained: list[dict],
-              installed: list, seconds: float) -> dict:
+              installed: list, seconds: float, names: list[str]) -> dict:
     """One report row; the same keys for both transports."""
     return {"round": r, "coordinator_round": coordinator_round, "model_version": version,
             "published": published, "reason": reason, "global_accuracy": result.get("accuracy"),
@@ -304,7 +308,8 @@ def round_row(r: int, coordinator_round: int | None, version: int, published: bo
             "bytes_up_per_device": float(np.mean(up)),
             "bytes_down_per_device": float(np.mean(down)),
             "update_bytes": [t.get("payload_bytes") for t in trained],
-            "skipped": [t.get("reason") for t in trained if t.get("action") == "skipped"],
+            "skipped": [f"{name}: {t.get('reason')}" for name, t in zip(names, trained)
+                        if t.get("action") == "skipped"],
             "local": [{k: t.get(k) for k in ("local_accuracy_before", "local_accuracy_after",
                                              "local_n")} for t in trained],
             "installed": installed, "seconds": seconds}

@@ -78,11 +78,13 @@ class SiteEvaluation:
                                               threshold)
         return report
 
-    def trained_heads(self, bundle_dir: Path, seen: dict[str, np.ndarray]) -> dict:
+    def trained_heads(self, bundle_dir: Path, seen: dict[str, np.ndarray],
+                      cfg) -> dict:
         """Local-only and centralized heads from ``bundle_dir``'s, on the cases each
-        clinic confirmed (the device's trainer and settings), judged like a version."""
+        clinic confirmed (the device's trainer with the devices' ``cfg``), judged like a
+        version."""
         from models.core.head import predict
-        from models.core.head_training import TrainConfig, train_head
+        from models.core.head_training import train_head
         bundle = Bundle(bundle_dir, read_manifest(bundle_dir))
         model, head, threshold = bundle_model(bundle), bundle.load_head(), bundle.threshold
         emb = {c: model.predict(self.x[i])[1] for c, i in seen.items()}
@@ -95,25 +97,35 @@ class SiteEvaluation:
         local, skipped = {}, {}
         for clinic, idx in seen.items():
             try:
-                local.update(judge(train_head(head, emb[clinic], self.y[idx],
-                                              TrainConfig()).head, [clinic]))
+                local.update(judge(train_head(head, emb[clinic], self.y[idx], cfg).head,
+                                   [clinic]))
             except ValueError as exc:  # one class, too few cases: as the device skips
                 skipped[clinic] = str(exc)
         pooled = np.concatenate(list(seen.values()))
         central = judge(train_head(head, np.concatenate(list(emb.values())), self.y[pooled],
-                                   TrainConfig()).head, list(self.tests))
+                                   cfg).head, list(self.tests))
         return {"local_only": {"per_clinic": local, "skipped": skipped,
                                "mean_balanced_accuracy": _summary(local) if local else None},
                 "centralized": {"per_clinic": central,
                                 "mean_balanced_accuracy": _summary(central)}}
 
 
+def _train_config(device_settings: Sequence[str]):
+    """The head trainer's settings the devices run with (their ``train_*`` settings)."""
+    from models.core.head_training import TrainConfig
+    chosen = dict(line.split("=", 1) for line in device_settings)
+    return TrainConfig(epochs=int(chosen.get("train_epochs", TrainConfig.epochs)),
+                       prox_mu=float(chosen.get("train_prox_mu", TrainConfig.prox_mu)))
+
+
 def simulate_sites(data: Path, rounds: int, cases_per_round: int,
                    clinics: Sequence[str], initial_sites: Sequence[str],
                    holdout_site: str | None, method: str = "fedavg", arch: str = "edge",
                    seed: int = 0, epochs: int | None = None, initial: Path | None = None,
-                   publish_margin: float = 0.05, workdir: Path | None = None) -> dict:
-    """Run the federation of clinics; returns the report (module docstring)."""
+                   publish_margin: float = 0.05, sparsity: float = 0.5,
+                   device_settings: Sequence[str] = (), workdir: Path | None = None) -> dict:
+    """Run the federation of clinics; returns the report (module docstring).
+    ``device_settings``: ``NAME=TOML_VALUE`` lines for every clinic's device.toml."""
     overlap = set(clinics) & ({holdout_site} | set(initial_sites))
     if overlap or len(clinics) < 2:
         raise ValueError(f"need two or more clinics, none of them the held-out or an "
@@ -134,7 +146,8 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
         coordinator_csv = write_csv(vendor, root / "coordinator.csv")
         initial = initial or initial_model(coordinator_csv, arch, root / "initial", epochs)
         cluster = Cluster(root, len(clinics), coordinator_csv, method, initial,
-                          publish_margin)
+                          publish_margin, sparsity,
+                          "".join(f"{line.replace('=', ' = ', 1)}\n" for line in device_settings))
         bundles = cluster.state / "bundles"
         try:
             def arrive(r: int) -> None:
@@ -142,6 +155,7 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
                     feed(cluster, k, [kept[i] for i in
                                       cases[(r - 1) * cases_per_round:r * cases_per_round]])
 
+            cluster.names = list(clinics)
             rows = cluster.run_rounds(rounds, lambda v: evaluation(bundles / f"v{v}"),
                                       before_round=arrive)
             seen = {c: cases[:rounds * cases_per_round] for c, (cases, _) in parts.items()}
@@ -149,11 +163,14 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
                 "partition": "sites", "clinics": list(clinics),
                 "initial_sites": list(initial_sites), "holdout": holdout_site,
                 "method": method, "seed": seed, "arch": arch, "transport": "http",
+                "publish_margin": publish_margin, "sparsity": sparsity,
+                "device_settings": list(device_settings),
                 "cases_per_round": cases_per_round,
                 "clinic_sizes": {c: {"cases": len(a), "test": len(t)}
                                  for c, (a, t) in parts.items()},
                 "initial": evaluation(bundles / "v1"),
-                **evaluation.trained_heads(bundles / "v1", seen), "rounds": rows}
+                **evaluation.trained_heads(bundles / "v1", seen,
+                                           _train_config(device_settings)), "rounds": rows}
         finally:
             cluster.stop()
     last = report["rounds"][-1]["global"] if report["rounds"] else report["initial"]

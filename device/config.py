@@ -12,6 +12,7 @@ from pathlib import Path
 from device.exc import ConfigError
 from models.core import configfile
 from models.core.files import create_once
+from models.core.head_training import TrainConfig
 from models.core.signing import load_public_key
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -57,6 +58,8 @@ class Settings:
     coordinator_timeout_s: float = 30.0  # connect, each read; a JSON answer in twice this
     sync_interval_s: float = 900.0       # outbox flush + bundle check
     train_min_new_cases: int = 8         # newly confirmed cases that start a training run
+    train_epochs: int = 200              # most passes over the cases in one training run
+    train_prox_mu: float = 0.01          # FedProx pull towards the head the run starts from
     gate_margin: float = 0.05            # refuse a bundle this much worse on local cases
     update_encoding: str = "int8"        # or "float32"
     update_topk: float = 0.0             # > 0: send only this fraction of the delta
@@ -111,9 +114,17 @@ class Settings:
         if not 0 < self.coordinator_timeout_s <= 600:
             raise ConfigError(f"coordinator_timeout_s: {self.coordinator_timeout_s} not in "
                               "(0, 600]")
+        try:
+            self.train_config()
+        except ValueError as exc:
+            raise ConfigError(f"train_epochs/train_prox_mu: {exc}") from None
         if not 0 <= self.update_topk < 1 or self.sync_interval_s <= 0:
             raise ConfigError("update_topk must be in [0, 1) and sync_interval_s positive")
         return self
+
+    def train_config(self) -> TrainConfig:
+        """The head trainer's settings for this appliance."""
+        return TrainConfig(epochs=self.train_epochs, prox_mu=self.train_prox_mu)
 
 
 def load_settings(config: Path | None = None, **overrides: object) -> Settings:

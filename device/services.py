@@ -103,7 +103,8 @@ def build_federation(svc: Services, link: CoordinatorLink | None = None
                                  timeout=s.coordinator_timeout_s)
     updater = BundleUpdater(s, svc.slot, svc.store, svc.bundles, status=svc.status)
     return Federation(link, Outbox(s.data_dir), updater, settings=s, store=svc.store,
-                      slot=svc.slot, status=svc.status, telemetry=svc.telemetry)
+                      slot=svc.slot, status=svc.status, telemetry=svc.telemetry,
+                      train_config=s.train_config())
 
 
 def _indicator(settings: Settings, on_sync) -> Indicator:

@@ -74,8 +74,8 @@ def test_predict_takes_a_folder_and_says_uncertain_in_its_text(tmp_path, data_di
     # Assert: both files, in order, each said to be uncertain; every file succeeded.
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert [line.split(":")[0] for line in lines] == [str(folder / "N1.JPG"),
-                                                     str(folder / "N2.JPG")]
+    assert [line.split(":")[0] for line in lines] == \
+        [str(folder / "N1.JPG"), str(folder / "N2.JPG")]
     assert all("(uncertain)" in line for line in lines), lines
 
 
@@ -159,6 +159,7 @@ def test_verify_bundle_accepts_the_shipped_one_and_refuses_a_tampered_copy(tmp_p
     ("trusted_keys = ['not a key']", "trusted_keys: 'not a key'"),
     ("coordinator_ca = '/no/such/ca.crt'", "coordinator_ca: no file /no/such/ca.crt"),
     ("coordinator_timeout_s = 0", "coordinator_timeout_s: 0"),
+    ("train_prox_mu = -1", "train_epochs/train_prox_mu"),
 ])
 def test_serve_validate_config_names_the_bad_setting(tmp_path, setting, message):
     config = tmp_path / "neuroedge.toml"

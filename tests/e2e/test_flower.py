@@ -62,5 +62,6 @@ def test_two_rounds_through_flower_aggregate_both_sites_and_devices_serve_the_re
 def test_the_flower_report_has_the_same_columns_as_the_http_one(flower_report):
     from coordinator.cluster import round_row
     result = {"accuracy": 0.5, "auc": 0.5}
-    keys = set(round_row(1, 1, 1, False, "", result, [0], [0], [{}], ["none"], 0.0))
+    keys = set(round_row(1, 1, 1, False, "", result, [0], [0], [{}], ["none"], 0.0,
+                         ["site-0"]))
     assert set(flower_report["rounds"][0]) == keys
