@@ -217,10 +217,10 @@ def setup():
     if request.method == "GET":
         return render_template("setup.html")
     code = request.form.get("setup_code", "").strip()
+    name = request.form.get("username", "").strip()
     if not rules.setup_code_matches(accounts, code):
         return render_template("setup.html", error="Wrong setup code (see the server "
-                               "log)."), 403
-    name = request.form.get("username", "").strip()
+                               "log).", username=name), 403
     password = request.form.get("password", "")
     if password != request.form.get("password2", ""):
         return render_template("setup.html", error="Passwords differ.", setup_code=code,

@@ -16,8 +16,9 @@ def test_first_visit_opens_setup_guarded_by_the_logged_code(app, services):
     assert client.get("/").headers["Location"].endswith("/setup")
     form = {"username": "root", "password": "0123456789ab", "password2": "0123456789ab",
             "csrf_token": csrf(client, "/setup")}
-    assert client.post("/setup", data={**form, "setup_code": "guess"}).status_code == 403
-    assert services.accounts.count_users() == 0
+    wrong = client.post("/setup", data={**form, "setup_code": "guess"})
+    assert wrong.status_code == 403 and services.accounts.count_users() == 0
+    assert b'name="username" value="root"' in wrong.data  # kept: only the code was wrong
     response = client.post("/setup", data={**form, "setup_code": code})
 
     assert response.status_code == 302
@@ -148,3 +149,14 @@ def test_a_failed_sign_in_keeps_the_name_and_the_lockout_says_how_long(app, admi
     assert 'value="alice"' in wrong
     assert f"try again in {settings.login_window_s // 60} minutes" in locked
     assert "administrator" in locked
+
+
+def test_every_page_names_a_favicon_the_appliance_serves(app):
+    client = app.test_client()
+
+    page = client.get("/login").get_data(as_text=True)
+    icon = client.get("/static/favicon.svg")
+
+    assert '<link rel="icon" type="image/svg+xml" href="/static/favicon.svg">' in page
+    assert icon.status_code == 200 and icon.mimetype == "image/svg+xml"
+    assert icon.get_data().startswith(b"<svg")

@@ -125,6 +125,11 @@ def test_upload_result_confirm_list_and_sign_out(page, start_appliance, applianc
     expect(page.locator("#status")).to_contain_text("agrees with the model")
     expect(page.locator("#status")).to_contain_text("by alice")
     expect(page.locator(agree)).to_have_attribute("aria-pressed", "true")
+    # Seen, not only announced: a tick and an outline on the chosen label only.
+    other = "#confirm-none" if agree == "#confirm-tumour" else "#confirm-tumour"
+    marks = "b => [getComputedStyle(b, '::before').content, getComputedStyle(b).outlineStyle]"
+    assert page.locator(agree).evaluate(marks) == ['"\u2713\u00a0"', "solid"]
+    assert page.locator(other).evaluate(marks) == ["none", "none"]
     screenshot(page, "case")
     page.click("nav >> text=Cases")
     page.click("main a:text-is('labelled, agrees with the model')")
