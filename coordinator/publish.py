@@ -122,10 +122,9 @@ def publish(current: Bundle, float_weights: Path, head: dict[str, np.ndarray],
         "labels": current.manifest["labels"], "threshold": current.threshold,
         "uncertain_logit_band": current.uncertain_logit_band,
         "metrics": {"validation": summary["candidate"]},
-        "training": {"source": "federated round", "head_sparsity": sparsity,
-                     "format": "int8", "model_bytes": len(tflite),
-                     **({"model_from_version": current.version} if block is not None
-                        else {})},
+        "training": {"source": "federated round", "head_sparsity": sparsity, "format":
+                     "int8", "model_bytes": len(tflite), "model_from_version":
+                     current.version if block is not None else None},
         **carried_fields(current),
     }
     slice_check = current.load_slice_check()

@@ -89,6 +89,15 @@ def test_first_run_creates_the_admin_with_the_logged_setup_code(page, start_appl
     assert path_of(page.url) == "/login"
 
 
+def assert_chosen_label_is_seen(page, chosen: str) -> None:
+    """Seen, not only announced: a tick and an outline on the chosen label only."""
+    expect(page.locator(chosen)).to_have_attribute("aria-pressed", "true")
+    other = "#confirm-none" if chosen == "#confirm-tumour" else "#confirm-tumour"
+    marks = "b => [getComputedStyle(b, '::before').content, getComputedStyle(b).outlineStyle]"
+    assert page.locator(chosen).evaluate(marks) == ['"\u2713\u00a0"', "solid"]
+    assert page.locator(other).evaluate(marks) == ["none", "none"]
+
+
 def test_upload_result_confirm_list_and_sign_out(page, start_appliance, appliance_data,
                                                  slice_path: Path):
     # Prepare: an account made with the CLI, then the server.
@@ -124,12 +133,7 @@ def test_upload_result_confirm_list_and_sign_out(page, start_appliance, applianc
     # Assert: the status says so, and the case is listed as agreeing with the model only.
     expect(page.locator("#status")).to_contain_text("agrees with the model")
     expect(page.locator("#status")).to_contain_text("by alice")
-    expect(page.locator(agree)).to_have_attribute("aria-pressed", "true")
-    # Seen, not only announced: a tick and an outline on the chosen label only.
-    other = "#confirm-none" if agree == "#confirm-tumour" else "#confirm-tumour"
-    marks = "b => [getComputedStyle(b, '::before').content, getComputedStyle(b).outlineStyle]"
-    assert page.locator(agree).evaluate(marks) == ['"\u2713\u00a0"', "solid"]
-    assert page.locator(other).evaluate(marks) == ["none", "none"]
+    assert_chosen_label_is_seen(page, agree)
     screenshot(page, "case")
     page.click("nav >> text=Cases")
     page.click("main a:text-is('labelled, agrees with the model')")
