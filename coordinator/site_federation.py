@@ -16,7 +16,6 @@ initial model: each clinic alone, and all clinics' confirmed cases pooled
 """
 from __future__ import annotations
 
-import logging
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -27,11 +26,10 @@ from coordinator.cluster import Cluster
 from coordinator.simulate import feed, initial_model, write_csv
 from models.core import metrics
 from models.core.bundle import Bundle, read_manifest
+from models.core.head_training import TrainConfig
 from models.core.preprocess import InputSpec
 from models.core.runtime import bundle_model
 from models.training.dataset import Sample, load_grouped
-
-logger = logging.getLogger(__name__)
 
 
 def clinic_split(groups: np.ndarray, sites: np.ndarray, clinics: Sequence[str], seed: int
@@ -79,7 +77,7 @@ class SiteEvaluation:
         return report
 
     def trained_heads(self, bundle_dir: Path, seen: dict[str, np.ndarray],
-                      cfg) -> dict:
+                      cfg: TrainConfig) -> dict:
         """Local-only and centralized heads from ``bundle_dir``'s, on the cases each
         clinic confirmed (the device's trainer with the devices' ``cfg``), judged like a
         version."""
@@ -110,9 +108,8 @@ class SiteEvaluation:
                                 "mean_balanced_accuracy": _summary(central)}}
 
 
-def _train_config(device_settings: Sequence[str]):
+def _train_config(device_settings: Sequence[str]) -> TrainConfig:
     """The head trainer's settings the devices run with (their ``train_*`` settings)."""
-    from models.core.head_training import TrainConfig
     chosen = dict(line.split("=", 1) for line in device_settings)
     return TrainConfig(epochs=int(chosen.get("train_epochs", TrainConfig.epochs)),
                        prox_mu=float(chosen.get("train_prox_mu", TrainConfig.prox_mu)))

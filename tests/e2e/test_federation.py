@@ -37,11 +37,11 @@ INSTALL_MARKER = "bundle pointer PREVIOUS"   # device.sync.bundles: the install'
 # ``python -m device`` with a head trainer that runs EPOCHS epochs without early stopping,
 # so that a kill lands while it trains (on 24 cases the default run takes ~50 ms).
 SLOW_TRAINING = (
-    "import functools, sys\n"
-    "import device.federation as federation\n"
+    "import sys\n"
+    "from device.config import Settings\n"
+    "from models.core.head_training import TrainConfig\n"
     "epochs = int(sys.argv[1])\n"
-    "federation.TrainConfig = functools.partial(federation.TrainConfig, epochs=epochs,\n"
-    "                                           patience=epochs)\n"
+    "Settings.train_config = lambda self: TrainConfig(epochs=epochs, patience=epochs)\n"
     "from device.__main__ import main\n"
     "sys.exit(main(sys.argv[2:]))\n")
 SLOW_EPOCHS = 200_000   # about a minute: far longer than the test waits
