@@ -24,7 +24,7 @@ from device.imaging import Upload, decode_upload, stored_model_input
 from device.inference.heatmap import FULL_SCALE_DROP, heatmap_png
 from device.inference.predictor import Prediction, Predictor
 from device.inference.slot import ModelSlot
-from device.store.base import Case, CaseStore, IdempotencyKey
+from device.store.base import Case, CaseInfo, CaseStore, IdempotencyKey
 from device.telemetry import Telemetry
 from models.core import preprocess as mp
 
@@ -63,14 +63,15 @@ class Analyser:
     memory: MemoryBudget = field(default_factory=MemoryBudget)
     _drawing: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
-    def analyse(self, data: bytes, source: str, idempotency: IdempotencyKey | None = None
-                ) -> Case:
+    def analyse(self, data: bytes, source: str, idempotency: IdempotencyKey | None = None,
+                info: CaseInfo | None = None) -> Case:
         """Analyse one image's bytes and store it as a new case; returns the case.
 
         Raises the :mod:`device.exc` input errors (400/413/415/422) before anything is
         written: a refused image leaves no trace but a counter; one the bundle's slice
         check refuses (NotASliceError, 422) gets no prediction. With ``idempotency``,
-        the key is stored with the case (DuplicateKey if another request took it).
+        the key is stored with the case (DuplicateKey if another request took it), and
+        ``info`` (the clinic's reference, note and file name) too.
         """
         predictor = self.slot.current  # this request keeps this model even if swapped
         with self.status.activity(State.BUSY), self.heatmaps.upload():
@@ -84,7 +85,8 @@ class Analyser:
                 logger.info("refused: slice score %.3f", result.slice_score)
                 raise NotASliceError(NotASliceError.message)
             latency_ms = (time.perf_counter() - start) * 1000
-            case = self._store(upload, source, predictor, result, latency_ms, idempotency)
+            case = self._store(upload, source, predictor, result, latency_ms, idempotency,
+                               info)
         self.heatmaps.submit(HeatmapJob(case.id, predictor, image, result.probability))
         self.telemetry.predictions.labels("tumour" if result.label else "no_tumour").inc()
         logger.info("case %s: p=%.3f v%d %.1f ms", case.id, result.probability,
@@ -92,7 +94,8 @@ class Analyser:
         return case
 
     def _store(self, upload: Upload, source: str, predictor: Predictor, result: Prediction,
-               latency_ms: float, idempotency: IdempotencyKey | None) -> Case:
+               latency_ms: float, idempotency: IdempotencyKey | None,
+               info: CaseInfo | None) -> Case:
         """The case, its image as uploaded (without metadata) and its embedding, in one
         durable step."""
         return self.store.add_case(
@@ -101,7 +104,7 @@ class Analyser:
             threshold=predictor.threshold, uncertain=result.uncertain,
             model_version=predictor.version, latency_ms=latency_ms,
             backbone_id=predictor.backbone_id, embedding=result.embedding,
-            idempotency=idempotency)
+            idempotency=idempotency, info=info)
 
     def heatmap(self, case: Case) -> Path:
         """Path of the case's heat map, drawn now if the background has not drawn it yet

@@ -57,6 +57,7 @@ class Settings:
     coordinator_ca: Path | None = None   # CA certificate that signed the coordinator's TLS
     coordinator_timeout_s: float = 30.0  # connect, each read; a JSON answer in twice this
     sync_interval_s: float = 900.0       # outbox flush + bundle check
+    keep_file_names: bool = True         # keep an upload's file name with its case (Pi only)
     train_min_new_cases: int = 8         # newly confirmed cases that start a training run
     train_epochs: int = 200              # most passes over the cases in one training run
     train_prox_mu: float = 0.01          # FedProx pull towards the head the run starts from

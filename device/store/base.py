@@ -34,6 +34,39 @@ EXPORT_FIELDS = ("id", "created_at", "source", "width", "height", "probability",
                  "confirmed_label", "confirmed_by", "confirmed_at", "status")
 
 
+MAX_REFERENCE, MAX_NOTE, MAX_FILE_NAME = 64, 500, 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class CaseInfo:
+    """What ties a case to the clinic's own records: a reference (e.g. an accession
+    number), a note, the uploaded file's name. On this appliance only: never sent to
+    the coordinator, never logged, not in the CSV export."""
+
+    reference: str = ""
+    note: str = ""
+    file_name: str = ""
+
+
+def check_info(info: object) -> CaseInfo:
+    """A valid CaseInfo (InputError otherwise): each field a string within its length,
+    the reference and file name on one line; the file name without its folders."""
+    if not isinstance(info, CaseInfo):
+        raise InputError("case info must be a CaseInfo")
+    name = info.file_name.replace("\\", "/").rsplit("/", 1)[-1] \
+        if isinstance(info.file_name, str) else info.file_name
+    for value, what, most, one_line in ((info.reference, "reference", MAX_REFERENCE, True),
+                                        (info.note, "note", MAX_NOTE, False),
+                                        (name, "file name", MAX_FILE_NAME, True)):
+        if not isinstance(value, str) or len(value) > most:
+            raise InputError(f"{what} must be text of at most {most} characters")
+        lines = value if one_line else value.replace("\r\n", "").replace("\n", "")
+        if _CONTROL.search(lines):
+            raise InputError(f"{what} holds control characters")
+    return CaseInfo(info.reference.strip(), info.note.strip(), name)
+
+
 @dataclass(frozen=True)
 class Case:
     """One screened slice. ``image_name``/``heatmap_name`` are store-chosen file names
@@ -147,10 +180,12 @@ class CaseStore(ABC):
                  uncertain: bool, model_version: int, latency_ms: float,
                  heatmap_png: bytes | None = None, backbone_id: str | None = None,
                  embedding: np.ndarray | None = None,
-                 idempotency: IdempotencyKey | None = None) -> Case:
+                 idempotency: IdempotencyKey | None = None,
+                 info: CaseInfo | None = None) -> Case:
         """Store a new case, with its embedding for ``backbone_id`` when given, in one
         durable step: when it returns, the record, the image (PNG or JPEG bytes, kept
-        as given), the embedding and the idempotency key survive a power cut together.
+        as given), the embedding, the idempotency key and the case's ``info``
+        (:func:`check_info`) survive a power cut together.
 
         Raises InputError on invalid arguments, StoreError if nothing could be stored
         (then no file is left behind either), DuplicateKey if another case holds the
@@ -172,12 +207,24 @@ class CaseStore(ABC):
         characters; InputError otherwise): what the case page shows is the first 8."""
 
     @abstractmethod
-    def list(self, status: str = "all", limit: int = 50, offset: int = 0) -> list[Case]:
-        """Cases with that status, newest first; InputError on a bad status/limit/offset."""
+    def list(self, status: str = "all", limit: int = 50, offset: int = 0,
+             reference: str = "") -> list[Case]:
+        """Cases with that status (and, if given, a reference that contains
+        ``reference``, ignoring case), newest first; InputError on a bad
+        status/limit/offset."""
 
     @abstractmethod
-    def count(self, status: str = "all") -> int:
-        """Number of cases with that status."""
+    def count(self, status: str = "all", reference: str = "") -> int:
+        """Number of cases :meth:`list` would give without a limit."""
+
+    @abstractmethod
+    def get_info(self, case_id: str) -> CaseInfo:
+        """The case's :class:`CaseInfo` (empty fields if none); NotFoundError if no case."""
+
+    @abstractmethod
+    def set_info(self, case_id: str, reference: str, note: str) -> CaseInfo:
+        """Replace the case's reference and note (its file name stays); NotFoundError,
+        InputError as :func:`check_info`."""
 
     @abstractmethod
     def confirm(self, case_id: str, label: int, user: str) -> Case:

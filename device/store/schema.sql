@@ -99,3 +99,13 @@ CREATE TABLE IF NOT EXISTS settings (
 );
 
 PRAGMA user_version = 1;
+
+-- What ties a case to the clinic's own records (device.store.base.CaseInfo): on this
+-- appliance only, never sent to the coordinator, never logged, not exported.
+CREATE TABLE IF NOT EXISTS case_info (
+    case_id   TEXT PRIMARY KEY REFERENCES cases (id) ON DELETE CASCADE,
+    reference TEXT NOT NULL DEFAULT '',
+    note      TEXT NOT NULL DEFAULT '',
+    file_name TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS case_info_reference ON case_info (reference);

@@ -30,9 +30,11 @@ import numpy as np
 
 from device.exc import InputError, NotFoundError, StorageFullError, StoreError
 from device.store.base import (
-    EXPORT_FIELDS, KEY_TTL_S, MAX_LIST_LIMIT, MAX_LIST_OFFSET, SOURCES, Case, CaseStore,
-    DuplicateKey, IdempotencyKey, check_case_id, check_label, check_name, check_status,
+    EXPORT_FIELDS, KEY_TTL_S, MAX_LIST_LIMIT, MAX_LIST_OFFSET, SOURCES, Case, CaseInfo,
+    CaseStore, DuplicateKey, IdempotencyKey, check_case_id, check_info, check_label,
+    check_name, check_status,
 )
+from device.store.case_info import CaseInfoQueries, insert_info, reference_filter
 from device.store.commit import GroupCommit
 from device.store.db import DB_NAME, Database, number, text
 from device.store.journal import FileJournal, stage, write_file
@@ -108,7 +110,7 @@ def _case(row: sqlite3.Row) -> Case:
     return Case(**{**values, "uncertain": bool(values["uncertain"])})
 
 
-class SQLiteCaseStore(CaseStore):
+class SQLiteCaseStore(CaseInfoQueries, CaseStore):
     """Cases in ``data_dir/neuroedge.db``, images in ``data_dir/images/``.
 
     Pass ``db`` to share one :class:`Database` with :class:`SQLiteAccountStore`; it is
@@ -143,8 +145,10 @@ class SQLiteCaseStore(CaseStore):
                  uncertain: bool, model_version: int, latency_ms: float,
                  heatmap_png: bytes | None = None, backbone_id: str | None = None,
                  embedding: np.ndarray | None = None,
-                 idempotency: IdempotencyKey | None = None) -> Case:
+                 idempotency: IdempotencyKey | None = None,
+                 info: CaseInfo | None = None) -> Case:
         image, extension = _image(image)
+        info = None if info is None else check_info(info)
         heatmap = None if heatmap_png is None else _png(heatmap_png, "heat map")
         if source not in SOURCES:
             raise InputError(f"source must be one of {', '.join(SOURCES)}")
@@ -180,6 +184,7 @@ class SQLiteCaseStore(CaseStore):
                              (case_id, backbone_id, len(vector) // 4, vector))
             if idempotency is not None:
                 _claim_key(conn, idempotency, case_id)
+            insert_info(conn, case_id, info)
         self._write_then_commit(files, insert)
         log.info("stored case %s (source=%s, model v%s)", case_id, source, model_version)
         return case
@@ -234,18 +239,20 @@ class SQLiteCaseStore(CaseStore):
                                          number(limit, "limit", 1, MAX_LIST_LIMIT, True)))
         return [row[0] for row in rows]
 
-    def list(self, status: str = "all", limit: int = 50, offset: int = 0) -> list[Case]:
-        where = _WHERE[check_status(status)]
+    def list(self, status: str = "all", limit: int = 50, offset: int = 0,
+             reference: str = "") -> list[Case]:
+        where, params = reference_filter(reference)
         rows = self._db.read(
-            f"SELECT {_COLUMNS} FROM cases WHERE {where} "
-            "ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
-            (number(limit, "limit", 0, MAX_LIST_LIMIT, integer=True),
+            f"SELECT {_COLUMNS} FROM cases WHERE {_WHERE[check_status(status)]} AND "
+            f"{where} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
+            (*params, number(limit, "limit", 0, MAX_LIST_LIMIT, integer=True),
              number(offset, "offset", 0, MAX_LIST_OFFSET, integer=True)))
         return [_case(row) for row in rows]
 
-    def count(self, status: str = "all") -> int:
-        where = _WHERE[check_status(status)]
-        return int(self._db.read(f"SELECT COUNT(*) FROM cases WHERE {where}")[0][0])
+    def count(self, status: str = "all", reference: str = "") -> int:
+        where, params = reference_filter(reference)
+        return int(self._db.read(f"SELECT COUNT(*) FROM cases WHERE "
+                                 f"{_WHERE[check_status(status)]} AND {where}", params)[0][0])
 
     def confirm(self, case_id: str, label: int, user: str) -> Case:
         check_case_id(case_id)

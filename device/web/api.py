@@ -13,7 +13,7 @@ from device.federation import Federation, FederationStatus
 from device.store.base import Case, DuplicateKey, IdempotencyKey
 from device.web import services
 from device.web.auth import current_user, token_user
-from device.web.upload import read_upload
+from device.web.upload import case_info, read_upload
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
@@ -52,8 +52,9 @@ def predictions():
     key = _idempotency_key(data)
     if key is not None and (replay := _replay(key)) is not None:
         return replay
+    info = case_info(images[0].filename or "")
     try:
-        case = svc.analyser.analyse(data, "api", key)
+        case = svc.analyser.analyse(data, "api", key, info)
     except DuplicateKey:  # the same key sent twice at once: the first one stored it
         return _replay(key) or abort(409, "Idempotency-Key in use; retry")
     latency_ms = round((time.perf_counter() - start) * 1000, 2)
@@ -62,7 +63,8 @@ def predictions():
 
 def _prediction(case: Case, latency_ms: float) -> dict:
     return {
-        "case_id": case.id, "probability": round(case.probability, 6),
+        "case_id": case.id, "reference": services().store.get_info(case.id).reference,
+        "probability": round(case.probability, 6),
         "label": "tumour" if case.predicted_label else "no_tumour",
         "threshold": case.threshold, "uncertain": case.uncertain,
         "model_version": case.model_version, "latency_ms": latency_ms,

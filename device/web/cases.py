@@ -37,21 +37,25 @@ def index():
     status = request.args.get("status", "all")
     if status not in FILTERS:
         raise InputError(f"unknown filter {status!r}; choose from {', '.join(FILTERS)}")
+    reference = request.args.get("reference", "").strip()
     store = services().store
-    total = store.count(status)
+    total = store.count(status, reference)
     # A page that is not a number, or before the first, shows the first; one past the
     # last (however large: it must never reach SQLite) shows the last.
     last = max(1, -(-total // PAGE))
     page = min(max(request.args.get("page", 1, type=int) or 1, 1), last)
-    return render_template("cases.html", cases=store.list(status, PAGE, (page - 1) * PAGE),
-                           status=status, filters=FILTERS, page=page, pages=last,
-                           total=total, page_size=PAGE)
+    cases = store.list(status, PAGE, (page - 1) * PAGE, reference)
+    return render_template("cases.html", cases=cases, status=status, filters=FILTERS,
+                           page=page, pages=last, total=total, page_size=PAGE,
+                           reference=reference,
+                           infos={c.id: store.get_info(c.id) for c in cases})
 
 
 @bp.route("/<case_id>")
 @login_required
 def detail(case_id: str):
-    return render_template("case.html", case=services().store.get(case_id),
+    store = services().store
+    return render_template("case.html", case=store.get(case_id), info=store.get_info(case_id),
                            full_scale_drop=FULL_SCALE_DROP,
                            heatmap_version=services().slot.current.version)
 
@@ -69,6 +73,16 @@ def confirm(case_id: str):
         logger.info("case %s: label %d by %s replaces %d by %s", case_id, int(label),
                     current_user(), before.confirmed_label, before.confirmed_by)
     flash("Label recorded.")
+    return redirect(url_for("cases.detail", case_id=case_id), 303)
+
+
+@bp.route("/<case_id>/info", methods=["POST"])
+@login_required
+def info(case_id: str):
+    """The clinic's reference and note for the case (they never leave the appliance)."""
+    services().store.set_info(case_id, request.form.get("reference", ""),
+                              request.form.get("note", ""))
+    flash("Reference and note saved.")
     return redirect(url_for("cases.detail", case_id=case_id), 303)
 
 

@@ -22,6 +22,7 @@ from flask import (Blueprint, abort, current_app, flash, redirect, render_templa
 from werkzeug.datastructures import FileStorage
 
 from device.exc import CameraUnavailableError, InputError, StorageFullError, TooLargeError
+from device.store.base import CaseInfo, check_info
 from device.web import MAX_FILES_PER_UPLOAD, services
 from device.web.auth import current_user, login_required
 
@@ -92,6 +93,7 @@ def upload():
         return redirect(url_for("upload.index")), 303
     if len(files) > MAX_FILES_PER_UPLOAD:
         raise InputError(f"at most {MAX_FILES_PER_UPLOAD} files per upload")
+    case_info("")  # a bad reference or note refuses the upload before any file
     form_id = request.form.get("form_id", "")
     key = f"{form_id if FORM_ID.fullmatch(form_id) else secrets.token_hex(16)}-" \
           f"{_digest(files)}"
@@ -139,15 +141,23 @@ def read_upload(part: FileStorage, limit: int) -> bytes:
     return stream.read()
 
 
+def case_info(file_name: str) -> CaseInfo:
+    """The form's reference and note, and ``file_name`` unless the administrator turned
+    keeping file names off (they may hold a patient name: they stay on this appliance,
+    like the images). InputError (400) if a field is too long or not text."""
+    return check_info(CaseInfo(request.form.get("reference", ""),
+                               request.form.get("note", ""),
+                               file_name if services().settings.keep_file_names else ""))
+
+
 def _analyse_all(files: list, results: list) -> None:
     """Analyse each file in turn into ``results``; one failing never loses the others'
     cases, and is never analysed twice (a repeated post shows these results)."""
     svc = services()
     for number, f in enumerate(files, start=1):
-        # The uploaded file name may hold a patient name: show it back, never store it.
         try:
             case = svc.analyser.analyse(read_upload(f, svc.settings.max_upload_bytes),
-                                        "upload")
+                                        "upload", info=case_info(f.filename))
             results.append({"number": number, "name": f.filename, "case": case})
         except (InputError, StorageFullError) as exc:
             svc.telemetry.record_error(type(exc).__name__)

@@ -24,6 +24,10 @@ ROUND_TIMEOUT_S = 120
 serve = running  # a chosen port lets a test bring a stopped coordinator back
 
 
+# What a clinic types or names its files with: kept on the appliance only.
+CLINIC_TEXT = ("ACC-SECRET", "left frontal, seen by Dr Who", "DOE_JANE")
+
+
 class Recorder:
     """WSGI middleware: keeps every request body the wrapped app receives, verbatim."""
 
@@ -101,8 +105,12 @@ class Appliance:
         return response.json()
 
     def upload(self, path: Path) -> dict:
+        """Upload as a clinic would: with its own reference, a note and a file name that
+        may hold a patient's name (:data:`CLINIC_TEXT`: none of it may leave)."""
+        n = len(self.cases)
         return self.call("POST", "/api/v1/predictions", 201,
-                         files={"image": ("slice", path.read_bytes())})
+                         files={"image": (f"{CLINIC_TEXT[2]}-{n}.jpg", path.read_bytes())},
+                         data={"reference": f"{CLINIC_TEXT[0]}-{n}", "note": CLINIC_TEXT[1]})
 
     def feed(self, samples: list[tuple[Path, int]], at_least: int = N_SLICES,
              until: Callable[[], bool] = lambda: True) -> int:

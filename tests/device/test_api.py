@@ -40,8 +40,8 @@ def test_prediction_returns_the_documented_fields_and_a_fetchable_heat_map(
 
     assert response.status_code == 201
     body = response.json()
-    assert set(body) == {"case_id", "probability", "label", "threshold", "uncertain",
-                         "model_version", "latency_ms", "heatmap_url"}
+    assert set(body) == {"case_id", "reference", "probability", "label", "threshold",
+                         "uncertain", "model_version", "latency_ms", "heatmap_url"}
     assert 0.0 <= body["probability"] <= 1.0
     assert body["label"] in ("tumour", "no_tumour")
     assert body["model_version"] == services.slot.current.version
@@ -143,9 +143,11 @@ def test_healthz_and_metrics_report_model_and_counts(server, api_token, slice_by
     assert f"neuroedge_model_version {float(services.slot.current.version)}" in metrics
 
 
+@pytest.mark.parametrize("keep_file_names", [True, False])
 def test_dicom_with_patient_name_is_analysed_and_no_identifier_is_stored(
-        server, api_token, services, settings, data_dir):
+        server, api_token, services, settings, data_dir, monkeypatch, keep_file_names):
     from tests.device.images import PATIENT, make_dicom
+    monkeypatch.setattr(services.settings, "keep_file_names", keep_file_names)
     gray = cv2.imread(str(data_dir / "yes/Y1.jpg"), cv2.IMREAD_GRAYSCALE).astype(np.uint16) * 16
     dicom = make_dicom(gray, WindowCenter=2000, WindowWidth=4000)
     assert PATIENT[0].encode() in dicom
@@ -156,8 +158,13 @@ def test_dicom_with_patient_name_is_analysed_and_no_identifier_is_stored(
     case = services.store.get(response.json()["case_id"])
     stored = [services.store.image_path(case).read_bytes()]
     stored += [p.read_bytes() for p in settings.data_dir.glob("neuroedge.db*")]
-    for identifier in (*PATIENT, "DOE_JANE"):
+    for identifier in PATIENT:
         assert all(identifier.encode() not in blob for blob in stored)
+    # The file's name is kept with the case unless the administrator turned that off.
+    assert services.store.get_info(case.id).file_name == \
+        ("DOE_JANE.dcm" if keep_file_names else "")
+    if not keep_file_names:
+        assert all(b"DOE_JANE" not in blob for blob in stored)
 
 
 def test_dicom_without_pixel_data_is_422(server, api_token, services):

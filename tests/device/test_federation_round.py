@@ -4,6 +4,7 @@ through /api/v1/federation as the button or the schedule would. Checked: the rou
 trip to v2, and that no image byte leaves the appliance."""
 from __future__ import annotations
 
+import logging
 import re
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -14,13 +15,25 @@ import pytest
 
 from device.gate import is_gate_case
 from tests.device.federated import (
-    DEVICE_ID, Appliance, Coordinator, make_appliance, make_coordinator, serve, slices,
+    CLINIC_TEXT, DEVICE_ID, Appliance, Coordinator, make_appliance, make_coordinator, serve,
+    slices,
 )
 
 
 HEAD_FLOAT_BYTES = 6_209 * 4          # the edge head (192->32->1) as float32
 JPEG = re.compile(rb"\xff\xd8\xff[\xc0-\xfe]")   # SOI + the first marker of every JPEG
 PNG, DICOM = b"\x89PNG", b"DICM"
+
+
+class Lines(logging.Handler):
+    """Every log line at INFO and above, formatted, with its arguments."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
 
 
 @dataclass
@@ -35,13 +48,20 @@ class Flow:
     health: dict
     after: dict
     stored_pngs: list[Path]
+    log: list[str]
 
 
 @pytest.fixture(scope="module")
 def flow(tmp_path_factory, trained_bundle, small_data, signing_key_file) -> Iterator[Flow]:
     """Feed 24 slices, train, send, let the coordinator publish v2, sync again: once."""
     root = tmp_path_factory.mktemp("federation-flow")
+    log, root_logger = Lines(), logging.getLogger()
+    level = root_logger.level
+    root_logger.addHandler(log)
+    root_logger.setLevel(logging.INFO)   # as `device serve` logs
     with ExitStack() as stack:
+        stack.callback(root_logger.setLevel, level)
+        stack.callback(root_logger.removeHandler, log)
         coord = make_coordinator(stack, root / "coordinator", trained_bundle, small_data,
                                  min_updates=1, publish_margin=1.0)
         coord.url = stack.enter_context(serve(coord.app))
@@ -63,7 +83,7 @@ def flow(tmp_path_factory, trained_bundle, small_data, signing_key_file) -> Iter
         stored = [device.svc.store.image_path(device.svc.store.get(case_id))
                   for case_id, *_ in device.cases]
         yield Flow(coord, device, image_bytes, trained, first, rnd, second, health, after,
-                   stored)
+                   stored, log.lines)
 
 
 def test_confirmed_cases_train_a_small_update_that_comes_back_as_v2(flow):
@@ -132,6 +152,13 @@ def test_no_image_byte_reaches_the_coordinator(flow):
             assert data[start:start + 32] not in everything
     for case_id, *_ in flow.device.cases:
         assert case_id.encode() not in everything
+    # Nor the clinic's references, notes and file names (which were stored).
+    assert flow.device.svc.store.get_info(flow.device.cases[0][0]).reference == \
+        f"{CLINIC_TEXT[0]}-0"
+    for text in CLINIC_TEXT:
+        assert text.encode() not in everything
+        assert not [line for line in flow.log if text in line]   # nor the log at INFO
+    assert any("stored case" in line for line in flow.log)       # which was recorded
     # Far less crossed the wire than the images themselves (an update is a few kB).
     assert flow.coord.app.body_bytes < 0.05 * flow.image_bytes, \
         (flow.coord.app.body_bytes, flow.image_bytes)

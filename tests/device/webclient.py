@@ -32,8 +32,9 @@ def signed_in_with_a_case(app, services, slice_bytes):
     return client, services.store.list()[0]
 
 
-def form_post(client, form_id: str, *files: tuple[str, bytes]):
-    """The upload form as the page renders it: with its one-time form id."""
+def form_post(client, form_id: str, *files: tuple[str, bytes], **fields: str):
+    """The upload form as the page renders it: with its one-time form id (and
+    ``fields`` such as the reference and the note)."""
     return client.post("/upload", data={
-        "csrf_token": csrf(client, "/"), "form_id": form_id,
+        "csrf_token": csrf(client, "/"), "form_id": form_id, **fields,
         "images": [(io.BytesIO(d), n) for n, d in files]}, content_type="multipart/form-data")
