@@ -97,6 +97,9 @@ def test_admin_page_is_for_admins_and_says_when_there_is_no_coordinator(
 
     assert denied.status_code == 403
     assert "No coordinator configured" in page and "carol" in page
+    # ...and what a clinic group is and how to join one; an empty token table says so
+    assert "<code>coordinator_url</code>" in page and "never images" in page
+    assert 'id="no-tokens"' in page
     assert "No coordinator is configured" in trained
     # The shipped model learned from non-commercial data: the page says so
     assert "must not be used commercially" in page

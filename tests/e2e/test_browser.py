@@ -158,6 +158,11 @@ def test_upload_result_confirm_list_and_sign_out(page, start_appliance, applianc
     for path in ("/cases/", "/"):
         page.goto(f"{server.url}{path}")
         assert page.evaluate("document.documentElement.scrollWidth") <= 375, path
+        if path == "/cases/":  # cards: the list does not even scroll inside its box
+            box = "document.querySelector('.scroll')"
+            assert page.evaluate(f"{box}.scrollWidth <= {box}.clientWidth")
+            assert page.locator("#cases td").first.evaluate(
+                "td => getComputedStyle(td).display") == "block"
     expect(page.get_by_label(re.compile("Slices to analyse"))).to_be_attached()
     page.set_viewport_size({"width": 1024, "height": 768})
 
