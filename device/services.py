@@ -13,7 +13,7 @@ from pathlib import Path
 
 from device.admission import bound_allocator
 from device.analysis import Analyser
-from device.config import Settings
+from device.config import DEV_PUBLIC_KEY, Settings
 from device.federation import Federation
 from device.heatmaps import HeatmapQueue
 from device.hw.camera import Camera, detect_camera
@@ -30,8 +30,8 @@ from device.sync.link import CoordinatorLink
 from device.sync.outbox import Outbox
 from device.sync.updater import BundleUpdater
 from device.telemetry import Telemetry
-from models.core.bundle import verify_bundle
-from models.core.signing import load_public_key
+from models.core.bundle import BundleError, SignatureError, read_manifest, verify_bundle
+from models.core.signing import key_id, load_public_key
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +42,31 @@ def trusted_keys(settings: Settings) -> list:
 
 
 def load_predictor(settings: Settings, bundle_dir: Path | None = None) -> Predictor:
-    """Verify a bundle (signature, hashes) against the trusted keys and load it."""
-    bundle = verify_bundle(bundle_dir or settings.bundle, trusted_keys(settings))
+    """Verify a bundle (signature, hashes) against the trusted keys and load it; a
+    signature no trusted key made names the key that would, and where it is set."""
+    path = bundle_dir or settings.bundle
+    keys = trusted_keys(settings)
+    try:
+        bundle = verify_bundle(path, keys)
+    except SignatureError as exc:
+        raise SignatureError(f"{exc}. {_which_key(path, keys)}") from None
     return create_predictor(settings.predictor, bundle)
+
+
+def _which_key(path: Path, keys: list) -> str:
+    """The fix for a bundle signed by a key the appliance does not trust."""
+    try:
+        signer = read_manifest(path).get("signer", "unknown")
+    except (BundleError, OSError):
+        signer = "unknown"
+    dev = key_id(load_public_key(DEV_PUBLIC_KEY))
+    whose = (f" (the development key that signs the shipped model: {DEV_PUBLIC_KEY})"
+             if signer == dev else " (a coordinator's key is the signing.key.pub of its "
+             "state folder)")
+    return (f"The bundle {path} is signed by key {signer}{whose}; trusted are "
+            f"{', '.join(key_id(k) for k in keys) or 'none'}. Add that public key's file to "
+            "trusted_keys in the appliance's configuration (keep the shipped model's key "
+            "while it serves the shipped model).")
 
 
 @dataclass

@@ -209,3 +209,22 @@ def test_adduser_refuses_a_guessable_password(tmp_path, password):
     done = run(tmp_path / "d", "adduser", "bobby", "--password-stdin", stdin=password + "\n")
 
     assert done.returncode != 0 and "password" in done.stderr
+
+
+def test_a_bundle_no_trusted_key_signed_names_the_key_to_trust_and_where(tmp_path, data_dir):
+    # Prepare: trust only another key (as an admin who trusts only the coordinator's).
+    from models.core.signing import generate_signing_key, save_signing_key
+    other = tmp_path / "coordinator.key"
+    save_signing_key(generate_signing_key(), other)
+    config = tmp_path / "device.toml"
+    config.write_text(f"trusted_keys = ['{other}.pub']\n")
+
+    # Execute: anything that loads the shipped model.
+    out = run(tmp_path / "d", "predict", "--config", str(config),
+              str(data_dir / "no" / "N1.JPG"))
+
+    # Assert: refused, with the key that signed it, where that key is, and where to add it.
+    assert out.returncode != 0
+    assert "signature not made by any of 1 trusted key(s)" in out.stderr
+    assert "models/dev_keys/dev_signing.key.pub" in out.stderr
+    assert "trusted_keys" in out.stderr
