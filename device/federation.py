@@ -49,7 +49,8 @@ class FederationStatus:
     refused: int                  # updates the coordinator refused (kept for the admin)
     bytes_up: int                 # bodies sent to / received from the coordinator
     bytes_down: int
-    last_training: dict = field(default_factory=dict)
+    last_training: dict = field(default_factory=dict)  # since start: when, on what, result
+    last_sync: dict = field(default_factory=dict)      # since start: sent, offered, outcome
 
 
 class Federation:
@@ -80,12 +81,13 @@ class Federation:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._train_lock = threading.Lock()  # one training at a time; predictions unaffected
         self.last_result: dict = {}
+        self.last_sync: dict = {}
 
     def overview(self) -> FederationStatus:
         """Counts and figures for the admin page and ``GET /api/v1/federation``."""
         return FederationStatus(len(self.outbox.pending()), len(self.outbox.refused()),
                                 self.link.bytes_up, self.link.bytes_down,
-                                dict(self.last_result))
+                                dict(self.last_result), dict(self.last_sync))
 
     # --- data -------------------------------------------------------------------------
     def examples(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -126,6 +128,7 @@ class Federation:
                 return self._train()
         except ValueError as exc:  # too few confirmed cases, or only one class
             logger.info("training skipped: %s", exc)
+            self.last_result = {"action": "skipped", "reason": str(exc), "at": time.time()}
             return {"action": "skipped", "reason": str(exc)}
         finally:
             self._train_lock.release()
@@ -151,7 +154,8 @@ class Federation:
                 "metrics": {"train_epochs": result.epochs, **local}, **extra}
         self.outbox.put(meta["update_id"], payload, meta)
         self._save_state(trained_cases=self._confirmed(), last_train_at=time.time())
-        self.last_result = {"action": "queued", "update_id": meta["update_id"],
+        self.last_result = {"action": "queued", "at": time.time(),
+                            "update_id": meta["update_id"],
                             "examples": int(len(y)), "payload_bytes": len(payload),
                             "base_version": predictor.version, **local}
         logger.info("head trained on %d cases; update %s queued (%d bytes)", len(y),
@@ -236,10 +240,12 @@ class Federation:
             self._save_state(retry=None)
             self._report("bundle_installed", outcome.version, "")
         self.telemetry.last_sync_at = time.time()
-        return {"sent": flushed.sent, "deferred": flushed.deferred, "refused_updates":
-                flushed.refused, "bundle": outcome.action, "version": outcome.version,
-                "reason": outcome.reason, "bytes_up": self.link.bytes_up,
-                "bytes_down": self.link.bytes_down}
+        self.last_sync = {"at": self.telemetry.last_sync_at, "sent": flushed.sent,
+                          "deferred": flushed.deferred, "refused_updates": flushed.refused,
+                          "bundle": outcome.action, "version": outcome.version,
+                          "reason": outcome.reason}
+        return {**{k: v for k, v in self.last_sync.items() if k != "at"},
+                "bytes_up": self.link.bytes_up, "bytes_down": self.link.bytes_down}
 
     def _report(self, kind: str, version: int | None, reason: str) -> None:
         """Tell the coordinator; a failure to report never undoes what was done."""

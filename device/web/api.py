@@ -124,7 +124,7 @@ def federation_status():
     return jsonify(configured=svc.federation is not None,
                    model_version=svc.slot.current.version, outbox=now.pending,
                    bytes_up=now.bytes_up, bytes_down=now.bytes_down,
-                   last_training=now.last_training)
+                   last_training=now.last_training, last_sync=now.last_sync)
 
 
 @bp.route("/federation/train", methods=["POST"])

@@ -128,6 +128,9 @@ def test_confirmed_cases_train_a_small_update_that_comes_back_as_v2(flow):
     assert coord.svc.store.get_device(DEVICE_ID).model_version == 2
     status = device.call("GET", "/api/v1/federation")
     assert status["outbox"] == 0 and status["model_version"] == 2
+    assert status["last_training"]["action"] == "queued" and status["last_training"]["at"]
+    assert {k: status["last_sync"][k] for k in ("sent", "bundle", "version")} == \
+        {"sent": 0, "bundle": "installed", "version": 2}
     assert status["bytes_up"] == flow.second_sync["bytes_up"] > trained["payload_bytes"]
 
 

@@ -210,3 +210,24 @@ def test_go_to_case_opens_a_case_from_the_start_of_its_id(app, admin, slice_byte
     assert found.status_code == 302 and found.headers["Location"] == f"/cases/{case.id}"
     assert f"No case starts with {unknown}." in missing
     assert bad.status_code == 400 and "0-9" in bad.get_data(as_text=True)
+
+
+def test_the_admin_page_says_in_words_what_training_and_sync_last_did(app, admin, services):
+    from device.federation import FederationStatus
+    status = FederationStatus(
+        pending=0, refused=0, bytes_up=6_300, bytes_down=33_000,
+        last_training={"action": "queued", "at": 1_796_000_000.0, "examples": 45,
+                       "local_n": 15, "local_accuracy_before": 0.6,
+                       "local_accuracy_after": 0.8, "payload_bytes": 5_120},
+        last_sync={"at": 1_796_000_100.0, "sent": 1, "deferred": 0, "bundle": "refused",
+                   "version": 4, "reason": "local gate: v4 worse than v3"})
+    services.federation = type("Joined", (), {"overview": lambda self: status})()
+    client = app.test_client()
+    login(client)
+
+    page = " ".join(client.get("/admin/").get_data(as_text=True).split())
+
+    assert "on 45 confirmed cases; on 15 held-out cases accuracy went from 60% to 80%" in page
+    assert "an update of 5.0 KB (model numbers, no image) was queued" in page
+    assert "1 update(s) sent. Version 4 was refused: local gate: v4 worse than v3." in page
+    assert "6.2 KB sent, 32.2 KB received. Images never leave it." in page
