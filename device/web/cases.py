@@ -9,6 +9,7 @@ from flask import (Blueprint, Response, abort, flash, redirect, render_template,
                    send_file, session, url_for)
 
 from device.exc import InputError
+from device.imaging.thumbnail import thumbnail_png
 from device.inference.heatmap import FULL_SCALE_DROP
 from device.web import services
 from device.web.auth import current_user, login_required
@@ -108,6 +109,17 @@ def image(case_id: str):
     store = services().store
     path = store.image_path(store.get(case_id))
     return _image(path, "image/jpeg" if path.suffix == ".jpg" else "image/png")
+
+
+@bp.route("/<case_id>/thumbnail.png")
+@login_required
+def thumbnail(case_id: str):
+    """A 64-pixel preview for the case list."""
+    store = services().store
+    response = Response(thumbnail_png(store.image_path(store.get(case_id))),
+                        mimetype="image/png")
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
 
 
 @bp.route("/<case_id>/heatmap.png")

@@ -82,3 +82,21 @@ def test_file_names_are_not_kept_when_the_administrator_turns_that_off(
     form_post(client, "56" * 16, ("Doe^Jane.jpg", slice_bytes), reference="ACC-1")
 
     assert services.store.get_info(services.store.list()[0].id).file_name == ""
+
+
+def test_the_case_list_shows_a_small_preview_of_each_slice(app, admin, services, slice_bytes):
+    import cv2
+    import numpy as np
+    client = app.test_client()
+    login(client)
+    form_post(client, "78" * 16, ("a.jpg", slice_bytes))
+    case = services.store.list()[0]
+
+    page = client.get("/cases/").get_data(as_text=True)
+    thumb = client.get(f"/cases/{case.id}/thumbnail.png")
+
+    assert f'src="/cases/{case.id}/thumbnail.png"' in page
+    assert thumb.status_code == 200 and thumb.mimetype == "image/png"
+    image = cv2.imdecode(np.frombuffer(thumb.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert image.ndim == 2 and max(image.shape) == 64
+    assert app.test_client().get(f"/cases/{case.id}/thumbnail.png").status_code == 302

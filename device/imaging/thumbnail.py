@@ -1,0 +1,31 @@
+"""Small previews of stored slices for the case list."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from models.core import preprocess as mp
+
+THUMBNAIL_PX = 64
+
+
+def thumbnail_png(path: Path, size: int = THUMBNAIL_PX) -> bytes:
+    """The stored image at most ``size`` pixels on its longer side, 8-bit grey, as PNG
+    (OSError if the file is gone, ValueError if it no longer decodes)."""
+    image = mp.decode_image(path.read_bytes())
+    if image.ndim == 3:
+        image = cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2GRAY)
+    if image.dtype != np.uint8:  # 16-bit: stretch to its own range, as the page shows
+        low, high = float(image.min()), float(image.max())
+        image = ((image - low) * (255.0 / max(high - low, 1.0))).astype(np.uint8)
+    scale = size / max(image.shape[:2])
+    if scale < 1:
+        image = cv2.resize(image, (max(1, round(image.shape[1] * scale)),
+                                   max(1, round(image.shape[0] * scale))),
+                           interpolation=cv2.INTER_AREA)
+    ok, png = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError("cannot encode the thumbnail")
+    return png.tobytes()
