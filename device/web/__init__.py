@@ -50,11 +50,12 @@ def create_app(settings: Settings, svc: Services) -> Flask:
     )
     app.extensions["neuroedge"] = svc
 
-    from device.web import admin, api, auth, cases, errors, health, model, upload
+    from device.web import (accounts_admin, admin, api, auth, cases, errors, health, model,
+                            upload)
     auth.init_app(app)  # before CSRF: an expired session's form goes to sign-in
     guards = webguard.install(app)
     guards.csrf.exempt(api.bp)  # bearer tokens, no cookies
-    for module in (auth, upload, cases, api, health, admin, model):
+    for module in (auth, upload, cases, api, health, admin, accounts_admin, model):
         app.register_blueprint(module.bp)
     auth.limit(app, guards.limiter)
     api.limit(guards.limiter, settings.api_rate_limit)
