@@ -89,6 +89,19 @@ def test_first_run_creates_the_admin_with_the_logged_setup_code(page, start_appl
     assert path_of(page.url) == "/login"
 
 
+def assert_a_result_is_shown(page) -> str:
+    """Probability, label, a decoded heat map and the decision-support notice; the label."""
+    expect(page.locator("#probability")).to_have_text(re.compile(r"^\d{1,3}\.\d%$"))
+    label = page.locator("#label").inner_text().strip()
+    assert label in ("Tumour suspected", "No tumour detected")
+    heatmap = page.locator("#heatmap")
+    assert heatmap.evaluate("img => img.complete") is True
+    assert heatmap.evaluate("img => img.naturalWidth") > 0
+    expect(page.locator("main")).to_contain_text("not a diagnosis")
+    expect(page.locator("#status")).to_contain_text("Not labelled yet.")
+    return label
+
+
 def assert_chosen_label_is_seen(page, chosen: str) -> None:
     """Seen, not only announced: a tick and an outline on the chosen label only."""
     expect(page.locator(chosen)).to_have_attribute("aria-pressed", "true")
@@ -96,6 +109,22 @@ def assert_chosen_label_is_seen(page, chosen: str) -> None:
     marks = "b => [getComputedStyle(b, '::before').content, getComputedStyle(b).outlineStyle]"
     assert page.locator(chosen).evaluate(marks) == ['"\u2713\u00a0"', "solid"]
     assert page.locator(other).evaluate(marks) == ["none", "none"]
+
+
+def assert_fits_a_phone(page, url: str) -> None:
+    """At 375 px neither the upload form nor the case list is wider than the screen; the
+    case list is a column of cards that does not even scroll inside its box."""
+    page.set_viewport_size({"width": 375, "height": 667})
+    for path in ("/cases/", "/"):
+        page.goto(f"{url}{path}")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 375, path
+        if path == "/cases/":
+            box = "document.querySelector('.scroll')"
+            assert page.evaluate(f"{box}.scrollWidth <= {box}.clientWidth")
+            assert page.locator("#cases td").first.evaluate(
+                "td => getComputedStyle(td).display") == "block"
+    expect(page.get_by_label(re.compile("Slices to analyse"))).to_be_attached()
+    page.set_viewport_size({"width": 1024, "height": 768})
 
 
 def test_upload_result_confirm_list_and_sign_out(page, start_appliance, appliance_data,
@@ -115,15 +144,7 @@ def test_upload_result_confirm_list_and_sign_out(page, start_appliance, applianc
     page.wait_for_url(CASE_URL, wait_until="load")
     case_id = CASE_URL.search(page.url).group(1)
 
-    # Assert: probability, label, a decoded heat map and the decision-support notice.
-    expect(page.locator("#probability")).to_have_text(re.compile(r"^\d{1,3}\.\d%$"))
-    label = page.locator("#label").inner_text().strip()
-    assert label in ("Tumour suspected", "No tumour detected")
-    heatmap = page.locator("#heatmap")
-    assert heatmap.evaluate("img => img.complete") is True
-    assert heatmap.evaluate("img => img.naturalWidth") > 0
-    expect(page.locator("main")).to_contain_text("not a diagnosis")
-    expect(page.locator("#status")).to_contain_text("Not labelled yet.")
+    label = assert_a_result_is_shown(page)
 
     # Execute: the clinician agrees with the model.
     agree = "#confirm-tumour" if label == "Tumour suspected" else "#confirm-none"
@@ -152,19 +173,7 @@ def test_upload_result_confirm_list_and_sign_out(page, start_appliance, applianc
     expect(page.locator("main table").first).to_contain_text("alice")
     screenshot(page, "admin")
 
-    # Assert: on a phone-sized screen neither the upload form nor the case list is wider
-    # than the screen (the table scrolls inside its own box).
-    page.set_viewport_size({"width": 375, "height": 667})
-    for path in ("/cases/", "/"):
-        page.goto(f"{server.url}{path}")
-        assert page.evaluate("document.documentElement.scrollWidth") <= 375, path
-        if path == "/cases/":  # cards: the list does not even scroll inside its box
-            box = "document.querySelector('.scroll')"
-            assert page.evaluate(f"{box}.scrollWidth <= {box}.clientWidth")
-            assert page.locator("#cases td").first.evaluate(
-                "td => getComputedStyle(td).display") == "block"
-    expect(page.get_by_label(re.compile("Slices to analyse"))).to_be_attached()
-    page.set_viewport_size({"width": 1024, "height": 768})
+    assert_fits_a_phone(page, server.url)
 
     # Execute: sign out.
     page.click("#logout")
