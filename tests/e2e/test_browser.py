@@ -99,6 +99,10 @@ def assert_a_result_is_shown(page) -> str:
     assert heatmap.evaluate("img => img.naturalWidth") > 0
     expect(page.locator("main")).to_contain_text("not a diagnosis")
     expect(page.locator("#status")).to_contain_text("Not labelled yet.")
+    scale = page.locator("#colour-scale .colour-bar")   # the heat map's colour scale
+    assert "linear-gradient" in scale.evaluate("e => getComputedStyle(e).backgroundImage")
+    expect(page.locator("#colour-scale")).to_have_attribute(
+        "aria-label", re.compile(r"red \(the probability fell \d+ points or more\)"))
     return label
 
 
