@@ -77,7 +77,9 @@ class BundleRegistry:
         """After a restart: promote staged versions the store recorded, remove the
         others and any version folder the store has no record of (a crash while
         publishing); the round that built them is then finished again."""
-        for version in sorted(recorded):
+        staged = {int(p.name[1:]) for p in self.staging.glob("v*")
+                  if p.is_dir() and p.name[1:].isdigit()}
+        for version in sorted(staged & recorded):
             self.promote(version)
         shutil.rmtree(self.staging, ignore_errors=True)
         for version in set(self.versions()) - recorded:

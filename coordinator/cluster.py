@@ -38,9 +38,9 @@ class Cluster:
 
     def __init__(self, root: Path, n_sites: int, coordinator_data: Path, method: str,
                  initial: Path, publish_margin: float = 0.05, sparsity: float = 0.5,
-                 device_extra: str = "") -> None:
+                 device_extra: str = "", names: list[str] | None = None) -> None:
         self.root, self.procs, self.n = root, [], n_sites
-        self.names = [f"site-{k}" for k in range(n_sites)]  # as reports name the sites
+        self.names = names or [f"site-{k}" for k in range(n_sites)]  # as reports name them
         self.device_extra = device_extra  # more device.toml lines for every site
         self.coordinator_data = coordinator_data
         bin_dir = str(Path(sys.executable).parent)  # flower-* and flwr-* live beside python

@@ -30,27 +30,17 @@ from models.core.head_training import TrainConfig
 from models.core.preprocess import InputSpec
 from models.core.runtime import bundle_model
 from models.training.dataset import Sample, load_grouped
-
-
-def clinic_split(groups: np.ndarray, sites: np.ndarray, clinics: Sequence[str], seed: int
-                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per clinic: its cases in arrival order, and its test part (whole patients)."""
-    rng = np.random.default_rng(seed)
-    parts = {}
-    for clinic in clinics:
-        idx = np.flatnonzero(sites == clinic)
-        if not len(idx):
-            raise ValueError(f"the data has no site {clinic!r}")
-        patients = np.unique(groups[idx])
-        rng.shuffle(patients)
-        test = np.isin(groups[idx], patients[:max(2, len(patients) // 3)])
-        parts[clinic] = (rng.permutation(idx[~test]), idx[test])
-    return parts
+from models.training.splits import clinic_split
 
 
 def _figures(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict:
     m = metrics.binary_metrics(y, prob, threshold)
     return {k: m[k] for k in ("n", "balanced_accuracy", "auc", "sensitivity", "specificity")}
+
+
+def _open(bundle_dir: Path) -> Bundle:
+    """A bundle of the coordinator's state (hashes checked when read, not the signature)."""
+    return Bundle(bundle_dir, read_manifest(bundle_dir))
 
 
 def _summary(per_clinic: dict[str, dict]) -> float:
@@ -65,8 +55,8 @@ class SiteEvaluation:
         self.x, self.y, self.tests, self.holdout = x, y, tests, holdout
 
     def __call__(self, bundle_dir: Path) -> dict:
-        threshold = read_manifest(bundle_dir)["threshold"]
-        model = bundle_model(Bundle(bundle_dir, read_manifest(bundle_dir)))
+        bundle = _open(bundle_dir)
+        model, threshold = bundle_model(bundle), bundle.threshold
         per_clinic = {c: _figures(self.y[t], model.predict(self.x[t])[0], threshold)
                       for c, t in self.tests.items()}
         report = {"per_clinic": per_clinic, "mean_balanced_accuracy": _summary(per_clinic)}
@@ -83,7 +73,7 @@ class SiteEvaluation:
         version."""
         from models.core.head import predict
         from models.core.head_training import train_head
-        bundle = Bundle(bundle_dir, read_manifest(bundle_dir))
+        bundle = _open(bundle_dir)
         model, head, threshold = bundle_model(bundle), bundle.load_head(), bundle.threshold
         emb = {c: model.predict(self.x[i])[1] for c, i in seen.items()}
         test_emb = {c: model.predict(self.x[t])[1] for c, t in self.tests.items()}
@@ -144,7 +134,8 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
         initial = initial or initial_model(coordinator_csv, arch, root / "initial", epochs)
         cluster = Cluster(root, len(clinics), coordinator_csv, method, initial,
                           publish_margin, sparsity,
-                          "".join(f"{line.replace('=', ' = ', 1)}\n" for line in device_settings))
+                          "".join(f"{line.replace('=', ' = ', 1)}\n" for line in device_settings),
+                          names=list(clinics))
         bundles = cluster.state / "bundles"
         try:
             def arrive(r: int) -> None:
@@ -152,7 +143,6 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
                     feed(cluster, k, [kept[i] for i in
                                       cases[(r - 1) * cases_per_round:r * cases_per_round]])
 
-            cluster.names = list(clinics)
             rows = cluster.run_rounds(rounds, lambda v: evaluation(bundles / f"v{v}"),
                                       before_round=arrive)
             seen = {c: cases[:rounds * cases_per_round] for c, (cases, _) in parts.items()}

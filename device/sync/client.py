@@ -256,22 +256,24 @@ def _read_answer(response: requests.Response, seconds: float) -> None:
     bounded in size and in time: a coordinator, or something in its place, that drips
     bytes or never ends the body cannot hold the sync. CoordinatorUnavailable if so."""
     deadline = time.monotonic() + seconds
-    body = bytearray()
+    body, late = bytearray(), False
     try:
         # read1 returns what has arrived; iter_content would wait for a full chunk.
         while chunk := response.raw.read1(CHUNK, decode_content=True):
             body += chunk
-            if len(body) > MAX_ANSWER or time.monotonic() > deadline:
-                raise CoordinatorUnavailable(
-                    "coordinator answer is too large" if len(body) > MAX_ANSWER else
-                    f"coordinator answer took longer than {seconds:g} s", response.status_code)
-    except CoordinatorUnavailable:
-        raise
+            late = time.monotonic() > deadline
+            if late or len(body) > MAX_ANSWER:
+                break
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         raise CoordinatorUnavailable(f"coordinator answer interrupted: {type(exc).__name__}",
                                      response.status_code) from None
     finally:
         response.close()
+    if len(body) > MAX_ANSWER:
+        raise CoordinatorUnavailable("coordinator answer is too large", response.status_code)
+    if late:
+        raise CoordinatorUnavailable(f"coordinator answer took longer than {seconds:g} s",
+                                     response.status_code)
     response._content = bytes(body)  # what requests does when it reads the body itself
 
 

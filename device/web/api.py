@@ -58,12 +58,12 @@ def predictions():
     except DuplicateKey:  # the same key sent twice at once: the first one stored it
         return _replay(key) or abort(409, "Idempotency-Key in use; retry")
     latency_ms = round((time.perf_counter() - start) * 1000, 2)
-    return jsonify(_prediction(case, latency_ms)), 201
+    return jsonify(_prediction(case, latency_ms, info.reference)), 201
 
 
-def _prediction(case: Case, latency_ms: float) -> dict:
+def _prediction(case: Case, latency_ms: float, reference: str) -> dict:
     return {
-        "case_id": case.id, "reference": services().store.get_info(case.id).reference,
+        "case_id": case.id, "reference": reference,
         "probability": round(case.probability, 6),
         "label": "tumour" if case.predicted_label else "no_tumour",
         "threshold": case.threshold, "uncertain": case.uncertain,
@@ -91,7 +91,8 @@ def _replay(key: IdempotencyKey):
     case, request_sha256 = found
     if request_sha256 != key.request_sha256:
         raise UnusableImageError("Idempotency-Key already used for another image")
-    response = jsonify(_prediction(case, case.latency_ms))
+    response = jsonify(_prediction(case, case.latency_ms,
+                                   services().store.get_info(case.id).reference))
     response.headers["Idempotent-Replayed"] = "true"
     return response, 201
 

@@ -23,22 +23,9 @@ from models.core import metrics
 from models.core.adapt import MODES, adapt, shared_names
 from models.core.head_training import TrainConfig
 from models.training.dataset import DataSource, load_grouped
+from models.training.splits import clinic_split
 
 CLINICS = ("site_tcga_lgg_du", "site_tcga_lgg_ht", "site_tcga_lgg_cs", "site_tcga_lgg_fg")
-
-
-def _split(groups: np.ndarray, sites: np.ndarray, clinics: Sequence[str], seed: int
-           ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per clinic: its cases in arrival order, and its test part (whole patients)."""
-    rng = np.random.default_rng(seed)
-    parts = {}
-    for clinic in clinics:
-        idx = np.flatnonzero(sites == clinic)
-        patients = np.unique(groups[idx])
-        rng.shuffle(patients)
-        test = np.isin(groups[idx], patients[:max(2, len(patients) // 3)])
-        parts[clinic] = (rng.permutation(idx[~test]), idx[test])
-    return parts
 
 
 def _federate(mode: str, head0: H.Head, block0: B.Block, x: np.ndarray, y: np.ndarray,
@@ -84,7 +71,7 @@ def compare(data: str | Path | DataSource, weights: str | Path, threshold: float
     inputs = np.zeros((len(y), *to_block.output.shape[1:]), np.float32)
     inputs[chosen] = to_block.predict(x[chosen], batch_size=64, verbose=0)
     head0, block0 = get_head(model), get_block(model)
-    parts = _split(groups, sites, clinics, seed)
+    parts = clinic_split(groups, sites, clinics, seed)
     cfg = TrainConfig(epochs=60, learning_rate=1e-3, patience=10, val_fraction=0.2, seed=seed)
 
     def scores(head: H.Head, blocks: dict) -> dict[str, float]:

@@ -301,3 +301,19 @@ def parse_partition(spec: str) -> tuple[str, float | None]:
                 return name, alpha
     raise ValueError(f"bad partition {spec!r}: use 'paper', 'iid', 'dirichlet' or "
                      f"'dirichlet:ALPHA' with ALPHA > 0 (e.g. 'dirichlet:0.5')")
+
+
+def clinic_split(groups: np.ndarray, sites: np.ndarray, clinics: Sequence[str], seed: int
+                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per clinic: its cases in arrival order, and its test part (whole patients)."""
+    rng = np.random.default_rng(seed)
+    parts = {}
+    for clinic in clinics:
+        idx = np.flatnonzero(sites == clinic)
+        if not len(idx):
+            raise ValueError(f"the data has no site {clinic!r}")
+        patients = np.unique(groups[idx])
+        rng.shuffle(patients)
+        test = np.isin(groups[idx], patients[:max(2, len(patients) // 3)])
+        parts[clinic] = (rng.permutation(idx[~test]), idx[test])
+    return parts

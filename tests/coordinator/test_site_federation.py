@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.site_federation import clinic_split
 from models.training.dataset import MANIFEST_NAME
+from models.training.splits import clinic_split
+from tests.e2e.test_federation import copy_initial
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 CLINICS = ("site_tcga_lgg_du", "site_tcga_lgg_ht")
@@ -67,10 +68,7 @@ def test_a_clinic_split_keeps_each_patient_on_one_side():
 def test_two_clinics_two_rounds_report_per_clinic_baselines_and_the_held_out_site(
         clinics_manifest: Path, trained_bundle, tmp_path: Path, capsys):
     from coordinator.__main__ import main
-    bundle, weights = trained_bundle
-    initial = tmp_path / "initial"
-    shutil.copytree(bundle, initial / "bundle")
-    shutil.copyfile(weights, initial / "model.weights.h5")
+    initial = copy_initial(trained_bundle, tmp_path / "initial")
     out = tmp_path / "report.json"
 
     code = main(["simulate", "--partition", "sites", "--data", str(clinics_manifest),

@@ -11,7 +11,6 @@
 Nothing lost, nothing applied twice."""
 from __future__ import annotations
 
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from models.core.bundle import verify_bundle
 from models.core.signing import load_public_key
 from tests.e2e.conftest import Appliance, add_user, create_token
 from tests.e2e.coordinator_process import Coordinator, Update, enroll, write_config
+from tests.e2e.test_federation import copy_initial
 from tests.e2e.soundness import assert_sound
 
 pytestmark = pytest.mark.fault
@@ -33,11 +33,7 @@ PUBLISH_TIMEOUT_S = 180.0   # TensorFlow's start and an int8 conversion on 2 bus
 
 @pytest.fixture(scope="module")
 def initial(trained_bundle, tmp_path_factory) -> Path:
-    bundle, weights = trained_bundle
-    root = tmp_path_factory.mktemp("initial")
-    shutil.copytree(bundle, root / "bundle")
-    shutil.copyfile(weights, root / "model.weights.h5")
-    return root
+    return copy_initial(trained_bundle, tmp_path_factory.mktemp("initial"))
 
 
 @pytest.mark.parametrize("point", ["publish.staged", "publish.recorded", "publish.promoted"])

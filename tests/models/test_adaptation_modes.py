@@ -19,7 +19,7 @@ CLINICS = ["site_tcga_lgg_cs", "site_tcga_lgg_fg"]
 def test_two_clinics_one_round_report_every_mode_per_clinic(trained_bundle, tmp_path):
     if not (SHARED / "MANIFEST.tsv").is_file():
         pytest.skip(f"shared manifest not found at {SHARED}")
-    from models.training import adaptation_modes as am
+    from models.training.splits import clinic_split
     from models.training.architectures import ARCHITECTURES, build_model
     from models.training.dataset import load_grouped
     from models.training.train import predict
@@ -38,7 +38,7 @@ def test_two_clinics_one_round_report_every_mode_per_clinic(trained_bundle, tmp_
                                          *row["central"].values()])
     everything = load_grouped(SHARED, ARCHITECTURES["edge"].input_spec)
     sites = np.array([s.site for s in everything[3]])
-    parts = am._split(everything[2], sites, CLINICS, 0)
+    parts = clinic_split(everything[2], sites, CLINICS, 0)
     model = build_model("edge")
     model.load_weights(trained_bundle[1])
     for clinic, (_, test) in parts.items():
