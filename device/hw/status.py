@@ -17,7 +17,10 @@ ERROR               three rapid flashes (0.1 / 0.1), 0.9 s dark    1.5 s
 
 The shown state is: ERROR if an error is pending (sticky until acknowledged), else the
 latest still-running activity (BUSY, TRAINING, SYNCING; see :meth:`Indicator.activity`),
-else the base state (READY or UPDATE_AVAILABLE).
+else the base state (READY or UPDATE_AVAILABLE). One thread of the indicator drives the
+LED, so a request never waits for gpiozero; a transient pattern shows at least
+:data:`MIN_SHOW` seconds, so an upload of a few milliseconds still blinks once, and a
+stream of uploads blinks steadily instead of restarting the pattern for each one.
 
 Button (active low, internal pull-up): a press released before ``hold_seconds`` calls
 ``on_sync``; holding it ``hold_seconds`` while in ERROR acknowledges the error. Holding it
@@ -65,6 +68,8 @@ PATTERNS: dict[State, tuple[float, ...]] = {
 }
 #: How often the LED's ``source`` samples a sequenced pattern (its ``source_delay``).
 SOURCE_DELAY = 0.02
+#: The shortest time a transient pattern (BUSY, TRAINING, SYNCING) shows: one fast blink.
+MIN_SHOW = 0.2
 
 
 def _timeline(pattern: tuple[float, ...]) -> Iterator[bool]:
@@ -264,6 +269,9 @@ class StatusIndicator(Indicator):
         self._pressed_at: float | None = None
         self._press_handled = True
         self._led = LED(led_pin, initial_value=False, pin_factory=pin_factory)
+        self._wanted: State | None = None  # what the driver thread is to show next
+        self._flash: State | None = None  # a transient state asked for since then
+        self._changed, self._closing = threading.Event(), threading.Event()
         self._button = None
         try:
             if button_pin is not None:
@@ -279,13 +287,23 @@ class StatusIndicator(Indicator):
             if self._button is not None:
                 self._button.close()
             raise
+        self._changed.clear()
+        shown = self._wanted
+        assert shown is not None  # Indicator.__init__ showed the first state
+        self._apply(shown)  # at once: the LED is on from the first moment
+        self._driver = threading.Thread(target=self._drive, args=(shown,), daemon=True,
+                                        name="status-led")
+        self._driver.start()
 
     def close(self) -> None:
         """Stop the pattern, turn the LED off and release both pins (idempotent)."""
-        with self._lock:  # after this no _show touches the LED
+        with self._lock:  # after this no _show asks for a pattern
             if self._closed:
                 return
             self._closed = True
+        self._closing.set()
+        self._changed.set()
+        self._driver.join()  # after this nothing touches the LED
         # Outside the lock: closing the button joins its hold thread, which may be
         # waiting for the lock in _held.
         if self._button is not None:
@@ -294,8 +312,37 @@ class StatusIndicator(Indicator):
         self._led.close()
 
     def _show(self, state: State) -> None:
-        if self._closed:
-            return
+        """Ask the driver thread to show ``state`` (called with the lock held)."""
+        if not self._closed:
+            self._wanted = state
+            if state in TRANSIENT_STATES:
+                self._flash = state
+            self._changed.set()
+
+    def _drive(self, shown: State) -> None:
+        """The driver thread: show the latest wanted state until closed."""
+        while True:
+            self._changed.wait()
+            with self._lock:
+                self._changed.clear()
+                state, flash, self._flash = self._wanted, self._flash, None
+            if self._closing.is_set():
+                return
+            if flash is not None and flash is not shown:  # shown once even if over
+                state = flash
+                self._changed.set()  # then what is wanted by now
+            if state is shown or state is None:
+                continue
+            try:
+                self._apply(state)
+            except Exception:  # a GPIO failure must not end the thread
+                logger.exception("status LED could not show %s", state.name)
+            shown = state
+            if state in TRANSIENT_STATES:
+                self._closing.wait(MIN_SHOW)
+
+    def _apply(self, state: State) -> None:
+        """Drive the LED's pattern for ``state`` (on the driver thread)."""
         led = self._led
         led.source = None  # stops and joins a running sequence
         pattern = PATTERNS[state]

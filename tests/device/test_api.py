@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import time
 import zlib
 
 import cv2
@@ -200,9 +201,10 @@ def test_the_status_led_is_solid_on_when_ready_after_an_upload(server, api_token
                                                                slice_bytes, settings):
     from gpiozero import Device
 
-    from device.hw.status import State
+    from device.hw.status import MIN_SHOW, State
 
     post(server, api_token, slice_bytes)
+    time.sleep(MIN_SHOW + 0.1)  # the upload's blink, then the LED's thread shows READY
 
     assert services.status.state is State.READY
     assert Device.pin_factory.pin(settings.led_pin).state == 1

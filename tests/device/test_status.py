@@ -15,6 +15,7 @@ from gpiozero.pins.mock import MockFactory
 
 from device.exc import ConfigError
 from device.hw import PATTERNS, NullIndicator, State, StatusIndicator
+from device.hw.status import MIN_SHOW
 
 
 LED_PIN, BUTTON_PIN = 17, 27
@@ -177,9 +178,45 @@ def test_changing_state_cancels_the_previous_pattern(make, factory):
     status.set(State.BUSY)
 
     status.set(State.READY)
+    time.sleep(MIN_SHOW + 0.05)  # a transient pattern shows at least MIN_SHOW
     states = watch(factory, 0.4)
 
     assert sequence(states) == [True]
+
+
+def test_a_short_activity_still_blinks_once(make, factory):
+    status = make()
+    pin = factory.pin(LED_PIN)
+    pin.clear_states()
+
+    with status.activity(State.BUSY):
+        pass
+    time.sleep(MIN_SHOW + 0.15)
+
+    states = [bool(s.state) for s in pin.states]
+    assert False in states  # the blink's dark half was shown
+    assert states[-1] is True and status.state is State.READY
+
+
+def test_a_stream_of_short_activities_blinks_steadily(make, factory):
+    # Uploads of a few ms back to back: the LED blinks at BUSY's pace, not restarted
+    # (and so never dark) by each upload.
+    status = make()
+    pin = factory.pin(LED_PIN)
+    pin.clear_states()
+
+    deadline = time.monotonic() + 0.8
+    while time.monotonic() < deadline:
+        with status.activity(State.BUSY):
+            time.sleep(0.003)
+        time.sleep(0.001)
+    time.sleep(MIN_SHOW + 0.1)
+
+    states = list(pin.states)
+    dark = [later.timestamp for state, later in zip(states, states[1:]) if not state.state]
+    assert len(dark) >= 3
+    assert all(0.05 <= seconds <= 0.2 for seconds in dark)
+    assert bool(states[-1].state) is True
 
 
 def test_activity_restores_the_previous_state_also_nested(make, factory):
@@ -228,7 +265,7 @@ def test_overlapping_activities_from_threads(make, factory):
 
     assert during in kinds
     assert status.state is State.READY
-    assert factory.pin(LED_PIN).state is True
+    time.sleep(2 * MIN_SHOW + 0.1)  # the pattern shown, then the last one asked for
     assert sequence(watch(factory, 0.25)) == [True]
 
 
@@ -277,7 +314,8 @@ def test_hold_in_error_acknowledges(make, factory):
     assert held
     assert (sync.count, acknowledged.count) == (0, 1)
     assert status.state is State.READY
-    assert factory.pin(LED_PIN).state is True
+    time.sleep(0.05)  # the LED's thread shows it
+    assert sequence(watch(factory, 0.25)) == [True]
 
 
 def test_hold_without_error_does_nothing(make, factory):
