@@ -14,7 +14,8 @@ import pytest
 
 from models import MAX_PIXELS
 from models.core import preprocess as pp
-from models.core.preprocess import (ImageDecodeError, InputSpec, UnusableImageError, brain_mask,
+from models.core.brain_mask import brain_mask
+from models.core.preprocess import (ImageDecodeError, InputSpec, UnusableImageError,
                                     crop_to_mask, decode_image, preprocess, preprocess_bytes,
                                     to_gray)
 
