@@ -245,10 +245,10 @@ def load_grouped(data: str | Path | DataSource, spec: InputSpec
     """Images, labels, group ids (patients and duplicates, see
     :func:`models.training.splits.duplicate_groups`) and the samples that loaded, for the
     dataset at ``data``; cached on disk by content (:mod:`models.training.cache`)."""
-    from models.core import preprocess as preprocess_module
+    from models.core import brain_mask, preprocess as preprocess_module
     from models.training import cache, splits
     samples = load_samples(data)
-    key = cache.content_key([s.path for s in samples], [preprocess_module, splits],
+    key = cache.content_key([s.path for s in samples], [preprocess_module, brain_mask, splits],
                             spec, [(s.rel, s.label, s.site, s.subject) for s in samples])
 
     def compute() -> dict[str, np.ndarray]:
