@@ -82,9 +82,9 @@ def decode_dicom(data: bytes) -> np.ndarray:
     InputError
         Unparsable or corrupt file, or pixel data that fails to decode (400).
     UnsupportedTypeError
-        Transfer syntax this device has no decoder for, e.g. JPEG-LS without
-        ``pyjpegls``, or Deflated Explicit VR Little Endian (refused before anything
-        is inflated) (415).
+        Transfer syntax this device has no decoder for (JPEG Lossless, JPEG-LS, JPEG,
+        JPEG 2000 and RLE decode through GDCM, Pillow or pydicom; HTJ2K does not), or
+        Deflated Explicit VR Little Endian (refused before anything is inflated) (415).
     UnusableImageError
         No pixel data, more than ``models.core.preprocess.MAX_PIXELS`` pixels per frame
         (422, checked from the header before decoding), or a colour picture (422).
