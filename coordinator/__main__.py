@@ -186,7 +186,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             args.data, args.rounds, args.cases_per_round, names(args.clinics),
             names(args.initial_sites), args.holdout_site or None, args.method, args.arch,
             args.seed, args.epochs, args.initial, args.publish_margin, args.sparsity,
-            args.device_setting)
+            args.device_setting, adapter_rank=args.adapter_rank)
         print_sites_table(report)
     else:
         report = simulate(args.data, args.sites, args.rounds, args.partition, args.method,
@@ -248,6 +248,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--device-setting", action="append", default=[], metavar="NAME=VALUE",
                     help="--partition sites: a device.toml setting of every clinic "
                     "(TOML value; repeat)")
+    sp.add_argument("--adapter-rank", type=int, default=0, metavar="R",
+                    help="--partition sites: clinics train and share a rank-R adapter on "
+                    "the last block with the head (0: the head only)")
     sp.add_argument("--method", default="fedavg")
     sp.add_argument("--arch", default="edge")
     sp.add_argument("--seed", type=int, default=0)

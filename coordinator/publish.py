@@ -77,8 +77,9 @@ def carried_fields(current: Bundle) -> dict:
 
 def publish(current: Bundle, float_weights: Path, head: dict[str, np.ndarray],
             data: EvalData, key: SigningKey, out_dir: Path, *, sparsity: float,
-            margin: float) -> Outcome:
-    """Rebuild ``current``'s architecture with ``head``; write bundle v+1 if it passes.
+            margin: float, block: dict[str, np.ndarray] | None = None) -> Outcome:
+    """Rebuild ``current``'s architecture with ``head`` (and ``block``, the last block
+    with its adapter averaged, when the bundle has one); write bundle v+1 if it passes.
 
     The gate compares validation AUC and accuracy, at the current bundle's threshold, of
     the candidate with the current bundle's model on the same images.
@@ -90,7 +91,7 @@ def publish(current: Bundle, float_weights: Path, head: dict[str, np.ndarray],
     model.load_weights(str(float_weights))
     pruned = prune_head(head, sparsity)
     set_head(model, pruned)
-    block = current.load_block()
+    block = current.load_block() if block is None else block
     # A bundle with a block runs model.tflite only up to the block's input (the block
     # and the head run in NumPy), which a round does not change: its bytes are carried,
     # so a device fetches the head only. Without a block the head is in the model.

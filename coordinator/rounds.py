@@ -76,9 +76,9 @@ class RoundManager:
                                 f"{self.settings.max_staleness} behind v{latest.version}",
                                 "stale")
         try:
-            delta = decode(payload, meta, base.head_shapes,
+            delta = decode(payload, meta, base.update_shapes,
                            max_bytes=int(self.settings.max_update_mb * 2**20))
-            norm = validate_update(delta, base.head_shapes, max_norm=self.settings.max_norm,
+            norm = validate_update(delta, base.update_shapes, max_norm=self.settings.max_norm,
                                    examples=examples, max_examples=self.settings.max_examples)
         except WeightsError as exc:
             raise RejectedError(str(exc), "payload") from None
@@ -161,7 +161,7 @@ class RoundManager:
         deltas, weights = [], []
         for u in updates:
             base = self.bundles.get(u.base_version)
-            deltas.append(decode(self.store.load_payload(u), u.meta, base.head_shapes))
+            deltas.append(decode(self.store.load_payload(u), u.meta, base.update_shapes))
             weights.append(float(u.examples))
         s = self.settings
         if self.ledger is not None:

@@ -74,9 +74,13 @@ def make_publisher(settings: Settings, store, bundles: BundleRegistry, key: Sign
                            done.metrics)
         current = bundles.latest()
         head = {k: v + delta[k] for k, v in current.load_head().items()}
+        block = current.load_block()
+        if current.adapter_shapes:  # the clinics trained the block's adapter too
+            block = {k: v + delta[k] if k in current.adapter_shapes else v
+                     for k, v in block.items()}
         outcome = publish(current, bundles.weights_path(current.version), head, data, key,
                           bundles.staging, sparsity=settings.sparsity,
-                          margin=settings.publish_margin)
+                          margin=settings.publish_margin, block=block)
         if outcome.published:
             crash_point("publish.staged")
             store.add_bundle(outcome.version, current.version,

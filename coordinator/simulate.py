@@ -75,8 +75,10 @@ def write_csv(samples: list[Sample], path: Path) -> Path:
     return path
 
 
-def _dev_key() -> Path:
-    return Path(__file__).resolve().parents[1] / "models" / "dev_keys" / "dev_signing.key.pub"
+def dev_key() -> Path:
+    """The development signing key: the simulations' initial bundles are signed with it
+    (the coordinator re-signs them with its own)."""
+    return Path(__file__).resolve().parents[1] / "models" / "dev_keys" / "dev_signing.key"
 
 
 def feed(cluster: Cluster, k: int, samples: list[Sample]) -> None:
@@ -136,7 +138,7 @@ def initial_model(coordinator_csv: Path, arch: str, out: Path, epochs: int | Non
     so no test or site image has been seen by the backbone the devices freeze."""
     from models.training.build import BuildConfig, build_bundle
     from models.core.signing import load_signing_key
-    key = load_signing_key(_dev_key().with_suffix(""))  # the coordinator re-signs it
+    key = load_signing_key(dev_key())  # the coordinator re-signs it
     cfg = BuildConfig.for_arch(arch, epochs)
     build_bundle(coordinator_csv, out / "bundle", key, cfg,
                  float_out=out / "model.weights.h5")

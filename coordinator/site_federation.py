@@ -10,12 +10,16 @@ clinic would live it. The initial model is the vendor's, learned from
 its calibration and publishing gate, are those sites' too. ``holdout_site`` never
 joins: it measures generalisation (specificity when it has no tumour).
 
-Baselines on the same test parts, with the device's own NumPy head trainer from the
-initial model: each clinic alone, and all clinics' confirmed cases pooled
-(centralized), both on the cases the federation had seen by its last round.
+Baselines on the same test parts, with the device's own NumPy trainer from the initial
+model: each clinic alone, and all clinics' confirmed cases pooled (centralized), both on
+the cases the federation had seen by its last round. With ``adapter_rank`` the vendor's
+bundle carries a low-rank adapter on its last block
+(:mod:`models.training.adapter_bundle`): clinics train and share it with the head, and
+the baselines train the same.
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from coordinator.cluster import Cluster
-from coordinator.simulate import feed, initial_model, write_csv
+from coordinator.simulate import dev_key, feed, initial_model, write_csv
 from models.core import metrics
 from models.core.bundle import Bundle, read_manifest
 from models.core.head_training import TrainConfig
@@ -68,34 +72,48 @@ class SiteEvaluation:
 
     def trained_heads(self, bundle_dir: Path, seen: dict[str, np.ndarray],
                       cfg: TrainConfig) -> dict:
-        """Local-only and centralized heads from ``bundle_dir``'s, on the cases each
-        clinic confirmed (the device's trainer with the devices' ``cfg``), judged like a
-        version."""
+        """Local-only and centralized models from ``bundle_dir``'s, on the cases each
+        clinic confirmed, training what the devices train (the head, with the block's
+        adapter if the bundle has one) with their ``cfg``, judged like a version."""
+        from models.core import block as B
+        from models.core.adapt import adapt
         from models.core.head import predict
-        from models.core.head_training import train_head
         bundle = _open(bundle_dir)
-        model, head, threshold = bundle_model(bundle), bundle.load_head(), bundle.threshold
-        emb = {c: model.predict(self.x[i])[1] for c, i in seen.items()}
-        test_emb = {c: model.predict(self.x[t])[1] for c, t in self.tests.items()}
+        model, threshold = bundle_model(bundle), bundle.threshold
+        head, block = bundle.load_head(), bundle.load_block()
+        mode = "adapter" if bundle.adapter_shapes else "head"
+        inputs = {c: model.features(self.x[i]) for c, i in seen.items()}
+        test_inputs = {c: model.features(self.x[t]) for c, t in self.tests.items()}
 
-        def judge(trained: dict, clinics: Sequence[str]) -> dict:
-            return {c: _figures(self.y[self.tests[c]], predict(trained, test_emb[c]),
-                                threshold) for c in clinics}
+        def judge(x: np.ndarray, y: np.ndarray, clinics: Sequence[str]) -> dict:
+            trained = adapt(head, block, x, y, mode, cfg)
+            return {c: _figures(self.y[self.tests[c]], predict(
+                trained.head, B.embed(trained.block, test_inputs[c])), threshold)
+                for c in clinics}
 
         local, skipped = {}, {}
         for clinic, idx in seen.items():
             try:
-                local.update(judge(train_head(head, emb[clinic], self.y[idx], cfg).head,
-                                   [clinic]))
+                local.update(judge(inputs[clinic], self.y[idx], [clinic]))
             except ValueError as exc:  # one class, too few cases: as the device skips
                 skipped[clinic] = str(exc)
         pooled = np.concatenate(list(seen.values()))
-        central = judge(train_head(head, np.concatenate(list(emb.values())), self.y[pooled],
-                                   cfg).head, list(self.tests))
+        central = judge(np.concatenate(list(inputs.values())), self.y[pooled],
+                        list(self.tests))
         return {"local_only": {"per_clinic": local, "skipped": skipped,
                                "mean_balanced_accuracy": _summary(local) if local else None},
                 "centralized": {"per_clinic": central,
                                 "mean_balanced_accuracy": _summary(central)}}
+
+
+def _with_adapter(initial: Path, rank: int, out: Path) -> Path:
+    """``initial`` (bundle/ and model.weights.h5) with a rank-``rank`` adapter added to
+    its bundle's last block."""
+    from models.core.signing import load_signing_key
+    from models.training.adapter_bundle import add_adapter
+    add_adapter(initial / "bundle", out / "bundle", load_signing_key(dev_key()), rank)
+    shutil.copyfile(initial / "model.weights.h5", out / "model.weights.h5")
+    return out
 
 
 def _train_config(device_settings: Sequence[str]) -> TrainConfig:
@@ -110,7 +128,8 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
                    holdout_site: str | None, method: str = "fedavg", arch: str = "edge",
                    seed: int = 0, epochs: int | None = None, initial: Path | None = None,
                    publish_margin: float = 0.05, sparsity: float = 0.5,
-                   device_settings: Sequence[str] = (), workdir: Path | None = None) -> dict:
+                   device_settings: Sequence[str] = (), workdir: Path | None = None,
+                   adapter_rank: int = 0) -> dict:
     """Run the federation of clinics; returns the report (module docstring).
     ``device_settings``: ``NAME=TOML_VALUE`` lines for every clinic's device.toml."""
     overlap = set(clinics) & ({holdout_site} | set(initial_sites))
@@ -132,6 +151,8 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
         root = Path(tmp)
         coordinator_csv = write_csv(vendor, root / "coordinator.csv")
         initial = initial or initial_model(coordinator_csv, arch, root / "initial", epochs)
+        if adapter_rank:
+            initial = _with_adapter(initial, adapter_rank, root / "initial-adapter")
         cluster = Cluster(root, len(clinics), coordinator_csv, method, initial,
                           publish_margin, sparsity,
                           "".join(f"{line.replace('=', ' = ', 1)}\n" for line in device_settings),
@@ -151,7 +172,7 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
                 "initial_sites": list(initial_sites), "holdout": holdout_site,
                 "method": method, "seed": seed, "arch": arch, "transport": "http",
                 "publish_margin": publish_margin, "sparsity": sparsity,
-                "device_settings": list(device_settings),
+                "device_settings": list(device_settings), "adapter_rank": adapter_rank,
                 "cases_per_round": cases_per_round,
                 "clinic_sizes": {c: {"cases": len(a), "test": len(t)}
                                  for c, (a, t) in parts.items()},

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from device import adapter_training
 from device.config import Settings
 from device.gate import held_out
 from device.hw.status import Indicator, State
@@ -35,7 +36,6 @@ from models.core import metrics
 from models.core.update_codec import decode, encode
 from models.core import weights
 from models.core.files import write_atomic
-from models.core.weights import head_to_bytes, load_head
 
 logger = logging.getLogger(__name__)
 MAX_BUNDLE_FILE = 64 * 2**20  # bytes: a bundle file larger than this is refused
@@ -135,30 +135,43 @@ class Federation:
 
     def _train(self) -> dict:
         predictor = self.slot.current
-        base = predictor.bundle.load_head()
+        bundle = predictor.bundle
         x, y, x_gate, y_gate = self.examples()
         if len(y) < self.train_config.min_examples:
             raise ValueError(f"need at least {self.train_config.min_examples} confirmed "
                              f"training examples, have {len(y)}")
-        result = train_head(base, x, y, self.train_config)  # ValueError: one class
-        delta = weights.delta(result.head, base)
-        delta = self._privatise(delta)
-        delta = {k: v + self._residual().get(k, 0) for k, v in delta.items()}
+        if bundle.adapter_shapes:  # the head with the block's adapter
+            ids, _, labels = self.store.confirmed_examples(predictor.backbone_id)
+            trained = adapter_training.train(self.store, bundle, ids, labels, held_out(ids),
+                                             self.train_config)
+            arrays, start, epochs = trained.arrays, trained.start, trained.epochs
+            local = self._local(y_gate, trained.gate_before, trained.gate_after,
+                                predictor.threshold)
+        else:
+            start = bundle.load_head()
+            result = train_head(start, x, y, self.train_config)  # ValueError: one class
+            arrays, epochs = result.head, result.epochs
+            local = self._local(y_gate, predict(start, x_gate), predict(arrays, x_gate),
+                                predictor.threshold)
+        delta = self._privatise(weights.delta(arrays, start))
+        residual = self._residual()  # what top-k left out last time, where it still fits
+        delta = {k: v + residual[k] if k in residual and residual[k].shape == v.shape else v
+                 for k, v in delta.items()}
         s = self.settings
         payload, extra = encode(delta, s.update_encoding, s.update_topk or None)
-        sent = decode(payload, extra, {k: v.shape for k, v in base.items()})
+        sent = decode(payload, extra, bundle.update_shapes)
         self._save_residual({k: delta[k] - sent[k] for k in delta} if s.update_topk else {})
-        local = self._local(base, result.head, x_gate, y_gate, predictor.threshold)
         meta = {"device_id": s.device_id, "base_version": predictor.version,
                 "examples": int(len(y)), "update_id": uuid.uuid4().hex,
-                "metrics": {"train_epochs": result.epochs, **local}, **extra}
+                "metrics": {"train_epochs": epochs, **local}, **extra}
         self.outbox.put(meta["update_id"], payload, meta)
         self._save_state(trained_cases=self._confirmed(), last_train_at=time.time())
         self.last_result = {"action": "queued", "at": time.time(),
                             "update_id": meta["update_id"],
                             "examples": int(len(y)), "payload_bytes": len(payload),
                             "base_version": predictor.version, **local}
-        logger.info("head trained on %d cases; update %s queued (%d bytes)", len(y),
+        logger.info("%s trained on %d cases; update %s queued (%d bytes)",
+                    "head and adapter" if bundle.adapter_shapes else "head", len(y),
                     meta["update_id"], len(payload))
         return self.last_result
 
@@ -173,14 +186,15 @@ class Federation:
             np.float32) for k, v in delta.items()}
 
     @staticmethod
-    def _local(base: dict, trained: dict, x: np.ndarray, y: np.ndarray,
+    def _local(y: np.ndarray, before: np.ndarray, after: np.ndarray,
                threshold: float) -> dict:
         """Accuracy on this site's held-out (gate) cases before and after training."""
         if len(y) == 0:
             return {}
-        before = metrics.binary_metrics(y, predict(base, x), threshold)["accuracy"]
-        after = metrics.binary_metrics(y, predict(trained, x), threshold)["accuracy"]
-        return {"local_accuracy_before": before, "local_accuracy_after": after,
+        return {"local_accuracy_before": metrics.binary_metrics(y, before, threshold)
+                ["accuracy"],
+                "local_accuracy_after": metrics.binary_metrics(y, after, threshold)
+                ["accuracy"],
                 "local_n": int(len(y))}
 
     def evaluate_local(self) -> dict:
@@ -277,11 +291,11 @@ class Federation:
 
     def _residual(self) -> dict:
         path: Path = self.state_dir / "residual.npz"
-        return load_head(path) if path.exists() else {}
+        return weights.read_npz(path.read_bytes()) if path.exists() else {}
 
     def _save_residual(self, residual: dict) -> None:
         path = self.state_dir / "residual.npz"
         if not residual:
             path.unlink(missing_ok=True)
             return
-        write_atomic(path, head_to_bytes(residual))
+        write_atomic(path, weights.arrays_to_bytes(residual))

@@ -11,14 +11,13 @@ import logging
 import sys
 from pathlib import Path
 
-from models.core.bundle import (BundleError, check_bundle_target, read_manifest, resign_bundle,
-                                verify_bundle)
+from models import bundle_cli
+from models.core.bundle import check_bundle_target
+from models.core.cli import at_least, json_out, positive_int
 from models.core.metrics import json_safe
-from models.core.signing import (generate_signing_key, key_id, load_public_key, load_signing_key,
-                                 save_signing_key)
+from models.core.signing import load_signing_key
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default_bundle"
-DEV_PUBLIC_KEY = Path(__file__).resolve().parent / "dev_keys" / "dev_signing.key.pub"
 REPORT_KEYS = ("n", "accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity",
                "f1", "brier", "ece", "threshold")
 
@@ -154,41 +153,6 @@ def cmd_shifts(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keygen(args: argparse.Namespace) -> int:
-    key = generate_signing_key()
-    try:
-        pub = save_signing_key(key, args.out, overwrite=args.force)
-    except FileExistsError as exc:
-        print(f"error: {exc} (use --force to replace it)", file=sys.stderr)
-        return 1
-    print(f"private key {args.out} (mode 0600), public key {pub}, key id "
-          f"{key_id(key.verify_key)}")
-    return 0
-
-
-def cmd_sign(args: argparse.Namespace) -> int:
-    key = load_signing_key(args.key)
-    src = read_manifest(args.bundle)
-    version = src["version"] if args.version is None else args.version
-    parent = src.get("parent_version") if args.parent_version is None else args.parent_version
-    out = args.out or args.bundle
-    resign_bundle(args.bundle, out, key, version=version, parent_version=parent)
-    print(f"signed {out} as version {version} with key {key_id(key.verify_key)}")
-    return 0
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    keys = [load_public_key(k) for k in (args.public_key or [DEV_PUBLIC_KEY])]
-    try:
-        bundle = verify_bundle(args.bundle, keys, min_version=args.min_version)
-    except BundleError as exc:
-        print(f"REFUSED {args.bundle}: {exc}", file=sys.stderr)
-        return 1
-    print(f"OK {args.bundle}: version {bundle.version}, signer {bundle.signer}, "
-          f"{bundle.manifest['architecture']}, threshold {bundle.threshold:.3f}")
-    return 0
-
-
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from models.training.reproduce import print_table, reproduce_paper
     result = reproduce_paper(args.data, seed=args.seed, epochs=args.epochs)
@@ -202,20 +166,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from models.training.bench import run_bench
     run_bench(args.data, seed=args.seed, epochs=args.epochs)
     return 0
-
-
-def at_least(low: int):
-    """An argparse type: an integer of at least ``low``."""
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
-        return value
-    parse.__name__ = "int"  # argparse names the type in "invalid int value: 'x'"
-    return parse
-
-
-positive_int = at_least(1)
 
 
 def sparsity(text: str) -> float:
@@ -236,13 +186,6 @@ def setting(text: str) -> tuple[str, str]:
 def names(text: str) -> list[str]:
     """A comma-separated list of names."""
     return [n.strip() for n in text.split(",") if n.strip()]
-
-
-def json_out(text: str) -> str:
-    """A file to write at the end of a long run: its folder must exist now."""
-    if not Path(text).resolve().parent.is_dir():
-        raise argparse.ArgumentTypeError(f"no folder for {text}")
-    return text
 
 
 def data_arg(sp: argparse.ArgumentParser) -> None:
@@ -348,29 +291,8 @@ def _site_commands(sub) -> None:
 
 
 def _bundle_commands(sub) -> None:
-    """keygen, sign, verify, reproduce-paper and bench."""
-    sp = sub.add_parser("keygen", help="create an Ed25519 signing key (mode 0600)")
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--force", action="store_true", help="replace an existing key")
-    sp.set_defaults(func=cmd_keygen)
-
-    sp = sub.add_parser("sign", help="(re-)sign a bundle with a key")
-    sp.add_argument("bundle")
-    sp.add_argument("--key", required=True)
-    sp.add_argument("--version", type=positive_int, help="default: the bundle's own")
-    sp.add_argument("--parent-version", type=positive_int,
-                    help="default: the bundle's own")
-    sp.add_argument("--out", help="write the signed bundle here (default: in place)")
-    sp.set_defaults(func=cmd_sign)
-
-    sp = sub.add_parser("verify", help="verify a bundle's signature, hashes and version")
-    sp.add_argument("bundle")
-    sp.add_argument("--public-key", action="append",
-                    help="trusted public key file or text (repeatable; default: dev key)")
-    sp.add_argument("--min-version", type=positive_int,
-                    help="refuse a bundle older than this version")
-    sp.set_defaults(func=cmd_verify)
-
+    """keygen, sign, verify (:mod:`models.bundle_cli`), reproduce-paper and bench."""
+    bundle_cli.add_commands(sub)
     sp = sub.add_parser("reproduce-paper", help="the seed paper's protocol, leakage-free")
     data_arg(sp)
     train_args(sp)

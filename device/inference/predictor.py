@@ -6,6 +6,7 @@ delegate, say) registers under its own name and nothing above this module change
 """
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable
@@ -13,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from models.core import head
-from models.core.bundle import MODEL, Bundle
+from models.core.bundle import ADAPTER, BLOCK, MODEL, Bundle
 from models.core.preprocess import InputSpec
 
 
@@ -44,9 +45,14 @@ class Predictor(ABC):
 
     @property
     def backbone_id(self) -> str:
-        """Names the backbone: embeddings are comparable only under the same one, so the
-        model file's SHA-256 keys the embedding cache."""
-        return self.bundle.manifest["files"][MODEL]["sha256"]
+        """Names what computes the embedding, which is comparable only under the same
+        one, so this keys the embedding cache: the model file's SHA-256, combined with
+        its last block's and adapter's when the bundle has them (an adapter changes
+        with each federated version)."""
+        files = self.bundle.manifest["files"]
+        parts = [files[name]["sha256"] for name in (MODEL, BLOCK, ADAPTER) if name in files]
+        return parts[0] if len(parts) == 1 else hashlib.sha256(" ".join(parts).encode()
+                                                               ).hexdigest()
 
     @abstractmethod
     def probabilities(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,9 @@ Modes (what is trained, and what is shared with the federation):
   batch norm stays local (FedBN: it absorbs the clinic's scanner).
 - ``lora``: as ``fedbn``, plus a rank-``r`` adapter added to the block's kernel; the
   head and the adapter are shared.
+- ``adapter``: the head and a rank-``r`` adapter on the block's kernel, the batch norm
+  as the bundle has it; head and adapter are shared, nothing stays local (what the
+  appliances run when their bundle carries an adapter).
 - ``block``: as ``fedbn``, with the whole kernel trained; head and kernel are shared.
 
 Training is mini-batch Adam on the class-weighted log-loss, with optional L2 and FedProx
@@ -26,13 +29,14 @@ from models.core import block as B
 from models.core import head as H
 from models.core.head_training import TrainConfig, train_head
 
-MODES = ("head", "fedbn", "lora", "block")
+MODES = ("head", "fedbn", "lora", "adapter", "block")
 LOCAL = (B.GAMMA, B.BETA, B.MEAN, B.VAR)  # never leaves the device in fedbn/lora/block
 
 
 def shared_names(mode: str) -> tuple[str, ...]:
     """Block arrays a clinic sends besides the head, for ``mode``."""
-    return {"head": (), "fedbn": (), "lora": (B.LORA_A, B.LORA_B), "block": (B.KERNEL,)}[mode]
+    return {"head": (), "fedbn": (), "lora": (B.LORA_A, B.LORA_B),
+            "adapter": (B.LORA_A, B.LORA_B), "block": (B.KERNEL,)}[mode]
 
 
 def with_adapter(block: Mapping[str, np.ndarray], rank: int, seed: int = 0) -> B.Block:
@@ -105,7 +109,9 @@ def adapt(head: Mapping[str, np.ndarray], block: Mapping[str, np.ndarray], x: np
     if len(y) < cfg.min_examples or len(np.unique(y)) < 2:
         raise ValueError(f"need at least {cfg.min_examples} confirmed examples of both "
                          f"classes, have {len(y)} ({int(y.sum())} tumour)")
-    blk = with_adapter(block, rank, cfg.seed) if mode == "lora" else dict(block)
+    blk = with_adapter(block, rank, cfg.seed) if mode in ("lora", "adapter") else dict(block)
+    if mode == "adapter":
+        return _descend(dict(head), blk, x, y, shared_names(mode), cfg)
     blk[B.MEAN], blk[B.VAR] = B.batch_statistics(blk, x)
     trainable = (B.GAMMA, B.BETA, *shared_names(mode))
     return _descend(dict(head), blk, x, y, trainable, cfg)

@@ -32,14 +32,14 @@ import numpy as np
 from models.core import signing, weights
 from models.core.files import replace_dir
 from models.core.manifest import (
-    BLOCK, BLOCK_FORMAT, DEFAULT_LABELS, FORMAT, HEAD, MANIFEST, MODEL, SAFE_NAME, SIGNATURE,
-    SLICE_HEAD, BundleError, IntegrityError, ManifestError, NotRegularFile, SignatureError,
-    VersionError, canonical_bytes, check_manifest, load_checked_manifest, parse, read_manifest,
-    read_regular, uncertain_logit_band,
+    ADAPTER, BLOCK, BLOCK_FORMAT, DEFAULT_LABELS, FORMAT, HEAD, MANIFEST, MODEL, SAFE_NAME,
+    SIGNATURE, SLICE_HEAD, BundleError, IntegrityError, ManifestError, NotRegularFile,
+    SignatureError, VersionError, canonical_bytes, check_manifest, load_checked_manifest, parse,
+    read_manifest, read_regular, uncertain_logit_band,
 )
 
-__all__ = ["BLOCK", "HEAD", "MANIFEST", "MODEL", "SIGNATURE", "SLICE_HEAD", "Bundle", "BundleError",
-           "IntegrityError", "ManifestError", "SignatureError", "VersionError",
+__all__ = ["ADAPTER", "BLOCK", "HEAD", "MANIFEST", "MODEL", "SIGNATURE", "SLICE_HEAD", "Bundle",
+           "BundleError", "IntegrityError", "ManifestError", "SignatureError", "VersionError",
            "canonical_bytes", "check_bundle_target", "pack", "read_manifest",
            "resign_bundle", "uncertain_logit_band", "unpack", "verify_bundle",
            "write_bundle"]
@@ -118,6 +118,21 @@ class Bundle:
         head = self.manifest["head"]
         return weights.head_shapes(head["embedding_dim"], head["hidden"])
 
+    @property
+    def adapter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the block's adapter arrays; empty without one."""
+        spec = self.manifest.get("block") or {}
+        if not spec.get("adapter_rank"):
+            return {}
+        from models.core.block import LORA_A, LORA_B, block_shapes
+        shapes = block_shapes(spec["input"], spec["channels"], spec["adapter_rank"])
+        return {LORA_A: shapes[LORA_A], LORA_B: shapes[LORA_B]}
+
+    @property
+    def update_shapes(self) -> dict[str, tuple[int, ...]]:
+        """What clinics train and send: the head, and the block's adapter if it has one."""
+        return {**self.head_shapes, **self.adapter_shapes}
+
     def read_file(self, name: str) -> bytes:
         """Read a listed file, re-checking its hash (it may have changed since verify)."""
         if name not in self.manifest["files"]:
@@ -135,8 +150,11 @@ class Bundle:
         if spec is None:
             return None
         from models.core.block import block_shapes
-        shapes = block_shapes(spec["input"], spec["channels"], spec.get("adapter_rank", 0))
-        return weights.load_arrays(self.read_file(BLOCK), shapes)
+        arrays = weights.load_arrays(self.read_file(BLOCK),
+                                     block_shapes(spec["input"], spec["channels"]))
+        if self.adapter_shapes:
+            arrays.update(weights.load_arrays(self.read_file(ADAPTER), self.adapter_shapes))
+        return arrays
 
     def load_slice_check(self) -> tuple[dict[str, np.ndarray], float] | None:
         """The "not a brain MRI slice" head and its threshold, or None if the bundle has
@@ -248,14 +266,19 @@ def write_bundle(out_dir: str | os.PathLike, model_bytes: bytes,
     signed. Raises ManifestError or weights.WeightsError before writing anything, and
     ``FileExistsError`` if ``out_dir`` is a file, a symlink or a non-empty directory that
     is not a bundle. A ``slice_head`` is written as ``slice_head.npz``; the fields then
-    need ``slice_check``. A ``block`` is written as ``block.npz`` (format 3); the fields
-    then need ``block``.
+    need ``slice_check``. A ``block`` is written as ``block.npz`` (format 3), its adapter
+    arrays if any as ``adapter.npz``; the fields then need ``block``.
     """
     files = {MODEL: bytes(model_bytes), HEAD: weights.head_to_bytes(head_arrays)}
     if slice_head is not None:
         files[SLICE_HEAD] = weights.head_to_bytes(slice_head)
     if block is not None:
-        files[BLOCK] = weights.arrays_to_bytes(block)
+        from models.core.block import LORA_A, LORA_B
+        adapter = {k: v for k, v in block.items() if k in (LORA_A, LORA_B)}
+        files[BLOCK] = weights.arrays_to_bytes({k: v for k, v in block.items()
+                                                if k not in adapter})
+        if adapter:
+            files[ADAPTER] = weights.arrays_to_bytes(adapter)
     return _build(out_dir, files, manifest_fields, signing_key)
 
 

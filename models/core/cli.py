@@ -34,6 +34,20 @@ def command_parser(module: str, script: str, description: str,
     return parser, command
 
 
+def at_least(low: int):
+    """An argparse type: an integer of at least ``low``."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        return value
+    parse.__name__ = "int"  # argparse names the type in "invalid int value: 'x'"
+    return parse
+
+
+positive_int = at_least(1)
+
+
 def json_out(text: str) -> str:
     """A file to write at the end of a long run: its folder must exist now."""
     if not Path(text).resolve().parent.is_dir():

@@ -10,7 +10,10 @@ expected shapes are signed too.
 Format 3 adds ``block`` ({"file": "block.npz", "input": [H, W, C], "channels": K,
 "adapter_rank": r}): the model's third output is the input of its last block, whose
 weights ``block.npz`` holds; devices compute that block and the head in NumPy, so a
-clinic can adapt them (:mod:`models.core.block`). Older software refuses format 3.
+clinic can adapt them (:mod:`models.core.block`). Older software refuses format 3. With
+``adapter_rank`` r > 0 the block also has a rank-r adapter on its kernel, in a file of its
+own (``"adapter_file": "adapter.npz"``): clinics train and share it with the head, so a
+new version changes that small file and the head, never ``block.npz``.
 
 An optional ``slice_check`` ({"file": "slice_head.npz", "threshold": t}) names a head
 that scores, from the same embedding, how much an image looks like a brain MRI slice;
@@ -38,6 +41,7 @@ from models.core import signing
 MANIFEST, SIGNATURE, MODEL, HEAD = "manifest.json", "signature", "model.tflite", "head.npz"
 SLICE_HEAD = "slice_head.npz"  # optional: the "not a brain MRI slice" check
 BLOCK = "block.npz"  # optional: the last block's weights, run in NumPy (format 3)
+ADAPTER = "adapter.npz"  # optional: a low-rank adapter on that block's kernel
 FORMAT = 2
 BLOCK_FORMAT = 3  # a model with a block-input output: older software must refuse it
 READABLE_FORMATS = (1, 2, 3)
@@ -175,9 +179,11 @@ def check_manifest(m: Mapping[str, Any]) -> None:
                and isinstance(v.get("input"), list) and len(v["input"]) == 3
                and all(type(d) is int and d > 0 for d in v["input"])
                and type(v.get("channels")) is int and v["channels"] > 0
-               and type(v.get("adapter_rank", 0)) is int and v.get("adapter_rank", 0) >= 0,
+               and type(v.get("adapter_rank", 0)) is int and v.get("adapter_rank", 0) >= 0
+               and (v.get("adapter_file") == ADAPTER and ADAPTER in files
+                    if v.get("adapter_rank", 0) else "adapter_file" not in v),
                f"an object naming {BLOCK} (listed in files), its input [H, W, C], "
-               "channels and adapter_rank")
+               f"channels and adapter_rank (> 0: with adapter_file {ADAPTER}, listed)")
     if "slice_check" in m:
         _field(m, "slice_check", dict, lambda v: v.get("file") == SLICE_HEAD
                and SLICE_HEAD in files and type(v.get("threshold")) in (int, float)

@@ -1,8 +1,8 @@
 """Wire format of a head update (device -> coordinator). No TensorFlow.
 
-An update is the head *delta* (new head minus the base bundle's head) as an ``.npz``
-under the bundle head's array names, plus an encoding description that travels in the
-update's JSON metadata:
+An update is the head *delta* (new head minus the base bundle's head, and the same for
+the block's adapter when the bundle has one) as an ``.npz`` under the bundle's array
+names, plus an encoding description that travels in the update's JSON metadata:
 
 - ``float32``: the arrays as they are.
 - ``int8``: each array quantized symmetrically with one scale per tensor
@@ -19,7 +19,7 @@ from typing import Mapping
 
 import numpy as np
 
-from models.core.weights import WeightsError, load_head, read_npz
+from models.core.weights import HEAD_NAMES, WeightsError, load_arrays, load_head, read_npz
 
 ENCODINGS = ("float32", "int8")
 
@@ -81,12 +81,14 @@ def decode(payload: bytes, meta: Mapping, expected_shapes: Mapping[str, tuple],
     """
     encoding = meta.get("encoding", "float32")
     if encoding == "float32":
-        return load_head(payload, expected_shapes, max_bytes=max_bytes)
+        if set(expected_shapes) == set(HEAD_NAMES):
+            return load_head(payload, expected_shapes, max_bytes=max_bytes)
+        return load_arrays(payload, expected_shapes, max_bytes=max_bytes)
     if encoding != "int8":
         raise WeightsError(f"unknown encoding {encoding!r}")
     scales = meta.get("scales")
     if not isinstance(scales, dict) or set(scales) != set(expected_shapes):
-        raise WeightsError("int8 update needs a scale for every head array")
+        raise WeightsError("int8 update needs a scale for every array")
     for name, s in scales.items():
         if not _positive_number(s):
             raise WeightsError(f"{name}: scale must be a positive finite number")

@@ -240,9 +240,12 @@ def unflatten(vec: np.ndarray, shapes: Mapping[str, tuple[int, ...]]) -> Arrays:
 
 
 def delta(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> Arrays:
-    """Element-wise ``a - b`` per array (e.g. new head minus base head), float32."""
+    """Element-wise ``a - b`` per array (e.g. new head minus base head, and an adapter's
+    too), float32; both must hold the same names."""
+    if set(a) != set(b):
+        raise WeightsError(f"cannot subtract arrays {sorted(b)} from {sorted(a)}")
     out = {}
-    for name in HEAD_NAMES:
+    for name in a:
         x, y = np.asarray(a[name], np.float32), np.asarray(b[name], np.float32)
         if x.shape != y.shape:
             raise WeightsError(f"{name}: cannot subtract shape {y.shape} from {x.shape}")
@@ -251,6 +254,6 @@ def delta(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> Arrays:
 
 
 def l2_norm(arrays: Mapping[str, np.ndarray]) -> float:
-    """Global L2 norm over all head arrays (accumulated in float64)."""
-    return float(np.sqrt(sum(float(np.sum(np.square(np.asarray(arrays[n], np.float64))))
-                             for n in HEAD_NAMES)))
+    """Global L2 norm over all arrays (accumulated in float64)."""
+    return float(np.sqrt(sum(float(np.sum(np.square(np.asarray(x, np.float64))))
+                             for x in arrays.values())))

@@ -65,20 +65,22 @@ def test_a_clinic_split_keeps_each_patient_on_one_side():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("adapter_rank", [0, 2])
 def test_two_clinics_two_rounds_report_per_clinic_baselines_and_the_held_out_site(
-        clinics_manifest: Path, trained_bundle, tmp_path: Path, capsys):
+        clinics_manifest: Path, trained_bundle, tmp_path: Path, capsys, adapter_rank):
     from coordinator.__main__ import main
     initial = copy_initial(trained_bundle, tmp_path / "initial")
     out = tmp_path / "report.json"
 
     code = main(["simulate", "--partition", "sites", "--data", str(clinics_manifest),
                  "--clinics", ",".join(CLINICS), "--initial", str(initial),
-                 "--rounds", "2", "--cases-per-round", "10",
-                 "--publish-margin", "1", "--json", str(out)])
+                 "--rounds", "2", "--cases-per-round", "10", "--adapter-rank",
+                 str(adapter_rank), "--publish-margin", "1", "--json", str(out)])
 
     assert code == 0
     report = json.loads(out.read_text())
     assert report["clinics"] == list(CLINICS) and len(report["rounds"]) == 2
+    assert report["adapter_rank"] == adapter_rank
     for part in ("initial", "local_only", "centralized", "federated"):
         assert set(report[part]["per_clinic"]) | set(report[part].get("skipped", {})) == \
             set(CLINICS), part
@@ -87,7 +89,8 @@ def test_two_clinics_two_rounds_report_per_clinic_baselines_and_the_held_out_sit
         report["holdout_site"]["sensitivity"]  # NaN: a tumour-free site has no sensitivity
     published = [r for r in report["rounds"] if r["published"]]
     assert published, report["rounds"]
-    # A round that changed only the head costs a device the head, not the whole bundle.
+    # A round that changed only the head (and the adapter: a few KB) costs a device
+    # those, not the whole bundle.
     head_bytes = (initial / "bundle" / "head.npz").stat().st_size
     whole = sum(p.stat().st_size for p in (initial / "bundle").iterdir())
     assert all(r["bytes_down_per_device"] < head_bytes + (whole - head_bytes) / 2

@@ -45,6 +45,7 @@ def test_each_mode_learns_and_changes_only_its_arrays(mode):
     changed = {n for n in out.block if n not in blk or not np.array_equal(out.block[n], blk[n])}
     expected = {"head": set(), "fedbn": {B.GAMMA, B.BETA, B.MEAN, B.VAR},
                 "lora": {B.GAMMA, B.BETA, B.MEAN, B.VAR, B.LORA_A, B.LORA_B},
+                "adapter": {B.LORA_A, B.LORA_B},
                 "block": {B.GAMMA, B.BETA, B.MEAN, B.VAR, B.KERNEL}}[mode]
     assert changed == expected
     assert set(shared_names(mode)) <= set(out.block)

@@ -31,7 +31,7 @@ def test_two_clinics_one_round_report_every_mode_per_clinic(trained_bundle, tmp_
     rows = json.loads(out.read_text())
     # Assert: the initial model, then each mode with federated, local and pooled figures
     assert code == 0
-    assert [r["mode"] for r in rows] == ["initial", "head", "fedbn", "lora", "block"]
+    assert [r["mode"] for r in rows] == ["initial", "head", "fedbn", "lora", "adapter", "block"]
     for row in rows[1:]:
         assert set(row["per_clinic"]) == set(row["per_clinic_local"]) == set(CLINICS)
         assert all(0 <= v <= 1 for v in [*row["per_clinic"].values(), row["local"],

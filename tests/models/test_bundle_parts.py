@@ -87,10 +87,28 @@ def test_a_block_makes_a_format_3_bundle_and_loads_with_its_shapes(tmp_path, key
     assert bundle.verify_bundle(tmp_path / "p", [key.verify_key]).load_block() is None
 
 
-def test_block_arrays_of_other_shapes_than_the_manifest_says_are_refused(tmp_path, key):
+ADAPTER_FIELD = {**BLOCK_FIELD, "adapter_rank": 2, "adapter_file": "adapter.npz"}
+
+
+def test_an_adapter_is_a_file_of_its_own_and_loads_with_the_block(tmp_path, key):
+    # Execute
+    manifest = bundle.write_bundle(tmp_path / "b", MODEL_BYTES, make_head(),
+                                   {**FIELDS, "block": ADAPTER_FIELD}, key,
+                                   block=block_arrays(rank=2))
+    b = bundle.verify_bundle(tmp_path / "b", [key.verify_key])
+    # Assert: the block's file holds no adapter, so a new adapter leaves it unchanged
+    assert {"block.npz", "adapter.npz"} <= set(manifest["files"])
+    assert set(weights.read_npz((tmp_path / "b" / "block.npz").read_bytes(), 1 << 20)) \
+        == {"block/kernel", "block/gamma", "block/beta", "block/mean", "block/var"}
+    for name, arr in block_arrays(rank=2).items():
+        np.testing.assert_array_equal(b.load_block()[name], arr)
+    assert b.update_shapes == {**b.head_shapes, "block/lora_a": (18, 2),
+                               "block/lora_b": (2, 3)}
+
+
+def test_adapter_arrays_of_other_shapes_than_the_manifest_says_are_refused(tmp_path, key):
     bundle.write_bundle(tmp_path / "b", MODEL_BYTES, make_head(),
-                        {**FIELDS, "block": {**BLOCK_FIELD, "adapter_rank": 2}}, key,
-                        block=block_arrays())
+                        {**FIELDS, "block": ADAPTER_FIELD}, key, block=block_arrays(rank=3))
     b = bundle.verify_bundle(tmp_path / "b", [key.verify_key])
     with pytest.raises(weights.WeightsError, match="block/lora_a"):
         b.load_block()
@@ -98,7 +116,9 @@ def test_block_arrays_of_other_shapes_than_the_manifest_says_are_refused(tmp_pat
 
 @pytest.mark.parametrize("field", [{**BLOCK_FIELD, "file": "other.npz"},
                                    {**BLOCK_FIELD, "input": [4, 4]},
-                                   {**BLOCK_FIELD, "channels": 0}])
+                                   {**BLOCK_FIELD, "channels": 0},
+                                   {**BLOCK_FIELD, "adapter_rank": 2},  # no adapter file
+                                   {**BLOCK_FIELD, "adapter_file": "adapter.npz"}])
 def test_a_bad_block_field_is_refused(tmp_path, key, field):
     with pytest.raises(bundle.ManifestError, match="block"):
         bundle.write_bundle(tmp_path / "b", MODEL_BYTES, make_head(),

@@ -91,3 +91,24 @@ def test_int8_values_and_fields_outside_the_encoding_are_refused(change, match):
 
     with pytest.raises(WeightsError, match=match):
         decode(buf.getvalue(), meta, SHAPES)
+
+
+ADAPTER_SHAPES = {**SHAPES, "block/lora_a": (432, 4), "block/lora_b": (4, 96)}
+
+
+@pytest.mark.parametrize("encoding", ["float32", "int8"])
+def test_an_update_with_the_blocks_adapter_round_trips_and_must_hold_it(encoding):
+    rng = np.random.default_rng(3)
+    d = {k: rng.normal(0, 0.01, s).astype(np.float32) for k, s in ADAPTER_SHAPES.items()}
+
+    payload, meta = encode(d, encoding)
+
+    out = decode(payload, meta, ADAPTER_SHAPES)
+    assert set(out) == set(ADAPTER_SHAPES)
+    assert all(np.abs(out[k] - d[k]).max() <= meta.get("scales", {}).get(k, 0) / 2 + 1e-9
+               for k in d)
+    head_only, head_meta = encode({k: d[k] for k in SHAPES}, encoding)
+    with pytest.raises(WeightsError, match="lora|every array"):
+        decode(head_only, head_meta, ADAPTER_SHAPES)
+    with pytest.raises(WeightsError):  # an adapter where the bundle has none
+        decode(payload, meta, SHAPES)
