@@ -269,7 +269,9 @@ def write_bundle(out_dir: str | os.PathLike, model_bytes: bytes,
     need ``slice_check``. A ``block`` is written as ``block.npz`` (format 3), its adapter
     arrays if any as ``adapter.npz``; the fields then need ``block``.
     """
-    files = {MODEL: bytes(model_bytes), HEAD: weights.head_to_bytes(head_arrays)}
+    # The head and the adapter change with every federated version: deflated, a pruned
+    # head is half the bytes. What a version carries unchanged keeps its bytes.
+    files = {MODEL: bytes(model_bytes), HEAD: weights.head_to_bytes(head_arrays, True)}
     if slice_head is not None:
         files[SLICE_HEAD] = weights.head_to_bytes(slice_head)
     if block is not None:
@@ -278,7 +280,7 @@ def write_bundle(out_dir: str | os.PathLike, model_bytes: bytes,
         files[BLOCK] = weights.arrays_to_bytes({k: v for k, v in block.items()
                                                 if k not in adapter})
         if adapter:
-            files[ADAPTER] = weights.arrays_to_bytes(adapter)
+            files[ADAPTER] = weights.arrays_to_bytes(adapter, True)
     return _build(out_dir, files, manifest_fields, signing_key)
 
 

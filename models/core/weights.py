@@ -77,19 +77,18 @@ def _validate(arrays: Mapping[str, np.ndarray],
     return out
 
 
-def head_to_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+def head_to_bytes(arrays: Mapping[str, np.ndarray], compress: bool = False) -> bytes:
     """Serialise a validated head to ``.npz`` bytes (float32, deterministic).
 
     ``np.savez`` stamps every member with the fixed zip epoch (1980-01-01), so equal
-    arrays give equal bytes, and equal SHA-256 in a bundle manifest.
+    arrays give equal bytes, and equal SHA-256 in a bundle manifest. ``compress``
+    deflates the members (a pruned head's zeros cost nothing).
     """
     checked = _validate(arrays, None)
-    buf = io.BytesIO()
-    np.savez(buf, **{name: checked[name] for name in HEAD_NAMES})
-    return buf.getvalue()
+    return _npz({name: checked[name] for name in HEAD_NAMES}, compress)
 
 
-def arrays_to_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+def arrays_to_bytes(arrays: Mapping[str, np.ndarray], compress: bool = False) -> bytes:
     """Any named finite float arrays as deterministic ``.npz`` bytes (float32)."""
     out = {}
     for name in sorted(arrays):
@@ -97,8 +96,12 @@ def arrays_to_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
         if arr.dtype.kind not in _FLOAT_KINDS or not np.isfinite(arr).all():
             raise WeightsError(f"{name}: needs finite floats, got dtype {arr.dtype}")
         out[name] = np.array(arr, dtype=np.float32, order="C")
+    return _npz(out, compress)
+
+
+def _npz(arrays: Mapping[str, np.ndarray], compress: bool) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **out)
+    (np.savez_compressed if compress else np.savez)(buf, **arrays)
     return buf.getvalue()
 
 
