@@ -23,13 +23,33 @@ def quality_points(bundles) -> list[dict]:
     return sorted(points, key=lambda p: p["version"])
 
 
+def clinic_quality(store, rounds) -> tuple[list[int], dict[str, dict[int, dict]]]:
+    """What each clinic reported of the version it trained from, on its own held-out
+    cases: the versions, and per device ``{version: {"accuracy", "n", "round"}}`` (its
+    latest update from that version). A device that sent nothing in a round, because it
+    had too few new cases or only one class, or was offline, has no point there."""
+    per_device: dict[str, dict[int, dict]] = {}
+    for rnd in sorted(rounds, key=lambda r: r.id):
+        for u in store.updates_for_round(rnd.id):
+            m = u.metrics or {}
+            accuracy, n = m.get("local_accuracy_before"), m.get("local_n")
+            if isinstance(accuracy, (int, float)) and isinstance(n, int) and n > 0:
+                per_device.setdefault(u.device_id, {})[u.base_version] = {
+                    "accuracy": float(accuracy), "n": n, "round": rnd.id}
+    versions = sorted({v for points in per_device.values() for v in points})
+    return versions, dict(sorted(per_device.items()))
+
+
 @bp.route("/")
 @admin_required
 def index():
     store = services().store
-    return render_template("dashboard.html", rounds=store.list_rounds(),
+    rounds = store.list_rounds()
+    versions, clinics = clinic_quality(store, rounds)
+    return render_template("dashboard.html", rounds=rounds,
                            devices=store.list_devices(),
                            points=quality_points(store.list_bundles()),
+                           versions=versions, clinics=clinics,
                            latest=services().bundles.latest().version)
 
 

@@ -95,14 +95,17 @@ class Coordinator(ServerProcess):
 class Update:
     """A small int8-encoded head delta and its metadata, as an appliance sends them."""
 
-    def __init__(self, state: Path, device_id: str, seed: int, examples: int = 20) -> None:
+    def __init__(self, state: Path, device_id: str, seed: int, examples: int = 20,
+                 local_accuracy: float = 0.75) -> None:
         head = read_manifest(state / "bundles" / "v1")["head"]
         rng = np.random.default_rng(seed)
         delta = {name: rng.normal(0, 0.01, shape).astype(np.float32)
                  for name, shape in head_shapes(head["embedding_dim"], head["hidden"]).items()}
         self.payload, encoding = encode(delta, "int8")
         self.meta = {"device_id": device_id, "base_version": 1, "examples": examples,
-                     "update_id": uuid.uuid4().hex, "metrics": {"accuracy": 0.9}, **encoding}
+                     "update_id": uuid.uuid4().hex, **encoding,
+                     "metrics": {"train_epochs": 12, "local_accuracy_before": local_accuracy,
+                                 "local_accuracy_after": 0.8, "local_n": 8}}
 
 
 def path_of(url: str) -> str:

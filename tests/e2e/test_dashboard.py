@@ -57,7 +57,8 @@ def test_dashboard_shows_rounds_devices_quality_and_audit(page, dashboard):
     # Prepare: one round closed by two device updates.
     server, tokens = dashboard
     before = datetime.now(timezone.utc).replace(microsecond=0)
-    acks = [server.post_update(tokens[d], Update(server.state, d, seed=n))
+    acks = [server.post_update(tokens[d], Update(server.state, d, seed=n,
+                                                 local_accuracy=(0.875, 0.5)[n]))
             for n, d in enumerate(("pi-1", "pi-2"))]
     assert [a.status_code for a in acks] == [202, 202], [a.text for a in acks]
     round_id = acks[1].json()["round"]
@@ -88,6 +89,12 @@ def test_dashboard_shows_rounds_devices_quality_and_audit(page, dashboard):
     expect(page.locator("svg#quality")).to_be_visible()
     assert page.locator("svg#quality circle").count() >= 1
     assert "v1 auc" in " ".join(page.locator("svg#quality circle title").all_text_contents())
+
+    # Assert: each clinic's own figure for v1, in the plot and in the table.
+    expect(page.locator("svg#clinic-quality")).to_be_visible()
+    assert sorted(page.locator("svg#clinic-quality circle title").all_text_contents()) == [
+        "pi-1 v1 accuracy 0.875 on 8 cases", "pi-2 v1 accuracy 0.500 on 8 cases"]
+    assert table(page, "#clinics") == [["pi-1", "0.88 (8)"], ["pi-2", "0.50 (8)"]]
 
     # Execute: open the audit log from the header.
     page.locator("header").get_by_role("link", name="Audit log").click()
