@@ -1,4 +1,5 @@
-"""Browser upload (one or many slices, drag-and-drop) and camera capture.
+"""Browser upload (one or many slices, a series as a ``.zip``, drag-and-drop) and camera
+capture.
 
 Each rendering of the upload form carries a one-time ``form_id``. A second post of the
 same form with the same files (a double click, or a refresh of the answer) is answered
@@ -22,6 +23,7 @@ from flask import (Blueprint, abort, current_app, flash, redirect, render_templa
 from werkzeug.datastructures import FileStorage
 
 from device.exc import CameraUnavailableError, InputError, StorageFullError, TooLargeError
+from device.imaging import archive
 from device.store.base import CaseInfo, check_info
 from device.web import MAX_FILES_PER_UPLOAD, services
 from device.web.auth import current_user, login_required
@@ -151,24 +153,43 @@ def case_info(file_name: str) -> CaseInfo:
 
 
 def _analyse_all(files: list, results: list) -> None:
-    """Analyse each file in turn into ``results``; one failing never loses the others'
-    cases, and is never analysed twice (a repeated post shows these results)."""
-    svc = services()
-    for number, f in enumerate(files, start=1):
+    """Analyse each file in turn into ``results`` (each slice of a ``.zip`` as one more
+    file); one failing never loses the others' cases, and is never analysed twice (a
+    repeated post shows these results)."""
+    limit = services().settings.max_upload_bytes
+    for f in files:
         try:
-            case = svc.analyser.analyse(read_upload(f, svc.settings.max_upload_bytes),
-                                        "upload", info=case_info(f.filename))
-            results.append({"number": number, "name": f.filename, "case": case})
-        except (InputError, StorageFullError) as exc:
-            svc.telemetry.record_error(type(exc).__name__)
-            results.append({"number": number, "name": f.filename, "error": str(exc),
-                            "status": exc.status})
-        except Exception as exc:  # e.g. a full disk: say so, and go on with the rest
-            logger.exception("upload file %d could not be analysed", number)
-            svc.telemetry.record_error(type(exc).__name__)
-            results.append({"number": number, "name": f.filename, "status": 500,
-                            "error": f"not analysed ({type(exc).__name__}): send this file "
-                                     "again later, or tell the administrator"})
+            data = read_upload(f, limit)
+            if not archive.is_zip(data):
+                _analyse_one(f.filename, data, f.filename, results)
+                continue
+            for member, body in archive.members(data, limit):
+                _analyse_one(f"{f.filename}: {member}", body, member, results)
+        except InputError as exc:  # the file, or the archive as a whole
+            services().telemetry.record_error(type(exc).__name__)
+            results.append({"number": len(results) + 1, "name": f.filename,
+                            "error": str(exc), "status": exc.status})
+
+
+def _analyse_one(name: str, data: bytes | InputError, file_name: str, results: list) -> None:
+    """One slice into ``results``: its case, or why it has none."""
+    svc = services()
+    number = len(results) + 1
+    try:
+        if isinstance(data, InputError):  # a member the archive could not give
+            raise data
+        case = svc.analyser.analyse(data, "upload", info=case_info(file_name[-255:]))
+        results.append({"number": number, "name": name, "case": case})
+    except (InputError, StorageFullError) as exc:
+        svc.telemetry.record_error(type(exc).__name__)
+        results.append({"number": number, "name": name, "error": str(exc),
+                        "status": exc.status})
+    except Exception as exc:  # e.g. a full disk: say so, and go on with the rest
+        logger.exception("upload file %d could not be analysed", number)
+        svc.telemetry.record_error(type(exc).__name__)
+        results.append({"number": number, "name": name, "status": 500,
+                        "error": f"not analysed ({type(exc).__name__}): send this file "
+                                 "again later, or tell the administrator"})
 
 
 @bp.route("/upload/results/<key>")

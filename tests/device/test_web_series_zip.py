@@ -1,0 +1,115 @@
+"""A series uploaded as one .zip through the browser form: each slice is a case with its
+own line; a damaged member, a non-slice or a bound reached costs its own line only; an
+unsafe or encrypted archive is refused whole and nothing is stored."""
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+
+from device.imaging.archive import MAX_MEMBERS, members
+from device.exc import InputError, TooLargeError
+from tests.device.images import PATIENT, make_dicom
+from tests.device.webclient import login, upload
+
+
+def zipped(*entries: tuple[str, bytes], method=zipfile.ZIP_DEFLATED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as z:
+        for name, data in entries:
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def series(slice_bytes) -> list[tuple[str, bytes]]:
+    """Three slices as an MR console exports them: DICOM files in a folder (a real slice
+    turned into 16-bit pixels), plus what macOS adds."""
+    import cv2
+    gray = cv2.imdecode(np.frombuffer(slice_bytes, np.uint8), cv2.IMREAD_GRAYSCALE)
+    dcm = make_dicom(gray.astype(np.uint16) * 16)
+    return [(f"SERIES_1/IM{n:04d}.dcm", dcm) for n in range(1, 4)] + [
+        ("__MACOSX/SERIES_1/._IM0001.dcm", b"\x00\x05\x16\x07"), ("SERIES_1/", b"")]
+
+
+def results_page(client, response) -> str:
+    assert response.status_code == 303, response.get_data(as_text=True)[:300]
+    return client.get(response.headers["Location"]).get_data(as_text=True)
+
+
+def test_each_slice_of_a_zipped_series_becomes_a_case(app, admin, services, series):
+    client = app.test_client()
+    login(client)
+
+    page = results_page(client, upload(client, ("series.zip", zipped(*series))))
+
+    assert services.store.count() == 3
+    for n in range(1, 4):
+        assert f"series.zip: SERIES_1/IM{n:04d}.dcm" in page
+    assert "MACOSX" not in page and "Refused" not in page
+    names = sorted(services.store.get_info(c.id).file_name for c in services.store.list())
+    assert names == ["IM0001.dcm", "IM0002.dcm", "IM0003.dcm"]
+    assert PATIENT[0].encode() not in b"".join(
+        services.store.image_path(c).read_bytes() for c in services.store.list())
+
+
+def test_a_bad_member_costs_its_line_only(app, admin, services, series):
+    client = app.test_client()
+    login(client)
+    good = series[0][1]
+    entries = [("a/IM1.dcm", good), ("a/notes.txt", b"not a slice"),
+               ("a/inner.zip", zipped(("x.dcm", good))), ("a/IM2.dcm", good)]
+
+    page = results_page(client, upload(client, ("series.zip", zipped(*entries))))
+
+    assert services.store.count() == 2
+    assert page.count("Refused") == 2
+    assert "unsupported file type" in page and "an archive inside the archive" in page
+
+
+@pytest.mark.parametrize("name", ["../evil.dcm", "/etc/evil.dcm", "C:\\\\evil.dcm",
+                                  "a/../../evil.dcm"])
+def test_an_archive_with_a_member_outside_it_is_refused_whole(app, admin, services, series,
+                                                              name):
+    client = app.test_client()
+    login(client)
+    data = zipped(series[0], (name, series[1][1]))
+
+    response = upload(client, ("series.zip", data))
+
+    page = response.get_data(as_text=True)
+    assert response.status_code == 400 and "a member outside it" in page
+    assert services.store.count() == 0
+
+
+def test_bounds_on_members_and_inflated_size(series):
+    limit = 1 << 20
+    bomb = zipped(("big.dcm", bytes(limit + 1)))  # a few KB that inflate past the limit
+    many = zipped(*[(f"s/{n}.dcm", b"x") for n in range(MAX_MEMBERS + 1)])
+
+    assert len(bomb) < 10_000
+    ((name, error),) = list(members(bomb, limit))
+    assert name == "big.dcm" and isinstance(error, TooLargeError)
+    with pytest.raises(TooLargeError, match=f"at most {MAX_MEMBERS}"):
+        list(members(many, limit))
+    total = zipped(*[(f"s/{n}.dcm", bytes(limit)) for n in range(21)])
+    with pytest.raises(TooLargeError, match="unpacks to more than 20 MB"):
+        list(members(total, limit))
+
+
+def test_damaged_encrypted_and_empty_archives_are_refused_clearly(series):
+    data = bytearray(zipped(("a.dcm", series[0][1])))
+    truncated = bytes(data[:len(data) // 2])
+    with pytest.raises(InputError, match="not a readable .zip archive"):
+        list(members(truncated, 1 << 20))
+    # The "encrypted" flag in the central directory, as a password-protected export sets
+    central = bytes(data).rindex(b"PK\x01\x02")
+    flags = struct.unpack_from("<H", data, central + 8)[0]
+    struct.pack_into("<H", data, central + 8, flags | 0x1)
+    with pytest.raises(InputError, match="encrypted"):
+        list(members(bytes(data), 1 << 20))
+    with pytest.raises(InputError, match="holds no file"):
+        list(members(zipped(("__MACOSX/._a", b"")), 1 << 20))
