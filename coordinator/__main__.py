@@ -248,9 +248,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--device-setting", action="append", default=[], metavar="NAME=VALUE",
                     help="--partition sites: a device.toml setting of every clinic "
                     "(TOML value; repeat)")
-    sp.add_argument("--adapter-rank", type=int, default=0, metavar="R",
-                    help="--partition sites: clinics train and share a rank-R adapter on "
-                    "the last block with the head (0: the head only)")
+    sp.add_argument("--adapter-rank", type=int, default=0, metavar="R", help="--partition "
+                    "sites: clinics also train a rank-R adapter on the last block (0: no)")
     sp.add_argument("--method", default="fedavg")
     sp.add_argument("--arch", default="edge")
     sp.add_argument("--seed", type=int, default=0)

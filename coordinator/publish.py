@@ -92,9 +92,8 @@ def publish(current: Bundle, float_weights: Path, head: dict[str, np.ndarray],
     pruned = prune_head(head, sparsity)
     set_head(model, pruned)
     block = current.load_block() if block is None else block
-    # A bundle with a block runs model.tflite only up to the block's input (the block
-    # and the head run in NumPy), which a round does not change: its bytes are carried,
-    # so a device fetches the head only. Without a block the head is in the model.
+    # With a block, model.tflite runs only up to the block's input, which a round does
+    # not change: its bytes are carried. Without a block the head is in the model.
     tflite = current.read_file("model.tflite") if block is not None else \
         to_tflite(model, "int8", calibration=data.calibration)
     try:

@@ -106,6 +106,16 @@ class SiteEvaluation:
                                 "mean_balanced_accuracy": _summary(central)}}
 
 
+def _check_roles(clinics: Sequence[str], initial_sites: Sequence[str],
+                 holdout_site: str | None) -> None:
+    """ValueError unless two or more clinics take part, none of them the held-out site or
+    one the initial model learned from."""
+    overlap = set(clinics) & ({holdout_site} | set(initial_sites))
+    if overlap or len(clinics) < 2:
+        raise ValueError(f"need two or more clinics, none of them the held-out or an "
+                         f"initial site (overlap: {', '.join(sorted(overlap)) or 'none'})")
+
+
 def _with_adapter(initial: Path, rank: int, out: Path) -> Path:
     """``initial`` (bundle/ and model.weights.h5) with a rank-``rank`` adapter added to
     its bundle's last block."""
@@ -132,14 +142,11 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
                    adapter_rank: int = 0) -> dict:
     """Run the federation of clinics; returns the report (module docstring).
     ``device_settings``: ``NAME=TOML_VALUE`` lines for every clinic's device.toml."""
-    overlap = set(clinics) & ({holdout_site} | set(initial_sites))
-    if overlap or len(clinics) < 2:
-        raise ValueError(f"need two or more clinics, none of them the held-out or an "
-                         f"initial site (overlap: {', '.join(sorted(overlap)) or 'none'})")
-    spec = InputSpec.from_dict(read_manifest(initial / "bundle")["input"]) if initial \
-        else None
+    _check_roles(clinics, initial_sites, holdout_site)
     from models.training.architectures import get_architecture
-    x, y, groups, kept = load_grouped(data, spec or get_architecture(arch).input_spec)
+    spec = InputSpec.from_dict(read_manifest(initial / "bundle")["input"]) if initial \
+        else get_architecture(arch).input_spec
+    x, y, groups, kept = load_grouped(data, spec)
     sites = np.array([s.site for s in kept])
     parts = clinic_split(groups, sites, clinics, seed)
     holdout = np.flatnonzero(sites == holdout_site) if holdout_site else np.array([], int)
@@ -151,8 +158,8 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
         root = Path(tmp)
         coordinator_csv = write_csv(vendor, root / "coordinator.csv")
         initial = initial or initial_model(coordinator_csv, arch, root / "initial", epochs)
-        if adapter_rank:
-            initial = _with_adapter(initial, adapter_rank, root / "initial-adapter")
+        initial = _with_adapter(initial, adapter_rank, root / "adapter") if adapter_rank \
+            else initial
         cluster = Cluster(root, len(clinics), coordinator_csv, method, initial,
                           publish_margin, sparsity,
                           "".join(f"{line.replace('=', ' = ', 1)}\n" for line in device_settings),
@@ -173,18 +180,16 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
                 "method": method, "seed": seed, "arch": arch, "transport": "http",
                 "publish_margin": publish_margin, "sparsity": sparsity,
                 "device_settings": list(device_settings), "adapter_rank": adapter_rank,
-                "cases_per_round": cases_per_round,
+                "cases_per_round": cases_per_round, "initial": evaluation(bundles / "v1"),
                 "clinic_sizes": {c: {"cases": len(a), "test": len(t)}
                                  for c, (a, t) in parts.items()},
-                "initial": evaluation(bundles / "v1"),
                 **evaluation.trained_heads(bundles / "v1", seen,
                                            _train_config(device_settings)), "rounds": rows}
         finally:
             cluster.stop()
     last = report["rounds"][-1]["global"] if report["rounds"] else report["initial"]
-    report["federated"] = last
-    report["per_clinic"] = last["per_clinic"]
-    report["holdout_site"] = last.get("holdout_site")
+    report.update(federated=last, per_clinic=last["per_clinic"],
+                  holdout_site=last.get("holdout_site"))
     return report
 
 

@@ -97,10 +97,13 @@ def test_an_api_upload_gets_its_heat_map_without_anyone_viewing_it(
     ready = _wait_for(lambda: services.store.get(case_id).heatmap_name is not None)
     # Assert: drawn in the background; viewing serves that file, drawing nothing new
     assert response.status_code == 201 and ready
+    stored_name = services.store.get(case_id).heatmap_name
     stored = services.store.heatmap_path(services.store.get(case_id)).read_bytes()
     viewed = client.get(f"/cases/{case_id}/heatmap.png", headers=headers)
     assert viewed.status_code == 200 and viewed.data == stored
-    assert services.analyser.heatmaps.pending() == 0
+    # (the queue's thread counts the job until it has taken the next: a moment later)
+    assert _wait_for(lambda: services.analyser.heatmaps.pending() == 0)
+    assert services.store.get(case_id).heatmap_name == stored_name
 
 
 def test_viewing_while_the_worker_draws_the_same_map_draws_it_once(

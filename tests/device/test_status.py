@@ -185,8 +185,7 @@ def test_changing_state_cancels_the_previous_pattern(make, factory):
 
 
 def test_a_short_activity_still_blinks_once(make, factory):
-    status = make()
-    pin = factory.pin(LED_PIN)
+    status, pin = make(), factory.pin(LED_PIN)
     pin.clear_states()
 
     with status.activity(State.BUSY):
@@ -201,8 +200,7 @@ def test_a_short_activity_still_blinks_once(make, factory):
 def test_a_stream_of_short_activities_blinks_steadily(make, factory):
     # Uploads of a few ms back to back: the LED blinks at BUSY's pace, not restarted
     # (and so never dark) by each upload.
-    status = make()
-    pin = factory.pin(LED_PIN)
+    status, pin = make(), factory.pin(LED_PIN)
     pin.clear_states()
 
     deadline = time.monotonic() + 0.8

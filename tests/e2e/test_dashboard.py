@@ -41,6 +41,18 @@ def sign_in(page, base: str, user: str, password: str):
     return posted.value
 
 
+def check_quality(page, expect) -> None:
+    """The quality plots: v1's evaluated point(s), and each clinic's own figure for v1 (as
+    the updates of the test reported it), in the plot and in the table."""
+    expect(page.locator("svg#quality")).to_be_visible()
+    assert page.locator("svg#quality circle").count() >= 1
+    assert "v1 auc" in " ".join(page.locator("svg#quality circle title").all_text_contents())
+    expect(page.locator("svg#clinic-quality")).to_be_visible()
+    assert sorted(page.locator("svg#clinic-quality circle title").all_text_contents()) == [
+        "pi-1 v1 accuracy 0.875 on 8 cases", "pi-2 v1 accuracy 0.500 on 8 cases"]
+    assert table(page, "#clinics") == [["pi-1", "0.88 (8)"], ["pi-2", "0.50 (8)"]]
+
+
 @pytest.fixture
 def dashboard(tmp_path: Path, start_coordinator) -> tuple[Coordinator, dict[str, str]]:
     """A coordinator (min_updates 2) with pi-1, pi-2 and the admin made with the CLI;
@@ -85,16 +97,8 @@ def test_dashboard_shows_rounds_devices_quality_and_audit(page, dashboard):
     assert before <= seen <= datetime.now(timezone.utc)
     assert devices["pi-1"][3] == "1" and devices["pi-1"][4] == "active"
 
-    # Assert: the quality plot has v1's evaluated point(s).
-    expect(page.locator("svg#quality")).to_be_visible()
-    assert page.locator("svg#quality circle").count() >= 1
-    assert "v1 auc" in " ".join(page.locator("svg#quality circle title").all_text_contents())
-
-    # Assert: each clinic's own figure for v1, in the plot and in the table.
-    expect(page.locator("svg#clinic-quality")).to_be_visible()
-    assert sorted(page.locator("svg#clinic-quality circle title").all_text_contents()) == [
-        "pi-1 v1 accuracy 0.875 on 8 cases", "pi-2 v1 accuracy 0.500 on 8 cases"]
-    assert table(page, "#clinics") == [["pi-1", "0.88 (8)"], ["pi-2", "0.50 (8)"]]
+    # Assert: v1's quality, on the coordinator's images and on each clinic's own cases.
+    check_quality(page, expect)
 
     # Execute: open the audit log from the header.
     page.locator("header").get_by_role("link", name="Audit log").click()
