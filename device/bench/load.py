@@ -21,9 +21,9 @@ class Target:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def multipart(image: bytes, filename: str = "slice.jpg") -> bytes:
-    """A form with one file field ``image``, as a browser or a PACS script posts it."""
-    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; "
+def multipart(image: bytes, filename: str = "slice.jpg", field: str = "image") -> bytes:
+    """A form with one file field, as a browser or a PACS script posts it."""
+    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field}\"; "
             f"filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
             ).encode() + image + f"\r\n--{BOUNDARY}--\r\n".encode()
 

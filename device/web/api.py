@@ -1,4 +1,5 @@
-"""JSON API for scripts and PACS integration: ``POST /api/v1/predictions``."""
+"""JSON API for scripts and PACS integration: ``POST /api/v1/predictions`` (one slice)
+and ``POST /api/v1/series`` (a series as one .zip)."""
 from __future__ import annotations
 
 import hashlib
@@ -8,12 +9,13 @@ import time
 from flask import Blueprint, abort, jsonify, request, url_for
 from flask_limiter import Limiter
 
-from device.exc import InputError, UnusableImageError
+from device.exc import InputError, UnsupportedTypeError, UnusableImageError
 from device.federation import Federation, FederationStatus
+from device.imaging import archive
 from device.store.base import Case, DuplicateKey, IdempotencyKey
 from device.web import services
 from device.web.auth import current_user, token_user
-from device.web.upload import case_info, read_upload
+from device.web.upload import analyse_one, case_info, read_upload
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
@@ -59,6 +61,33 @@ def predictions():
         return _replay(key) or abort(409, "Idempotency-Key in use; retry")
     latency_ms = round((time.perf_counter() - start) * 1000, 2)
     return jsonify(_prediction(case, latency_ms, info.reference)), 201
+
+
+@bp.route("/series", methods=["POST"])
+def series():
+    """Each slice of a .zip (field ``archive``) as a case: one line per slice, with its
+    prediction or why it has none, in the archive's order. A bound reached part way
+    ends the list with a line naming it; the slices before it are kept."""
+    parts = request.files.getlist("archive")
+    if len(parts) != 1:
+        raise InputError("multipart field 'archive' (one .zip of the series) is required")
+    data = read_upload(parts[0], services().settings.max_upload_bytes)
+    if not archive.is_zip(data):
+        raise UnsupportedTypeError("'archive' must be a .zip of the series' slices")
+    results: list[dict] = []
+    try:
+        for member, body in archive.members(data, services().settings.max_upload_bytes):
+            analyse_one(member, body, member, results, source="api")
+    except InputError as exc:
+        if not results:
+            raise
+        results.append({"name": parts[0].filename or "archive", "error": str(exc),
+                        "status": exc.status})
+    reference = case_info("").reference
+    lines = [{"name": r["name"], **_prediction(r["case"], r["case"].latency_ms, reference)}
+             if "case" in r else {k: r[k] for k in ("name", "error", "status")}
+             for r in results]
+    return jsonify(results=lines, cases=sum("case_id" in line for line in lines))
 
 
 def _prediction(case: Case, latency_ms: float, reference: str) -> dict:

@@ -161,24 +161,25 @@ def _analyse_all(files: list, results: list) -> None:
         try:
             data = read_upload(f, limit)
             if not archive.is_zip(data):
-                _analyse_one(f.filename, data, f.filename, results)
+                analyse_one(f.filename, data, f.filename, results)
                 continue
             for member, body in archive.members(data, limit):
-                _analyse_one(f"{f.filename}: {member}", body, member, results)
+                analyse_one(f"{f.filename}: {member}", body, member, results)
         except InputError as exc:  # the file, or the archive as a whole
             services().telemetry.record_error(type(exc).__name__)
             results.append({"number": len(results) + 1, "name": f.filename,
                             "error": str(exc), "status": exc.status})
 
 
-def _analyse_one(name: str, data: bytes | InputError, file_name: str, results: list) -> None:
+def analyse_one(name: str, data: bytes | InputError, file_name: str, results: list,
+                source: str = "upload") -> None:
     """One slice into ``results``: its case, or why it has none."""
     svc = services()
     number = len(results) + 1
     try:
         if isinstance(data, InputError):  # a member the archive could not give
             raise data
-        case = svc.analyser.analyse(data, "upload", info=case_info(file_name[-255:]))
+        case = svc.analyser.analyse(data, source, info=case_info(file_name[-255:]))
         results.append({"number": number, "name": name, "case": case})
     except (InputError, StorageFullError) as exc:
         svc.telemetry.record_error(type(exc).__name__)

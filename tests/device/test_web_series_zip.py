@@ -113,3 +113,42 @@ def test_damaged_encrypted_and_empty_archives_are_refused_clearly(series):
         list(members(bytes(data), 1 << 20))
     with pytest.raises(InputError, match="holds no file"):
         list(members(zipped(("__MACOSX/._a", b"")), 1 << 20))
+
+
+def test_the_api_takes_a_zipped_series_and_answers_a_line_per_slice(
+        app, api_token, services, series):
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {api_token}"}
+    data = zipped(*series[:2], ("SERIES_1/readme.txt", b"exported by a viewer"), series[2])
+
+    answer = client.post("/api/v1/series", headers=headers,
+                         data={"archive": (io.BytesIO(data), "series.zip"),
+                               "reference": "ACC-7"})
+
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    body = answer.get_json()
+    assert [line["name"] for line in body["results"]] == [
+        "SERIES_1/IM0001.dcm", "SERIES_1/IM0002.dcm", "SERIES_1/readme.txt",
+        "SERIES_1/IM0003.dcm"]
+    assert body["cases"] == 3 == services.store.count()
+    refused = body["results"][2]
+    assert refused["status"] == 415 and "unsupported file type" in refused["error"]
+    first = body["results"][0]
+    assert 0 <= first["probability"] <= 1 and first["reference"] == "ACC-7"
+    assert services.store.get_info(first["case_id"]).file_name == "IM0001.dcm"
+
+
+@pytest.mark.parametrize("fields, status, message", [
+    ({}, 400, "'archive'"),
+    ({"archive": (io.BytesIO(b"\x89PNG not a zip"), "a.png")}, 415, "must be a .zip"),
+    ({"archive": (io.BytesIO(zipped(("../x.dcm", b"x"))), "s.zip")}, 400, "outside it"),
+])
+def test_the_api_refuses_what_is_not_a_safe_series(app, api_token, services, fields, status,
+                                                   message):
+    client = app.test_client()
+
+    answer = client.post("/api/v1/series", data=fields,
+                         headers={"Authorization": f"Bearer {api_token}"})
+
+    assert answer.status_code == status and message in answer.get_data(as_text=True)
+    assert services.store.count() == 0
