@@ -32,11 +32,13 @@ BATCH = 32  # images through LiteRT at once
 @dataclass(frozen=True)
 class Trained:
     """The trained arrays, the ones they started from (both: head and adapter), the
-    epochs run, and the probabilities before and after on the held-out cases."""
+    epochs run, and the held-out cases' labels with the probabilities before and after
+    (cases whose image could not be read are in neither)."""
 
     arrays: dict[str, np.ndarray]
     start: dict[str, np.ndarray]
     epochs: int
+    gate_y: np.ndarray
     gate_before: np.ndarray
     gate_after: np.ndarray
 
@@ -70,6 +72,6 @@ def train(store: CaseStore, bundle: Bundle, ids: Sequence[str], y: np.ndarray,
     result = adapt(head, block, x[~gate], y[~gate], "adapter", cfg)
     shared = (B.LORA_A, B.LORA_B)
     return Trained({**result.head, **{k: result.block[k] for k in shared}},
-                   {**head, **{k: block[k] for k in shared}}, result.epochs,
+                   {**head, **{k: block[k] for k in shared}}, result.epochs, y[gate],
                    predict(head, B.embed(block, x[gate])),
                    predict(result.head, B.embed(result.block, x[gate])))

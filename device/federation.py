@@ -145,7 +145,7 @@ class Federation:
             trained = adapter_training.train(self.store, bundle, ids, labels, held_out(ids),
                                              self.train_config)
             arrays, start, epochs = trained.arrays, trained.start, trained.epochs
-            local = self._local(y_gate, trained.gate_before, trained.gate_after,
+            local = self._local(trained.gate_y, trained.gate_before, trained.gate_after,
                                 predictor.threshold)
         else:
             start = bundle.load_head()
