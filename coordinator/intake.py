@@ -14,7 +14,7 @@ from coordinator.rounds import Receipt, RoundManager
 from coordinator.store.base import CoordinatorStore
 from coordinator.telemetry import Telemetry
 
-REPORT_KINDS = ("bundle_refused", "bundle_installed", "rollback")
+REPORT_KINDS = ("bundle_refused", "bundle_installed", "rollback", "training_skipped")
 
 
 def receive_update(device_id: str, meta_text: str | None, payload: bytes | None, *,
@@ -54,7 +54,8 @@ def receive_update(device_id: str, meta_text: str | None, payload: bytes | None,
 
 def receive_report(device_id: str, body: object, *, bundles: BundleRegistry,
                    store: CoordinatorStore) -> None:
-    """A device says what it did with a bundle (refusals feed the audit log)."""
+    """A device says what it did with a bundle (refusals feed the audit log), or why it
+    did not train on its version (too few confirmed cases, one class only)."""
     if not isinstance(body, dict) or body.get("kind") not in REPORT_KINDS:
         raise InputError(f"a report needs kind in {', '.join(REPORT_KINDS)}")
     version = body.get("version")

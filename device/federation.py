@@ -128,7 +128,8 @@ class Federation:
                 return self._train()
         except ValueError as exc:  # too few confirmed cases, or only one class
             logger.info("training skipped: %s", exc)
-            self.last_result = {"action": "skipped", "reason": str(exc), "at": time.time()}
+            self.last_result = {"action": "skipped", "reason": str(exc), "at": time.time(),
+                                "version": self.slot.current.version, "reported": False}
             return {"action": "skipped", "reason": str(exc)}
         finally:
             self._train_lock.release()
@@ -233,6 +234,7 @@ class Federation:
         try:
             with self.status.activity(State.SYNCING):
                 flushed = self.flush(force)
+                self._report_skipped()
                 current = self.slot.current.version
                 latest = self.link.latest(current)
                 wait = why_not_now(self._state(), latest.get("version"), time.time(), force)
@@ -260,6 +262,14 @@ class Federation:
                           "reason": outcome.reason}
         return {**{k: v for k, v in self.last_sync.items() if k != "at"},
                 "bytes_up": self.link.bytes_up, "bytes_down": self.link.bytes_down}
+
+    def _report_skipped(self) -> None:
+        """Tell the coordinator, once, why the last training run did not happen: its
+        dashboard shows a clinic that sends nothing, and why."""
+        last = self.last_result
+        if last.get("action") == "skipped" and not last.get("reported"):
+            self._report("training_skipped", last["version"], last["reason"])
+            last["reported"] = True
 
     def _report(self, kind: str, version: int | None, reason: str) -> None:
         """Tell the coordinator; a failure to report never undoes what was done."""

@@ -26,8 +26,8 @@ def quality_points(bundles) -> list[dict]:
 def clinic_quality(store, rounds) -> tuple[list[int], dict[str, dict[int, dict]]]:
     """What each clinic reported of the version it trained from, on its own held-out
     cases: the versions, and per device ``{version: {"accuracy", "n", "round"}}`` (its
-    latest update from that version). A device that sent nothing in a round, because it
-    had too few new cases or only one class, or was offline, has no point there."""
+    latest update from that version), or ``{"skipped": reason}`` when it said it could
+    not train on that version (too few confirmed cases, one class only)."""
     per_device: dict[str, dict[int, dict]] = {}
     for rnd in sorted(rounds, key=lambda r: r.id):
         for u in store.updates_for_round(rnd.id):
@@ -36,6 +36,11 @@ def clinic_quality(store, rounds) -> tuple[list[int], dict[str, dict[int, dict]]
             if isinstance(accuracy, (int, float)) and isinstance(n, int) and n > 0:
                 per_device.setdefault(u.device_id, {})[u.base_version] = {
                     "accuracy": float(accuracy), "n": n, "round": rnd.id}
+    for event in store.audit_events(kind="training_skipped"):  # newest first
+        version = event.detail.get("version")
+        if event.device_id and isinstance(version, int):
+            per_device.setdefault(event.device_id, {}).setdefault(
+                version, {"skipped": event.detail.get("reason") or "no reason given"})
     versions = sorted({v for points in per_device.values() for v in points})
     return versions, dict(sorted(per_device.items()))
 

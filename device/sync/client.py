@@ -145,7 +145,8 @@ class CoordinatorClient:
 
     def report(self, kind: str, version: int | None, reason: str = "") -> dict:
         """Tell the coordinator what happened to a bundle (``bundle_refused``,
-        ``bundle_installed`` or ``rollback``); recorded in its audit log."""
+        ``bundle_installed`` or ``rollback``), or why this appliance did not train on it
+        (``training_skipped``); recorded in its audit log."""
         body = {"kind": kind, "version": version, "reason": reason}
         return self._json(self._send("POST", f"{API}/reports", json=body))
 

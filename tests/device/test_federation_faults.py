@@ -213,11 +213,14 @@ def test_a_bundle_with_a_bad_signature_is_refused_and_reported(pair):
     assert device.svc.slot.current.version == 2
 
 
-def test_training_without_enough_confirmed_cases_is_skipped_with_a_reason(services):
-    from device.services import build_federation
-    from device.sync.message_link import MessageLink
-    fed = build_federation(services, MessageLink(None))
+def test_training_without_enough_confirmed_cases_is_skipped_and_said_once(pair):
+    coord, device = pair()
 
-    result = fed.train_now()
+    result = device.call("POST", "/api/v1/federation/train")
+    device.call("POST", "/api/v1/federation/sync")
+    device.call("POST", "/api/v1/federation/sync")
 
     assert result["action"] == "skipped" and "example" in result["reason"]
+    (said,) = coord.svc.store.audit_events(kind="training_skipped")
+    assert said.device_id == DEVICE_ID and said.detail["version"] == 1
+    assert said.detail["reason"] == result["reason"]

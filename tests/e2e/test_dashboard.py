@@ -41,27 +41,37 @@ def sign_in(page, base: str, user: str, password: str):
     return posted.value
 
 
+SKIPPED = "need at least 8 confirmed training examples, have 3"
+
+
 def check_quality(page, expect) -> None:
     """The quality plots: v1's evaluated point(s), and each clinic's own figure for v1 (as
-    the updates of the test reported it), in the plot and in the table."""
+    the updates of the test reported it), in the plot and in the table, with pi-3's
+    reason for sending nothing."""
     expect(page.locator("svg#quality")).to_be_visible()
     assert page.locator("svg#quality circle").count() >= 1
     assert "v1 auc" in " ".join(page.locator("svg#quality circle title").all_text_contents())
     expect(page.locator("svg#clinic-quality")).to_be_visible()
     assert sorted(page.locator("svg#clinic-quality circle title").all_text_contents()) == [
         "pi-1 v1 accuracy 0.875 on 8 cases", "pi-2 v1 accuracy 0.500 on 8 cases"]
-    assert table(page, "#clinics") == [["pi-1", "0.88 (8)"], ["pi-2", "0.50 (8)"]]
+    assert table(page, "#clinics") == [["pi-1", "0.88 (8)"], ["pi-2", "0.50 (8)"],
+                                       ["pi-3", f"skipped: {SKIPPED}"]]
 
 
 @pytest.fixture
 def dashboard(tmp_path: Path, start_coordinator) -> tuple[Coordinator, dict[str, str]]:
-    """A coordinator (min_updates 2) with pi-1, pi-2 and the admin made with the CLI;
-    the device tokens."""
+    """A coordinator (min_updates 2) with pi-1, pi-2, pi-3 and the admin made with the
+    CLI, pi-3 having said it could not train on v1; the device tokens."""
     state = tmp_path / "state"
-    tokens = {d: enroll(state, d) for d in ("pi-1", "pi-2")}
+    tokens = {d: enroll(state, d) for d in ("pi-1", "pi-2", "pi-3")}
     coordinator_cli("add-admin", ADMIN, state=state, stdin=ADMIN_PASSWORD + "\n")
     config = write_config(tmp_path / "coordinator.toml", min_updates=2)
-    return start_coordinator(state, config), tokens
+    server = start_coordinator(state, config)
+    said = requests.post(f"{server.url}/api/v1/reports", timeout=30, json={
+        "kind": "training_skipped", "version": 1, "reason": SKIPPED},
+        headers={"Authorization": f"Bearer {tokens['pi-3']}"})
+    assert said.status_code == 201, said.text
+    return server, tokens
 
 
 def test_dashboard_shows_rounds_devices_quality_and_audit(page, dashboard):
@@ -92,7 +102,7 @@ def test_dashboard_shows_rounds_devices_quality_and_audit(page, dashboard):
 
     # Assert: both devices, pi-1 seen during this test, running v1.
     devices = {r[0]: r for r in table(page, "#devices")}
-    assert set(devices) == {"pi-1", "pi-2"}
+    assert set(devices) == {"pi-1", "pi-2", "pi-3"}
     seen = datetime.fromisoformat(devices["pi-1"][2]).replace(tzinfo=timezone.utc)
     assert before <= seen <= datetime.now(timezone.utc)
     assert devices["pi-1"][3] == "1" and devices["pi-1"][4] == "active"
@@ -108,7 +118,7 @@ def test_dashboard_shows_rounds_devices_quality_and_audit(page, dashboard):
     events = table(page, "#audit")
     enrolled = sorted(e[2] for e in events if e[1] == "device_enrolled")
     closed = [json.loads(e[3]) for e in events if e[1] == "round_closed"]
-    assert enrolled == ["pi-1", "pi-2"]
+    assert enrolled == ["pi-1", "pi-2", "pi-3"]
     assert [c["round"] for c in closed] == [round_id]
 
     # Execute: export the CSV with the browser's session.
@@ -120,7 +130,8 @@ def test_dashboard_shows_rounds_devices_quality_and_audit(page, dashboard):
     text = export.text()
     assert text.splitlines()[0] == ",".join(AUDIT_FIELDS) == "id,at,kind,device_id,detail"
     kinds = [row["kind"] for row in csv.DictReader(io.StringIO(text))]
-    assert kinds.count("device_enrolled") == 2 and kinds.count("round_closed") == 1
+    assert kinds.count("device_enrolled") == 3 and kinds.count("round_closed") == 1
+    assert kinds.count("training_skipped") == 1
     anonymous = requests.get(f"{server.url}/audit.csv", timeout=10, allow_redirects=False)
     assert anonymous.status_code == 302 and path_of(anonymous.headers["Location"]) == "/login"
 
