@@ -15,7 +15,7 @@ from device.imaging import archive
 from device.store.base import Case, DuplicateKey, IdempotencyKey
 from device.web import services
 from device.web.auth import current_user, token_user
-from device.web.upload import analyse_one, case_info, read_upload
+from device.web.upload import analyse_one, case_info, read_upload, series_summary
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
@@ -66,8 +66,9 @@ def predictions():
 @bp.route("/series", methods=["POST"])
 def series():
     """Each slice of a .zip (field ``archive``) as a case: one line per slice, with its
-    prediction or why it has none, in the archive's order. A bound reached part way
-    ends the list with a line naming it; the slices before it are kept."""
+    prediction or why it has none, in the archive's order, and the series' summary
+    (:func:`device.web.upload.series_summary`). A bound reached part way ends the list
+    with a line naming it (the slices before it are kept) and leaves no summary."""
     parts = request.files.getlist("archive")
     if len(parts) != 1:
         raise InputError("multipart field 'archive' (one .zip of the series) is required")
@@ -77,17 +78,24 @@ def series():
     results: list[dict] = []
     try:
         for member, body in archive.members(data, services().settings.max_upload_bytes):
-            analyse_one(member, body, member, results, source="api")
+            analyse_one(member, body, member, results, source="api",
+                        series=parts[0].filename or "archive")
     except InputError as exc:
         if not results:
             raise
         results.append({"name": parts[0].filename or "archive", "error": str(exc),
-                        "status": exc.status})
+                        "status": exc.status})  # an incomplete series: no summary
     reference = case_info("").reference
     lines = [{"name": r["name"], **_prediction(r["case"], r["case"].latency_ms, reference)}
              if "case" in r else {k: r[k] for k in ("name", "error", "status")}
              for r in results]
-    return jsonify(results=lines, cases=sum("case_id" in line for line in lines))
+    summary = series_summary(results)
+    if summary is not None:
+        summary["most_suspicious"] = [{"name": r["name"], "case_id": r["case"].id,
+                                       "probability": round(r["case"].probability, 6)}
+                                      for r in summary["most_suspicious"]]
+    return jsonify(results=lines, cases=sum("case_id" in line for line in lines),
+                   summary=summary)
 
 
 def _prediction(case: Case, latency_ms: float, reference: str) -> dict:

@@ -164,7 +164,8 @@ def _analyse_all(files: list, results: list) -> None:
                 analyse_one(f.filename, data, f.filename, results)
                 continue
             for member, body in archive.members(data, limit):
-                analyse_one(f"{f.filename}: {member}", body, member, results)
+                analyse_one(f"{f.filename}: {member}", body, member, results,
+                            series=f.filename)
         except InputError as exc:  # the file, or the archive as a whole
             services().telemetry.record_error(type(exc).__name__)
             results.append({"number": len(results) + 1, "name": f.filename,
@@ -172,25 +173,47 @@ def _analyse_all(files: list, results: list) -> None:
 
 
 def analyse_one(name: str, data: bytes | InputError, file_name: str, results: list,
-                source: str = "upload") -> None:
-    """One slice into ``results``: its case, or why it has none."""
+                source: str = "upload", series: str | None = None) -> None:
+    """One slice into ``results``: its case, or why it has none; ``series`` names the
+    archive it came from."""
     svc = services()
-    number = len(results) + 1
+    line = {"number": len(results) + 1, "name": name, "series": series}
     try:
         if isinstance(data, InputError):  # a member the archive could not give
             raise data
         case = svc.analyser.analyse(data, source, info=case_info(file_name[-255:]))
-        results.append({"number": number, "name": name, "case": case})
+        results.append({**line, "case": case})
     except (InputError, StorageFullError) as exc:
         svc.telemetry.record_error(type(exc).__name__)
-        results.append({"number": number, "name": name, "error": str(exc),
-                        "status": exc.status})
+        results.append({**line, "error": str(exc), "status": exc.status})
     except Exception as exc:  # e.g. a full disk: say so, and go on with the rest
-        logger.exception("upload file %d could not be analysed", number)
+        logger.exception("upload file %d could not be analysed", line["number"])
         svc.telemetry.record_error(type(exc).__name__)
-        results.append({"number": number, "name": name, "status": 500,
+        results.append({**line, "status": 500,
                         "error": f"not analysed ({type(exc).__name__}): send this file "
                                  "again later, or tell the administrator"})
+
+
+SERIES_RULE = "a series counts as tumour suspected if any of its slices is"
+MOST_SUSPICIOUS = 5
+
+
+def series_summary(results: list) -> dict | None:
+    """What the slices of one series (one archive) amount to, by a stated rule: any
+    slice at or above the threshold makes the series suspected; the slices with the
+    highest probability first. None unless two or more cases came from one archive and
+    nothing else (a batch of separate files may be several patients)."""
+    lines = [r for r in results if "case" in r]
+    if len(lines) < 2 or len({r.get("series") for r in results}) != 1 \
+            or results[0].get("series") is None:
+        return None
+    ranked = sorted(lines, key=lambda r: r["case"].probability, reverse=True)
+    suspected = sum(bool(r["case"].predicted_label) for r in lines)
+    return {"slices": len(lines), "refused": len(results) - len(lines),
+            "suspected": suspected, "series_suspected": suspected > 0,
+            "uncertain": sum(bool(r["case"].uncertain) for r in lines),
+            "rule": f"{SERIES_RULE} at or above the model's threshold",
+            "most_suspicious": ranked[:MOST_SUSPICIOUS]}
 
 
 @bp.route("/upload/results/<key>")
@@ -199,7 +222,8 @@ def results(key: str):
     submission = _submissions().get(key, current_user())
     if submission is None or not submission.done.is_set():
         abort(404, "these upload results are no longer kept; the cases are in the case list")
-    return render_template("results.html", results=submission.results)
+    return render_template("results.html", results=submission.results,
+                           summary=series_summary(submission.results))
 
 
 @bp.route("/capture", methods=["POST"])

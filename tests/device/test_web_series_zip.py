@@ -152,3 +152,37 @@ def test_the_api_refuses_what_is_not_a_safe_series(app, api_token, services, fie
 
     assert answer.status_code == status and message in answer.get_data(as_text=True)
     assert services.store.count() == 0
+
+
+def test_a_zipped_series_gets_a_summary_by_its_stated_rule(app, admin, api_token, services,
+                                                           series, data_dir):
+    # Prepare: the series with a tumour slice of the Kaggle set among its slices
+    import cv2
+    tumour = cv2.imread(str(data_dir / "yes" / "Y1.jpg"), cv2.IMREAD_GRAYSCALE)
+    entries = [*series[:3], ("SERIES_1/IM0004.dcm", make_dicom(tumour.astype(np.uint16)))]
+    client = app.test_client()
+    login(client)
+    # Execute
+    page = results_page(client, upload(client, ("series.zip", zipped(*entries))))
+    api = client.post("/api/v1/series", headers={"Authorization": f"Bearer {api_token}"},
+                      data={"archive": (io.BytesIO(zipped(*entries)), "series.zip")})
+    # Assert: the rule is stated, the counts follow it, the most suspicious come first
+    summary = api.get_json()["summary"]
+    cases = {c.id: c for c in services.store.list()}
+    ranked = [cases[s["case_id"]].probability for s in summary["most_suspicious"]]
+    assert summary["slices"] == 4 and ranked == sorted(ranked, reverse=True)
+    assert summary["suspected"] == sum(
+        c.predicted_label for c in cases.values() if c.source == "api")
+    assert summary["series_suspected"] == (summary["suspected"] > 0)
+    assert "any of its slices" in summary["rule"]
+    assert "Most suspicious first" in page and "any of its slices" in page
+    assert 'id="series-summary"' in page
+
+
+def test_separate_files_in_one_batch_get_no_series_verdict(app, admin, slice_bytes):
+    client = app.test_client()
+    login(client)
+
+    page = results_page(client, upload(client, ("a.jpg", slice_bytes), ("b.jpg", slice_bytes)))
+
+    assert 'id="series-summary"' not in page
