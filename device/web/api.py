@@ -72,6 +72,7 @@ def series():
     parts = request.files.getlist("archive")
     if len(parts) != 1:
         raise InputError("multipart field 'archive' (one .zip of the series) is required")
+    reference = case_info("").reference  # a bad reference or note: 400 before any slice
     data = read_upload(parts[0], services().settings.max_upload_bytes)
     if not archive.is_zip(data):
         raise UnsupportedTypeError("'archive' must be a .zip of the series' slices")
@@ -85,7 +86,6 @@ def series():
             raise
         results.append({"name": parts[0].filename or "archive", "error": str(exc),
                         "status": exc.status})  # an incomplete series: no summary
-    reference = case_info("").reference
     lines = [{"name": r["name"], **_prediction(r["case"], r["case"].latency_ms, reference)}
              if "case" in r else {k: r[k] for k in ("name", "error", "status")}
              for r in results]

@@ -142,6 +142,8 @@ def test_the_api_takes_a_zipped_series_and_answers_a_line_per_slice(
     ({}, 400, "'archive'"),
     ({"archive": (io.BytesIO(b"\x89PNG not a zip"), "a.png")}, 415, "must be a .zip"),
     ({"archive": (io.BytesIO(zipped(("../x.dcm", b"x"))), "s.zip")}, 400, "outside it"),
+    ({"archive": (io.BytesIO(zipped(("a.dcm", b"x"))), "s.zip"), "reference": "x" * 65},
+     400, "reference must be text of at most 64"),
 ])
 def test_the_api_refuses_what_is_not_a_safe_series(app, api_token, services, fields, status,
                                                    message):
