@@ -166,6 +166,22 @@ def make_appliance(stack: ExitStack, data_dir: Path, trained_bundle, signing_key
     return Appliance(svc, url, http, data_dir)
 
 
+def round_trip(stack: ExitStack, root: Path, initial, data: Path, signing_key_file: Path
+               ) -> tuple[Coordinator, Appliance]:
+    """A served coordinator on ``initial`` that closes a round on one update and publishes
+    what runs, and an enrolled appliance on it whose local gate takes any version: for
+    tests of the round trip, not of the gates. (The local gate judges on the ~6 held-out
+    cases of 24, where one case moves AUC by 0.1-0.25: with the default margin it often
+    refuses a fine v2, e.g. "AUC 0.250 vs 0.500 on 5 held-out cases".)"""
+    coord = make_coordinator(stack, root / "coordinator", initial, data, min_updates=1,
+                             publish_margin=1.0)
+    coord.url = stack.enter_context(serve(coord.app))
+    token = coord.enroll(DEVICE_ID)
+    device = make_appliance(stack, root / "device", initial, signing_key_file, coord.url,
+                            token, coord.state_dir / "signing.key.pub", gate_margin=1.0)
+    return coord, device
+
+
 def slices(small_data: Path) -> list[tuple[Path, int]]:
     """A dataset folder's slices, tumour and normal interleaved."""
     yes = sorted((small_data / "yes").iterdir())

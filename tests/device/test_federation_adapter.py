@@ -17,7 +17,7 @@ from models.core.signing import load_signing_key
 from models.core.update_codec import decode
 from models.training.adapter_bundle import add_adapter
 from tests.device.federated import (
-    DEVICE_ID, Appliance, Coordinator, make_appliance, make_coordinator, serve, slices,
+    DEVICE_ID, Appliance, Coordinator, round_trip, slices,
 )
 
 RANK = 2
@@ -40,13 +40,7 @@ def flow(tmp_path_factory, trained_bundle, small_data, signing_key_file) -> Iter
     add_adapter(bundle, root / "adapter-bundle", load_signing_key(signing_key_file), RANK)
     initial = (root / "adapter-bundle", weights)
     with ExitStack() as stack:
-        coord = make_coordinator(stack, root / "coordinator", initial, small_data,
-                                 min_updates=1, publish_margin=1.0)
-        coord.url = stack.enter_context(serve(coord.app))
-        token = coord.enroll(DEVICE_ID)
-        device = make_appliance(stack, root / "device", initial, signing_key_file,
-                                coord.url, token, coord.state_dir / "signing.key.pub",
-                                gate_margin=1.0)
+        coord, device = round_trip(stack, root, initial, small_data, signing_key_file)
         device.feed(slices(small_data), until=device.trainable)
         trained = device.call("POST", "/api/v1/federation/train")
         device.call("POST", "/api/v1/federation/sync")

@@ -15,8 +15,7 @@ import pytest
 
 from device.gate import is_gate_case
 from tests.device.federated import (
-    CLINIC_TEXT, DEVICE_ID, Appliance, Coordinator, make_appliance, make_coordinator, serve,
-    slices,
+    CLINIC_TEXT, DEVICE_ID, Appliance, Coordinator, round_trip, slices,
 )
 
 
@@ -62,17 +61,8 @@ def flow(tmp_path_factory, trained_bundle, small_data, signing_key_file) -> Iter
     with ExitStack() as stack:
         stack.callback(root_logger.setLevel, level)
         stack.callback(root_logger.removeHandler, log)
-        coord = make_coordinator(stack, root / "coordinator", trained_bundle, small_data,
-                                 min_updates=1, publish_margin=1.0)
-        coord.url = stack.enter_context(serve(coord.app))
-        token = coord.enroll(DEVICE_ID)
-        # The local gate judges on the ~6 held-out cases of 24, where one case moves AUC
-        # by 0.1-0.25: with the default margin (0.05) it often refuses a fine v2 (seen:
-        # "AUC 0.250 vs 0.500 on 5 held-out cases"). This test is about the round trip,
-        # so the gate lets any v2 through.
-        device = make_appliance(stack, root / "device", trained_bundle, signing_key_file,
-                                coord.url, token, coord.state_dir / "signing.key.pub",
-                                gate_margin=1.0)
+        coord, device = round_trip(stack, root, trained_bundle, small_data,
+                                   signing_key_file)
         image_bytes = device.feed(slices(small_data), until=device.trainable)
         trained = device.call("POST", "/api/v1/federation/train")
         first = device.call("POST", "/api/v1/federation/sync")
