@@ -206,7 +206,7 @@ def normalize(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
     Scanners and sequences differ in brightness and contrast; normalising on brain
     pixels only (not the black background) makes them comparable.
     """
-    lo, hi = _percentiles(_inside(gray, mask), np.partition)
+    lo, hi = _percentiles(_inside(gray, mask))
     if hi - lo < 1e-6:
         return np.zeros_like(gray)
     out = gray - lo  # float64: the percentiles are
@@ -238,8 +238,8 @@ def _inside(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def _counted(levels: np.ndarray, kth: np.ndarray) -> np.ndarray:
-    """What ``np.partition(_UNIT_U8[levels], kth)`` holds at ``kth``: order statistics
-    of uint8 levels from their counts, as their float grey."""
+    """:func:`_sorted_at` of ``_UNIT_U8[levels]``: order statistics of uint8 levels
+    from their counts, as their float grey."""
     ends = np.cumsum(np.bincount(levels, minlength=256))
     return _UNIT_U8[np.searchsorted(ends, kth % levels.size, side="right")]
 
@@ -248,25 +248,24 @@ _CORE_KERNEL = np.ones((5, 5), np.uint8)
 _PERCENTS = np.true_divide([1.0, 99.0], 100)
 
 
-def _percentiles(values: np.ndarray, select) -> np.ndarray:
+def _sorted_at(values: np.ndarray, kth: np.ndarray) -> np.ndarray:
+    """The order statistics ``kth`` of float values (negative: from the end)."""
+    return np.partition(values, kth)[kth]
+
+
+def _percentiles(values: np.ndarray, select=_sorted_at) -> np.ndarray:
     """``np.percentile(values, [1, 99])`` of an array without NaN: the same order
     statistics and the same float64 interpolation as NumPy's default ("linear") method,
-    without its overhead. ``select(values, kth)`` is an array holding the order
-    statistics ``kth`` at those places (``np.partition``, or :func:`_counted` for
-    uint8 levels)."""
+    without its overhead. ``select(values, kth)``: the order statistics ``kth``
+    (:func:`_sorted_at`, or :func:`_counted` for uint8 levels)."""
     virtual = (values.size - 1) * _PERCENTS
     below = np.floor(virtual)
     below[virtual >= values.size - 1] = -1  # past the end: the largest value
     above = np.where(below == -1, -1, below + 1)
     low, high = below.astype(np.intp), above.astype(np.intp)
     kth = np.unique(np.concatenate(([0, -1], low, high)))
-    if select is np.partition:
-        part = np.partition(values, kth)
-        a, b = part[low], part[high]
-    else:
-        stats = dict(zip(kth.tolist(), select(values, kth)))
-        a = np.array([stats[i] for i in low.tolist()])
-        b = np.array([stats[i] for i in high.tolist()])
+    stats = select(values, kth)
+    a, b = stats[np.searchsorted(kth, low)], stats[np.searchsorted(kth, high)]
     gamma = virtual - below
     diff = b - a  # in the values' own type, as NumPy's _lerp
     out = a + diff * gamma
