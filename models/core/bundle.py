@@ -42,7 +42,7 @@ __all__ = ["ADAPTER", "BLOCK", "HEAD", "MANIFEST", "MODEL", "SIGNATURE", "SLICE_
            "BundleError", "IntegrityError", "ManifestError", "SignatureError", "VersionError",
            "canonical_bytes", "check_bundle_target", "pack", "read_manifest",
            "resign_bundle", "uncertain_logit_band", "unpack", "verify_bundle",
-           "write_bundle"]
+           "write_bundle", "written_fields"]
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +284,12 @@ def write_bundle(out_dir: str | os.PathLike, model_bytes: bytes,
     return _build(out_dir, files, manifest_fields, signing_key)
 
 
+def written_fields(manifest: Mapping[str, Any]) -> dict:
+    """The fields of a manifest that a new bundle written from it takes over: all but
+    those the writer computes, and its creation time."""
+    return {k: v for k, v in manifest.items() if k not in (*_COMPUTED, "created_at")}
+
+
 def resign_bundle(src_dir: str | os.PathLike, out_dir: str | os.PathLike,
                   signing_key: nacl.signing.SigningKey, version: int,
                   parent_version: int | None = None, **overrides: Any) -> dict:
@@ -298,8 +304,8 @@ def resign_bundle(src_dir: str | os.PathLike, out_dir: str | os.PathLike,
     src = Path(src_dir)
     manifest, body = load_checked_manifest(src)
     files = {name: _read_checked(src, name, e) for name, e in manifest["files"].items()}
-    fields = {k: v for k, v in manifest.items()
-              if k not in (*_COMPUTED, "created_at", "uncertain_band")}
+    fields = written_fields(manifest)
+    fields.pop("uncertain_band", None)
     origin = {"version": manifest["version"], "signer": manifest["signer"],
               "manifest_sha256": hashlib.sha256(body).hexdigest()}
     fields.update(uncertain_logit_band=uncertain_logit_band(manifest), version=version,

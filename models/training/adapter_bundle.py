@@ -12,7 +12,7 @@ from pathlib import Path
 import nacl.signing
 
 from models.core.adapt import with_adapter
-from models.core.bundle import ADAPTER, MODEL, Bundle, write_bundle
+from models.core.bundle import ADAPTER, MODEL, Bundle, write_bundle, written_fields
 from models.core.manifest import load_checked_manifest
 
 ADAPTER_RANK = 4  # measured against other modes: docs/experiments.md, issue 23
@@ -36,8 +36,7 @@ def add_adapter(src_dir: str | os.PathLike, out_dir: str | os.PathLike,
                          f"{manifest['block']['adapter_rank']}")
     if rank < 1:
         raise ValueError(f"the adapter's rank must be at least 1, got {rank}")
-    fields = {k: v for k, v in manifest.items()
-              if k not in ("format", "files", "signer", "head", "created_at")}
+    fields = written_fields(manifest)
     fields["block"] = {**manifest["block"], "adapter_rank": rank, "adapter_file": ADAPTER}
     fields["training"] = {**manifest.get("training", {}),
                           "adapter": {"rank": rank, "seed": seed, "trained": False}}
