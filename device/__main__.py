@@ -63,8 +63,8 @@ def waitress_options(settings: Settings) -> dict:
     client address and scheme are believed. A body is at most a full browser batch (an
     authenticated one: :func:`models.core.serving.serve` refuses anything over 64 KB
     without a valid session or token at its headers)."""
-    from device.web import MAX_FILES_PER_UPLOAD
-    batch = settings.max_upload_bytes * MAX_FILES_PER_UPLOAD + 2**20  # + the form fields
+    from device.web import MAX_BATCH_FACTOR
+    batch = settings.max_upload_bytes * MAX_BATCH_FACTOR + 2**20  # + the form fields
     options = {"host": settings.host, "port": settings.port, "threads": settings.threads,
                "ident": "neuroedge", "max_request_body_size": batch}
     if settings.trusted_proxy:

@@ -2,16 +2,17 @@
 
 The browser upload, the JSON API and the camera all call :meth:`Analyser.analyse`, so
 they share validation, the training preprocessing and the crash-safe store. The case,
-its image and its embedding are stored in one durable step. The heat map (49 occluded
+its image and its embedding are stored in one durable step. The heat map (169 occluded
 inferences in one batch) is drawn after the answer, in the background
 (:mod:`device.heatmaps`), or on first view if that has not happened yet.
 """
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +21,12 @@ from device.admission import MemoryBudget, analysis_bytes
 from device.exc import NotASliceError, NotFoundError, UnusableImageError
 from device.heatmaps import HeatmapJob, HeatmapQueue
 from device.hw.status import Indicator, State
-from device.imaging import Upload, decode_upload, stored_model_input
-from device.inference.heatmap import FULL_SCALE_DROP, heatmap_png
+from device.imaging import Upload, decode_upload
+from device.inference.heatmap import FORMAT, FULL_SCALE_DROP, heatmap_png
 from device.inference.predictor import Prediction, Predictor
 from device.inference.slot import ModelSlot
 from device.store.base import Case, CaseInfo, CaseStore, IdempotencyKey
+from device.studies import StudyKeys
 from device.telemetry import Telemetry
 from models.core import preprocess as mp
 
@@ -33,11 +35,12 @@ logger = logging.getLogger(__name__)
 
 def heatmap_author(predictor: Predictor) -> str:
     """What a heat map depends on besides the slice: the model and the colour scale."""
-    return f"v{predictor.version} {predictor.bundle.signer} {FULL_SCALE_DROP:g}"
+    return f"v{predictor.version} {predictor.bundle.signer} {FULL_SCALE_DROP:g} {FORMAT}"
 
 
-def model_input(upload: Upload, predictor: Predictor) -> np.ndarray:
-    """The training preprocessing of an upload, for ``predictor``'s input.
+def model_input(upload: Upload, predictor: Predictor) -> tuple[np.ndarray, mp.Crop]:
+    """The training preprocessing of an upload, for ``predictor``'s input, and where
+    that input lies in the upload.
 
     Raises
     ------
@@ -45,7 +48,7 @@ def model_input(upload: Upload, predictor: Predictor) -> np.ndarray:
         A slice the preprocessing refuses (blank, colour); 422.
     """
     try:
-        return mp.preprocess(upload.pixels, predictor.input_spec)
+        return mp.preprocess_with_crop(upload.pixels, predictor.input_spec)
     except mp.UnusableImageError as exc:
         raise UnusableImageError(str(exc)) from None
 
@@ -60,18 +63,21 @@ class Analyser:
     telemetry: Telemetry
     max_upload_bytes: int
     heatmaps: HeatmapQueue = field(default_factory=HeatmapQueue)
+    study_keys: StudyKeys = field(default_factory=lambda: StudyKeys(secrets.token_bytes(32)))
     memory: MemoryBudget = field(default_factory=MemoryBudget)
     _drawing: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def analyse(self, data: bytes, source: str, idempotency: IdempotencyKey | None = None,
-                info: CaseInfo | None = None) -> Case:
+                info: CaseInfo | None = None, archive: str | None = None) -> Case:
         """Analyse one image's bytes and store it as a new case; returns the case.
 
         Raises the :mod:`device.exc` input errors (400/413/415/422) before anything is
         written: a refused image leaves no trace but a counter; one the bundle's slice
         check refuses (NotASliceError, 422) gets no prediction. With ``idempotency``,
         the key is stored with the case (DuplicateKey if another request took it), and
-        ``info`` (the clinic's reference, note and file name) too.
+        ``info`` (the clinic's reference, note and file name) too. The case joins the
+        study of its DICOM StudyInstanceUID, else that of ``archive`` (the id of the
+        archive it came in), if either (:mod:`device.studies`).
         """
         predictor = self.slot.current  # this request keeps this model even if swapped
         with self.status.activity(State.BUSY), self.heatmaps.upload():
@@ -79,15 +85,18 @@ class Analyser:
             cost = analysis_bytes(data) if len(data) <= self.max_upload_bytes else 0
             with self.memory.hold(cost):  # large images take turns; too large: refused
                 upload = decode_upload(data, self.max_upload_bytes)
-                image = model_input(upload, predictor)
+                image, crop = model_input(upload, predictor)
             result = predictor.predict(image)
             if not result.is_slice:  # the bundle's slice check, on the model's embedding
                 logger.info("refused: slice score %.3f", result.slice_score)
                 raise NotASliceError(NotASliceError.message)
             latency_ms = (time.perf_counter() - start) * 1000
+            study = self.study_keys.ref(upload.ids, archive)
+            if study is not None:
+                info = replace(info or CaseInfo(), study=study)
             case = self._store(upload, source, predictor, result, latency_ms, idempotency,
                                info)
-        self.heatmaps.submit(HeatmapJob(case.id, predictor, image, result.probability))
+        self.heatmaps.submit(HeatmapJob(case.id, predictor, image, result.probability, crop))
         self.telemetry.predictions.labels("tumour" if result.label else "no_tumour").inc()
         logger.info("case %s: p=%.3f v%d %.1f ms", case.id, result.probability,
                     predictor.version, latency_ms)
@@ -119,23 +128,25 @@ class Analyser:
             if (path := self._fresh(case, since)) is not None:  # drawn while we waited
                 return path
             if job is not None and job.predictor is predictor:
-                image, probability = job.image, job.probability
+                image, probability, crop = job.image, job.probability, job.crop
             else:
-                image = self._stored_input(case, predictor)
+                image, crop = self._stored_input(case, predictor)
                 probability = predictor.predict(image).probability
-            case = self.store.set_heatmap(case.id, heatmap_png(predictor, image, probability))
+            case = self.store.set_heatmap(case.id, heatmap_png(predictor, image, probability,
+                                                               crop))
         path = self.store.heatmap_path(case)
         assert path is not None  # set_heatmap names one
         return path
 
-    def _stored_input(self, case: Case, predictor: Predictor) -> np.ndarray:
-        """The model input of a stored case's image, as at its upload."""
+    def _stored_input(self, case: Case, predictor: Predictor) -> tuple[np.ndarray, mp.Crop]:
+        """The model input of a stored case's image, as at its upload, and its crop."""
         path = self.store.image_path(case)
         with open(path, "rb") as fh:
             header = fh.read(1 << 16)  # (a stored image has no large metadata segment)
         with self.memory.hold(analysis_bytes(header)):
             try:
-                return stored_model_input(path, predictor.input_spec)
+                return mp.preprocess_with_crop(mp.decode_image(path.read_bytes()),
+                                               predictor.input_spec)
             except mp.UnusableImageError as exc:  # e.g. colour kept by older software
                 raise UnusableImageError(f"no heat map for this case: {exc}") from None
 
@@ -149,8 +160,8 @@ class Analyser:
             try:
                 case = self.store.get(job.case_id)
                 if self._fresh(case, since) is None:
-                    self.store.set_heatmap(case.id, heatmap_png(predictor, job.image,
-                                                                job.probability))
+                    self.store.set_heatmap(case.id, heatmap_png(
+                        predictor, job.image, job.probability, job.crop))
             except NotFoundError:  # deleted meanwhile
                 return
 

@@ -40,6 +40,13 @@ class NotASliceError(UnusableImageError):
     message = "not a brain MRI slice \u2014 no prediction"
 
 
+class ConflictError(InputError):
+    """The request contradicts what is recorded (e.g. a study labelled "no tumour" with a
+    slice labelled tumour); nothing was changed."""
+
+    status = 409
+
+
 class NotFoundError(DeviceError, LookupError):
     """No such case, user or file (404)."""
 

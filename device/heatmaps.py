@@ -1,6 +1,6 @@
 """Heat maps drawn after the answer: a bounded queue and one background thread.
 
-An upload is answered as soon as its case is stored. Its heat map (49 occluded copies in
+An upload is answered as soon as its case is stored. Its heat map (169 occluded copies in
 one batched inference) is drawn afterwards, once no upload has been in progress for
 :data:`IDLE_S`, so that it does not slow the next slice of a series, and is ready when
 the case page asks for it. The queue holds at most ``capacity`` jobs; when it is full
@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from device.inference.predictor import Predictor
+from models.core.preprocess import Crop
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class HeatmapJob:
     predictor: Predictor
     image: np.ndarray
     probability: float
+    crop: Crop
 
 
 class HeatmapQueue:

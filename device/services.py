@@ -24,6 +24,7 @@ from device.store.base import AccountStore, CaseStore
 from device.store.db import DB_NAME, Database
 from device.store.sqlite import SQLiteCaseStore
 from device.store.sqlite_accounts import SQLiteAccountStore
+from device.studies import StudyKeys
 from device.sync.bundles import InstalledBundles
 from device.sync.follow import InstalledFollower
 from device.sync.link import CoordinatorLink
@@ -156,7 +157,7 @@ def build_services(settings: Settings) -> Services:
     slot, telemetry = ModelSlot(predictor), Telemetry()
     status = _indicator(settings, lambda: svc.request_sync())  # svc: bound just below
     analyser = Analyser(slot, store, status, telemetry, settings.max_upload_bytes,
-                        HeatmapQueue())
+                        HeatmapQueue(), study_keys=StudyKeys.of(accounts))
     analyser.heatmaps.start(analyser.draw_queued)
     telemetry.heatmaps_waiting.set_function(analyser.heatmaps.pending)
     svc = Services(

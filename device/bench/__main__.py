@@ -12,6 +12,7 @@ preprocessing's CPU time per slice on one core, and the background heat map.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import tempfile
@@ -201,15 +202,31 @@ def in_process(bodies: list[bytes]) -> None:
         cv2.setNumThreads(threads)
     kept = sum(len(u.stored()) for u in uploads) / len(uploads) / 1024
     png = sum(len(u.png()) for u in uploads) / len(uploads) / 1024
-    start = time.perf_counter()
-    heatmap_png(predictor, x, predictor.predict(x).probability)
-    heat = (time.perf_counter() - start) * 1000
+    x, crop = mp.preprocess_with_crop(uploads[0].pixels, predictor.input_spec)
+    heat = _one_core_ms(lambda: heatmap_png(predictor, x, predictor.predict(x).probability,
+                                            crop))
     print(f"\nin process, the {len(uploads)} series slices (512x512 JPEG):")
     print(f"  preprocessing         {load.median(cpu):6.2f} ms CPU per slice on one core "
           "(median; target <= 3 ms)")
     print(f"  stored as uploaded    {kept:6.1f} KB per slice; a PNG re-encoding would be "
           f"{png:.1f} KB and {load.median(png_ms):.2f} ms CPU")
-    print(f"  one heat map          {heat:6.1f} ms (49 occluded copies, one batch)")
+    print(f"  one heat map          {heat:6.1f} ms on one core, best of 3 (13 x 13 "
+          "occluded copies at a stride of 8 px, one batch; target <= 150 ms)")
+
+
+def _one_core_ms(work) -> float:
+    """Best of three wall times of ``work`` with the whole process on one core."""
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})
+    try:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            work()
+            times.append((time.perf_counter() - start) * 1000)
+        return min(times)
+    finally:
+        os.sched_setaffinity(0, cores)
 
 
 def main(argv: list[str] | None = None) -> int:

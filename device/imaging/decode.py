@@ -18,7 +18,7 @@ import numpy as np
 import models.core.preprocess as mp
 from device.exc import InputError, TooLargeError, UnsupportedTypeError, UnusableImageError
 from device.imaging import limits
-from device.imaging.dicom import decode_dicom, looks_like_dicom
+from device.imaging.dicom import SliceIds, decode_dicom_slice, looks_like_dicom
 from device.imaging.strip import MalformedImage, strip_jpeg, strip_png
 
 logger = logging.getLogger(__name__)
@@ -48,11 +48,15 @@ class Upload:
     kept : bytes or None
         For PNG and JPEG, the uploaded bytes without metadata, which decode to
         :attr:`pixels`; None for DICOM.
+    ids : SliceIds or None
+        For DICOM, its study and series UIDs and instance number (in memory only: they
+        are hashed before anything is stored).
     """
 
     pixels: np.ndarray
     kind: str
     kept: bytes | None = None
+    ids: SliceIds | None = None
 
     @property
     def height(self) -> int:
@@ -151,14 +155,15 @@ def decode_upload(data: bytes, max_bytes: int) -> Upload:
         raise UnsupportedTypeError(f"unsupported file type; accepted: {ACCEPTED}")
     _check_decoded_size(data, kind)
     kept = None if kind == "dicom" else _strip(data, kind)
-    pixels = decode_dicom(data) if kept is None else _decode_raster(kept, kind)
+    pixels, ids = decode_dicom_slice(data) if kept is None \
+        else (_decode_raster(kept, kind), None)
     height, width = pixels.shape[:2]
     if min(height, width) < mp.MIN_SIDE:
         raise UnusableImageError(f"image too small: {width}x{height} pixels, at least "
                                  f"{mp.MIN_SIDE} on each side needed")
     pixels.flags.writeable = False
     logger.info("decoded %s upload: %dx%d %s", kind, width, height, pixels.dtype)
-    return Upload(pixels, kind, kept)
+    return Upload(pixels, kind, kept, ids)
 
 
 def _check_decoded_size(data: bytes, kind: str) -> None:

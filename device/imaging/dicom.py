@@ -1,10 +1,12 @@
 """DICOM slices to 8-bit grayscale pixels, reading no patient data at all.
 
-Only the Image Pixel / Modality LUT / VOI LUT elements (group 0028) and the pixel data
+Only the Image Pixel / Modality LUT / VOI LUT elements (group 0028), the pixel data, and
+the Study and Series Instance UIDs and Instance Number (to group the slices of a study)
 are parsed (``dcmread(specific_tags=...)``): PatientName, PatientID and every other
 identifying element are skipped by the parser, so they can reach neither the result,
-nor a log line, nor an exception message. Messages and log lines name element
-keywords and transfer syntaxes, never element values.
+nor a log line, nor an exception message. The two UIDs are handed on only to be hashed
+with the appliance's salt (:mod:`device.studies`); they are never stored or logged.
+Messages and log lines name element keywords and transfer syntaxes, never element values.
 
 Deflated Explicit VR Little Endian is refused from the file meta group alone, before
 ``dcmread``: pydicom inflates the whole deflated dataset in memory before any element
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import pydicom
@@ -41,9 +44,37 @@ _PREFIX_OFFSET = 128
 # ACR-NEMA) have no reliable signature and are refused rather than guessed at.
 _META_VRS = (b"UL", b"OB", b"UI")
 _PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)  # Float, DoubleFloat, (plain) PixelData
+_SLICE_ID_TAGS = (0x0020000D, 0x0020000E, 0x00200013)  # Study/Series UID, Instance Number
 _WANTED_TAGS = sorted(
     {tag for tag, entry in DicomDictionary.items() if tag >> 16 == 0x0028 and not entry[3]}
-    | {0x7FE00001, 0x7FE00002, *_PIXEL_TAGS})
+    | {0x7FE00001, 0x7FE00002, *_PIXEL_TAGS, *_SLICE_ID_TAGS})
+
+
+@dataclass(frozen=True)
+class SliceIds:
+    """Where a slice belongs: its study's and series' instance UIDs (identifiers: only
+    ever hashed, never stored or logged) and its Instance Number (None if absent)."""
+
+    study_uid: str
+    series_uid: str
+    instance: int | None
+
+
+def _slice_ids(ds: Dataset) -> SliceIds | None:
+    """The slice's ids, None without a valid StudyInstanceUID (no study to group by)."""
+    study, series = ds.get("StudyInstanceUID"), ds.get("SeriesInstanceUID")
+    study = str(study).strip() if study else ""
+    if not study or len(study) > 64:  # a UID is at most 64 characters
+        return None
+    try:
+        instance = int(ds.get("InstanceNumber"))
+    except (TypeError, ValueError):
+        instance = None
+    if instance is not None and not 0 <= instance < 2**31:
+        instance = None
+    return SliceIds(study, str(series).strip()[:64] if series else "", instance)
+
+
 _EXPORT_HINT = "export it uncompressed (Explicit VR Little Endian), or as PNG or JPEG"
 
 
@@ -55,7 +86,13 @@ def looks_like_dicom(data: bytes) -> bool:
 
 
 def decode_dicom(data: bytes) -> np.ndarray:
-    """Decode one DICOM slice into a display-ready 8-bit grayscale image.
+    """The pixels of :func:`decode_dicom_slice` alone."""
+    return decode_dicom_slice(data)[0]
+
+
+def decode_dicom_slice(data: bytes) -> tuple[np.ndarray, SliceIds | None]:
+    """Decode one DICOM slice into a display-ready 8-bit grayscale image, and the ids
+    that place it in its study (None if it has no StudyInstanceUID).
 
     Steps: modality LUT (Rescale Slope/Intercept or Modality LUT Sequence), then the VOI
     LUT Sequence or the first Window Center/Width (min-max of the rescaled values when
@@ -76,6 +113,8 @@ def decode_dicom(data: bytes) -> np.ndarray:
     -------
     numpy.ndarray
         2-D ``uint8`` array (rows, columns).
+    SliceIds or None
+        Study and series UIDs and instance number.
 
     Raises
     ------
@@ -99,7 +138,7 @@ def decode_dicom(data: bytes) -> np.ndarray:
         raise InputError("corrupt or unreadable DICOM file") from None
 
 
-def _decode(data: bytes) -> np.ndarray:
+def _decode(data: bytes) -> tuple[np.ndarray, SliceIds | None]:
     preamble = data[_PREFIX_OFFSET:_PREFIX_OFFSET + 4] == b"DICM"
     _refuse_deflated(data)
     ds = pydicom.dcmread(io.BytesIO(data), force=not preamble, specific_tags=_WANTED_TAGS)
@@ -128,7 +167,7 @@ def _decode(data: bytes) -> np.ndarray:
         out = 255 - out
     logger.debug("decoded DICOM frame %d of %d: %dx%d %s", frames // 2 + 1, frames, cols,
                  rows, photometric)
-    return out
+    return out, _slice_ids(ds)
 
 
 def _refuse_deflated(data: bytes) -> None:

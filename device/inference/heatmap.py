@@ -1,8 +1,11 @@
 """Occlusion-sensitivity heat map, computed with the same LiteRT model.
 
-A black square slides over the model input; where hiding a region lowers
-the tumour probability most, that region drove the prediction. Coarse but honest: it
-shows what this model looked at, with no gradients needed on the device.
+A black square (a quarter of the input's side) slides over the model input in steps of
+8 pixels; where hiding a region lowers the tumour probability most, that region drove the
+prediction. Each input pixel gets the mean drop of the squares that covered it. Honest
+rather than sharp: it shows what this model looked at, with no gradients needed on the
+device. The map is drawn in the stored image's own geometry (through the crop the
+preprocessing took), so it lies exactly over the slice as stored.
 """
 from __future__ import annotations
 
@@ -10,21 +13,25 @@ import cv2
 import numpy as np
 
 from device.inference.predictor import Predictor
+from models.core.preprocess import Crop
 
-PATCH_FRACTION = 0.25   # occluder side as a fraction of the input side
-STRIDE_FRACTION = 0.125  # step between occluder positions (7 x 7 positions)
-DISPLAY_SIDE = 384
+PATCH_FRACTION = 0.25     # occluder side as a fraction of the input side (32 px of 128)
+STRIDE_FRACTION = 0.0625  # step between occluder positions (8 px of 128: 13 x 13)
+DISPLAY_SIDE = 512        # longest side of the drawn map (the browser scales it)
+ALPHA = 0.8               # opacity of a full-scale drop
 # Colours are on one absolute scale for every case: full red is a drop in tumour
 # probability of this much or more. Scaled to each map's own maximum, a 3-point drop on a
 # "no tumour" slice looked as red as a 20-point drop on a tumour.
 FULL_SCALE_DROP = 0.2
+FORMAT = "aligned-rgba-2"  # what the map looks like: a new one redraws the stored maps
 
 
 def occlusion_map(predictor: Predictor, image: np.ndarray, base_probability: float
                   ) -> np.ndarray:
-    """Drop in probability per input pixel (H, W) float32, averaged over occluders."""
+    """Drop in probability per input pixel (H, W) float32, averaged over the overlapping
+    occluders that covered it (all positions in one batch)."""
     h, w = image.shape[:2]
-    patch, stride = int(h * PATCH_FRACTION), int(h * STRIDE_FRACTION)
+    patch, stride = int(h * PATCH_FRACTION), max(1, int(h * STRIDE_FRACTION))
     positions = [(y, x) for y in range(0, h - patch + 1, stride)
                  for x in range(0, w - patch + 1, stride)]
     batch = np.repeat(image[None], len(positions), axis=0)
@@ -39,22 +46,31 @@ def occlusion_map(predictor: Predictor, image: np.ndarray, base_probability: flo
     return drop / np.maximum(hits, 1)
 
 
-def overlay_png(image: np.ndarray, drop: np.ndarray, alpha: float = 0.45) -> bytes:
-    """PNG of the model input with positive drops in JET colours on top, on the absolute
-    scale of :data:`FULL_SCALE_DROP` (a larger drop saturates)."""
-    gray = cv2.resize(image[:, :, 0], (DISPLAY_SIDE, DISPLAY_SIDE)).clip(0, 255)
-    base = cv2.cvtColor(gray.astype(np.uint8), cv2.COLOR_GRAY2BGR)
+def overlay_png(drop: np.ndarray, crop: Crop) -> bytes:
+    """RGBA PNG of positive drops in JET colours, laid over the stored image: the same
+    aspect, at most :data:`DISPLAY_SIDE` on its longest side, transparent where hiding
+    changed nothing and outside the model's crop; opacity grows with the drop, on the
+    absolute scale of :data:`FULL_SCALE_DROP` (a larger drop saturates)."""
+    scale = min(1.0, DISPLAY_SIDE / max(crop.height, crop.width))
+    size = (max(1, round(crop.width * scale)), max(1, round(crop.height * scale)))
     heat = (np.clip(drop / FULL_SCALE_DROP, 0, 1) * 255).astype(np.uint8)
-    heat = cv2.resize(heat, (DISPLAY_SIDE, DISPLAY_SIDE), interpolation=cv2.INTER_CUBIC)
+    # input pixel (u, v) -> displayed pixel: through the crop square, then the scale
+    step = crop.side / drop.shape[1] * scale
+    matrix = np.float32([[step, 0, crop.left * scale + (step - 1) / 2],
+                         [0, crop.side / drop.shape[0] * scale, crop.top * scale
+                          + (crop.side / drop.shape[0] * scale - 1) / 2]])
+    heat = cv2.warpAffine(heat, matrix, size, flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     colour = cv2.applyColorMap(heat, cv2.COLORMAP_JET)
-    weight = (heat.astype(np.float32) / 255 * alpha)[:, :, None]
-    out = (base * (1 - weight) + colour * weight).astype(np.uint8)
-    ok, png = cv2.imencode(".png", out)
+    alpha = (heat.astype(np.float32) * ALPHA).astype(np.uint8)
+    ok, png = cv2.imencode(".png", np.dstack([colour, alpha]))
     if not ok:
         raise RuntimeError("PNG encoding of the heat map failed")
     return png.tobytes()
 
 
-def heatmap_png(predictor: Predictor, image: np.ndarray, base_probability: float) -> bytes:
-    """Occlusion map of ``image`` rendered as an overlay PNG."""
-    return overlay_png(image, occlusion_map(predictor, image, base_probability))
+def heatmap_png(predictor: Predictor, image: np.ndarray, base_probability: float,
+                crop: Crop) -> bytes:
+    """Occlusion map of ``image`` (the model input of the stored image, taken from it
+    at ``crop``) rendered as an overlay of the stored image."""
+    return overlay_png(occlusion_map(predictor, image, base_probability), crop)

@@ -35,18 +35,30 @@ EXPORT_FIELDS = ("id", "created_at", "source", "width", "height", "probability",
 
 
 MAX_REFERENCE, MAX_NOTE, MAX_FILE_NAME = 64, 500, 255
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL, STUDY_ID = re.compile(r"[\x00-\x1f\x7f]"), re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class StudyRef:
+    """A new slice's study id, what grouped it (``"study_uid"``, salted hash of its UID,
+    or ``"archive"``), its series' salted hash and its instance number."""
+
+    id: str
+    grouped_by: str
+    series_hash: str = ""
+    instance: int | None = None
 
 
 @dataclass(frozen=True)
 class CaseInfo:
     """What ties a case to the clinic's own records: a reference (e.g. an accession
-    number), a note, the uploaded file's name. On this appliance only: never sent to
-    the coordinator, never logged, not in the CSV export."""
+    number), a note, the uploaded file's name, the study it belongs to. On this
+    appliance only: never sent to the coordinator, never logged, not in the CSV export."""
 
     reference: str = ""
     note: str = ""
     file_name: str = ""
+    study: StudyRef | None = None
 
 
 def check_info(info: object) -> CaseInfo:
@@ -64,7 +76,11 @@ def check_info(info: object) -> CaseInfo:
         lines = value if one_line else value.replace("\r\n", "").replace("\n", "")
         if _CONTROL.search(lines):
             raise InputError(f"{what} holds control characters")
-    return CaseInfo(info.reference.strip(), info.note.strip(), name)
+    study = info.study
+    if study is not None and not (isinstance(study, StudyRef) and STUDY_ID.fullmatch(
+            study.id) and study.grouped_by in ("study_uid", "archive")):
+        raise InputError("study must be a StudyRef with a 32-hex id")
+    return CaseInfo(info.reference.strip(), info.note.strip(), name, study)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import sqlite3
 from device.exc import NotFoundError
 from device.store.base import MAX_REFERENCE, CaseInfo, check_case_id, check_info
 from device.store.db import Database, text
+from device.store.studies import insert_study
 
 
 def insert_info(conn: sqlite3.Connection, case_id: str, info: CaseInfo | None) -> None:
@@ -14,6 +15,8 @@ def insert_info(conn: sqlite3.Connection, case_id: str, info: CaseInfo | None) -
     if info is not None and any((info.reference, info.note, info.file_name)):
         conn.execute("INSERT INTO case_info VALUES (?, ?, ?, ?)",
                      (case_id, info.reference, info.note, info.file_name))
+    if info is not None:
+        insert_study(conn, case_id, info.study)
 
 
 def reference_filter(reference: str) -> tuple[str, tuple]:

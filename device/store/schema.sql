@@ -109,3 +109,22 @@ CREATE TABLE IF NOT EXISTS case_info (
     file_name TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS case_info_reference ON case_info (reference);
+
+-- Studies: the slices of one examination, grouped by a salted hash of their DICOM
+-- StudyInstanceUID (the UID itself is never stored), or by the archive they came in.
+-- A study label is the clinician's verdict on the whole study (device.store.studies).
+CREATE TABLE IF NOT EXISTS studies (
+    id          TEXT PRIMARY KEY CHECK (length(id) = 32),
+    created_at  TEXT NOT NULL,
+    grouped_by  TEXT NOT NULL CHECK (grouped_by IN ('study_uid', 'archive')),
+    label       INTEGER CHECK (label IN (0, 1)),
+    labelled_by TEXT,
+    labelled_at TEXT
+);
+CREATE TABLE IF NOT EXISTS study_slices (
+    case_id     TEXT PRIMARY KEY REFERENCES cases (id) ON DELETE CASCADE,
+    study_id    TEXT NOT NULL REFERENCES studies (id) ON DELETE CASCADE,
+    series_hash TEXT NOT NULL DEFAULT '',
+    instance    INTEGER
+);
+CREATE INDEX IF NOT EXISTS study_slices_study ON study_slices (study_id);

@@ -36,8 +36,9 @@ from device.store.base import (
 )
 from device.store.case_info import CaseInfoQueries, insert_info, reference_filter
 from device.store.commit import GroupCommit
-from device.store.db import DB_NAME, Database, number, text
+from device.store.db import CASE_FIELDS, DB_NAME, Database, case_from_row, number, text
 from device.store.journal import FileJournal, stage, write_file
+from device.store.studies import StudyQueries, tumour_label_reaches_study
 from models.core.sqlitedb import now_iso, sweep_dir
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 # The only names we create: <id>.png or .jpg (the image), <id>-heatmap-<8 hex>.png (a
 # heat map; <id>-heatmap.png before heat maps got a new name at each drawing).
 _OWNED_FILE = re.compile(r"[0-9a-f]{32}(\.png|\.jpg|-heatmap(-[0-9a-f]{8})?\.png)")
-_FIELDS = tuple(Case.__dataclass_fields__)
+_FIELDS = CASE_FIELDS
 _COLUMNS = ", ".join(_FIELDS)
 _INSERT = f"INSERT INTO cases ({_COLUMNS}) VALUES ({', '.join('?' * len(_FIELDS))})"
 _WHERE = {"all": "1", "unconfirmed": "confirmed_label IS NULL",
@@ -105,12 +106,7 @@ def _disk_full(exc: BaseException) -> bool:
     return getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 
 
-def _case(row: sqlite3.Row) -> Case:
-    values = {name: row[name] for name in _FIELDS}
-    return Case(**{**values, "uncertain": bool(values["uncertain"])})
-
-
-class SQLiteCaseStore(CaseInfoQueries, CaseStore):
+class SQLiteCaseStore(CaseInfoQueries, StudyQueries, CaseStore):
     """Cases in ``data_dir/neuroedge.db``, images in ``data_dir/images/``.
 
     Pass ``db`` to share one :class:`Database` with :class:`SQLiteAccountStore`; it is
@@ -222,14 +218,14 @@ class SQLiteCaseStore(CaseInfoQueries, CaseStore):
             f"SELECT {', '.join('c.' + f for f in _FIELDS)}, k.request_sha256 FROM "
             "idempotency_keys k JOIN cases c ON c.id = k.case_id WHERE k.user = ? AND "
             "k.key = ? AND k.created_at >= ?", (user, key, time.time() - KEY_TTL_S))
-        return (_case(rows[0]), rows[0]["request_sha256"]) if rows else None
+        return (case_from_row(rows[0]), rows[0]["request_sha256"]) if rows else None
 
     def get(self, case_id: str) -> Case:
         rows = self._db.read(f"SELECT {_COLUMNS} FROM cases WHERE id = ?",
                              (check_case_id(case_id),))
         if not rows:
             raise NotFoundError("no such case")
-        return _case(rows[0])
+        return case_from_row(rows[0])
 
     def ids_starting_with(self, prefix: str, limit: int = 2) -> list[str]:
         if not isinstance(prefix, str) or not re.fullmatch(r"[0-9a-f]{1,32}", prefix):
@@ -247,7 +243,7 @@ class SQLiteCaseStore(CaseInfoQueries, CaseStore):
             f"{where} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
             (*params, number(limit, "limit", 0, MAX_LIST_LIMIT, integer=True),
              number(offset, "offset", 0, MAX_LIST_OFFSET, integer=True)))
-        return [_case(row) for row in rows]
+        return [case_from_row(row) for row in rows]
 
     def count(self, status: str = "all", reference: str = "") -> int:
         where, params = reference_filter(reference)
@@ -262,10 +258,12 @@ class SQLiteCaseStore(CaseInfoQueries, CaseStore):
                             "confirmed_at = ? WHERE id = ?",
                             (label, user, now_iso(), case_id)).rowcount == 0:
                 raise NotFoundError("no such case")
+            if label == 1:
+                tumour_label_reaches_study(conn, case_id, user)
             row = conn.execute(f"SELECT {_COLUMNS} FROM cases WHERE id = ?",
                                (case_id,)).fetchone()
         log.info("case %s confirmed", case_id)
-        return _case(row)
+        return case_from_row(row)
 
     def delete(self, case_id: str) -> None:
         case = self.get(case_id)
@@ -368,7 +366,7 @@ class SQLiteCaseStore(CaseInfoQueries, CaseStore):
         rows = self._db.read(f"SELECT {_COLUMNS} FROM cases ORDER BY created_at, rowid")
         writer = csv.writer(fh)
         writer.writerow(EXPORT_FIELDS)
-        for case in map(_case, rows):
+        for case in map(case_from_row, rows):
             writer.writerow([int(case.uncertain) if name == "uncertain"
                              else getattr(case, name) for name in EXPORT_FIELDS])
         return len(rows)

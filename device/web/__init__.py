@@ -15,8 +15,11 @@ from device.config import Settings, ensure_secret_key
 from device.services import Services
 from models.core import webguard
 
-# Browser batch uploads may carry several slices; the API takes one (see api.py).
-MAX_FILES_PER_UPLOAD = 20
+# Browser batch uploads may carry several slices (a series' folder dropped on the page: as
+# many files as a .zip may hold), all together at most MAX_BATCH_FACTOR times the limit
+# of one file; the API takes one (see api.py).
+MAX_FILES_PER_UPLOAD = 400
+MAX_BATCH_FACTOR = 20
 
 
 def services() -> Services:
@@ -41,7 +44,8 @@ def create_app(settings: Settings, svc: Services) -> Flask:
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=ensure_secret_key(settings),
-        MAX_CONTENT_LENGTH=settings.max_upload_bytes * MAX_FILES_PER_UPLOAD,
+        MAX_CONTENT_LENGTH=settings.max_upload_bytes * MAX_BATCH_FACTOR,
+        MAX_FORM_PARTS=MAX_FILES_PER_UPLOAD + 16,  # the files and the form's fields
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_SECURE=settings.cookie_secure,
@@ -51,11 +55,11 @@ def create_app(settings: Settings, svc: Services) -> Flask:
     app.extensions["neuroedge"] = svc
 
     from device.web import (accounts_admin, admin, api, auth, cases, errors, health, model,
-                            upload)
+                            studies, upload)
     auth.init_app(app)  # before CSRF: an expired session's form goes to sign-in
     guards = webguard.install(app)
     guards.csrf.exempt(api.bp)  # bearer tokens, no cookies
-    for module in (auth, upload, cases, api, health, admin, accounts_admin, model):
+    for module in (auth, upload, cases, studies, api, health, admin, accounts_admin, model):
         app.register_blueprint(module.bp)
     auth.limit(app, guards.limiter)
     api.limit(guards.limiter, settings.api_rate_limit)

@@ -3,6 +3,7 @@ and ``POST /api/v1/series`` (a series as one .zip)."""
 from __future__ import annotations
 
 import hashlib
+import secrets
 import re
 import time
 
@@ -15,7 +16,7 @@ from device.imaging import archive
 from device.store.base import Case, DuplicateKey, IdempotencyKey
 from device.web import services
 from device.web.auth import current_user, token_user
-from device.web.upload import analyse_one, case_info, read_upload, series_summary
+from device.web.upload import analyse_one, case_info, read_upload, study_summaries
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
@@ -66,9 +67,10 @@ def predictions():
 @bp.route("/series", methods=["POST"])
 def series():
     """Each slice of a .zip (field ``archive``) as a case: one line per slice, with its
-    prediction or why it has none, in the archive's order, and the series' summary
-    (:func:`device.web.upload.series_summary`). A bound reached part way ends the list
-    with a line naming it (the slices before it are kept) and leaves no summary."""
+    prediction or why it has none, in the archive's order, and the studies its slices
+    went to (:func:`device.web.upload.study_summaries`; ``summary``: the study, if one).
+    A bound reached part way ends the list with a line naming it (the slices before it
+    are kept)."""
     parts = request.files.getlist("archive")
     if len(parts) != 1:
         raise InputError("multipart field 'archive' (one .zip of the series) is required")
@@ -77,25 +79,25 @@ def series():
     if not archive.is_zip(data):
         raise UnsupportedTypeError("'archive' must be a .zip of the series' slices")
     results: list[dict] = []
+    group = secrets.token_hex(16)
     try:
         for member, body in archive.members(data, services().settings.max_upload_bytes):
-            analyse_one(member, body, member, results, source="api",
-                        series=parts[0].filename or "archive")
+            analyse_one(member, body, member, results, source="api", archive=group)
     except InputError as exc:
         if not results:
             raise
         results.append({"name": parts[0].filename or "archive", "error": str(exc),
-                        "status": exc.status})  # an incomplete series: no summary
+                        "status": exc.status})
     lines = [{"name": r["name"], **_prediction(r["case"], r["case"].latency_ms, reference)}
              if "case" in r else {k: r[k] for k in ("name", "error", "status")}
              for r in results]
-    summary = series_summary(results)
-    if summary is not None:
-        summary["most_suspicious"] = [{"name": r["name"], "case_id": r["case"].id,
-                                       "probability": round(r["case"].probability, 6)}
-                                      for r in summary["most_suspicious"]]
+    studies = study_summaries(results)
+    for study in studies:
+        study["url"] = url_for("studies.detail", study_id=study["id"], _external=True)
+        study["most_suspicious"] = [{"case_id": c.id, "probability": round(c.probability, 6)}
+                                    for c in study["most_suspicious"]]
     return jsonify(results=lines, cases=sum("case_id" in line for line in lines),
-                   summary=summary)
+                   studies=studies, summary=studies[0] if len(studies) == 1 else None)
 
 
 def _prediction(case: Case, latency_ms: float, reference: str) -> dict:

@@ -9,7 +9,7 @@ from flask import (Blueprint, Response, abort, flash, redirect, render_template,
                    send_file, session, url_for)
 
 from device.exc import InputError
-from device.imaging.thumbnail import thumbnail_png
+from device.imaging.thumbnail import stored_gray, thumbnail_png
 from device.inference.heatmap import FULL_SCALE_DROP
 from device.web import services
 from device.web.auth import current_user, login_required
@@ -56,7 +56,9 @@ def index():
 @login_required
 def detail(case_id: str):
     store = services().store
+    study_id = store.study_of(case_id)
     return render_template("case.html", case=store.get(case_id), info=store.get_info(case_id),
+                           study=None if study_id is None else store.study(study_id),
                            full_scale_drop=FULL_SCALE_DROP,
                            heatmap_version=services().slot.current.version)
 
@@ -74,6 +76,9 @@ def confirm(case_id: str):
         logger.info("case %s: label %d by %s replaces %d by %s", case_id, int(label),
                     current_user(), before.confirmed_label, before.confirmed_by)
     flash("Label recorded.")
+    study = request.form.get("return_to", "")  # labelled from its study's page
+    if study and study == store.study_of(case_id):
+        return redirect(url_for("studies.detail", study_id=study), 303)
     return redirect(url_for("cases.detail", case_id=case_id), 303)
 
 
@@ -109,6 +114,23 @@ def image(case_id: str):
     store = services().store
     path = store.image_path(store.get(case_id))
     return _image(path, "image/jpeg" if path.suffix == ".jpg" else "image/png")
+
+
+@bp.route("/<case_id>/pixels")
+@login_required
+def pixels(case_id: str):
+    """The stored slice's grey values for the viewer's window/level: little-endian
+    ``uint8`` or ``uint16`` (a 16-bit PNG keeps its depth), row by row; the size and
+    depth in headers."""
+    store = services().store
+    values = stored_gray(store.image_path(store.get(case_id)))
+    response = Response(values.astype(values.dtype.newbyteorder("<")).tobytes(),
+                        mimetype="application/octet-stream")
+    response.headers.update({"X-Width": str(values.shape[1]),
+                             "X-Height": str(values.shape[0]),
+                             "X-Bits": str(8 * values.itemsize),
+                             "Cache-Control": "private, no-store"})
+    return response
 
 
 @bp.route("/<case_id>/thumbnail.png")

@@ -25,6 +25,7 @@ from werkzeug.datastructures import FileStorage
 from device.exc import CameraUnavailableError, InputError, StorageFullError, TooLargeError
 from device.imaging import archive
 from device.store.base import CaseInfo, check_info
+from device.studies import verdict
 from device.web import MAX_FILES_PER_UPLOAD, services
 from device.web.auth import current_user, login_required
 
@@ -81,7 +82,8 @@ def index():
     svc = services()
     response = current_app.make_response(render_template(
         "index.html", model=svc.slot.current.bundle.manifest, camera=svc.camera is not None,
-        max_mb=svc.settings.max_upload_mb, form_id=secrets.token_hex(16)))
+        max_mb=svc.settings.max_upload_mb, form_id=secrets.token_hex(16),
+        max_files=MAX_FILES_PER_UPLOAD))
     response.headers["Cache-Control"] = "no-store"  # Back shows a fresh form id
     return response
 
@@ -111,7 +113,8 @@ def upload():
     if not results:  # the first post was interrupted before its first file
         abort(503, "that upload was interrupted; send it again")
     if not any("case" in r for r in results):  # nothing stored: nothing to repeat
-        return render_template("results.html", results=results), results[0]["status"]
+        return render_template("results.html", results=results, studies=[], names={}), \
+            results[0]["status"]
     if len(results) == 1:
         return redirect(url_for("cases.detail", case_id=results[0]["case"].id), 303)
     return redirect(url_for("upload.results", key=key), 303)
@@ -163,9 +166,9 @@ def _analyse_all(files: list, results: list) -> None:
             if not archive.is_zip(data):
                 analyse_one(f.filename, data, f.filename, results)
                 continue
+            group = secrets.token_hex(16)
             for member, body in archive.members(data, limit):
-                analyse_one(f"{f.filename}: {member}", body, member, results,
-                            series=f.filename)
+                analyse_one(f"{f.filename}: {member}", body, member, results, archive=group)
         except InputError as exc:  # the file, or the archive as a whole
             services().telemetry.record_error(type(exc).__name__)
             results.append({"number": len(results) + 1, "name": f.filename,
@@ -173,16 +176,18 @@ def _analyse_all(files: list, results: list) -> None:
 
 
 def analyse_one(name: str, data: bytes | InputError, file_name: str, results: list,
-                source: str = "upload", series: str | None = None) -> None:
-    """One slice into ``results``: its case, or why it has none; ``series`` names the
-    archive it came from."""
+                source: str = "upload", archive: str | None = None) -> None:
+    """One slice into ``results``: its case and study, or why it has none; ``archive``:
+    the id of the archive it came from (its slices without a StudyInstanceUID are one
+    study)."""
     svc = services()
-    line = {"number": len(results) + 1, "name": name, "series": series}
+    line = {"number": len(results) + 1, "name": name}
     try:
         if isinstance(data, InputError):  # a member the archive could not give
             raise data
-        case = svc.analyser.analyse(data, source, info=case_info(file_name[-255:]))
-        results.append({**line, "case": case})
+        case = svc.analyser.analyse(data, source, info=case_info(file_name[-255:]),
+                                    archive=archive)
+        results.append({**line, "case": case, "study": svc.store.study_of(case.id)})
     except (InputError, StorageFullError) as exc:
         svc.telemetry.record_error(type(exc).__name__)
         results.append({**line, "error": str(exc), "status": exc.status})
@@ -194,26 +199,19 @@ def analyse_one(name: str, data: bytes | InputError, file_name: str, results: li
                                  "again later, or tell the administrator"})
 
 
-SERIES_RULE = "a series counts as tumour suspected if any of its slices is"
-MOST_SUSPICIOUS = 5
-
-
-def series_summary(results: list) -> dict | None:
-    """What the slices of one series (one archive) amount to, by a stated rule: any
-    slice at or above the threshold makes the series suspected; the slices with the
-    highest probability first. None unless two or more cases came from one archive and
-    nothing else (a batch of separate files may be several patients)."""
-    lines = [r for r in results if "case" in r]
-    if len(lines) < 2 or len({r.get("series") for r in results}) != 1 \
-            or results[0].get("series") is None:
-        return None
-    ranked = sorted(lines, key=lambda r: r["case"].probability, reverse=True)
-    suspected = sum(bool(r["case"].predicted_label) for r in lines)
-    return {"slices": len(lines), "refused": len(results) - len(lines),
-            "suspected": suspected, "series_suspected": suspected > 0,
-            "uncertain": sum(bool(r["case"].uncertain) for r in lines),
-            "rule": f"{SERIES_RULE} at or above the model's threshold",
-            "most_suspicious": ranked[:MOST_SUSPICIOUS]}
+def study_summaries(results: list) -> list[dict]:
+    """Each study the slices of ``results`` went to, in order: its verdict over all its
+    slices (earlier uploads of the same study included; :func:`device.studies.verdict`),
+    its id, how it was grouped, and how many slices this upload added."""
+    store = services().store
+    ids = list(dict.fromkeys(r["study"] for r in results if r.get("study")))
+    summaries = []
+    for study_id in ids:
+        study = store.study(study_id)
+        summaries.append({**verdict(study.cases), "id": study_id,
+                          "grouped_by": study.grouped_by,
+                          "added": sum(r.get("study") == study_id for r in results)})
+    return summaries
 
 
 @bp.route("/upload/results/<key>")
@@ -223,7 +221,9 @@ def results(key: str):
     if submission is None or not submission.done.is_set():
         abort(404, "these upload results are no longer kept; the cases are in the case list")
     return render_template("results.html", results=submission.results,
-                           summary=series_summary(submission.results))
+                           studies=study_summaries(submission.results),
+                           names={r["case"].id: r["name"] for r in submission.results
+                                  if "case" in r})
 
 
 @bp.route("/capture", methods=["POST"])

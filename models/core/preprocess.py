@@ -301,6 +301,19 @@ def _shrink(img: np.ndarray) -> np.ndarray:
     return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
 
 
+@dataclass(frozen=True)
+class Crop:
+    """Where the model input lies in the decoded image: the square ``side`` pixels wide
+    at (``top``, ``left``), in the image's own pixels (it may extend past its edges,
+    where the input is zero), and the image's ``height`` and ``width``."""
+
+    top: float
+    left: float
+    side: float
+    height: int
+    width: int
+
+
 def preprocess(img: np.ndarray, spec: InputSpec = InputSpec()) -> np.ndarray:
     """Model input (H, W, C) float32 in [0, 255] from a decoded image of any depth and
     channel count.
@@ -311,8 +324,16 @@ def preprocess(img: np.ndarray, spec: InputSpec = InputSpec()) -> np.ndarray:
         Image smaller than ``MIN_SIDE`` pixels on a side, blank, or in colour (a
         photograph, screenshot or colour map: never trained on, yet scored; README).
     """
+    return preprocess_with_crop(img, spec)[0]
+
+
+def preprocess_with_crop(img: np.ndarray, spec: InputSpec = InputSpec()
+                         ) -> tuple[np.ndarray, Crop]:
+    """:func:`preprocess`, and where its input lies in ``img`` (to draw on ``img`` what
+    was found on the input, e.g. a heat map)."""
     if img.ndim < 2 or min(img.shape[:2]) < MIN_SIDE:
         raise UnusableImageError(f"image too small: shape {img.shape}")
+    height, width = img.shape[:2]
     img = _shrink(img)
     refuse_colour(img)
     gray, gray_u8 = _to_gray(img)
@@ -328,7 +349,9 @@ def preprocess(img: np.ndarray, spec: InputSpec = InputSpec()) -> np.ndarray:
         crop = _normalize_levels(_paste(gray_u8, box, np.uint8), mask)
     small = cv2.resize(crop, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
     out = np.clip(small, 0.0, 1.0)[:, :, None] * 255.0
-    return np.repeat(out, spec.channels, axis=2).astype(np.float32)
+    scale = width / img.shape[1]  # _shrink keeps the aspect (to rounding)
+    return (np.repeat(out, spec.channels, axis=2).astype(np.float32),
+            Crop(box[0] * scale, box[1] * scale, box[2] * scale, height, width))
 
 
 def preprocess_bytes(data: bytes, spec: InputSpec = InputSpec()) -> np.ndarray:

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from device.heatmaps import HeatmapJob, HeatmapQueue
+from models.core.preprocess import Crop
 
 
 def _job(case_id: str) -> HeatmapJob:
     return HeatmapJob(case_id, predictor=None, image=np.zeros((4, 4, 1)),  # type: ignore
-                      probability=0.5)
+                      probability=0.5, crop=Crop(0, 0, 4, 4, 4))
 
 
 def _wait_for(condition, timeout: float = 10.0) -> bool:

@@ -12,7 +12,7 @@ from device.inference.heatmap import FULL_SCALE_DROP, heatmap_png, occlusion_map
 from device.inference.predictor import Predictor, create_predictor
 from device.inference.slot import ModelSlot
 from models.core.bundle import Bundle, verify_bundle
-from models.core.preprocess import preprocess_bytes
+from models.core.preprocess import Crop, preprocess_bytes
 from models.core.signing import load_public_key
 from tests.device.bundles import with_slice_check
 
@@ -83,25 +83,46 @@ def test_occlusion_map_peaks_where_the_model_looks(bundle):
     assert drop[100:, 100:].max() == pytest.approx(0.0)
 
 
+WHOLE = Crop(0, 0, 128, 128, 128)  # an input that is the whole image
+
+
 def test_heatmap_png_is_an_overlay_image(bundle):
     png = heatmap_png(BrightSpotPredictor(bundle), np.full((128, 128, 1), 99.0, np.float32),
-                      0.39)
+                      0.39, WHOLE)
 
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    out = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert out.shape == (128, 128, 4)  # colour and opacity, to lay over the slice
 
 
 def test_heat_map_colours_are_on_one_absolute_scale():
-    image = np.full((128, 128, 1), 100.0, np.float32)
     small, large = np.zeros((128, 128), np.float32), np.zeros((128, 128), np.float32)
     small[:32, :32], large[:32, :32] = 0.03, FULL_SCALE_DROP  # the same map, two strengths
 
-    def colour_shift(drop):
-        out = cv2.imdecode(np.frombuffer(overlay_png(image, drop), np.uint8), cv2.IMREAD_COLOR)
-        return np.abs(out[10:40, 10:40].astype(int) - 100).mean()  # the grey is 100
+    def opacity(drop):
+        out = cv2.imdecode(np.frombuffer(overlay_png(drop, WHOLE), np.uint8),
+                           cv2.IMREAD_UNCHANGED)
+        return out[10:20, 10:20, 3].mean()
 
     # Each map scaled to its own maximum painted both the same; now the small drop is faint.
-    assert colour_shift(small) < 0.3 * colour_shift(large)
-    assert colour_shift(np.zeros((128, 128), np.float32)) == 0
+    assert opacity(small) < 0.3 * opacity(large)
+    assert opacity(np.zeros((128, 128), np.float32)) == 0
+
+
+def test_the_heat_map_lies_over_the_stored_image_where_the_input_came_from():
+    # Prepare: the model's input is a 300-px square at (top 100, left 400) of a 1000x600
+    # image (landscape: the map is drawn 512 px wide); the input's top-left quarter drove it
+    drop = np.zeros((128, 128), np.float32)
+    drop[:64, :64] = FULL_SCALE_DROP
+    crop = Crop(100, 400, 300, 600, 1000)
+    # Execute
+    out = cv2.imdecode(np.frombuffer(overlay_png(drop, crop), np.uint8), cv2.IMREAD_UNCHANGED)
+    # Assert: the image's shape; colour over that quarter (150 px at 400,100 -> x 205-282,
+    # y 51-128 once scaled by 0.512), none elsewhere
+    assert out.shape == (307, 512, 4)
+    alpha = out[..., 3] > 0
+    ys, xs = np.nonzero(alpha)
+    assert abs(xs.min() - 205) <= 2 and abs(xs.max() - 282) <= 2
+    assert abs(ys.min() - 51) <= 2 and abs(ys.max() - 128) <= 2
 
 
 def test_slot_swap_leaves_requests_in_flight_on_the_old_model(bundle):

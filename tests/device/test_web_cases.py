@@ -178,7 +178,7 @@ def test_a_heat_map_is_drawn_again_after_the_model_or_colour_scale_changed(
     assert now != path and not path.exists() and redrawn[:4] == b"\x89PNG"
     assert now.read_bytes() == redrawn
     page = " ".join(client.get(f"/cases/{case.id}").get_data(as_text=True).split())
-    assert "Occlusion heat map drawn by model version 1:" in page
+    assert "Occlusion heat map over the slice as stored, drawn by model version 1:" in page
 
 
 def test_a_replaced_label_is_logged_with_both_clinicians(app, admin, slice_bytes, services,
@@ -231,3 +231,21 @@ def test_the_admin_page_says_in_words_what_training_and_sync_last_did(app, admin
     assert "an update of 5.0 KB (model numbers, no image) was queued" in page
     assert "1 update(s) sent. Version 4 was refused: local gate: v4 worse than v3." in page
     assert "6.2 KB sent, 32.2 KB received. Images never leave it." in page
+
+
+def test_the_viewer_gets_the_stored_grey_values_in_their_own_depth(
+        app, admin, services, slice_bytes):
+    # Prepare: a 16-bit PNG slice (its values use the whole 16 bits)
+    gray = cv2.imdecode(np.frombuffer(slice_bytes, np.uint8), cv2.IMREAD_GRAYSCALE)
+    values = gray.astype(np.uint16) * 257
+    client = app.test_client()
+    login(client)
+    upload(client, ("deep.png", cv2.imencode(".png", values)[1].tobytes()))
+    case = services.store.list()[0]
+    # Execute
+    answer = client.get(f"/cases/{case.id}/pixels")
+    # Assert: the same values, row by row, little-endian, with their size and depth
+    assert answer.headers["X-Bits"] == "16"
+    shape = int(answer.headers["X-Height"]), int(answer.headers["X-Width"])
+    assert np.array_equal(np.frombuffer(answer.data, "<u2").reshape(shape), values)
+    assert app.test_client().get(f"/cases/{case.id}/pixels").status_code in (302, 401)

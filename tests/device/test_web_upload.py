@@ -96,10 +96,10 @@ def test_a_batch_file_that_fails_is_reported_and_the_others_are_kept(
         app, admin, slice_bytes, services, monkeypatch):
     analyse = services.analyser.analyse
 
-    def full_disk_on_the_second(data, source, info=None):
+    def full_disk_on_the_second(data, source, **kwargs):
         if len(services.store.list()) == 1:
             raise OSError(28, "No space left on device")
-        return analyse(data, source, info=info)
+        return analyse(data, source, **kwargs)
 
     monkeypatch.setattr(services.analyser, "analyse", full_disk_on_the_second)
     client = app.test_client()

@@ -11,6 +11,7 @@ from axe_playwright_python.sync_playwright import Axe
 
 from tests.e2e.conftest import PASSWORD, add_user
 from tests.e2e.test_browser import sign_in
+from tests.e2e.test_study_viewer import study_zip
 
 SERIOUS = ("serious", "critical")
 
@@ -23,8 +24,8 @@ def violations(page) -> list[str]:
 
 @pytest.mark.parametrize("width", [1280, 375])
 def test_every_page_has_no_serious_accessibility_violation(
-        page, start_appliance, appliance_data, slice_path: Path, width: int):
-    # Prepare: an administrator, one analysed slice.
+        page, start_appliance, appliance_data, slice_path: Path, tmp_path: Path, width: int):
+    # Prepare: an administrator, one analysed slice, one study (a zipped series).
     add_user(appliance_data, "alice")
     server = start_appliance()
     page.set_viewport_size({"width": width, "height": 900})
@@ -35,10 +36,18 @@ def test_every_page_has_no_serious_accessibility_violation(
     page.click("#analyse")
     page.wait_for_url(re.compile(r"/cases/[0-9a-f]{32}$"), wait_until="load")
     case = page.url
+    page.goto(f"{server.url}/")
+    page.set_input_files("#images", str(study_zip(slice_path, tmp_path)))
+    page.click("#analyse")
+    page.wait_for_url(re.compile(r"/upload/results/"), wait_until="load")
+    found[page.url.removeprefix(server.url)] = violations(page)
+    page.click(".series-summary h2 a")
+    page.wait_for_url(re.compile(r"/studies/[0-9a-f]{32}$"), wait_until="load")
+    study = page.url
 
     # Execute: axe on each page.
-    for url in (case, f"{server.url}/", f"{server.url}/cases/", f"{server.url}/admin/",
-                f"{server.url}/model/"):
+    for url in (case, study, f"{server.url}/", f"{server.url}/cases/",
+                f"{server.url}/studies/", f"{server.url}/admin/", f"{server.url}/model/"):
         page.goto(url)
         found[url.removeprefix(server.url)] = violations(page)
 
