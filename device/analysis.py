@@ -3,7 +3,7 @@
 The browser upload, the JSON API and the camera all call :meth:`Analyser.analyse`, so
 they share validation, the training preprocessing and the crash-safe store. The case,
 its image and its embedding are stored in one durable step. The heat map (169 occluded
-inferences in one batch) is drawn after the answer, in the background
+inferences, in batches) is drawn after the answer, in the background
 (:mod:`device.heatmaps`), or on first view if that has not happened yet.
 """
 from __future__ import annotations
@@ -113,7 +113,7 @@ class Analyser:
             threshold=predictor.threshold, uncertain=result.uncertain,
             model_version=predictor.version, latency_ms=latency_ms,
             backbone_id=predictor.backbone_id, embedding=result.embedding,
-            idempotency=idempotency, info=info)
+            idempotency=idempotency, info=info, raw=upload.raw_png())
 
     def heatmap(self, case: Case) -> Path:
         """Path of the case's heat map, drawn now if the background has not drawn it yet

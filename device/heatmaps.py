@@ -1,7 +1,7 @@
 """Heat maps drawn after the answer: a bounded queue and one background thread.
 
-An upload is answered as soon as its case is stored. Its heat map (169 occluded copies in
-one batched inference) is drawn afterwards, once no upload has been in progress for
+An upload is answered as soon as its case is stored. Its heat map (169 occluded copies, in
+batched inferences) is drawn afterwards, once no upload has been in progress for
 :data:`IDLE_S`, so that it does not slow the next slice of a series, and is ready when
 the case page asks for it. The queue holds at most ``capacity`` jobs; when it is full
 the oldest is dropped, and that map is drawn when first viewed, as before.

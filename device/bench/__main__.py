@@ -211,7 +211,7 @@ def in_process(bodies: list[bytes]) -> None:
     print(f"  stored as uploaded    {kept:6.1f} KB per slice; a PNG re-encoding would be "
           f"{png:.1f} KB and {load.median(png_ms):.2f} ms CPU")
     print(f"  one heat map          {heat:6.1f} ms on one core, best of 3 (13 x 13 "
-          "occluded copies at a stride of 8 px, one batch; target <= 150 ms)")
+          "occluded copies at a stride of 8 px, in batches of 13; target <= 150 ms)")
 
 
 def _one_core_ms(work) -> float:

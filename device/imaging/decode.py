@@ -18,7 +18,7 @@ import numpy as np
 import models.core.preprocess as mp
 from device.exc import InputError, TooLargeError, UnsupportedTypeError, UnusableImageError
 from device.imaging import limits
-from device.imaging.dicom import SliceIds, decode_dicom_slice, looks_like_dicom
+from device.imaging.dicom import DicomSlice, SliceIds, decode_dicom_slice, looks_like_dicom
 from device.imaging.strip import MalformedImage, strip_jpeg, strip_png
 
 logger = logging.getLogger(__name__)
@@ -48,15 +48,27 @@ class Upload:
     kept : bytes or None
         For PNG and JPEG, the uploaded bytes without metadata, which decode to
         :attr:`pixels`; None for DICOM.
-    ids : SliceIds or None
+    dicom : DicomSlice or None
         For DICOM, its study and series UIDs and instance number (in memory only: they
-        are hashed before anything is stored).
+        are hashed before anything is stored) and its stored values.
     """
 
     pixels: np.ndarray
     kind: str
     kept: bytes | None = None
-    ids: SliceIds | None = None
+    dicom: DicomSlice | None = None
+
+    @property
+    def ids(self) -> SliceIds | None:
+        """Where a DICOM slice belongs (:class:`SliceIds`), else None."""
+        return None if self.dicom is None else self.dicom.ids
+
+    def raw_png(self) -> tuple[bytes, int] | None:
+        """A DICOM slice's stored values as a 16-bit PNG, and the offset that restores
+        them; None without such values."""
+        if self.dicom is None or self.dicom.raw is None:
+            return None
+        return _png(self.dicom.raw), self.dicom.raw_offset
 
     @property
     def height(self) -> int:
@@ -86,11 +98,15 @@ class Upload:
         bytes
             The encoded image; decoding it gives back :attr:`pixels` exactly.
         """
-        # Fast zlib level: 3x quicker than the default for ~10% more bytes on disk.
-        ok, buf = cv2.imencode(".png", self.pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-        if not ok:  # cannot happen for the dtypes and shapes decode_upload produces
-            raise RuntimeError("PNG encoding failed")
-        return buf.tobytes()
+        return _png(self.pixels)
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    # Fast zlib level: 3x quicker than the default for ~10% more bytes on disk.
+    ok, buf = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:  # cannot happen for the dtypes and shapes decode_upload produces
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
 
 
 def sniff(data: bytes) -> str | None:
@@ -155,15 +171,15 @@ def decode_upload(data: bytes, max_bytes: int) -> Upload:
         raise UnsupportedTypeError(f"unsupported file type; accepted: {ACCEPTED}")
     _check_decoded_size(data, kind)
     kept = None if kind == "dicom" else _strip(data, kind)
-    pixels, ids = decode_dicom_slice(data) if kept is None \
-        else (_decode_raster(kept, kind), None)
+    dicom = decode_dicom_slice(data) if kept is None else None
+    pixels = dicom.pixels if dicom is not None else _decode_raster(kept, kind)
     height, width = pixels.shape[:2]
     if min(height, width) < mp.MIN_SIDE:
         raise UnusableImageError(f"image too small: {width}x{height} pixels, at least "
                                  f"{mp.MIN_SIDE} on each side needed")
     pixels.flags.writeable = False
     logger.info("decoded %s upload: %dx%d %s", kind, width, height, pixels.dtype)
-    return Upload(pixels, kind, kept, ids)
+    return Upload(pixels, kind, kept, dicom)
 
 
 def _check_decoded_size(data: bytes, kind: str) -> None:

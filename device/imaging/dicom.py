@@ -60,6 +60,28 @@ class SliceIds:
     instance: int | None
 
 
+@dataclass(frozen=True, eq=False)
+class DicomSlice:
+    """A decoded DICOM slice: its display-ready 8-bit ``pixels``, its ``ids`` (None
+    without a StudyInstanceUID), and its stored values before any LUT as ``uint16``
+    (``raw``; a signed image is shifted by ``raw_offset``, which adding back restores)
+    for window/level in the viewer, or None (colour, MONOCHROME1, not integer)."""
+
+    pixels: np.ndarray
+    ids: SliceIds | None
+    raw: np.ndarray | None = None
+    raw_offset: int = 0
+
+
+def _raw(arr: np.ndarray, photometric: str) -> tuple[np.ndarray | None, int]:
+    if arr.ndim != 2 or photometric != "MONOCHROME2" or arr.dtype.kind not in "iu" \
+            or arr.dtype.itemsize > 2:
+        return None, 0
+    if arr.dtype.kind == "i":
+        return (arr.astype(np.int32) + 32768).astype(np.uint16), -32768
+    return arr.astype(np.uint16), 0
+
+
 def _slice_ids(ds: Dataset) -> SliceIds | None:
     """The slice's ids, None without a valid StudyInstanceUID (no study to group by)."""
     study, series = ds.get("StudyInstanceUID"), ds.get("SeriesInstanceUID")
@@ -87,12 +109,12 @@ def looks_like_dicom(data: bytes) -> bool:
 
 def decode_dicom(data: bytes) -> np.ndarray:
     """The pixels of :func:`decode_dicom_slice` alone."""
-    return decode_dicom_slice(data)[0]
+    return decode_dicom_slice(data).pixels
 
 
-def decode_dicom_slice(data: bytes) -> tuple[np.ndarray, SliceIds | None]:
-    """Decode one DICOM slice into a display-ready 8-bit grayscale image, and the ids
-    that place it in its study (None if it has no StudyInstanceUID).
+def decode_dicom_slice(data: bytes) -> DicomSlice:
+    """Decode one DICOM slice into a display-ready 8-bit grayscale image, with the ids
+    that place it in its study and its stored values (:class:`DicomSlice`).
 
     Steps: modality LUT (Rescale Slope/Intercept or Modality LUT Sequence), then the VOI
     LUT Sequence or the first Window Center/Width (min-max of the rescaled values when
@@ -111,10 +133,9 @@ def decode_dicom_slice(data: bytes) -> tuple[np.ndarray, SliceIds | None]:
 
     Returns
     -------
-    numpy.ndarray
-        2-D ``uint8`` array (rows, columns).
-    SliceIds or None
-        Study and series UIDs and instance number.
+    DicomSlice
+        ``pixels``: 2-D ``uint8`` array (rows, columns); the study and series UIDs and
+        instance number; the stored values.
 
     Raises
     ------
@@ -138,7 +159,7 @@ def decode_dicom_slice(data: bytes) -> tuple[np.ndarray, SliceIds | None]:
         raise InputError("corrupt or unreadable DICOM file") from None
 
 
-def _decode(data: bytes) -> tuple[np.ndarray, SliceIds | None]:
+def _decode(data: bytes) -> DicomSlice:
     preamble = data[_PREFIX_OFFSET:_PREFIX_OFFSET + 4] == b"DICM"
     _refuse_deflated(data)
     ds = pydicom.dcmread(io.BytesIO(data), force=not preamble, specific_tags=_WANTED_TAGS)
@@ -167,7 +188,7 @@ def _decode(data: bytes) -> tuple[np.ndarray, SliceIds | None]:
         out = 255 - out
     logger.debug("decoded DICOM frame %d of %d: %dx%d %s", frames // 2 + 1, frames, cols,
                  rows, photometric)
-    return out, _slice_ids(ds)
+    return DicomSlice(out, _slice_ids(ds), *_raw(arr, photometric))
 
 
 def _refuse_deflated(data: bytes) -> None:

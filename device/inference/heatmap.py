@@ -29,7 +29,7 @@ FORMAT = "aligned-rgba-2"  # what the map looks like: a new one redraws the stor
 def occlusion_map(predictor: Predictor, image: np.ndarray, base_probability: float
                   ) -> np.ndarray:
     """Drop in probability per input pixel (H, W) float32, averaged over the overlapping
-    occluders that covered it (all positions in one batch)."""
+    occluders that covered it (the positions run in batches)."""
     h, w = image.shape[:2]
     patch, stride = int(h * PATCH_FRACTION), max(1, int(h * STRIDE_FRACTION))
     positions = [(y, x) for y in range(0, h - patch + 1, stride)

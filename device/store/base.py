@@ -196,12 +196,13 @@ class CaseStore(ABC):
                  uncertain: bool, model_version: int, latency_ms: float,
                  heatmap_png: bytes | None = None, backbone_id: str | None = None,
                  embedding: np.ndarray | None = None,
-                 idempotency: IdempotencyKey | None = None,
-                 info: CaseInfo | None = None) -> Case:
+                 idempotency: IdempotencyKey | None = None, info: CaseInfo | None = None,
+                 raw: tuple[bytes, int] | None = None) -> Case:
         """Store a new case, with its embedding for ``backbone_id`` when given, in one
         durable step: when it returns, the record, the image (PNG or JPEG bytes, kept
-        as given), the embedding, the idempotency key and the case's ``info``
-        (:func:`check_info`) survive a power cut together.
+        as given), the embedding, the idempotency key, the case's ``info``
+        (:func:`check_info`) and a DICOM's ``raw`` values (16-bit PNG, offset) survive a
+        power cut together.
 
         Raises InputError on invalid arguments, StoreError if nothing could be stored
         (then no file is left behind either), DuplicateKey if another case holds the

@@ -128,3 +128,11 @@ CREATE TABLE IF NOT EXISTS study_slices (
     instance    INTEGER
 );
 CREATE INDEX IF NOT EXISTS study_slices_study ON study_slices (study_id);
+
+-- A DICOM slice's stored values (before any LUT) as a 16-bit PNG, for window/level in
+-- the viewer; ``offset`` added back restores a signed image's values.
+CREATE TABLE IF NOT EXISTS case_values (
+    case_id TEXT PRIMARY KEY REFERENCES cases (id) ON DELETE CASCADE,
+    offset  INTEGER NOT NULL,
+    png     BLOB NOT NULL
+);

@@ -38,6 +38,7 @@ from device.store.case_info import CaseInfoQueries, insert_info, reference_filte
 from device.store.commit import GroupCommit
 from device.store.db import CASE_FIELDS, DB_NAME, Database, case_from_row, number, text
 from device.store.journal import FileJournal, stage, write_file
+from device.store.raw_values import RawValueQueries, insert_raw
 from device.store.studies import StudyQueries, tumour_label_reaches_study
 from models.core.sqlitedb import now_iso, sweep_dir
 
@@ -106,7 +107,7 @@ def _disk_full(exc: BaseException) -> bool:
     return getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 
 
-class SQLiteCaseStore(CaseInfoQueries, StudyQueries, CaseStore):
+class SQLiteCaseStore(CaseInfoQueries, StudyQueries, RawValueQueries, CaseStore):
     """Cases in ``data_dir/neuroedge.db``, images in ``data_dir/images/``.
 
     Pass ``db`` to share one :class:`Database` with :class:`SQLiteAccountStore`; it is
@@ -141,8 +142,8 @@ class SQLiteCaseStore(CaseInfoQueries, StudyQueries, CaseStore):
                  uncertain: bool, model_version: int, latency_ms: float,
                  heatmap_png: bytes | None = None, backbone_id: str | None = None,
                  embedding: np.ndarray | None = None,
-                 idempotency: IdempotencyKey | None = None,
-                 info: CaseInfo | None = None) -> Case:
+                 idempotency: IdempotencyKey | None = None, info: CaseInfo | None = None,
+                 raw: tuple[bytes, int] | None = None) -> Case:
         image, extension = _image(image)
         info = None if info is None else check_info(info)
         heatmap = None if heatmap_png is None else _png(heatmap_png, "heat map")
@@ -181,6 +182,7 @@ class SQLiteCaseStore(CaseInfoQueries, StudyQueries, CaseStore):
             if idempotency is not None:
                 _claim_key(conn, idempotency, case_id)
             insert_info(conn, case_id, info)
+            insert_raw(conn, case_id, raw)
         self._write_then_commit(files, insert)
         log.info("stored case %s (source=%s, model v%s)", case_id, source, model_version)
         return case

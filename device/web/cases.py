@@ -13,6 +13,7 @@ from device.imaging.thumbnail import stored_gray, thumbnail_png
 from device.inference.heatmap import FULL_SCALE_DROP
 from device.web import services
 from device.web.auth import current_user, login_required
+from models.core import preprocess as mp
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("cases", __name__, url_prefix="/cases")
@@ -119,16 +120,20 @@ def image(case_id: str):
 @bp.route("/<case_id>/pixels")
 @login_required
 def pixels(case_id: str):
-    """The stored slice's grey values for the viewer's window/level: little-endian
-    ``uint8`` or ``uint16`` (a 16-bit PNG keeps its depth), row by row; the size and
-    depth in headers."""
+    """The slice's grey values for the viewer's window/level: a DICOM's stored values
+    (before any LUT), else the stored image's (a 16-bit PNG keeps its depth); little-
+    endian ``uint8`` or ``uint16``, row by row; the size, depth and the offset that
+    restores a signed DICOM's values in headers."""
     store = services().store
-    values = stored_gray(store.image_path(store.get(case_id)))
+    case = store.get(case_id)
+    raw = store.raw_values(case.id)
+    values, offset = (stored_gray(store.image_path(case)), 0) if raw is None \
+        else (mp.decode_image(raw[0]), raw[1])
     response = Response(values.astype(values.dtype.newbyteorder("<")).tobytes(),
                         mimetype="application/octet-stream")
     response.headers.update({"X-Width": str(values.shape[1]),
                              "X-Height": str(values.shape[0]),
-                             "X-Bits": str(8 * values.itemsize),
+                             "X-Bits": str(8 * values.itemsize), "X-Offset": str(offset),
                              "Cache-Control": "private, no-store"})
     return response
 

@@ -249,3 +249,24 @@ def test_the_viewer_gets_the_stored_grey_values_in_their_own_depth(
     shape = int(answer.headers["X-Height"]), int(answer.headers["X-Width"])
     assert np.array_equal(np.frombuffer(answer.data, "<u2").reshape(shape), values)
     assert app.test_client().get(f"/cases/{case.id}/pixels").status_code in (302, 401)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16])
+def test_the_viewer_gets_a_dicom_slices_stored_values_not_its_window(
+        app, admin, services, slice_bytes, dtype):
+    # Prepare: a DICOM slice whose own window shows a narrow part of its values
+    from tests.device.images import make_dicom
+    gray = cv2.imdecode(np.frombuffer(slice_bytes, np.uint8), cv2.IMREAD_GRAYSCALE)
+    values = (gray.astype(np.int32) * 40 - (1000 if dtype == np.int16 else 0)).astype(dtype)
+    client = app.test_client()
+    login(client)
+    upload(client, ("s.dcm", make_dicom(values, WindowCenter=3000, WindowWidth=5000)))
+    case = services.store.list()[0]
+    # Execute
+    answer = client.get(f"/cases/{case.id}/pixels")
+    # Assert: the values as stored, restored by the offset; the stored image is 8-bit
+    shape = int(answer.headers["X-Height"]), int(answer.headers["X-Width"])
+    got = np.frombuffer(answer.data, "<u2").reshape(shape).astype(np.int32)
+    assert np.array_equal(got + int(answer.headers["X-Offset"]), values)
+    stored = cv2.imread(str(services.store.image_path(case)), cv2.IMREAD_UNCHANGED)
+    assert stored.dtype == np.uint8 and stored.shape == shape

@@ -82,11 +82,12 @@ def test_a_study_is_shown_labelled_and_examined_in_the_viewer(
     expect(readout).to_contain_text("zoom")
     before = readout.inner_text()
     page.click("#viewer [data-zoom='1.25']")
-    page.locator("#viewer-level").fill("40")
+    page.locator("#viewer-level").fill("9000")
     page.locator("#viewer-opacity").fill("100")
-    # Assert: zoom and window changed what is shown; the slice is painted, not blank
+    # Assert: zoom and window (over the 16-bit values of the DICOM) changed what is shown;
+    # the slice is painted, not blank
     expect(readout).not_to_have_text(before)
-    expect(readout).to_contain_text("level 40")
+    expect(readout).to_contain_text("level 9000")
     painted = page.evaluate("""() => {
         const c = document.getElementById('viewer-canvas');
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;

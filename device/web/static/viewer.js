@@ -1,7 +1,8 @@
 // The case page's viewer: the stored slice at full resolution on a canvas, zoom (wheel,
 // buttons, +/- keys) and pan (drag, arrow keys), window/level over the stored grey values
-// (8- or 16-bit, from /cases/<id>/pixels), and the heat map over it with an opacity
-// slider. Without JavaScript the section stays hidden and the page shows both images.
+// (8- or 16-bit, from /cases/<id>/pixels: a DICOM's stored values, before its window),
+// and the heat map over it with an opacity slider. Without JavaScript the section stays
+// hidden and the page shows both images.
 (function () {
   "use strict";
   const root = document.getElementById("viewer");
@@ -14,7 +15,7 @@
   const readout = document.getElementById("viewer-readout");
   const slice = document.createElement("canvas");  // the windowed slice, 1:1
   const heat = new Image();
-  let values = null, width = 0, height = 0, low = 0, high = 255;
+  let values = null, width = 0, height = 0, low = 0, high = 255, offset = 0;
   let zoom = 1, panX = 0, panY = 0, drag = null;
 
   function fit() {
@@ -35,7 +36,8 @@
       px[j + 3] = 255;
     }
     slice.getContext("2d").putImageData(image, 0, 0);
-    readout.textContent = `level ${centre}, window ${span}, zoom ${Math.round(zoom * 100)} %`;
+    readout.textContent = `level ${centre + offset}, window ${span}, ` +
+      `zoom ${Math.round(zoom * 100)} %`;
   }
 
   function draw() {
@@ -84,6 +86,7 @@
     const bits = Number(answer.headers.get("X-Bits"));
     width = Number(answer.headers.get("X-Width"));
     height = Number(answer.headers.get("X-Height"));
+    offset = Number(answer.headers.get("X-Offset") || 0);  // a signed DICOM's values
     const buffer = await answer.arrayBuffer();
     values = bits === 16 ? new Uint16Array(buffer) : new Uint8Array(buffer);
     low = values.reduce((a, b) => Math.min(a, b), Infinity);
