@@ -54,7 +54,8 @@ faults: install system-deps
 
 # The pictures of docs/clinician.md, saved by the browser tests as they run.
 screenshots: install system-deps
-	NEUROEDGE_SCREENSHOTS=docs/img $(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_browser.py
+	NEUROEDGE_SCREENSHOTS=docs/img $(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_browser.py \
+		tests/e2e/test_study_viewer.py
 
 bench: install system-deps
 	$(PY) -m models bench --data $(KAGGLE)
