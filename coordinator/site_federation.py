@@ -105,6 +105,43 @@ class SiteEvaluation:
                 "centralized": {"per_clinic": central,
                                 "mean_balanced_accuracy": _summary(central)}}
 
+    def personalised(self, bundle_dir: Path, decisions: dict[str, dict],
+                     heads: dict[str, dict | None]) -> dict:
+        """Each clinic on its test part with the head its appliance chose to serve on
+        ``bundle_dir``'s version (its own where ``heads`` has one, else the bundle's)."""
+        from models.core.head import predict
+        bundle = _open(bundle_dir)
+        model, threshold = bundle_model(bundle), bundle.threshold
+        per_clinic = {}
+        for clinic, t in self.tests.items():
+            prob, emb = model.predict(self.x[t])
+            own = heads.get(clinic)
+            per_clinic[clinic] = _figures(self.y[t], prob if own is None
+                                          else predict(own, emb), threshold)
+        return {"per_clinic": per_clinic, "mean_balanced_accuracy": _summary(per_clinic),
+                "decisions": decisions}
+
+
+# Where an appliance keeps its own head in its data folder (device.personal.HEAD_FILE in
+# its federation folder; the coordinator does not import the appliance's package).
+PERSONAL_HEAD = "federation/personal-head.npz"
+
+
+def _served_heads(cluster: Cluster, clinics: Sequence[str], shapes: dict
+                  ) -> tuple[dict[str, dict], dict[str, dict | None]]:
+    """Train each clinic once more on the final version (all its confirmed cases) and
+    read which head its appliance then serves: its decision and its own head, if any."""
+    from models.core import weights
+    decisions, heads = {}, {}
+    for k, clinic in enumerate(clinics):
+        trained = cluster.call(k, "POST", "/api/v1/federation/train")
+        decisions[clinic] = trained.get("personal") or {"served": "global",
+                                                        "reason": trained.get("reason")}
+        path = cluster.root / f"site-{k}" / PERSONAL_HEAD
+        heads[clinic] = weights.load_arrays(path.read_bytes(), shapes) \
+            if decisions[clinic]["served"] == "personal" else None
+    return decisions, heads
+
 
 def _check_roles(clinics: Sequence[str], initial_sites: Sequence[str],
                  holdout_site: str | None) -> None:
@@ -174,6 +211,10 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
             rows = cluster.run_rounds(rounds, lambda v: evaluation(bundles / f"v{v}"),
                                       before_round=arrive)
             seen = {c: cases[:rounds * cases_per_round] for c, (cases, _) in parts.items()}
+            final = bundles / f"v{rows[-1]['model_version'] if rows else 1}"
+            personal = evaluation.personalised(final, *_served_heads(
+                cluster, clinics, _open(final).head_shapes)) \
+                if "personalise=true" in device_settings else None
             report = {
                 "partition": "sites", "clinics": list(clinics),
                 "initial_sites": list(initial_sites), "holdout": holdout_site,
@@ -184,7 +225,8 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
                 "clinic_sizes": {c: {"cases": len(a), "test": len(t)}
                                  for c, (a, t) in parts.items()},
                 **evaluation.trained_heads(bundles / "v1", seen,
-                                           _train_config(device_settings)), "rounds": rows}
+                                           _train_config(device_settings)), "rounds": rows,
+                **({"personalised": personal} if personal else {})}
         finally:
             cluster.stop()
     last = report["rounds"][-1]["global"] if report["rounds"] else report["initial"]
@@ -204,10 +246,15 @@ def print_sites_table(report: dict) -> None:
     print(f"balanced accuracy, mean over clinics: initial {mean(report['initial'])}, "
           f"local-only {mean(report['local_only'])}, centralized "
           f"{mean(report['centralized'])}, federated {mean(report['federated'])}")
-    print(f"{'clinic':<20} {'initial':>8} {'alone':>8} {'pooled':>8} {'federated':>9}")
+    parts = ["initial", "local_only", "centralized", "federated"] + (
+        ["personalised"] if "personalised" in report else [])
+    if "personalised" in report:
+        print(f"personalised (each clinic's own head where its appliance serves it): "
+              f"{mean(report['personalised'])}")
+    print(f"{'clinic':<20} {'initial':>8} {'alone':>8} {'pooled':>8} {'federated':>9}"
+          + (f" {'own head':>9}" if "personalised" in report else ""))
     for c in report["clinics"]:
-        cells = [report[k]["per_clinic"].get(c, {}).get("balanced_accuracy")
-                 for k in ("initial", "local_only", "centralized", "federated")]
+        cells = [report[k]["per_clinic"].get(c, {}).get("balanced_accuracy") for k in parts]
         print(f"{c:<20} " + " ".join(f"{'—' if v is None else f'{v:.3f}':>8}"
                                      for v in cells))
     if report.get("holdout_site"):

@@ -34,8 +34,10 @@ logger = logging.getLogger(__name__)
 
 
 def heatmap_author(predictor: Predictor) -> str:
-    """What a heat map depends on besides the slice: the model and the colour scale."""
-    return f"v{predictor.version} {predictor.bundle.signer} {FULL_SCALE_DROP:g} {FORMAT}"
+    """What a heat map depends on besides the slice: the model (with the clinic's own head,
+    if one is served), the colour scale and the map's format."""
+    return (f"v{predictor.version} {predictor.bundle.signer} {FULL_SCALE_DROP:g} {FORMAT} "
+            f"{predictor.head_id or 'bundle'}")
 
 
 def model_input(upload: Upload, predictor: Predictor) -> tuple[np.ndarray, mp.Crop]:
@@ -113,7 +115,8 @@ class Analyser:
             threshold=predictor.threshold, uncertain=result.uncertain,
             model_version=predictor.version, latency_ms=latency_ms,
             backbone_id=predictor.backbone_id, embedding=result.embedding,
-            idempotency=idempotency, info=info, raw=upload.raw_png())
+            idempotency=idempotency, info=info, raw=upload.raw_png(),
+            head=predictor.head_id)
 
     def heatmap(self, case: Case) -> Path:
         """Path of the case's heat map, drawn now if the background has not drawn it yet

@@ -62,6 +62,7 @@ class Settings:
     train_epochs: int = 200              # most passes over the cases in one training run
     train_prox_mu: float = 0.01          # FedProx pull towards the head the run starts from
     gate_margin: float = 0.05            # refuse a bundle this much worse on local cases
+    personalise: bool = False            # serve this clinic's own head where it does better
     update_encoding: str = "int8"        # or "float32"
     update_topk: float = 0.0             # > 0: send only this fraction of the delta
     dp_clip: float = 0.0                 # > 0 with dp_noise: local DP on the delta

@@ -24,6 +24,7 @@ from device.gate import held_out
 from device.hw.status import Indicator, State
 from device.imaging import stored_model_input
 from device.inference.slot import ModelSlot
+from device.personal import Personalisation
 from device.store.base import CaseStore
 from device.sync.link import CoordinatorLink
 from device.sync.outbox import FlushResult, Outbox
@@ -80,6 +81,7 @@ class Federation:
         self.state_dir = settings.data_dir / "federation"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._train_lock = threading.Lock()  # one training at a time; predictions unaffected
+        self.personalisation = Personalisation(slot, self.state_dir)
         self.last_result: dict = {}
         self.last_sync: dict = {}
 
@@ -97,7 +99,7 @@ class Federation:
         backbone are re-embedded from their stored image. Gate cases (see
         :mod:`device.gate`) judge new bundles and are never trained on.
         """
-        store, predictor = self.store, self.slot.current
+        store, predictor = self.store, self.slot.current.global_predictor
         backbone = predictor.backbone_id
         for case_id in store.cases_missing_embedding(backbone):
             case = store.get(case_id)
@@ -135,7 +137,7 @@ class Federation:
             self._train_lock.release()
 
     def _train(self) -> dict:
-        predictor = self.slot.current
+        predictor = self.slot.current.global_predictor  # updates start from the bundle
         bundle = predictor.bundle
         x, y, x_gate, y_gate = self.examples()
         if len(y) < self.train_config.min_examples:
@@ -154,6 +156,9 @@ class Federation:
             arrays, epochs = result.head, result.epochs
             local = self._local(y_gate, predict(start, x_gate), predict(arrays, x_gate),
                                 predictor.threshold)
+        personal = self.personalisation.after_training(
+            predictor, start, arrays, x_gate, y_gate, len(y)) \
+            if self.settings.personalise and not bundle.adapter_shapes else None
         delta = self._privatise(weights.delta(arrays, start))
         residual = self._residual()  # what top-k left out last time, where it still fits
         delta = {k: v + residual[k] if k in residual and residual[k].shape == v.shape else v
@@ -170,7 +175,8 @@ class Federation:
         self.last_result = {"action": "queued", "at": time.time(),
                             "update_id": meta["update_id"],
                             "examples": int(len(y)), "payload_bytes": len(payload),
-                            "base_version": predictor.version, **local}
+                            "base_version": predictor.version, **local,
+                            **({"personal": personal} if personal else {})}
         logger.info("%s trained on %d cases; update %s queued (%d bytes)",
                     "head and adapter" if bundle.adapter_shapes else "head", len(y),
                     meta["update_id"], len(payload))
@@ -254,6 +260,7 @@ class Federation:
         elif outcome.action == "installed":
             self.status.set(State.READY)
             self._save_state(retry=None)
+            self.personalisation.serve_global(f"v{outcome.version} was installed")
             self._report("bundle_installed", outcome.version, "")
         self.telemetry.last_sync_at = time.time()
         self.last_sync = {"at": self.telemetry.last_sync_at, "sent": flushed.sent,

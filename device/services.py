@@ -166,6 +166,11 @@ def build_services(settings: Settings) -> Services:
         InstalledFollower(bundles, slot, partial(load_predictor, settings), telemetry,
                           settings.bundle_poll_s))
     svc.federation = build_federation(svc)
+    if svc.federation is not None:  # this clinic's own head, if it is still the better one
+        if settings.personalise:
+            svc.federation.personalisation.restore()
+        else:
+            svc.federation.personalisation.serve_global("personalise is off")
     logger.info("serving bundle version %d (%s)", predictor.version,
                 predictor.bundle.manifest["architecture"])
     return svc

@@ -29,5 +29,5 @@ class LiteRTPredictor(Predictor):
     def probabilities(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._single.predict(images)
 
-    def occlusion_probabilities(self, images: np.ndarray) -> np.ndarray:
-        return self._batch.predict(images)[0]
+    def occlusion_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._batch.predict(images)

@@ -58,9 +58,23 @@ class Predictor(ABC):
     def probabilities(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities (N,) and embeddings (N, D) for preprocessed images."""
 
+    def occlusion_outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`probabilities` of many occluded copies (the heat map); may batch."""
+        return self.probabilities(images)
+
     def occlusion_probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities for a batch of occluded copies (the heat map); may batch."""
-        return self.probabilities(images)[0]
+        return self.occlusion_outputs(images)[0]
+
+    @property
+    def global_predictor(self) -> "Predictor":
+        """The bundle's own model (this one, unless a clinic's head is served on it)."""
+        return self
+
+    @property
+    def head_id(self) -> str | None:
+        """The id of the clinic's own head when one is served (device.personal), else
+        None: the bundle's head."""
+        return None
 
     def predict(self, image: np.ndarray) -> Prediction:
         """Probability, label and uncertainty for one preprocessed image (H, W, C)."""

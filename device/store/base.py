@@ -197,11 +197,12 @@ class CaseStore(ABC):
                  heatmap_png: bytes | None = None, backbone_id: str | None = None,
                  embedding: np.ndarray | None = None,
                  idempotency: IdempotencyKey | None = None, info: CaseInfo | None = None,
-                 raw: tuple[bytes, int] | None = None) -> Case:
+                 raw: tuple[bytes, int] | None = None, head: str | None = None) -> Case:
         """Store a new case, with its embedding for ``backbone_id`` when given, in one
         durable step: when it returns, the record, the image (PNG or JPEG bytes, kept
         as given), the embedding, the idempotency key, the case's ``info``
-        (:func:`check_info`) and a DICOM's ``raw`` values (16-bit PNG, offset) survive a
+        (:func:`check_info`), a DICOM's ``raw`` values (16-bit PNG, offset) and the id of
+        the clinic's own ``head`` that made the prediction (None: the bundle's) survive a
         power cut together.
 
         Raises InputError on invalid arguments, StoreError if nothing could be stored

@@ -136,3 +136,10 @@ CREATE TABLE IF NOT EXISTS case_values (
     offset  INTEGER NOT NULL,
     png     BLOB NOT NULL
 );
+
+-- The clinic's own head (device.personal) that made a case's prediction, by its id; no
+-- row: the bundle's head made it.
+CREATE TABLE IF NOT EXISTS case_heads (
+    case_id TEXT PRIMARY KEY REFERENCES cases (id) ON DELETE CASCADE,
+    head    TEXT NOT NULL CHECK (length(head) = 12)
+);

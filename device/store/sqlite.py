@@ -30,13 +30,14 @@ import numpy as np
 
 from device.exc import InputError, NotFoundError, StorageFullError, StoreError
 from device.store.base import (
-    EXPORT_FIELDS, KEY_TTL_S, MAX_LIST_LIMIT, MAX_LIST_OFFSET, SOURCES, Case, CaseInfo,
-    CaseStore, DuplicateKey, IdempotencyKey, check_case_id, check_info, check_label,
-    check_name, check_status,
+    EXPORT_FIELDS, MAX_LIST_LIMIT, MAX_LIST_OFFSET, SOURCES, Case, CaseInfo, CaseStore,
+    IdempotencyKey, check_case_id, check_info, check_label, check_name, check_status,
 )
 from device.store.case_info import CaseInfoQueries, insert_info, reference_filter
 from device.store.commit import GroupCommit
 from device.store.db import CASE_FIELDS, DB_NAME, Database, case_from_row, number, text
+from device.store.heads import HeadQueries, insert_head
+from device.store.idempotency import IdempotencyQueries, claim_key
 from device.store.journal import FileJournal, stage, write_file
 from device.store.raw_values import RawValueQueries, insert_raw
 from device.store.studies import StudyQueries, tumour_label_reaches_study
@@ -84,21 +85,6 @@ def _vector(vector: Any) -> bytes:
     return vec.tobytes()
 
 
-def _claim_key(conn: sqlite3.Connection, key: IdempotencyKey, case_id: str) -> None:
-    """Record ``key`` for the new case in its transaction; DuplicateKey if it is taken
-    (the caller's savepoint then rolls the case back). Keys past their day go."""
-    now = time.time()
-    conn.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (now - KEY_TTL_S,))
-    found = conn.execute("SELECT case_id FROM idempotency_keys WHERE user = ? AND key = ?",
-                         (key.user, key.key)).fetchone()
-    if found is not None:
-        raise DuplicateKey(found[0])
-    conn.execute("INSERT INTO idempotency_keys (user, key, request_sha256, case_id, "
-                 "created_at) VALUES (?, ?, ?, ?, ?)",
-                 (text(key.user, "user", 256), text(key.key, "idempotency key", 255),
-                  key.request_sha256, case_id, now))
-
-
 def _disk_full(exc: BaseException) -> bool:
     """Whether a write failed for want of space: ENOSPC/EDQUOT, or SQLITE_FULL."""
     cause = exc if isinstance(exc, (OSError, sqlite3.Error)) else exc.__cause__
@@ -107,7 +93,8 @@ def _disk_full(exc: BaseException) -> bool:
     return getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 
 
-class SQLiteCaseStore(CaseInfoQueries, StudyQueries, RawValueQueries, CaseStore):
+class SQLiteCaseStore(CaseInfoQueries, StudyQueries, RawValueQueries, IdempotencyQueries,
+                      HeadQueries, CaseStore):
     """Cases in ``data_dir/neuroedge.db``, images in ``data_dir/images/``.
 
     Pass ``db`` to share one :class:`Database` with :class:`SQLiteAccountStore`; it is
@@ -143,7 +130,7 @@ class SQLiteCaseStore(CaseInfoQueries, StudyQueries, RawValueQueries, CaseStore)
                  heatmap_png: bytes | None = None, backbone_id: str | None = None,
                  embedding: np.ndarray | None = None,
                  idempotency: IdempotencyKey | None = None, info: CaseInfo | None = None,
-                 raw: tuple[bytes, int] | None = None) -> Case:
+                 raw: tuple[bytes, int] | None = None, head: str | None = None) -> Case:
         image, extension = _image(image)
         info = None if info is None else check_info(info)
         heatmap = None if heatmap_png is None else _png(heatmap_png, "heat map")
@@ -180,9 +167,10 @@ class SQLiteCaseStore(CaseInfoQueries, StudyQueries, RawValueQueries, CaseStore)
                 conn.execute("INSERT INTO embeddings VALUES (?, ?, ?, ?)",
                              (case_id, backbone_id, len(vector) // 4, vector))
             if idempotency is not None:
-                _claim_key(conn, idempotency, case_id)
+                claim_key(conn, idempotency, case_id)
             insert_info(conn, case_id, info)
             insert_raw(conn, case_id, raw)
+            insert_head(conn, case_id, head)
         self._write_then_commit(files, insert)
         log.info("stored case %s (source=%s, model v%s)", case_id, source, model_version)
         return case
@@ -214,13 +202,6 @@ class SQLiteCaseStore(CaseInfoQueries, StudyQueries, RawValueQueries, CaseStore)
                 self._in_flight.difference_update(files)
         self._journal.written(len(files), sum(map(len, files.values())))
         return result
-
-    def case_for_key(self, user: str, key: str) -> tuple[Case, str] | None:
-        rows = self._db.read(
-            f"SELECT {', '.join('c.' + f for f in _FIELDS)}, k.request_sha256 FROM "
-            "idempotency_keys k JOIN cases c ON c.id = k.case_id WHERE k.user = ? AND "
-            "k.key = ? AND k.created_at >= ?", (user, key, time.time() - KEY_TTL_S))
-        return (case_from_row(rows[0]), rows[0]["request_sha256"]) if rows else None
 
     def get(self, case_id: str) -> Case:
         rows = self._db.read(f"SELECT {_COLUMNS} FROM cases WHERE id = ?",

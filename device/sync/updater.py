@@ -195,7 +195,7 @@ class BundleUpdater:
     # -- the steps -----------------------------------------------------------------------
 
     def _check(self, latest: dict, fetch: Fetch) -> UpdateResult:
-        current = self.slot.current
+        current = self.slot.current.global_predictor  # a clinic's own head is not judged
         version = latest.get("version") if isinstance(latest, dict) else None
         if type(version) is not int or version < 1:
             return UpdateResult("refused", None, "coordinator answer has no valid version")

@@ -6,7 +6,7 @@ import logging
 from flask import Blueprint, flash, redirect, render_template, url_for
 
 from device.web import services
-from device.web.auth import admin_required
+from device.web.auth import admin_required, current_user
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -20,6 +20,7 @@ def index():
                            federation=svc.federation.overview() if svc.federation else None,
                            settings=svc.settings, telemetry=svc.telemetry,
                            camera=svc.camera is not None,
+                           personal=getattr(svc.slot.current, "personal", None),
                            users=svc.accounts.list_users(), tokens=svc.accounts.list_tokens())
 
 
@@ -56,4 +57,18 @@ def sync():
                   f"({str(exc)[:200] or type(exc).__name__}); "
                   "waiting updates stay queued and are retried every "
                   f"{settings.sync_interval_s / 60:g} minutes.")
+    return redirect(url_for("admin.index"), 303)
+
+
+@bp.route("/serve-global", methods=["POST"])
+@admin_required
+def serve_global():
+    """Drop this clinic's own head and serve the bundle's (audited)."""
+    fed = services().federation
+    if fed is not None and fed.personalisation.serve_global(
+            f"an administrator ({current_user()}) asked for the global head"):
+        flash("Serving the global head. This clinic's own head is served again only after "
+              "a training run where it does better on the held-out cases.")
+    else:
+        flash("The global head was already served.")
     return redirect(url_for("admin.index"), 303)

@@ -107,6 +107,7 @@ def _prediction(case: Case, latency_ms: float, reference: str) -> dict:
         "label": "tumour" if case.predicted_label else "no_tumour",
         "threshold": case.threshold, "uncertain": case.uncertain,
         "model_version": case.model_version, "latency_ms": latency_ms,
+        "head": services().store.head_of(case.id) or "global",
         "heatmap_url": url_for("cases.heatmap", case_id=case.id, _external=True),
     }
 

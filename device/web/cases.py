@@ -60,6 +60,7 @@ def detail(case_id: str):
     study_id = store.study_of(case_id)
     return render_template("case.html", case=store.get(case_id), info=store.get_info(case_id),
                            study=None if study_id is None else store.study(study_id),
+                           head=store.head_of(case_id),
                            full_scale_drop=FULL_SCALE_DROP,
                            heatmap_version=services().slot.current.version)
 

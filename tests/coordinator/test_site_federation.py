@@ -75,7 +75,9 @@ def test_two_clinics_two_rounds_report_per_clinic_baselines_and_the_held_out_sit
     code = main(["simulate", "--partition", "sites", "--data", str(clinics_manifest),
                  "--clinics", ",".join(CLINICS), "--initial", str(initial),
                  "--rounds", "2", "--cases-per-round", "10", "--adapter-rank",
-                 str(adapter_rank), "--publish-margin", "1", "--json", str(out)])
+                 str(adapter_rank), "--publish-margin", "1", "--json", str(out),
+                 # the head's clinics may serve their own head (the adapter's do not)
+                 *(["--device-setting", "personalise=true"] if not adapter_rank else [])])
 
     assert code == 0
     report = json.loads(out.read_text())
@@ -95,5 +97,9 @@ def test_two_clinics_two_rounds_report_per_clinic_baselines_and_the_held_out_sit
     whole = sum(p.stat().st_size for p in (initial / "bundle").iterdir())
     assert all(r["bytes_down_per_device"] < head_bytes + (whole - head_bytes) / 2
                for r in published), [r["bytes_down_per_device"] for r in published]
+    if not adapter_rank:  # each clinic's decision, and the head it serves, judged
+        personal = report["personalised"]
+        assert set(personal["decisions"]) == set(personal["per_clinic"]) == set(CLINICS)
+        assert all(d["served"] in ("personal", "global") for d in personal["decisions"].values())
     table = capsys.readouterr().out
     assert "federated" in table and CLINICS[0] in table

@@ -166,8 +166,8 @@ def make_appliance(stack: ExitStack, data_dir: Path, trained_bundle, signing_key
     return Appliance(svc, url, http, data_dir)
 
 
-def round_trip(stack: ExitStack, root: Path, initial, data: Path, signing_key_file: Path
-               ) -> tuple[Coordinator, Appliance]:
+def round_trip(stack: ExitStack, root: Path, initial, data: Path, signing_key_file: Path,
+               **device_settings) -> tuple[Coordinator, Appliance]:
     """A served coordinator on ``initial`` that closes a round on one update and publishes
     what runs, and an enrolled appliance on it whose local gate takes any version: for
     tests of the round trip, not of the gates. (The local gate judges on the ~6 held-out
@@ -178,7 +178,8 @@ def round_trip(stack: ExitStack, root: Path, initial, data: Path, signing_key_fi
     coord.url = stack.enter_context(serve(coord.app))
     token = coord.enroll(DEVICE_ID)
     device = make_appliance(stack, root / "device", initial, signing_key_file, coord.url,
-                            token, coord.state_dir / "signing.key.pub", gate_margin=1.0)
+                            token, coord.state_dir / "signing.key.pub",
+                            **{"gate_margin": 1.0, **device_settings})
     return coord, device
 
 
