@@ -104,6 +104,9 @@ class Settings:
         if self.transport == "flower" and not self.device_id:
             raise ConfigError("transport 'flower' needs device_id (the coordinator's name "
                               "for this appliance)")
+        if self.personalise and self.transport == "flower":
+            raise ConfigError("personalise: not with transport 'flower' (its ClientApp trains "
+                              "in another process, which cannot choose what this one serves)")
         if self.bundle_poll_s <= 0:
             raise ConfigError("bundle_poll_s must be positive")
         if self.coordinator_url and not (self.device_id and self.device_token):

@@ -205,7 +205,9 @@ class Federation:
                 "local_n": int(len(y))}
 
     def evaluate_local(self) -> dict:
-        """The model in service on this site's held-out (gate) confirmed cases."""
+        """The bundle in service (its own head, even where this clinic's serves) on this
+        site's held-out (gate) confirmed cases: what the coordinator's dashboard shows per
+        version."""
         predictor = self.slot.current
         _, _, x, y = self.examples()
         if len(y) == 0:

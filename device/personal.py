@@ -71,7 +71,7 @@ class PersonalHead:
     head: dict
     id: str              # first 12 hex of the SHA-256 of its arrays
     base_version: int    # the bundle version it was trained from
-    backbone_id: str     # ... and that bundle's backbone (the embeddings it reads)
+    bundle_id: str       # that very bundle (the shipped v1 is not the coordinator's v1)
     trained_at: float
     examples: int
     comparison: Comparison
@@ -128,7 +128,7 @@ class PersonalHeads:
         except (OSError, ValueError, TypeError, KeyError) as exc:
             self.discard(f"unreadable ({type(exc).__name__}: {exc})")
             return None
-        if (personal.base_version, personal.backbone_id) != (base.version, base.backbone_id):
+        if (personal.base_version, personal.bundle_id) != (base.version, bundle_id(base)):
             self.discard(f"trained from v{personal.base_version}, v{base.version} serves")
             return None
         return personal
@@ -147,6 +147,11 @@ class PersonalHeads:
         return found
 
 
+def bundle_id(predictor: Predictor) -> str:
+    manifest = json.dumps(predictor.bundle.manifest, sort_keys=True).encode()
+    return hashlib.sha256(manifest).hexdigest()[:16]
+
+
 def head_id(head: dict) -> str:
     digest = hashlib.sha256()
     for name in sorted(head):
@@ -157,7 +162,7 @@ def head_id(head: dict) -> str:
 def new_personal(base: Predictor, head: dict, examples: int,
                  comparison: Comparison) -> PersonalHead:
     return PersonalHead({k: np.asarray(v, np.float32) for k, v in head.items()},
-                        head_id(head), base.version, base.backbone_id, time.time(),
+                        head_id(head), base.version, bundle_id(base), time.time(),
                         int(examples), comparison)
 
 
@@ -173,7 +178,8 @@ class Personalisation:
         base = self.slot.current.global_predictor
         personal = self.heads.load(base)
         if personal is not None:
-            self.slot.swap(PersonalPredictor(base, personal))
+            self.slot.replace(lambda current: PersonalPredictor(base, personal)
+                              if current is base else None)
             logger.info("serving this clinic's own head %s on v%d", personal.id,
                         base.version)
         return personal
@@ -185,12 +191,15 @@ class Personalisation:
         serve the bundle's head. What was decided, with the figures."""
         comparison = compare(y_gate, H.predict(start, x_gate), H.predict(trained, x_gate),
                              base.threshold)
-        if self.slot.current.global_predictor is not base:  # a new bundle meanwhile
-            return {"served": "global", "reason": "a new version was installed meanwhile"}
         if comparison.personal_is_better:
             personal = new_personal(base, trained, examples, comparison)
             self.heads.save(personal)
-            self.slot.swap(PersonalPredictor(base, personal))
+            # Only on the bundle it was trained from: an install may have come meanwhile.
+            if not self.slot.replace(lambda current: PersonalPredictor(base, personal)
+                                     if current.global_predictor is base else None):
+                self.heads.discard("a new version was installed during the training run")
+                return {"served": "global", "reason": "a new version was installed "
+                        "during the training run", **asdict(comparison)}
             served = "personal"
         else:
             self.serve_global(f"not better here: {comparison.words()}")
@@ -203,13 +212,4 @@ class Personalisation:
         """Drop the clinic's own head and serve the bundle's; True if one was served or
         saved."""
         dropped = self.heads.discard(reason)
-        current = self.slot.current
-        if current.global_predictor is not current:
-            self.slot.swap(current.global_predictor)
-            dropped = True
-        return dropped
-
-    @property
-    def serving(self) -> PersonalHead | None:
-        """The clinic's own head in service, or None (the bundle's)."""
-        return getattr(self.slot.current, "personal", None)
+        return self.slot.replace(lambda current: current.global_predictor) or dropped

@@ -35,6 +35,8 @@ class Prediction:
 class Predictor(ABC):
     """A verified bundle's model, ready to run. Thread-safe."""
 
+    personal = None  # the clinic's own head served on this model (device.personal)
+
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
         self.version = bundle.version

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Callable
 
 from device.inference.predictor import Predictor
 
@@ -31,3 +32,16 @@ class ModelSlot:
             old, self._current = self._current, predictor
         logger.info("model swapped: version %s -> %s", old.version, predictor.version)
         return old
+
+    def replace(self, choose: Callable[[Predictor], Predictor | None]) -> bool:
+        """Swap in ``choose(current)`` unless it returns None or the current predictor,
+        deciding and swapping under the lock (a swap elsewhere cannot come between);
+        True if it swapped."""
+        with self._lock:
+            old = self._current
+            new = choose(old)
+            if new is None or new is old:
+                return False
+            self._current = new
+        logger.info("model swapped: version %s -> %s", old.version, new.version)
+        return True

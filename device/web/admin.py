@@ -20,7 +20,7 @@ def index():
                            federation=svc.federation.overview() if svc.federation else None,
                            settings=svc.settings, telemetry=svc.telemetry,
                            camera=svc.camera is not None,
-                           personal=getattr(svc.slot.current, "personal", None),
+                           personal=svc.slot.current.personal,
                            users=svc.accounts.list_users(), tokens=svc.accounts.list_tokens())
 
 

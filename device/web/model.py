@@ -14,9 +14,10 @@ bp = Blueprint("model", __name__, url_prefix="/model")
 @bp.route("/")
 @login_required
 def about():
-    manifest = services().slot.current.bundle.manifest
+    current = services().slot.current
+    manifest = current.bundle.manifest
     metrics = manifest.get("metrics") or {}
-    return render_template("model.html", model=manifest,
+    return render_template("model.html", model=manifest, personal=current.personal,
                            sites=(manifest.get("data") or {}).get("sites", {}),
                            tested=metrics.get("test_by_site") or {},
                            overall=metrics.get("test") or metrics.get("validation"),

@@ -100,6 +100,9 @@ def test_two_clinics_two_rounds_report_per_clinic_baselines_and_the_held_out_sit
     if not adapter_rank:  # each clinic's decision, and the head it serves, judged
         personal = report["personalised"]
         assert set(personal["decisions"]) == set(personal["per_clinic"]) == set(CLINICS)
-        assert all(d["served"] in ("personal", "global") for d in personal["decisions"].values())
+        for clinic, decision in personal["decisions"].items():  # the global head: as federated
+            assert decision["served"] in ("personal", "global")
+            assert (personal["per_clinic"][clinic] == report["federated"]["per_clinic"][clinic]
+                    ) == (decision["served"] == "global"), decision
     table = capsys.readouterr().out
     assert "federated" in table and CLINICS[0] in table

@@ -160,6 +160,8 @@ def test_verify_bundle_accepts_the_shipped_one_and_refuses_a_tampered_copy(tmp_p
     ("coordinator_ca = '/no/such/ca.crt'", "coordinator_ca: no file /no/such/ca.crt"),
     ("coordinator_timeout_s = 0", "coordinator_timeout_s: 0"),
     ("train_prox_mu = -1", "train_epochs/train_prox_mu"),
+    ("personalise = true\ntransport = 'flower'\ndevice_id = 'pi-1'",
+     "personalise: not with transport 'flower'"),
 ])
 def test_serve_validate_config_names_the_bad_setting(tmp_path, setting, message):
     config = tmp_path / "neuroedge.toml"

@@ -16,6 +16,8 @@ from device.inference.predictor import create_predictor
 from device.inference.slot import ModelSlot
 from device.personal import (HEAD_FILE, Comparison, PersonalHeads, Personalisation,
                              compare, new_personal)
+from models.core import head as H
+from models.core import weights
 from models.core.bundle import verify_bundle
 from models.core.signing import load_public_key
 from tests.conftest import free_port
@@ -53,15 +55,38 @@ def test_a_saved_head_serves_only_the_bundle_it_was_trained_from(base, tmp_path,
     loaded = heads.load(base)
     assert loaded is not None and loaded.examples == 30
     assert all(np.array_equal(loaded.head[k], head[k]) for k in head)
-    # a head file changed behind its record is dropped, not served
-    data = bytearray((tmp_path / HEAD_FILE).read_bytes())
-    heads.save(new_personal(base, head, 30, Comparison(8, 4, 1, 2, 0)))
-    (tmp_path / HEAD_FILE).write_bytes(bytes(data).replace(b"hidden", b"hidxen", 1))
+    # a head file changed behind its record (sound arrays, other values) is dropped
+    changed = {k: v + 1 for k, v in head.items()}
+    (tmp_path / HEAD_FILE).write_bytes(weights.arrays_to_bytes(changed))
     assert heads.load(base) is None and not (tmp_path / HEAD_FILE).exists()
+    assert "not the ones recorded" in caplog.text
     # one trained from another version is dropped
     heads.save(new_personal(base, head, 30, Comparison(8, 4, 1, 2, 0)))
     base.version += 1
     assert heads.load(base) is None and "trained from" in caplog.text
+
+
+def test_a_head_trained_while_a_new_version_was_installed_is_not_served(base, tmp_path):
+    # Prepare: a head that does better, and a new bundle installed while it is saved
+    slot = ModelSlot(base)
+    personalisation = Personalisation(slot, tmp_path)
+    newer = create_predictor("litert", base.bundle)
+    saving = personalisation.heads.save
+
+    def install_meanwhile(personal):
+        saving(personal)
+        slot.swap(newer)
+    personalisation.heads.save = install_meanwhile
+    start = base.bundle.load_head()
+    x = np.random.default_rng(0).normal(size=(12, base.embedding_dim)).astype(np.float32)
+    y = (H.predict(start, x) < base.threshold).astype(int)  # the global head: all wrong
+    flipped = {**start, "output/kernel": -start["output/kernel"],
+               "output/bias": -start["output/bias"]}
+    # Execute
+    decided = personalisation.after_training(base, start, flipped, x, y, 30)
+    # Assert: the newer version serves, with its own head; nothing is kept
+    assert decided["served"] == "global" and "installed" in decided["reason"]
+    assert slot.current is newer and not list(tmp_path.iterdir())
 
 
 def test_a_head_no_better_here_leaves_the_global_one_served(base, tmp_path):
@@ -77,14 +102,14 @@ def test_a_head_no_better_here_leaves_the_global_one_served(base, tmp_path):
 
 
 def test_a_clinic_whose_own_head_does_better_serves_it_shows_it_and_can_go_back(
-        tmp_path, trained_bundle, small_data, signing_key_file):
+        tmp_path, trained_bundle, small_data, data_dir, signing_key_file):
     # Prepare: an appliance that personalises, whose clinicians read every slice the other
     # way round from the global head (its own head can learn that; the global one cannot)
     with ExitStack() as stack:
         device = make_appliance(stack, tmp_path / "device", trained_bundle, signing_key_file,
                                 f"http://127.0.0.1:{free_port()}", "nd_unused", None,
                                 personalise=True)
-        contrary(device, small_data)
+        contrary(device, data_dir)
         # Execute: a training run
         trained = device.call("POST", "/api/v1/federation/train")
         after = device.upload(slices(small_data)[0][0])
@@ -110,7 +135,7 @@ def test_a_clinic_whose_own_head_does_better_serves_it_shows_it_and_can_go_back(
         assert not (device.data_dir / "federation" / HEAD_FILE).exists()
 
 
-def test_the_own_head_is_served_again_after_a_restart(tmp_path, trained_bundle, small_data,
+def test_the_own_head_is_served_again_after_a_restart(tmp_path, trained_bundle, data_dir,
                                                       signing_key_file):
     from dataclasses import replace
 
@@ -119,7 +144,7 @@ def test_the_own_head_is_served_again_after_a_restart(tmp_path, trained_bundle, 
         device = make_appliance(stack, tmp_path / "device", trained_bundle, signing_key_file,
                                 f"http://127.0.0.1:{free_port()}", "nd_unused", None,
                                 personalise=True)
-        contrary(device, small_data)
+        contrary(device, data_dir)
         assert device.call("POST", "/api/v1/federation/train")["personal"]["served"] \
             == "personal"
         served, settings = device.svc.slot.current.head_id, device.svc.settings
@@ -133,11 +158,12 @@ def test_the_own_head_is_served_again_after_a_restart(tmp_path, trained_bundle, 
 
 
 def test_a_new_version_installed_serves_its_global_head(tmp_path, trained_bundle,
-                                                        small_data, signing_key_file):
+                                                        small_data, data_dir,
+                                                        signing_key_file):
     with ExitStack() as stack:
         coord, device = round_trip(stack, tmp_path, trained_bundle, small_data,
                                    signing_key_file, personalise=True)
-        contrary(device, small_data)
+        contrary(device, data_dir)
         assert device.call("POST", "/api/v1/federation/train")["personal"]["served"] \
             == "personal"
 
@@ -151,10 +177,10 @@ def test_a_new_version_installed_serves_its_global_head(tmp_path, trained_bundle
         assert not (device.data_dir / "federation" / HEAD_FILE).exists()
 
 
-def contrary(device, small_data: Path) -> None:
+def contrary(device, data: Path) -> None:
     """Upload slices and label each the opposite of the global head's answer, until
     there is enough to train on and to judge on."""
-    for path, _ in slices(small_data):
+    for path, _ in slices(data):  # the whole Kaggle set: case ids decide the gate
         case = device.upload(path)
         label = int(case["label"] != "tumour")
         device.call("POST", f"/api/v1/cases/{case['case_id']}/label", json={"label": label})
