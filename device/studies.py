@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass
 
 from device.imaging.dicom import SliceIds
-from device.store.base import Case, StudyRef
+from device.store.base import AccountStore, Case, StudyRef
 
 SALT_SETTING = "study_salt"
 RULE = "a study counts as tumour suspected if any of its slices is at or above the " \
@@ -31,14 +31,9 @@ class StudyKeys:
     salt: bytes
 
     @classmethod
-    def of(cls, settings) -> StudyKeys:
-        """The appliance's salt, from its settings (``get_setting``/``set_setting``),
-        made once at first use."""
-        value = settings.get_setting(SALT_SETTING)
-        if value is None:
-            value = secrets.token_hex(32)
-            settings.set_setting(SALT_SETTING, value)
-        return cls(bytes.fromhex(value))
+    def of(cls, settings: AccountStore) -> StudyKeys:
+        """The appliance's salt, kept in its settings, made once at first use."""
+        return cls(bytes.fromhex(settings.setting_once(SALT_SETTING, secrets.token_hex(32))))
 
     def _hash(self, kind: str, uid: str) -> str:
         return hmac.new(self.salt, f"{kind}:{uid}".encode(), hashlib.sha256).hexdigest()
@@ -53,12 +48,12 @@ class StudyKeys:
         return None if archive is None else StudyRef(archive, "archive")
 
 
-def verdict(cases: list[Case], refused: int = 0) -> dict:
+def verdict(cases: list[Case]) -> dict:
     """What the slices of one study amount to, by :data:`RULE`: counts, and the most
     suspicious slices first."""
     ranked = sorted(cases, key=lambda c: c.probability, reverse=True)
     suspected = sum(bool(c.predicted_label) for c in cases)
-    return {"slices": len(cases), "refused": refused, "suspected": suspected,
+    return {"slices": len(cases), "suspected": suspected,
             "series_suspected": suspected > 0,
             "uncertain": sum(bool(c.uncertain) for c in cases), "rule": RULE,
             "most_suspicious": ranked[:MOST_SUSPICIOUS]}

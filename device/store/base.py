@@ -390,5 +390,10 @@ class AccountStore(ABC):
         """Create or replace a setting."""
 
     @abstractmethod
+    def setting_once(self, key: str, value: str) -> str:
+        """The setting's value, set to ``value`` first if it had none (one value wins
+        when processes race)."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release the store's resources."""

@@ -128,6 +128,12 @@ CREATE TABLE IF NOT EXISTS study_slices (
     instance    INTEGER
 );
 CREATE INDEX IF NOT EXISTS study_slices_study ON study_slices (study_id);
+-- A study whose last slice is deleted goes with it (and with it its label).
+CREATE TRIGGER IF NOT EXISTS studies_emptied AFTER DELETE ON study_slices
+WHEN NOT EXISTS (SELECT 1 FROM study_slices WHERE study_id = OLD.study_id)
+BEGIN
+    DELETE FROM studies WHERE id = OLD.study_id;
+END;
 
 -- A DICOM slice's stored values (before any LUT) as a 16-bit PNG, for window/level in
 -- the viewer; ``offset`` added back restores a signed image's values.

@@ -144,6 +144,14 @@ class SQLiteAccountStore(AccountStore):
             conn.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) "
                          "DO UPDATE SET value = excluded.value", (key, value))
 
+    def setting_once(self, key: str, value: str) -> str:
+        text(key, "setting key", 128)
+        with self._db.tx() as conn:
+            conn.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)",
+                         (key, text(value, "setting value", 4096)))
+            return conn.execute("SELECT value FROM settings WHERE key = ?",
+                                (key,)).fetchone()[0]
+
     def close(self) -> None:
         if not self._closed:  # idempotent: release the shared database once
             self._closed = True

@@ -2,9 +2,12 @@
 slice belongs to (written in the case's own commit), a study with its slices, the list
 of studies, and the clinician's label for a whole study.
 
-A study's label and its slices' labels agree by construction: "no tumour in this study"
+How a study's label and its slices' labels are kept in step: "no tumour in this study"
 labels each of its unlabelled slices "no tumour" (refused while a slice is labelled
-tumour); a slice labelled tumour makes a study labelled "no tumour" a tumour study.
+tumour); a slice labelled tumour makes a study labelled "no tumour" a tumour study; a
+slice added to a study labelled "no tumour" takes that label away (nobody has read it
+yet). A slice relabelled from tumour to none leaves a tumour study as it is: the
+clinician labels the study again.
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Study:
-    """A study and its slices (ordered by instance number, then upload)."""
+    """A study and its slices: series by series (in the order they came), each by
+    instance number, then upload; each slice's instance number and series (1, 2, ...)."""
 
     id: str
     created_at: str
@@ -32,7 +36,15 @@ class Study:
     labelled_at: str | None
     cases: list[Case]
     instances: list[int | None]
-    series: int
+    series_of: list[int]
+
+    @property
+    def series(self) -> int:
+        return max(self.series_of, default=0)
+
+    def slices(self) -> list[tuple[Case, int | None, int]]:
+        """(case, instance number, series) of each slice, in slice order."""
+        return list(zip(self.cases, self.instances, self.series_of))
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,8 @@ def insert_study(conn: sqlite3.Connection, case_id: str, ref: StudyRef | None) -
         return
     conn.execute("INSERT OR IGNORE INTO studies (id, created_at, grouped_by) VALUES (?, ?, ?)",
                  (ref.id, now_iso(), ref.grouped_by))
+    conn.execute("UPDATE studies SET label = NULL, labelled_by = NULL, labelled_at = NULL "
+                 "WHERE id = ? AND label = 0", (ref.id,))
     conn.execute("INSERT INTO study_slices VALUES (?, ?, ?, ?)",
                  (case_id, ref.id, ref.series_hash, ref.instance))
 
@@ -87,15 +101,25 @@ class StudyQueries:
         slices = self._db.read(
             f"SELECT {', '.join(CASE_FIELDS)}, s.instance AS instance, "
             "s.series_hash AS series_hash FROM cases c JOIN study_slices s "
-            "ON s.case_id = c.id WHERE s.study_id = ? "
-            "ORDER BY s.instance IS NULL, s.instance, c.created_at, c.id", (study_id,))
+            "ON s.case_id = c.id WHERE s.study_id = ? ORDER BY (SELECT MIN(c2.created_at) "
+            "FROM study_slices s2 JOIN cases c2 ON c2.id = s2.case_id WHERE s2.study_id = "
+            "s.study_id AND s2.series_hash = s.series_hash), s.series_hash, "
+            "s.instance IS NULL, s.instance, c.created_at, c.id", (study_id,))
         if not slices:  # each deleted
             raise NotFoundError("this study has no slices left")
         row = rows[0]
+        series = list(dict.fromkeys(r["series_hash"] for r in slices))  # in slice order
         return Study(row["id"], row["created_at"], row["grouped_by"], row["label"],
                      row["labelled_by"], row["labelled_at"],
                      [case_from_row(r) for r in slices], [r["instance"] for r in slices],
-                     len({r["series_hash"] for r in slices}))
+                     [series.index(r["series_hash"]) + 1 for r in slices])
+
+    def study_references(self, study_id: str) -> list[str]:
+        """The clinic's references given to the study's slices (on this appliance only)."""
+        return [r[0] for r in self._db.read(
+            "SELECT DISTINCT reference FROM case_info WHERE reference <> '' AND case_id IN "
+            "(SELECT case_id FROM study_slices WHERE study_id = ?) ORDER BY reference",
+            (check_study_id(study_id),))]
 
     def list_studies(self, limit: int = 50, offset: int = 0) -> list[StudyRow]:
         """Studies with at least one slice, newest first."""

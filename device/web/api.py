@@ -3,8 +3,8 @@ and ``POST /api/v1/series`` (a series as one .zip)."""
 from __future__ import annotations
 
 import hashlib
-import secrets
 import re
+import secrets
 import time
 
 from flask import Blueprint, abort, jsonify, request, url_for
@@ -96,8 +96,9 @@ def series():
         study["url"] = url_for("studies.detail", study_id=study["id"], _external=True)
         study["most_suspicious"] = [{"case_id": c.id, "probability": round(c.probability, 6)}
                                     for c in study["most_suspicious"]]
-    return jsonify(results=lines, cases=sum("case_id" in line for line in lines),
-                   studies=studies, summary=studies[0] if len(studies) == 1 else None)
+    cases = sum("case_id" in line for line in lines)
+    return jsonify(results=lines, cases=cases, refused=len(lines) - cases, studies=studies,
+                   summary=studies[0] if len(studies) == 1 else None)
 
 
 def _prediction(case: Case, latency_ms: float, reference: str) -> dict:

@@ -31,9 +31,9 @@ def index():
 def detail(study_id: str):
     store = services().store
     study = store.study(study_id)
-    references = sorted({store.get_info(c.id).reference for c in study.cases} - {""})
     return render_template("study.html", study=study, summary=verdict(study.cases),
-                           references=references, bar=STRIP_BAR, height=STRIP_HEIGHT)
+                           references=store.study_references(study_id), bar=STRIP_BAR,
+                           height=STRIP_HEIGHT)
 
 
 @bp.route("/<study_id>/label", methods=["POST"])

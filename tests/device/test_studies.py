@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import sqlite3
 
 import cv2
 import numpy as np
@@ -99,7 +100,7 @@ def test_the_study_page_shows_verdict_strip_and_slices(app, admin, services, pix
     listing = client.get("/studies/").get_data(as_text=True)
     case_page = client.get(f"/cases/{services.store.list()[0].id}").get_data(as_text=True)
 
-    assert page.count("<title>Slice ") == 3 and 'id="study-strip"' in page
+    assert page.count("<title>slice ") == 3 and 'id="study-strip"' in page
     assert "any of its slices is at or above" in page and 'id="study-verdict"' in page
     assert row.id[:8] in listing and f"/studies/{row.id}" in case_page
     assert client.get("/studies/" + "0" * 32).status_code == 404
@@ -173,3 +174,36 @@ def test_a_study_whose_slices_are_all_deleted_is_gone(app, admin, services, pixe
 
     assert client.get(f"/studies/{row.id}").status_code == 404
     assert services.store.list_studies() == [] and services.store.count_studies() == 0
+    with sqlite3.connect(services.settings.data_dir / "neuroedge.db") as db:  # and its row
+        assert db.execute("SELECT COUNT(*) FROM studies").fetchone()[0] == 0
+
+
+def test_a_slice_added_to_a_study_labelled_no_tumour_takes_the_label_away(
+        app, admin, services, pixels):
+    client = app.test_client()
+    login(client)
+    upload(client, ("1.dcm", slice_of(pixels, STUDY_A, 1)))
+    (row,) = services.store.list_studies()
+    services.store.label_study(row.id, 0, "alice")
+
+    upload(client, ("2.dcm", slice_of(pixels, STUDY_A, 2)))  # nobody has read this one
+
+    study = services.store.study(row.id)
+    assert study.label is None and [c.confirmed_label for c in study.cases] == [0, None]
+
+
+def test_the_slices_of_a_study_come_series_by_series(app, admin, services, pixels):
+    client = app.test_client()
+    login(client)
+    other = SERIES.replace("3333", "5555")
+    files = [(f"{s}-{i}.dcm", make_dicom(pixels, InstanceNumber=i, StudyInstanceUID=STUDY_A,
+                                         SeriesInstanceUID=s))
+             for s, i in ((SERIES, 2), (other, 1), (SERIES, 1), (other, 2))]
+
+    upload(client, *files)
+
+    (row,) = services.store.list_studies()
+    study = services.store.study(row.id)
+    assert [(series, n) for _, n, series in study.slices()] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    page = client.get(f"/studies/{row.id}").get_data(as_text=True)
+    assert "in 2 series" in page and "Series 2, slice 1" in page

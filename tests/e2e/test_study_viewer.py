@@ -69,6 +69,7 @@ def test_a_study_is_shown_labelled_and_examined_in_the_viewer(
         screenshot(page, "study")
 
     # Execute: the clinician labels the whole study "no tumour"
+    page.once("dialog", lambda dialog: dialog.accept())  # "label N slices no tumour?"
     page.click("#study-none")
     page.wait_for_url(study)
     # Assert: recorded, and each slice labelled with it
@@ -142,13 +143,15 @@ def test_a_dropped_folder_is_sent_as_its_files(page, start_appliance, appliance_
             createReader: () => { let given = false; return {readEntries: done => {
                 done(given ? [] : children); given = true; }}; }});
         const root = folder("SERIES", [file("IM1.dcm", slices[0]), file(".DS_Store", "AA=="),
+            file("DICOMDIR", "AA=="),
             folder("MORE", [file("IM2.dcm", slices[1]), file("IM3.dcm", slices[2])])]);
         const drop = new Event("drop", {bubbles: true, cancelable: true});
         drop.dataTransfer = {items: [{webkitGetAsEntry: () => root}], files: []};
         document.getElementById("drop").dispatchEvent(drop);
     }""", slices)
     page.wait_for_url(re.compile(r"/upload/results/"), wait_until="load")
-    # Assert: the three slices, one study, the hidden file left out
+    # Assert: the three slices, one study, the hidden file and the index left out
     expect(page.locator("table tr")).to_have_count(4)
     expect(page.locator(".series-summary")).to_contain_text("3 slices")
     expect(page.locator("main")).not_to_contain_text("DS_Store")
+    expect(page.locator("main")).not_to_contain_text("DICOMDIR")

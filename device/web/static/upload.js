@@ -23,13 +23,14 @@
     ev.preventDefault(); drop.classList.remove("over");
   }));
   // A dropped folder (a series as a PACS exports it) stands for the files in it, at any
-  // depth; what macOS and viewers add beside the slices (hidden files) is left out.
+  // depth; what macOS and viewers add beside the slices (hidden files, the DICOMDIR index)
+  // is left out.
   const MAX_FILES = Number(drop.dataset.maxFiles || 400);
   function entries(reader) {
     return new Promise((done, fail) => reader.readEntries(done, fail));
   }
   async function filesOf(entry) {
-    if (entry.name.startsWith(".")) return [];
+    if (entry.name.startsWith(".") || entry.name.toUpperCase() === "DICOMDIR") return [];
     if (entry.isFile) return [await new Promise((done, fail) => entry.file(done, fail))];
     const reader = entry.createReader(), found = [];
     for (let batch = await entries(reader); batch.length; batch = await entries(reader)) {
