@@ -2,8 +2,6 @@
 values for the viewer."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 
@@ -12,19 +10,19 @@ from models.core import preprocess as mp
 THUMBNAIL_PX = 64
 
 
-def stored_gray(path: Path) -> np.ndarray:
-    """The stored image's grey values, 2-D ``uint8`` or ``uint16`` as stored (OSError if
-    the file is gone, ValueError if it no longer decodes)."""
-    image = mp.decode_image(path.read_bytes())
+def stored_gray(data: bytes) -> np.ndarray:
+    """A stored image's grey values, 2-D ``uint8`` or ``uint16`` as stored (ValueError if
+    it no longer decodes)."""
+    image = mp.decode_image(data)
     if image.ndim == 3:
         image = cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2GRAY)
     return image
 
 
-def thumbnail_png(path: Path, size: int = THUMBNAIL_PX) -> bytes:
-    """The stored image at most ``size`` pixels on its longer side, 8-bit grey, as PNG
-    (OSError if the file is gone, ValueError if it no longer decodes)."""
-    image = stored_gray(path)
+def thumbnail_png(data: bytes, size: int = THUMBNAIL_PX) -> bytes:
+    """A stored image at most ``size`` pixels on its longer side, 8-bit grey, as PNG
+    (ValueError if it no longer decodes)."""
+    image = stored_gray(data)
     if image.dtype != np.uint8:  # 16-bit: stretch to its own range, as the page shows
         low, high = float(image.min()), float(image.max())
         image = ((image - low) * (255.0 / max(high - low, 1.0))).astype(np.uint8)

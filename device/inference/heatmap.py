@@ -29,20 +29,21 @@ FORMAT = "aligned-rgba-2"  # what the map looks like: a new one redraws the stor
 def occlusion_map(predictor: Predictor, image: np.ndarray, base_probability: float
                   ) -> np.ndarray:
     """Drop in probability per input pixel (H, W) float32, averaged over the overlapping
-    occluders that covered it (the positions run in batches)."""
+    occluders that covered it. The copies go to the model a row of positions at a time
+    (13: the LiteRT predictor's batch), never all at once."""
     h, w = image.shape[:2]
     patch, stride = int(h * PATCH_FRACTION), max(1, int(h * STRIDE_FRACTION))
-    positions = [(y, x) for y in range(0, h - patch + 1, stride)
-                 for x in range(0, w - patch + 1, stride)]
-    batch = np.repeat(image[None], len(positions), axis=0)
-    for i, (y, x) in enumerate(positions):
-        batch[i, y:y + patch, x:x + patch] = 0.0
-    probs = predictor.occlusion_probabilities(batch)
+    xs = range(0, w - patch + 1, stride)
     drop = np.zeros((h, w), np.float32)
     hits = np.zeros((h, w), np.float32)
-    for (y, x), p in zip(positions, probs):
-        drop[y:y + patch, x:x + patch] += base_probability - p
-        hits[y:y + patch, x:x + patch] += 1
+    batch = np.empty((len(xs), *image.shape), image.dtype)
+    for y in range(0, h - patch + 1, stride):
+        batch[:] = image
+        for i, x in enumerate(xs):
+            batch[i, y:y + patch, x:x + patch] = 0.0
+        for x, p in zip(xs, predictor.occlusion_probabilities(batch)):
+            drop[y:y + patch, x:x + patch] += base_probability - p
+            hits[y:y + patch, x:x + patch] += 1
     return drop / np.maximum(hits, 1)
 
 

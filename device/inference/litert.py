@@ -8,8 +8,9 @@ from models.core.bundle import Bundle
 from models.core.runtime import bundle_model
 
 # Occluded copies run in batches on a second interpreter: a row of the heat map's 13 x 13
-# positions per invoke. As fast on one core as batches of 49 (115 vs 114 ms for the 169
-# copies), and 10 MB less resident: the interpreter's buffers grow with the batch.
+# positions per invoke (device.inference.heatmap sends them so). As fast on one core as
+# batches of 49 (115 vs 114 ms for the 169 copies), and 10 MB less resident: the
+# interpreter's buffers grow with the batch.
 HEATMAP_BATCH = 13
 
 

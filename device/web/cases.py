@@ -8,12 +8,12 @@ import logging
 from flask import (Blueprint, Response, abort, flash, redirect, render_template, request,
                    send_file, session, url_for)
 
-from device.exc import InputError
+from device.admission import analysis_bytes
+from device.exc import InputError, UnusableImageError
 from device.imaging.thumbnail import stored_gray, thumbnail_png
 from device.inference.heatmap import FULL_SCALE_DROP
 from device.web import services
 from device.web.auth import current_user, login_required
-from models.core import preprocess as mp
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("cases", __name__, url_prefix="/cases")
@@ -62,7 +62,8 @@ def detail(case_id: str):
                            study=None if study_id is None else store.study(study_id),
                            head=store.head_of(case_id),
                            full_scale_drop=FULL_SCALE_DROP,
-                           heatmap_version=services().slot.current.version)
+                           heatmap_version=services().slot.current.version,
+                           heatmap_head=services().slot.current.head_id)
 
 
 @bp.route("/<case_id>/confirm", methods=["POST"])
@@ -125,13 +126,17 @@ def pixels(case_id: str):
     (before any LUT), else the stored image's (a 16-bit PNG keeps its depth); little-
     endian ``uint8`` or ``uint16``, row by row; the size, depth and the offset that
     restores a signed DICOM's values in headers."""
-    store = services().store
-    case = store.get(case_id)
-    raw = store.raw_values(case.id)
-    values, offset = (stored_gray(store.image_path(case)), 0) if raw is None \
-        else (mp.decode_image(raw[0]), raw[1])
-    response = Response(values.astype(values.dtype.newbyteorder("<")).tobytes(),
-                        mimetype="application/octet-stream")
+    svc = services()
+    case = svc.store.get(case_id)
+    raw = svc.store.raw_values(case.id)
+    data, offset = raw if raw is not None else (svc.store.image_path(case).read_bytes(), 0)
+    with svc.analyser.memory.hold(analysis_bytes(data)):  # large images take turns
+        try:
+            values = stored_gray(data)
+        except ValueError as exc:
+            raise UnusableImageError(f"the slice's values cannot be read: {exc}") from None
+        response = Response(values.astype("<" + values.dtype.str[1:], copy=False).tobytes(),
+                            mimetype="application/octet-stream")
     response.headers.update({"X-Width": str(values.shape[1]),
                              "X-Height": str(values.shape[0]),
                              "X-Bits": str(8 * values.itemsize), "X-Offset": str(offset),
@@ -144,7 +149,7 @@ def pixels(case_id: str):
 def thumbnail(case_id: str):
     """A 64-pixel preview for the case list."""
     store = services().store
-    response = Response(thumbnail_png(store.image_path(store.get(case_id))),
+    response = Response(thumbnail_png(store.image_path(store.get(case_id)).read_bytes()),
                         mimetype="image/png")
     response.headers["Cache-Control"] = "private, no-store"
     return response

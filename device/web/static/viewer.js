@@ -36,8 +36,17 @@
       px[j + 3] = 255;
     }
     slice.getContext("2d").putImageData(image, 0, 0);
-    readout.textContent = `level ${centre + offset}, window ${span}, ` +
-      `zoom ${Math.round(zoom * 100)} %`;
+    level.setAttribute("aria-valuetext", String(centre + offset));  // a signed DICOM's
+    announce();
+  }
+
+  let settle = null;
+  function announce() {  // once the view settles: a screen reader hears one line, not each step
+    clearTimeout(settle);
+    settle = setTimeout(() => {
+      readout.textContent = `level ${Number(level.value) + offset}, window ` +
+        `${windowWidth.value}, zoom ${Math.round(zoom * 100)} %`;
+    }, 250);
   }
 
   function draw() {
@@ -56,8 +65,6 @@
       ctx.drawImage(heat, panX, panY, width * zoom, height * zoom);
       ctx.globalAlpha = 1;
     }
-    readout.textContent = readout.textContent.replace(/zoom \d+ %/,
-                                                      `zoom ${Math.round(zoom * 100)} %`);
   }
 
   function zoomAt(factor, x, y) {
@@ -66,6 +73,7 @@
     panY = y - (y - panY) * (next / zoom);
     zoom = next;
     draw();
+    announce();
   }
 
   function centre() {
@@ -105,7 +113,7 @@
 
   root.querySelectorAll("[data-zoom]").forEach(button => button.addEventListener(
     "click", () => zoomAt(Number(button.dataset.zoom), ...centre())));
-  root.querySelector("[data-fit]").addEventListener("click", () => { fit(); draw(); });
+  root.querySelector("[data-fit]").addEventListener("click", () => { fit(); draw(); announce(); });
   root.querySelector("[data-reset-window]").addEventListener("click", fullRange);
   [level, windowWidth].forEach(input => input.addEventListener("input", () => {
     windowed();
@@ -128,7 +136,7 @@
     panY = event.clientY - drag[1];
     draw();
   });
-  canvas.addEventListener("pointerup", () => { drag = null; });
+  ["pointerup", "pointercancel"].forEach(e => canvas.addEventListener(e, () => { drag = null; }));
   canvas.addEventListener("keydown", event => {
     const step = 40, moves = {ArrowLeft: [step, 0], ArrowRight: [-step, 0],
                                ArrowUp: [0, step], ArrowDown: [0, -step]};
