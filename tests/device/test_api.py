@@ -42,7 +42,8 @@ def test_prediction_returns_the_documented_fields_and_a_fetchable_heat_map(
     assert response.status_code == 201
     body = response.json()
     assert set(body) == {"case_id", "reference", "probability", "label", "threshold",
-                         "uncertain", "model_version", "latency_ms", "heatmap_url"}
+                         "uncertain", "model_version", "head", "latency_ms", "heatmap_url"}
+    assert body["head"] == "global"  # no clinic's own head on this appliance
     assert 0.0 <= body["probability"] <= 1.0
     assert body["label"] in ("tumour", "no_tumour")
     assert body["model_version"] == services.slot.current.version
