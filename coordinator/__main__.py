@@ -177,16 +177,13 @@ def cmd_admin(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from coordinator.simulate import print_table, simulate, write_report
     if args.partition == "sites":
-        if args.transport != "http":
-            raise ValueError("--partition sites feeds cases between rounds: --transport "
-                             "http only")
         from coordinator.site_federation import print_sites_table, simulate_sites
         names = lambda text: [s for s in text.split(",") if s]  # noqa: E731
         report = simulate_sites(
             args.data, args.rounds, args.cases_per_round, names(args.clinics),
             names(args.initial_sites), args.holdout_site or None, args.method, args.arch,
             args.seed, args.epochs, args.initial, args.publish_margin, args.sparsity,
-            args.device_setting, adapter_rank=args.adapter_rank)
+            args.device_setting, adapter_rank=args.adapter_rank, transport=args.transport)
         print_sites_table(report)
     else:
         report = simulate(args.data, args.sites, args.rounds, args.partition, args.method,

@@ -246,25 +246,18 @@ class FlowerCluster(Cluster):
                     env={**self.env, "FLWR_HOME": str(home)})
         return "transport = 'flower'\n"
 
-    def run_rounds(self, rounds: int, evaluate) -> list[dict]:
-        from coordinator.store.sqlite import SQLiteCoordinatorStore
+    def run_rounds(self, rounds: int, evaluate, before_round=None) -> list[dict]:
+        """``rounds`` Flower rounds in one ``flwr run``; with ``before_round(r)`` (new
+        confirmed cases), one ``flwr run`` of one round each, the callback first: the
+        coordinator's state carries on from run to run."""
         start = time.time()
-        config = (f'state-dir="{self.state}" config="{self.coord_cfg}" '
-                  f'data="{self.coordinator_data}" num-rounds={rounds} min-nodes={self.n}')
-        log = self.root / "flwr-run.log"
-        with log.open("w") as fh:
-            done = subprocess.run(["flwr", "run", str(FLOWER_APP), "local", "--stream",
-                                   "--run-config", config], stdout=fh,
-                                  stderr=subprocess.STDOUT, env=self.flwr_env,
-                                  timeout=FLOWER_RUN_TIMEOUT_S)
-        store = SQLiteCoordinatorStore(self.state)
-        try:
-            events = sorted(store.audit_events(kind="flower_round"), key=lambda e: e.id)
-        finally:
-            store.close()
-        if done.returncode != 0 or len(events) != rounds:
-            raise RuntimeError(f"flwr run exited {done.returncode} after {len(events)} of "
-                               f"{rounds} rounds; see {log}:\n{log.read_text()[-2000:]}")
+        if before_round is None:
+            events = self._flwr_run(rounds, 0)
+        else:
+            events = []
+            for r in range(1, rounds + 1):
+                before_round(r)
+                events += self._flwr_run(1, len(events))
         rows, version, previous = [], 1, start
         for r, event in enumerate(events, 1):
             d = event.detail
@@ -282,6 +275,29 @@ class FlowerCluster(Cluster):
                 at - previous, self.names))
             previous = at
         return rows
+
+    def _flwr_run(self, rounds: int, before: int) -> list:
+        """Run the app for ``rounds`` rounds; the rounds' audit events after the first
+        ``before`` ones (RuntimeError naming the log if they are not all there)."""
+        from coordinator.store.sqlite import SQLiteCoordinatorStore
+        config = (f'state-dir="{self.state}" config="{self.coord_cfg}" '
+                  f'data="{self.coordinator_data}" num-rounds={rounds} min-nodes={self.n}')
+        log = self.root / "flwr-run.log"
+        with log.open("a") as fh:
+            done = subprocess.run(["flwr", "run", str(FLOWER_APP), "local", "--stream",
+                                   "--run-config", config], stdout=fh,
+                                  stderr=subprocess.STDOUT, env=self.flwr_env,
+                                  timeout=FLOWER_RUN_TIMEOUT_S)
+        store = SQLiteCoordinatorStore(self.state)
+        try:
+            events = sorted(store.audit_events(kind="flower_round"), key=lambda e: e.id)
+        finally:
+            store.close()
+        if done.returncode != 0 or len(events) != before + rounds:
+            raise RuntimeError(f"flwr run exited {done.returncode} after "
+                               f"{len(events) - before} of {rounds} rounds; see {log}:\n"
+                               f"{log.read_text()[-2000:]}")
+        return events[before:]
 
 
 def wait_for_outcome(cluster: Cluster, after: int, timeout: float = 600) -> dict:

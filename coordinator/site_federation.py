@@ -8,7 +8,9 @@ in a random order, ``cases_per_round`` more confirmed cases before each round, a
 clinic would live it. The initial model is the vendor's, learned from
 ``initial_sites`` only (or given with ``initial``); the coordinator's own images, for
 its calibration and publishing gate, are those sites' too. ``holdout_site`` never
-joins: it measures generalisation (specificity when it has no tumour).
+joins: it measures generalisation (specificity when it has no tumour). With
+``transport="flower"`` the rounds go through Flower (one ``flwr run`` of one round each,
+the cases arriving between them).
 
 Baselines on the same test parts, with the device's own NumPy trainer from the initial
 model: each clinic alone, and all clinics' confirmed cases pooled (centralized), both on
@@ -26,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from coordinator.cluster import Cluster
+from coordinator.cluster import Cluster, FlowerCluster
 from coordinator.simulate import dev_key, feed, initial_model, write_csv
 from models.core import metrics
 from models.core.bundle import Bundle, read_manifest
@@ -176,7 +178,7 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
                    seed: int = 0, epochs: int | None = None, initial: Path | None = None,
                    publish_margin: float = 0.05, sparsity: float = 0.5,
                    device_settings: Sequence[str] = (), workdir: Path | None = None,
-                   adapter_rank: int = 0) -> dict:
+                   adapter_rank: int = 0, transport: str = "http") -> dict:
     """Run the federation of clinics; returns the report (module docstring).
     ``device_settings``: ``NAME=TOML_VALUE`` lines for every clinic's device.toml."""
     _check_roles(clinics, initial_sites, holdout_site)
@@ -197,10 +199,10 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
         initial = initial or initial_model(coordinator_csv, arch, root / "initial", epochs)
         initial = _with_adapter(initial, adapter_rank, root / "adapter") if adapter_rank \
             else initial
-        cluster = Cluster(root, len(clinics), coordinator_csv, method, initial,
-                          publish_margin, sparsity,
-                          "".join(f"{line.replace('=', ' = ', 1)}\n" for line in device_settings),
-                          names=list(clinics))
+        kind = {"http": Cluster, "flower": FlowerCluster}[transport]
+        cluster = kind(root, len(clinics), coordinator_csv, method, initial, publish_margin,
+                       sparsity, "".join(f"{line.replace('=', ' = ', 1)}\n"
+                                         for line in device_settings), names=list(clinics))
         bundles = cluster.state / "bundles"
         try:
             def arrive(r: int) -> None:
@@ -218,7 +220,7 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
             report = {
                 "partition": "sites", "clinics": list(clinics),
                 "initial_sites": list(initial_sites), "holdout": holdout_site,
-                "method": method, "seed": seed, "arch": arch, "transport": "http",
+                "method": method, "seed": seed, "arch": arch, "transport": transport,
                 "publish_margin": publish_margin, "sparsity": sparsity,
                 "device_settings": list(device_settings), "adapter_rank": adapter_rank,
                 "cases_per_round": cases_per_round, "initial": evaluation(bundles / "v1"),
