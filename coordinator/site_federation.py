@@ -129,6 +129,21 @@ class SiteEvaluation:
 PERSONAL_HEAD = "federation/personal-head.npz"
 
 
+def _toml(device_settings: Sequence[str]) -> str:
+    """``NAME=TOML_VALUE`` lines as lines of a device.toml."""
+    return "".join(f"{line.replace('=', ' = ', 1)}\n" for line in device_settings)
+
+
+def _personalised(cluster: Cluster, evaluation: SiteEvaluation, final: Path,
+                  clinics: Sequence[str], device_settings: Sequence[str]) -> dict | None:
+    """The clinics with the heads their appliances serve on ``final`` when they
+    personalise (:meth:`SiteEvaluation.personalised`); None when they do not."""
+    if "personalise=true" not in device_settings:
+        return None
+    return evaluation.personalised(final, *_served_heads(cluster, clinics,
+                                                         _open(final).head_shapes))
+
+
 def _served_heads(cluster: Cluster, clinics: Sequence[str], shapes: dict
                   ) -> tuple[dict[str, dict], dict[str, dict | None]]:
     """Train each clinic once more on the final version (all its confirmed cases) and
@@ -172,6 +187,21 @@ def _train_config(device_settings: Sequence[str]) -> TrainConfig:
                        prox_mu=float(chosen.get("train_prox_mu", TrainConfig.prox_mu)))
 
 
+def _clinics(data: Path, initial: Path | None, arch: str, clinics: Sequence[str],
+             holdout_site: str | None, seed: int
+             ) -> tuple[list[Sample], dict, SiteEvaluation]:
+    """The manifest's slices, each clinic's (arriving cases, test part), and the
+    evaluation on the test parts and the held-out site."""
+    from models.training.architectures import get_architecture
+    spec = InputSpec.from_dict(read_manifest(initial / "bundle")["input"]) if initial \
+        else get_architecture(arch).input_spec
+    x, y, groups, kept = load_grouped(data, spec)
+    sites = np.array([s.site for s in kept])
+    parts = clinic_split(groups, sites, clinics, seed)
+    holdout = np.flatnonzero(sites == holdout_site) if holdout_site else np.array([], int)
+    return kept, parts, SiteEvaluation(x, y, {c: t for c, (_, t) in parts.items()}, holdout)
+
+
 def simulate_sites(data: Path, rounds: int, cases_per_round: int,
                    clinics: Sequence[str], initial_sites: Sequence[str],
                    holdout_site: str | None, method: str = "fedavg", arch: str = "edge",
@@ -182,14 +212,7 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
     """Run the federation of clinics; returns the report (module docstring).
     ``device_settings``: ``NAME=TOML_VALUE`` lines for every clinic's device.toml."""
     _check_roles(clinics, initial_sites, holdout_site)
-    from models.training.architectures import get_architecture
-    spec = InputSpec.from_dict(read_manifest(initial / "bundle")["input"]) if initial \
-        else get_architecture(arch).input_spec
-    x, y, groups, kept = load_grouped(data, spec)
-    sites = np.array([s.site for s in kept])
-    parts = clinic_split(groups, sites, clinics, seed)
-    holdout = np.flatnonzero(sites == holdout_site) if holdout_site else np.array([], int)
-    evaluation = SiteEvaluation(x, y, {c: t for c, (_, t) in parts.items()}, holdout)
+    kept, parts, evaluation = _clinics(data, initial, arch, clinics, holdout_site, seed)
     vendor: list[Sample] = [s for s in kept if s.site in initial_sites]
     if not vendor:
         raise ValueError(f"the data has no initial site {', '.join(initial_sites)}")
@@ -201,8 +224,7 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
             else initial
         kind = {"http": Cluster, "flower": FlowerCluster}[transport]
         cluster = kind(root, len(clinics), coordinator_csv, method, initial, publish_margin,
-                       sparsity, "".join(f"{line.replace('=', ' = ', 1)}\n"
-                                         for line in device_settings), names=list(clinics))
+                       sparsity, _toml(device_settings), names=list(clinics))
         bundles = cluster.state / "bundles"
         try:
             def arrive(r: int) -> None:
@@ -213,10 +235,9 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
             rows = cluster.run_rounds(rounds, lambda v: evaluation(bundles / f"v{v}"),
                                       before_round=arrive)
             seen = {c: cases[:rounds * cases_per_round] for c, (cases, _) in parts.items()}
-            final = bundles / f"v{rows[-1]['model_version'] if rows else 1}"
-            personal = evaluation.personalised(final, *_served_heads(
-                cluster, clinics, _open(final).head_shapes)) \
-                if "personalise=true" in device_settings else None
+            final = rows[-1]["model_version"] if rows else 1
+            personal = _personalised(cluster, evaluation, bundles / f"v{final}", clinics,
+                                     device_settings)
             report = {
                 "partition": "sites", "clinics": list(clinics),
                 "initial_sites": list(initial_sites), "holdout": holdout_site,
