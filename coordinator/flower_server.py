@@ -91,6 +91,7 @@ class NeuroEdgeStrategy(Strategy):
         self.rounds, self.telemetry = rounds, telemetry
         self.min_nodes, self.node_wait = min_nodes, node_wait
         self.known: dict[int, int] = {}  # node id -> bundle version it reported
+        self.whole: set[int] = set()      # nodes that could not fill the gaps: send all
         self.sites: dict[int, dict] = {}  # this round's record per node
         self.sent: dict[int, int] = {}    # bundle bytes in the last message per node
         self.round_id: int | None = None
@@ -185,12 +186,24 @@ class NeuroEdgeStrategy(Strategy):
         files = {name: (latest.path / name).read_bytes() for name in names}
         messages, self.sent = [], {}
         for node in nodes:
-            give = files if node in behind else {}
+            give = self._changed(files, latest, node) if node in behind else {}
             self.sent[node] = sum(len(b) for b in give.values())
             messages.append(Message(RecordDict({rec.BUNDLE: ConfigRecord(
                 rec.bundle_record(latest.version, give))}), dst_node_id=node,
                 message_type=kind, group_id=str(server_round)))
         return messages
+
+    def _changed(self, files: dict[str, bytes], latest, node: int) -> dict[str, bytes]:
+        """``files`` without those the ``node``'s version holds with the same SHA-256 (it
+        copies them; a round changes the head only): all of them if that version is
+        unknown here, or the node could not fill the gaps last time."""
+        version = self.known.get(node)
+        base = self.bundles.get(version) if isinstance(version, int) else None
+        if base is None or node in self.whole:
+            return files
+        same = {name for name, entry in latest.manifest["files"].items()
+                if base.manifest["files"].get(name, {}).get("sha256") == entry["sha256"]}
+        return {name: data for name, data in files.items() if name not in same}
 
     def _pin(self, device_id: str, node: int) -> None:
         """Bind a device id to the first Flower node that speaks for it (with SuperNode
@@ -245,6 +258,9 @@ class NeuroEdgeStrategy(Strategy):
         # What the node has, or was offered and refused: do not send those files again.
         sync = status["sync"]
         refused = sync.get("version") if sync.get("bundle") == "refused" else None
+        if refused is not None and "carries no file" in str(sync.get("reason")):
+            self.whole.add(node)  # its copy of its version differs: send it all
+            refused = None
         self.known[node] = max(status["model_version"],
                                refused if type(refused) is int else 0)
         up = len(json.dumps(status["reports"]))

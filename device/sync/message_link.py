@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from device.sync.link import CoordinatorUnavailable, UnsafeDownload
+from models.core.bundle import MANIFEST
 from models.core.files import write_atomic
 
 
@@ -41,7 +42,7 @@ class MessageLink:
         self.updates: list[tuple[bytes, dict]] = []
         self.reports: list[dict] = []
         self.bytes_up = 0
-        self.bytes_down = 0
+        self.bytes_down = sum(map(len, self.files.values()))  # carried, used or not
 
     def post_update(self, payload: bytes, meta: dict) -> dict:
         if len(self.updates) >= self.max_updates:
@@ -56,10 +57,21 @@ class MessageLink:
 
         Without files nothing is offered (the coordinator believes this device has the
         latest; it learns otherwise from the reply's ``model_version`` and sends them
-        next time): the version in service is answered, so nothing is refused."""
+        next time): the version in service is answered, so nothing is refused. The
+        message may carry only the files that changed since the version in service,
+        with the manifest: every file the manifest lists is offered, and the updater
+        copies the unchanged ones from the bundle in service (then verifies the whole)."""
         if not self.files:
             return {"version": model_version, "files": {}}
-        return {"version": self.version, "files": {name: name for name in self.files}}
+        try:
+            manifest = json.loads(self.files.get(MANIFEST, b""))
+        except ValueError:
+            manifest = None
+        listed = manifest.get("files") if isinstance(manifest, dict) else None
+        names = [*self.files, *(n for n in listed or () if n not in self.files)] \
+            if isinstance(listed, dict) else list(self.files)
+        return {"version": self.version, "files": {name: name for name in names},
+                **({"manifest": manifest} if isinstance(listed, dict) else {})}
 
     def download(self, name: str, dest: Path, max_bytes: int) -> int:
         data = self.files.get(name)
@@ -68,7 +80,6 @@ class MessageLink:
         if len(data) > max_bytes:
             raise UnsafeDownload(f"file of {len(data)} bytes exceeds {max_bytes}", "size")
         write_atomic(dest, data)
-        self.bytes_down += len(data)
         return len(data)
 
     def report(self, kind: str, version: int | None, reason: str = "") -> dict:

@@ -159,3 +159,30 @@ def test_a_node_that_refused_the_latest_bundle_is_not_sent_it_again(coord, enrol
     strategy.start(grid, strategy.global_head(), num_rounds=1, timeout=5)
 
     assert all(set(m.content[rec.BUNDLE]) == {"version"} for m in grid.sent)
+
+
+def test_a_node_one_version_behind_gets_only_the_files_that_changed(coord, enroll):
+    # Prepare: v2 re-signs v1's files (as a round that changed nothing but the manifest);
+    # the node is on v1, then says it could not fill the gaps in its copy
+    from models.core.bundle import resign_bundle
+    resign_bundle(coord.bundles.path(1), coord.bundles.path(2), coord.bundles.key, version=2,
+                  parent_version=1)
+    assert coord.bundles.latest().version == 2
+    enroll("pi-1")
+    answers = iter([{}, {}, {"bundle": "refused", "version": 2, "reason":
+                             "download of model.tflite failed: the message carries no file"},
+                    {}])
+
+    def on_v1(msg: Message) -> Message:
+        status = rec.status_record("pi-1", 1, [], next(answers))
+        return Message(RecordDict({rec.STATUS: ConfigRecord(status)}), reply_to=msg)
+
+    grid = ScriptedGrid({1: on_v1})
+    strategy = strategy_of(coord, min_nodes=1, node_wait=1)
+    # Execute: two rounds (train and evaluate each)
+    strategy.start(grid, strategy.global_head(), num_rounds=2, timeout=5)
+    # Assert: once it said v1, the manifest and the signature only; after it said it
+    # could not fill the gaps, every file
+    offered = [set(rec.read_bundle_record(m.content[rec.BUNDLE])[1]) for m in grid.sent]
+    assert offered[1] == {"manifest.json", "signature"}, offered
+    assert {"model.tflite", "head.npz", "manifest.json", "signature"} <= offered[3], offered

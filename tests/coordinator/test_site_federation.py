@@ -96,12 +96,11 @@ def test_two_clinics_two_rounds_report_per_clinic_baselines_and_the_held_out_sit
     published = [r for r in report["rounds"] if r["published"]]
     assert published, report["rounds"]
     # A round that changed only the head (and the adapter: a few KB) costs a device
-    # those, not the whole bundle, over HTTP (Flower still carries the whole bundle).
+    # those, not the whole bundle, over either transport.
     head_bytes = (initial / "bundle" / "head.npz").stat().st_size
     whole = sum(p.stat().st_size for p in (initial / "bundle").iterdir())
     down = [r["bytes_down_per_device"] for r in published]
-    assert transport == "flower" or all(d < head_bytes + (whole - head_bytes) / 2
-                                        for d in down), down
+    assert all(d < head_bytes + (whole - head_bytes) / 2 for d in down), down
     if personalised:  # each clinic's decision, and the head it serves, judged
         personal = report["personalised"]
         assert set(personal["decisions"]) == set(personal["per_clinic"]) == set(CLINICS)

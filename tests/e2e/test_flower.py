@@ -52,7 +52,9 @@ def test_two_rounds_through_flower_aggregate_both_sites_and_devices_serve_the_re
             assert r["installed"] == ["none"] * SITES, r
             continue
         assert set(r["installed"]) <= {"installed", "refused"}, r
-        assert r["bytes_down_per_device"] > 50_000   # the bundle's files, once
+        # the files that changed (the head, the manifest, the signature), once; the
+        # bundle's other ~240 KB are copied from the version each site has
+        assert 1_000 < r["bytes_down_per_device"] < 50_000, r
         last_installed = [r["model_version"] if action == "installed" else v
                           for action, v in zip(r["installed"], last_installed)]
     assert flower_report["served_versions"] == last_installed

@@ -14,7 +14,7 @@ from device.sync.link import CoordinatorUnavailable
 from device.sync.message_link import MessageLink
 from device.sync.outbox import Outbox
 from device.sync.updater import synthetic_slice
-from models.core.bundle import resign_bundle
+from models.core.bundle import MANIFEST, SIGNATURE, resign_bundle
 from models.core.preprocess import preprocess
 from models.core.signing import load_signing_key
 
@@ -32,6 +32,14 @@ def v2_files(trained_bundle, signing_key_file, tmp_path) -> dict[str, bytes]:
     resign_bundle(trained_bundle[0], out, load_signing_key(signing_key_file), version=2,
                   parent_version=1)
     return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def other_v2(tmp_path, signing_key_file) -> dict[str, bytes]:
+    """The shipped model (not the one in service) as v2: its files differ."""
+    from device.config import DEFAULT_BUNDLE
+    resign_bundle(DEFAULT_BUNDLE, tmp_path / "other", load_signing_key(signing_key_file),
+                  version=2, parent_version=1)
+    return {p.name: p.read_bytes() for p in (tmp_path / "other").iterdir()}
 
 
 @pytest.fixture
@@ -78,10 +86,13 @@ def test_the_offered_bundle_is_verified_installed_and_reported(client_app, v2_fi
     assert link.updates == []
 
 
-def test_a_tampered_file_is_refused_reported_and_nothing_changes(client_app, v2_files):
-    model = bytearray(v2_files["model.tflite"])
+def test_a_tampered_file_is_refused_reported_and_nothing_changes(client_app, tmp_path,
+                                                                 signing_key_file):
+    # Another model as v2 (so the device cannot copy it from its own), tampered on the way
+    other = other_v2(tmp_path, signing_key_file)
+    model = bytearray(other["model.tflite"])
     model[len(model) // 2] ^= 0xFF
-    link = MessageLink(2, {**v2_files, "model.tflite": bytes(model)})
+    link = MessageLink(2, {**other, "model.tflite": bytes(model)})
 
     result = build_federation(client_app, link).sync_now()
 
@@ -164,3 +175,30 @@ def test_the_serving_appliance_adopts_what_its_client_app_installed(settings, v2
         assert 0.0 <= float(serving.slot.current.probabilities(x)[0][0]) <= 1.0
     finally:
         serving.close()
+
+
+def test_a_message_with_only_the_changed_files_installs_the_whole_version(
+        client_app, v2_files):
+    # v2 re-signs v1's files: only its manifest and signature differ
+    changed = {name: v2_files[name] for name in (MANIFEST, SIGNATURE)}
+    link = MessageLink(2, changed)
+
+    result = build_federation(client_app, link).sync_now()
+
+    assert result["bundle"] == "installed" and result["version"] == 2, result
+    carried, whole = (sum(map(len, files.values())) for files in (changed, v2_files))
+    assert link.bytes_down == carried < whole / 10
+    installed = client_app.bundles.current_path()
+    assert {p.name: p.read_bytes() for p in installed.iterdir() if p.is_file()} == v2_files
+
+
+def test_a_gap_the_device_cannot_fill_is_refused_for_now_and_named(
+        client_app, tmp_path, signing_key_file):
+    # Another model as v2, but the message carries its manifest and signature only
+    other = other_v2(tmp_path, signing_key_file)
+    link = MessageLink(2, {name: other[name] for name in (MANIFEST, SIGNATURE)})
+
+    result = build_federation(client_app, link).sync_now()
+
+    assert result["bundle"] == "refused" and "carries no file" in result["reason"], result
+    assert client_app.slot.current.version == 1
