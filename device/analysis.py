@@ -22,6 +22,7 @@ from device.exc import NotASliceError, NotFoundError, UnusableImageError
 from device.heatmaps import HeatmapJob, HeatmapQueue
 from device.hw.status import Indicator, State
 from device.imaging import Upload, decode_upload
+from device.imaging.decode import stored_input_and_crop
 from device.inference.heatmap import FORMAT, FULL_SCALE_DROP, heatmap_png
 from device.inference.predictor import Prediction, Predictor
 from device.inference.slot import ModelSlot
@@ -148,8 +149,7 @@ class Analyser:
             header = fh.read(1 << 16)  # (a stored image has no large metadata segment)
         with self.memory.hold(analysis_bytes(header)):
             try:
-                return mp.preprocess_with_crop(mp.decode_image(path.read_bytes()),
-                                               predictor.input_spec)
+                return stored_input_and_crop(path, predictor.input_spec)
             except mp.UnusableImageError as exc:  # e.g. colour kept by older software
                 raise UnusableImageError(f"no heat map for this case: {exc}") from None
 

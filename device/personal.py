@@ -88,10 +88,6 @@ class PersonalPredictor(Predictor):
     def global_predictor(self) -> Predictor:
         return self.base
 
-    @property
-    def head_id(self) -> str | None:
-        return self.personal.id
-
     def probabilities(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         _, emb = self.base.probabilities(images)
         return H.predict(self.personal.head, emb).astype(np.float32), emb
@@ -177,9 +173,8 @@ class Personalisation:
         """At start: serve the saved head if it was trained from the bundle in service."""
         base = self.slot.current.global_predictor
         personal = self.heads.load(base)
-        if personal is not None:
-            self.slot.replace(lambda current: PersonalPredictor(base, personal)
-                              if current is base else None)
+        if personal is not None and self.slot.replace(
+                lambda current: PersonalPredictor(base, personal) if current is base else None):
             logger.info("serving this clinic's own head %s on v%d", personal.id,
                         base.version)
         return personal

@@ -247,4 +247,9 @@ def stored_model_input(path: Path, spec: mp.InputSpec) -> np.ndarray:
     image older software accepted that preprocessing now refuses (a colour picture), and
     ``mp.ImageDecodeError`` (a ValueError) when it no longer decodes.
     """
-    return mp.preprocess(mp.decode_image(path.read_bytes()), spec)
+    return stored_input_and_crop(path, spec)[0]
+
+
+def stored_input_and_crop(path: Path, spec: mp.InputSpec) -> tuple[np.ndarray, mp.Crop]:
+    """:func:`stored_model_input`, and where that input lies in the stored image."""
+    return mp.preprocess_with_crop(mp.decode_image(path.read_bytes()), spec)

@@ -76,7 +76,7 @@ class Predictor(ABC):
     def head_id(self) -> str | None:
         """The id of the clinic's own head when one is served (device.personal), else
         None: the bundle's head."""
-        return None
+        return None if self.personal is None else self.personal.id
 
     def predict(self, image: np.ndarray) -> Prediction:
         """Probability, label and uncertainty for one preprocessed image (H, W, C)."""

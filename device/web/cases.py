@@ -26,6 +26,14 @@ STATUS_TEXT = {"all": "all", "unconfirmed": "not labelled yet",
 PAGE = 50
 
 
+def form_label(meaning: str) -> int:
+    """The posted ``label``, 0 or 1; InputError (400) saying what they mean otherwise."""
+    label = request.form.get("label", "")
+    if label not in ("0", "1"):
+        raise InputError(f"label must be {meaning}")
+    return int(label)
+
+
 @bp.route("/")
 @login_required
 def index():
@@ -69,14 +77,12 @@ def detail(case_id: str):
 @bp.route("/<case_id>/confirm", methods=["POST"])
 @login_required
 def confirm(case_id: str):
-    label = request.form.get("label", "")
-    if label not in ("0", "1"):
-        raise InputError("label must be 0 (no tumour) or 1 (tumour)")
+    label = form_label("0 (no tumour) or 1 (tumour)")
     store = services().store
     before = store.get(case_id)
-    store.confirm(case_id, int(label), current_user())
+    store.confirm(case_id, label, current_user())
     if before.confirmed_label is not None:  # who replaced whose label: in the journal
-        logger.info("case %s: label %d by %s replaces %d by %s", case_id, int(label),
+        logger.info("case %s: label %d by %s replaces %d by %s", case_id, label,
                     current_user(), before.confirmed_label, before.confirmed_by)
     flash("Label recorded.")
     study = request.form.get("return_to", "")  # labelled from its study's page

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 
-from device.exc import InputError
 from device.studies import verdict
 from device.web import services
 from device.web.auth import current_user, login_required
+from device.web.cases import form_label
 
 bp = Blueprint("studies", __name__, url_prefix="/studies")
 PAGE = 50
@@ -39,10 +39,8 @@ def detail(study_id: str):
 @bp.route("/<study_id>/label", methods=["POST"])
 @login_required
 def label(study_id: str):
-    value = request.form.get("label", "")
-    if value not in ("0", "1"):
-        raise InputError("label must be 0 (no tumour in any slice) or 1 (tumour)")
-    study = services().store.label_study(study_id, int(value), current_user())
+    study = services().store.label_study(
+        study_id, form_label("0 (no tumour in any slice) or 1 (tumour)"), current_user())
     flash("Study labelled no tumour: its unlabelled slices are labelled no tumour too."
           if study.label == 0 else
           "Study labelled tumour. Label the slices that show it: they train the model.")
