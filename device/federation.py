@@ -110,7 +110,7 @@ class Federation:
                 continue
             store.set_embedding(case_id, backbone, predictor.predict(image).embedding)
         ids, x, y = store.confirmed_examples(backbone)
-        gate = held_out(ids)
+        gate = held_out(store, ids)
         return x[~gate], y[~gate], x[gate], y[gate]
 
     def confirmed_since_training(self) -> int:
@@ -145,7 +145,8 @@ class Federation:
                              f"training examples, have {len(y)}")
         if bundle.adapter_shapes:  # the head with the block's adapter
             ids, _, labels = self.store.confirmed_examples(predictor.backbone_id)
-            trained = adapter_training.train(self.store, bundle, ids, labels, held_out(ids),
+            trained = adapter_training.train(self.store, bundle, ids, labels,
+                                             held_out(self.store, ids),
                                              self.train_config)
             arrays, start, epochs = trained.arrays, trained.start, trained.epochs
             local = self._local(trained.gate_y, trained.gate_before, trained.gate_after,

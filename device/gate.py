@@ -1,7 +1,10 @@
 """The local gate: held-out confirmed cases on which a new bundle must not do worse.
 
-About a quarter of confirmed cases (:func:`is_gate_case`, decided by the case id, so
-training and the gate agree without storing anything) are never trained on. A bundle
+About a quarter of confirmed cases (:func:`is_gate_key`) are never trained on: whole
+studies (a patient's slices stay on one side), and a slice outside any study by its
+image, so the same image uploaded twice stays on one side too. The side follows from what
+the store already keeps, so training and the gate agree without storing anything, and a
+simulation that feeds the same images holds out the same cases in every run. A bundle
 from the coordinator is refused if, on them, it gets more cases wrong or misses more
 tumours than the model in service by more than the margin, or (with enough of each
 class) has a lower AUC. Federation reports its before/after accuracy on the same cases.
@@ -9,32 +12,30 @@ class) has a lower AUC. Federation reports its before/after accuracy on the same
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from device.store.base import MAX_LIST_LIMIT, Case, CaseStore
 from models.core import metrics
 
-GATE_PREFIXES = "0123"    # first hex digit of a held-out case id: ~25% of cases
+GATE_PREFIXES = "0123"    # first hex digit of a held-out gate key: ~25% of cases
 MIN_GATE_CASES = 4        # fewer: the gate is skipped (and the result says so)
 MIN_CLASS_CASES = 5       # fewer of either class: AUC is not compared
 MAX_GATE_CASES = 300      # newest first; bounds the time a check takes on a Pi
 REPORTED = ("n", "accuracy", "auc", "sensitivity", "specificity", "threshold")
 
 
-def is_gate_case(case_id: str) -> bool:
-    """True if a confirmed case is held out for the local gate (never trained on).
-
-    The rule is deterministic (first hex digit of the random case id in "0123", about a
-    quarter of cases), so training and the gate agree without storing anything.
-    """
-    return isinstance(case_id, str) and len(case_id) > 0 and case_id[0] in GATE_PREFIXES
+def is_gate_key(key: str) -> bool:
+    """True if the cases of a gate key (the store's ``gate_keys``: a study's id, else an
+    image's SHA-256, both hex) are held out for the local gate (never trained on): its
+    first hex digit is in "0123", about a quarter of keys."""
+    return isinstance(key, str) and len(key) > 0 and key[0] in GATE_PREFIXES
 
 
-def held_out(case_ids: Iterable[str]) -> np.ndarray:
+def held_out(store: CaseStore, case_ids: list[str]) -> np.ndarray:
     """Boolean mask of the gate cases among ``case_ids``."""
-    return np.array([is_gate_case(i) for i in case_ids], bool)
+    return np.array([is_gate_key(k) for k in store.gate_keys(case_ids)], bool)
 
 
 def gate_cases(store: CaseStore) -> list[Case]:
@@ -45,7 +46,8 @@ def gate_cases(store: CaseStore) -> list[Case]:
         offset = 0
         while True:
             page = store.list(status, limit=MAX_LIST_LIMIT, offset=offset)
-            found += [c for c in page if is_gate_case(c.id)]
+            found += [c for c, gate in zip(page, held_out(store, [c.id for c in page]))
+                      if gate]
             if len(page) < MAX_LIST_LIMIT:
                 break
             offset += len(page)

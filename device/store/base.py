@@ -156,11 +156,8 @@ class DuplicateKey(Exception):
 
 
 def check_case_id(case_id: object) -> str:
-    """Return ``case_id`` if it is 32 lowercase hex characters, else raise NotFoundError.
-
-    A malformed id is reported as "not found" (it cannot name a case), and is never used
-    to build a path or a query.
-    """
+    """Return ``case_id`` if it is 32 lowercase hex characters, else NotFoundError: a
+    malformed id cannot name a case, and never builds a path or a query."""
     if not isinstance(case_id, str) or not CASE_ID.fullmatch(case_id):
         raise NotFoundError("no such case")
     return case_id
@@ -289,6 +286,10 @@ class CaseStore(ABC):
         (case_ids, embeddings float32 (N, D), labels int64 (N,)); with no examples the
         embeddings have shape (0, 0).
         """
+
+    @abstractmethod
+    def gate_keys(self, case_ids: list[str]) -> list[str]:
+        """Each case's study id, else its image's SHA-256 (:mod:`device.gate`)."""
 
     @abstractmethod
     def cases_missing_embedding(self, backbone_id: str) -> list[str]:

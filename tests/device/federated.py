@@ -13,7 +13,7 @@ from typing import Callable
 import requests
 
 from device.config import DEV_PUBLIC_KEY
-from device.gate import is_gate_case
+from device.gate import held_out
 from tests.conftest import running
 
 
@@ -133,7 +133,8 @@ class Appliance:
 
     def trainable(self) -> bool:
         """Held-out cases to measure on, and both classes among the cases to train on."""
-        train = [label for case_id, label, _ in self.cases if not is_gate_case(case_id)]
+        gate = held_out(self.svc.store, [case_id for case_id, *_ in self.cases])
+        train = [label for (_, label, _), g in zip(self.cases, gate) if not g]
         return len(train) < len(self.cases) and len(train) >= 8 and 0 < sum(train) < len(train)
 
     def pointer(self, name: str) -> str | None:

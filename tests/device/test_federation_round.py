@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from device.gate import is_gate_case
+from device.gate import held_out
 from tests.device.federated import (
     CLINIC_TEXT, DEVICE_ID, Appliance, Coordinator, round_trip, slices,
 )
@@ -82,7 +82,7 @@ def test_confirmed_cases_train_a_small_update_that_comes_back_as_v2(flow):
     # Training queued a small int8 delta and measured itself on the held-out gate cases.
     assert trained["action"] == "queued", trained
     assert trained["base_version"] == 1
-    gate = sum(is_gate_case(case_id) for case_id, *_ in device.cases)
+    gate = int(held_out(device.svc.store, [case_id for case_id, *_ in device.cases]).sum())
     assert trained["examples"] == len(device.cases) - gate
     # int8: a quarter of the float head, plus the npz container (a zip entry and a .npy
     # header for each of the 4 arrays, ~1 KB), which compression does not always repay.

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from device.gate import is_gate_case, judge
+from device.gate import is_gate_key, judge
 
 
-def test_gate_cases_are_a_deterministic_quarter_of_ids():
-    ids = [f"{i:032x}"[::-1] for i in range(1600)]
-    share = sum(map(is_gate_case, ids)) / len(ids)
+def test_gate_keys_are_a_deterministic_quarter():
+    keys = [f"{i:032x}"[::-1] for i in range(1600)]
+    share = sum(map(is_gate_key, keys)) / len(keys)
     assert 0.2 < share < 0.3
-    assert is_gate_case("3" + "f" * 31) and not is_gate_case("a" + "0" * 31)
-    assert not is_gate_case("")
+    assert is_gate_key("3" + "f" * 31) and not is_gate_key("a" + "0" * 31)
+    assert not is_gate_key("")
 
 
 def test_a_candidate_as_good_as_the_model_in_service_passes():

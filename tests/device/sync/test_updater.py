@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import itertools
 import json
 import shutil
 from pathlib import Path
@@ -20,7 +19,7 @@ from device.inference.slot import ModelSlot
 from device.services import load_predictor, open_stores, trusted_keys
 from device.exc import RollbackError
 from device.sync.bundles import InstalledBundles
-from device.gate import is_gate_case
+from device.gate import held_out
 from device.sync.updater import BundleUpdater, synthetic_slice
 from models.core.bundle import read_manifest, resign_bundle, verify_bundle, write_bundle
 from models.core.preprocess import preprocess, read_image
@@ -80,22 +79,21 @@ def pointer(app, name: str) -> str | None:
 
 def add_gate_cases(app, data_dir: Path, labels: tuple[str, ...], need: int,
                    keep=lambda path: True) -> int:
-    """Store and confirm real slices (those ``keep`` accepts; again from the first if
-    needed: each upload is a new case) until ``need`` of them are gate cases."""
+    """Store and confirm real slices (those ``keep`` accepts) until ``need`` of them are
+    gate cases; an image's side of the gate is its own, so each is stored once."""
     per_label = [[(int(label == "yes"), p) for p in sorted((data_dir / label).iterdir())
                   if keep(p)] for label in labels]
     files = [f for group in zip(*per_label) for f in group]  # labels interleaved
     gate = 0
-    for label, path in itertools.islice(itertools.cycle(files), MAX_CASES):
+    for label, path in files[:MAX_CASES]:
         _, png = cv2.imencode(".png", cv2.imread(str(path)))
         case = app.store.add_case(png.tobytes(), source="upload", width=8, height=8,
                                   probability=0.5, predicted_label=1, threshold=0.5,
                                   uncertain=False, model_version=1, latency_ms=1.0)
         app.store.confirm(case.id, label, "alice")
-        gate += is_gate_case(case.id)
+        gate += held_out(app.store, [case.id])[0]
         if gate >= need:
             return gate
-    # 1 in 4 random ids: fewer than 6 among 400 cases has a probability below 1e-40.
     raise AssertionError(f"not enough gate cases among {len(files)} slices")
 
 
