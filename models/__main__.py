@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from models import bundle_cli
+from models.core.adapt import MODES
 from models.core.bundle import check_bundle_target
 from models.core.cli import at_least, json_out, positive_int
 from models.core.metrics import json_safe
@@ -129,11 +130,16 @@ def cmd_loso(args: argparse.Namespace) -> int:
 
 
 def cmd_adapt_modes(args: argparse.Namespace) -> int:
-    from models.training.adaptation_modes import CLINICS, compare
+    from models.core.head_training import TrainConfig
+    from models.training.adaptation_modes import CLINICS, SHORT, Replay, compare, summary
+    replay = Replay(TrainConfig() if args.trainer == "device" else SHORT, args.gate_share,
+                    args.rounds_per_arrival, args.local_epochs)
     results = compare(args.data, args.weights, args.threshold, args.clinics or CLINICS,
-                      args.seed,
-                      args.cases_per_round, args.rounds)
+                      args.seed, args.cases_per_round, args.rounds,
+                      args.modes or MODES, replay)
     for row in results:
+        print(json.dumps(row), flush=True)
+    for row in summary(results):
         print(json.dumps(row), flush=True)
     if args.json:
         _dump(results, args.json)
@@ -186,6 +192,18 @@ def setting(text: str) -> tuple[str, str]:
 def names(text: str) -> list[str]:
     """A comma-separated list of names."""
     return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def seed_range(text: str) -> list[int]:
+    """``N`` or ``FIRST-LAST`` (inclusive)."""
+    first, _, last = text.partition("-")
+    try:
+        seeds = list(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a seed or FIRST-LAST: {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"an empty range: {text!r}")
+    return seeds
 
 
 def data_arg(sp: argparse.ArgumentParser) -> None:
@@ -274,9 +292,21 @@ def _site_commands(sub) -> None:
                     help="the initial model's operating threshold")
     sp.add_argument("--clinics", type=names, default=None,
                     help="sites taking part (default: the four TCGA-LGG sites)")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--cases-per-round", type=positive_int, default=10)
-    sp.add_argument("--rounds", type=positive_int, default=6)
+    sp.add_argument("--seed", type=seed_range, default=[0],
+                    help="a seed, or seeds FIRST-LAST (each its own split; default 0)")
+    sp.add_argument("--modes", type=names, help=f"of {', '.join(MODES)} (default: all)")
+    sp.add_argument("--cases-per-round", type=positive_int, default=10,
+                    help="confirmed cases per clinic at each arrival")
+    sp.add_argument("--rounds", type=positive_int, default=6, help="arrivals")
+    sp.add_argument("--trainer", choices=("short", "device"), default="short",
+                    help="short: 60 epochs, patience 10; device: the appliances' "
+                    "trainer (200, patience 20)")
+    sp.add_argument("--gate-share", type=float, default=0.0, help="share of each clinic's "
+                    "cases held out for its local gate, never trained on (devices: 0.25)")
+    sp.add_argument("--rounds-per-arrival", type=positive_int, default=1,
+                    help="federated rounds between two arrivals")
+    sp.add_argument("--local-epochs", type=positive_int,
+                    help="a federated round's epoch cap (default: the trainer's)")
     sp.add_argument("--json", type=json_out, help="write the results to this file")
     sp.set_defaults(func=cmd_adapt_modes)
 

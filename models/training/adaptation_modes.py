@@ -4,14 +4,23 @@ clinic alone and all clinics' cases pooled, on the same held-out patients.
 
 Each clinic (a site of the manifest) keeps a third of its patients (at least two) as its
 test part; the rest arrive in a random order, ``cases_per_round`` more confirmed cases
-per round. The backbone up to the last block runs once, in TensorFlow; everything a
+per arrival. The backbone up to the last block runs once, in TensorFlow; everything a
 device would train runs in NumPy. Reported: balanced accuracy at the model's threshold
 per clinic, for the initial model, federated, local-only and centralized (the last two
-on all the cases the federation saw by its last round).
+on all the cases the federation saw by its last round, with the full trainer).
+
+:class:`Replay` can replay what the appliances do instead of an idealised federation:
+``gate_share`` of each clinic's cases (drawn at random, as the devices' random case ids
+draw them) held out for its local gate and never trained on, and ``rounds_per_arrival``
+federated rounds of at most ``local_epochs`` epochs each between two arrivals. Many
+seeds run on one load of the data: the appliance simulation (``coordinator simulate
+--partition sites``) is the real measurement, this one is cheap enough for 30 seeds.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -26,17 +35,34 @@ from models.training.dataset import DataSource, load_grouped
 from models.training.splits import clinic_split
 
 CLINICS = ("site_tcga_lgg_du", "site_tcga_lgg_ht", "site_tcga_lgg_cs", "site_tcga_lgg_fg")
+SHORT = TrainConfig(epochs=60, learning_rate=1e-3, patience=10, val_fraction=0.2)
+
+
+@dataclass(frozen=True)
+class Replay:
+    """How the federation runs: the trainer (the appliances': ``TrainConfig()``), the
+    share of cases a device holds out for its gate, and rounds between two arrivals."""
+    cfg: TrainConfig = field(default_factory=lambda: SHORT)
+    gate_share: float = 0.0
+    rounds_per_arrival: int = 1
+    local_epochs: int | None = None  # a federated round's cap (default: cfg.epochs)
+
+    def local(self, seed: int) -> TrainConfig:
+        return dataclasses.replace(self.cfg, seed=seed,
+                                   epochs=self.local_epochs or self.cfg.epochs)
 
 
 def _federate(mode: str, head0: H.Head, block0: B.Block, x: np.ndarray, y: np.ndarray,
-              parts: dict, k: int, rounds: int, cfg: TrainConfig) -> tuple[H.Head, dict]:
+              parts: dict, gates: dict, k: int, arrivals: int, replay: Replay, seed: int
+              ) -> tuple[H.Head, dict]:
     """FedAvg of the head and the mode's shared block arrays; local arrays stay."""
-    head, shared = dict(head0), {}
+    head, shared, cfg = dict(head0), {}, replay.local(seed)
     local = {c: dict(block0) for c in parts}
-    for r in range(1, rounds + 1):
+    for r in range(1, arrivals * replay.rounds_per_arrival + 1):
+        arrived = k * ((r - 1) // replay.rounds_per_arrival + 1)
         updates = []
         for clinic, (cases, _) in parts.items():
-            confirmed = cases[:k * r]
+            confirmed = cases[:arrived][~gates[clinic][:arrived]]
             try:
                 result = adapt(head, {**local[clinic], **shared}, x[confirmed], y[confirmed],
                                mode, cfg)
@@ -54,10 +80,11 @@ def _federate(mode: str, head0: H.Head, block0: B.Block, x: np.ndarray, y: np.nd
 
 
 def compare(data: str | Path | DataSource, weights: str | Path, threshold: float,
-            clinics: Sequence[str] = CLINICS, seed: int = 0, cases_per_round: int = 10,
-            rounds: int = 6, modes: Sequence[str] = MODES) -> list[dict]:
-    """One result per mode (and one for the initial model), balanced accuracies per
-    clinic and their mean."""
+            clinics: Sequence[str] = CLINICS, seeds: Sequence[int] = (0,),
+            cases_per_round: int = 10, rounds: int = 6, modes: Sequence[str] = MODES,
+            replay: Replay = Replay()) -> list[dict]:
+    """Per seed, one result for the initial model and one per mode: balanced accuracies
+    per clinic and their mean."""
     import keras
 
     from models.training.architectures import ARCHITECTURES, build_model, get_block, \
@@ -71,34 +98,73 @@ def compare(data: str | Path | DataSource, weights: str | Path, threshold: float
     inputs = np.zeros((len(y), *to_block.output.shape[1:]), np.float32)
     inputs[chosen] = to_block.predict(x[chosen], batch_size=64, verbose=0)
     head0, block0 = get_head(model), get_block(model)
-    parts = clinic_split(groups, sites, clinics, seed)
-    cfg = TrainConfig(epochs=60, learning_rate=1e-3, patience=10, val_fraction=0.2, seed=seed)
+    results = []
+    for seed in seeds:
+        parts = clinic_split(groups, sites, clinics, seed)
+        rng = np.random.default_rng([seed, 23])
+        gates = {c: rng.random(len(cases)) < replay.gate_share
+                 for c, (cases, _) in parts.items()}
 
-    def scores(head: H.Head, blocks: dict) -> dict[str, float]:
-        return {c: round(metrics.binary_metrics(
-            y[test], H.predict(head, B.embed(blocks[c], inputs[test])), threshold)
-            ["balanced_accuracy"], 4) for c, (_, test) in parts.items()}
+        def scores(head: H.Head, blocks: dict) -> dict[str, float]:
+            return {c: round(metrics.binary_metrics(
+                y[test], H.predict(head, B.embed(blocks[c], inputs[test])), threshold)
+                ["balanced_accuracy"], 4) for c, (_, test) in parts.items()}
 
-    results = [_row("initial", scores(head0, {c: block0 for c in parts}))]
-    for mode in modes:
-        start = time.perf_counter()
-        fed = scores(*_federate(mode, head0, block0, inputs, y, parts, cases_per_round,
-                                rounds, cfg))
-        seen = {c: cases[:cases_per_round * rounds] for c, (cases, _) in parts.items()}
-        local = {}
-        for clinic, confirmed in seen.items():
-            result = adapt(head0, block0, inputs[confirmed], y[confirmed], mode, cfg)
-            local[clinic] = scores(result.head, {c: result.block for c in parts})[clinic]
-        pooled = np.concatenate(list(seen.values()))
-        central = adapt(head0, block0, inputs[pooled], y[pooled], mode, cfg)
-        results.append({**_row(mode, fed), "local": _row(mode, local)["mean"],
-                        "central": scores(central.head,
-                                          {c: central.block for c in parts}),
-                        "per_clinic_local": local,
-                        "seconds": round(time.perf_counter() - start, 1)})
-        results[-1]["central_mean"] = round(float(np.mean(list(results[-1]["central"]
-                                                               .values()))), 4)
+        results.append({**_row("initial", scores(head0, {c: block0 for c in parts})),
+                        "seed": seed})
+        for mode in modes:
+            start = time.perf_counter()
+            fed = scores(*_federate(mode, head0, block0, inputs, y, parts, gates,
+                                    cases_per_round, rounds, replay, seed))
+            results.append({**_row(mode, fed), "seed": seed, **_baselines(
+                mode, head0, block0, inputs, y, parts, cases_per_round * rounds,
+                dataclasses.replace(replay.cfg, seed=seed), scores),
+                "seconds": round(time.perf_counter() - start, 1)})
     return results
+
+
+def _baselines(mode: str, head0: H.Head, block0: B.Block, inputs: np.ndarray,
+               y: np.ndarray, parts: dict, seen: int, cfg: TrainConfig, scores) -> dict:
+    """Each clinic alone and all clinics pooled, on every case seen (no gate held out)."""
+    confirmed = {c: cases[:seen] for c, (cases, _) in parts.items()}
+    local = {}
+    for clinic, idx in confirmed.items():
+        result = adapt(head0, block0, inputs[idx], y[idx], mode, cfg)
+        local[clinic] = scores(result.head, {c: result.block for c in parts})[clinic]
+    pooled = np.concatenate(list(confirmed.values()))
+    central = adapt(head0, block0, inputs[pooled], y[pooled], mode, cfg)
+    central_scores = scores(central.head, {c: central.block for c in parts})
+    return {"local": _row(mode, local)["mean"], "per_clinic_local": local,
+            "central": central_scores, "central_mean": _row(mode, central_scores)["mean"]}
+
+
+def summary(results: list[dict]) -> list[dict]:
+    """Per mode over the seeds: mean federated, alone, pooled and initial; federated
+    minus alone, minus pooled, minus initial; the worst clinic's federated minus alone."""
+    initial = {r["seed"]: r["mean"] for r in results if r["mode"] == "initial"}
+    rows = []
+    for mode in dict.fromkeys(r["mode"] for r in results if r["mode"] != "initial"):
+        runs = [r for r in results if r["mode"] == mode]
+
+        def mean(values) -> float:
+            return round(float(np.mean(list(values))), 4)
+        worst = [min(r["per_clinic"][c] - r["per_clinic_local"][c] for c in r["per_clinic"])
+                 for r in runs]
+        rows.append({"mode": mode, "seeds": len(runs),
+                     "initial": mean(initial[r["seed"]] for r in runs),
+                     "federated": mean(r["mean"] for r in runs),
+                     "alone": mean(r["local"] for r in runs),
+                     "pooled": mean(r["central_mean"] for r in runs),
+                     "federated_minus_alone": mean(r["mean"] - r["local"] for r in runs),
+                     "federated_minus_pooled": mean(r["mean"] - r["central_mean"]
+                                                    for r in runs),
+                     "federated_minus_initial": mean(r["mean"] - initial[r["seed"]]
+                                                     for r in runs),
+                     "pooled_minus_alone": mean(r["central_mean"] - r["local"] for r in runs),
+                     "worst_clinic": mean(worst),
+                     "worst_clinic_within_2": round(float(np.mean(np.array(worst) >= -0.02)),
+                                                    3)})
+    return rows
 
 
 def _row(mode: str, per_clinic: dict[str, float]) -> dict:

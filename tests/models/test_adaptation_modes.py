@@ -46,3 +46,47 @@ def test_two_clinics_one_round_report_every_mode_per_clinic(trained_bundle, tmp_
         expected = metrics.binary_metrics(everything[1][test], prob, 0.5)
         assert rows[0]["per_clinic"][clinic] == pytest.approx(
             expected["balanced_accuracy"], abs=0.02)
+
+
+@pytest.mark.slow
+def test_cases_held_out_for_the_gate_are_never_trained_on(trained_bundle, tmp_path):
+    """Replaying the appliances: with every case held out for the local gate no clinic
+    can train, so the federation ends where it began, while alone and pooled still train
+    on every case; the summary's differences are those of the rows."""
+    if not (SHARED / "MANIFEST.tsv").is_file():
+        pytest.skip(f"shared manifest not found at {SHARED}")
+    from models.core.head_training import TrainConfig
+    from models.training.adaptation_modes import Replay, compare, summary
+    # Execute
+    rows = compare(SHARED, trained_bundle[1], 0.5, CLINICS, seeds=[0, 1], rounds=1,
+                   modes=["head"], replay=Replay(TrainConfig(epochs=5), gate_share=1.0,
+                                                 rounds_per_arrival=2))
+    # Assert
+    initial = {r["seed"]: r for r in rows if r["mode"] == "initial"}
+    heads = [r for r in rows if r["mode"] == "head"]
+    assert sorted(initial) == [r["seed"] for r in heads] == [0, 1]
+    for row in heads:
+        assert row["per_clinic"] == initial[row["seed"]]["per_clinic"]
+        assert set(row["per_clinic_local"]) == set(row["central"]) == set(CLINICS)
+    (mean,) = summary(rows)
+    assert mean["seeds"] == 2 and mean["federated"] == mean["initial"]
+    assert mean["federated_minus_initial"] == 0
+    assert mean["federated_minus_alone"] == pytest.approx(
+        np.mean([r["mean"] - r["local"] for r in heads]), abs=1e-4)
+    assert mean["pooled_minus_alone"] == pytest.approx(
+        mean["pooled"] - mean["alone"], abs=1e-4)
+
+
+@pytest.mark.parametrize("text, seeds", [("3", [3]), ("0-2", [0, 1, 2])])
+def test_seed_ranges(text, seeds):
+    from models.__main__ import seed_range
+    assert seed_range(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["", "a", "3-1", "1-b"])
+def test_bad_seed_ranges_are_refused(text):
+    import argparse
+
+    from models.__main__ import seed_range
+    with pytest.raises(argparse.ArgumentTypeError):
+        seed_range(text)
