@@ -60,6 +60,7 @@ class Settings:
     keep_file_names: bool = True         # keep an upload's file name with its case (Pi only)
     train_min_new_cases: int = 8         # newly confirmed cases that start a training run
     train_epochs: int = 200              # most passes over the cases in one training run
+    train_rounds_per_cases: int = 1      # runs on one set of cases, each from a newer version
     train_prox_mu: float = 0.01          # FedProx pull towards the head the run starts from
     gate_margin: float = 0.05            # refuse a bundle this much worse on local cases
     personalise: bool = False            # serve this clinic's own head where it does better
@@ -123,6 +124,9 @@ class Settings:
             self.train_config()
         except ValueError as exc:
             raise ConfigError(f"train_epochs/train_prox_mu: {exc}") from None
+        if not isinstance(self.train_rounds_per_cases, int) or \
+                not 1 <= self.train_rounds_per_cases <= 100:
+            raise ConfigError("train_rounds_per_cases must be an integer from 1 to 100")
         if not 0 <= self.update_topk < 1 or self.sync_interval_s <= 0:
             raise ConfigError("update_topk must be in [0, 1) and sync_interval_s positive")
         return self

@@ -117,6 +117,18 @@ class Federation:
         trained = self._state().get("trained_cases", 0)
         return self._confirmed() - trained
 
+    def training_due(self) -> bool:
+        """Enough newly confirmed cases; or, with ``train_rounds_per_cases`` above 1, a
+        newer version installed since the last run, which had fewer runs on its cases:
+        more rounds of shorter training, between two batches of cases, bring a
+        federation closer to training on every clinic's cases pooled."""
+        if self.confirmed_since_training() >= self.settings.train_min_new_cases:
+            return True
+        state = self._state()
+        return ("trained_version" in state
+                and self.slot.current.version > state["trained_version"]
+                and state.get("runs_on_cases", 1) < self.settings.train_rounds_per_cases)
+
     def _confirmed(self) -> int:
         return self.store.count("confirmed") + self.store.count("disagreed")
 
@@ -139,6 +151,9 @@ class Federation:
     def _train(self) -> dict:
         predictor = self.slot.current.global_predictor  # updates start from the bundle
         bundle = predictor.bundle
+        confirmed, state = self._confirmed(), self._state()
+        new = confirmed - state.get("trained_cases", 0) >= self.settings.train_min_new_cases
+        runs = 1 if new else state.get("runs_on_cases", 1) + 1  # on the same cases
         x, y, x_gate, y_gate = self.examples()
         if len(y) < self.train_config.min_examples:
             raise ValueError(f"need at least {self.train_config.min_examples} confirmed "
@@ -172,7 +187,8 @@ class Federation:
                 "examples": int(len(y)), "update_id": uuid.uuid4().hex,
                 "metrics": {"train_epochs": epochs, **local}, **extra}
         self.outbox.put(meta["update_id"], payload, meta)
-        self._save_state(trained_cases=self._confirmed(), last_train_at=time.time())
+        self._save_state(trained_cases=confirmed, last_train_at=time.time(),
+                         trained_version=predictor.version, runs_on_cases=runs)
         self.last_result = {"action": "queued", "at": time.time(),
                             "update_id": meta["update_id"],
                             "examples": int(len(y)), "payload_bytes": len(payload),
@@ -293,8 +309,7 @@ class Federation:
         while not stop.wait(self.settings.sync_interval_s):
             try:
                 idle = self.status.state in (State.READY, State.UPDATE_AVAILABLE)
-                if idle and self.confirmed_since_training() >= \
-                        self.settings.train_min_new_cases:
+                if idle and self.training_due():
                     self.train_now()
                 self.sync_now(force=False)
             except Exception as exc:  # the loop must survive a coordinator outage

@@ -160,6 +160,7 @@ def test_verify_bundle_accepts_the_shipped_one_and_refuses_a_tampered_copy(tmp_p
     ("coordinator_ca = '/no/such/ca.crt'", "coordinator_ca: no file /no/such/ca.crt"),
     ("coordinator_timeout_s = 0", "coordinator_timeout_s: 0"),
     ("train_prox_mu = -1", "train_epochs/train_prox_mu"),
+    ("train_rounds_per_cases = 0", "train_rounds_per_cases must be an integer from 1"),
     ("personalise = true\ntransport = 'flower'\ndevice_id = 'pi-1'",
      "personalise: not with transport 'flower'"),
 ])
