@@ -183,7 +183,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             args.data, args.rounds, args.cases_per_round, names(args.clinics),
             names(args.initial_sites), args.holdout_site or None, args.method, args.arch,
             args.seed, args.epochs, args.initial, args.publish_margin, args.sparsity,
-            args.device_setting, adapter_rank=args.adapter_rank, transport=args.transport)
+            args.device_setting, adapter_rank=args.adapter_rank, transport=args.transport,
+            rounds_per_arrival=args.rounds_per_arrival)
         print_sites_table(report)
     else:
         report = simulate(args.data, args.sites, args.rounds, args.partition, args.method,
@@ -219,8 +220,12 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", action="append", required=True,
                     help="SuperLink host name or IP (repeat for several)")
     sp.add_argument("--nodes", type=int, default=1, help="SuperNode keys to make")
-    sp = command("simulate", cmd_simulate, "a federation of real processes on this machine",
-                 shared=False)
+    _simulate_args(command("simulate", cmd_simulate,
+                           "a federation of real processes on this machine", shared=False))
+    return p
+
+
+def _simulate_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--data", type=Path, required=True)
     sp.add_argument("--sites", type=int, default=3)
     sp.add_argument("--rounds", type=int, default=3)
@@ -235,7 +240,10 @@ def parser() -> argparse.ArgumentParser:
                     help="--partition sites: a site that never joins, only measures "
                     "('' for none)")
     sp.add_argument("--cases-per-round", type=int, default=10,
-                    help="--partition sites: confirmed cases per clinic before each round")
+                    help="--partition sites: confirmed cases per clinic at each arrival")
+    sp.add_argument("--rounds-per-arrival", type=int, default=1,
+                    help="--partition sites: rounds between two arrivals of cases (the "
+                    "devices train the same cases again in between)")
     sp.add_argument("--initial", type=Path, help="a folder with bundle/ and "
                     "model.weights.h5 to start from instead of training one")
     sp.add_argument("--publish-margin", type=float, default=0.05,
@@ -254,7 +262,6 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--transport", choices=("http", "flower"), default="http",
                     help="our HTTP coordinator, or Flower SuperLink/SuperNodes")
     sp.add_argument("--json", type=json_out, help="write the full report to this file")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

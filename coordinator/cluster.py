@@ -324,6 +324,7 @@ def round_row(r: int, coordinator_round: int | None, version: int, published: bo
             "bytes_up_per_device": float(np.mean(up)),
             "bytes_down_per_device": float(np.mean(down)),
             "update_bytes": [t.get("payload_bytes") for t in trained],
+            "examples": [t.get("examples") for t in trained],
             "skipped": [f"{name}: {t.get('reason')}" for name, t in zip(names, trained)
                         if t.get("action") == "skipped"],
             "local": [{k: t.get(k) for k in ("local_accuracy_before", "local_accuracy_after",

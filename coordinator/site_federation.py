@@ -181,9 +181,12 @@ def _with_adapter(initial: Path, rank: int, out: Path) -> Path:
 
 
 def _train_config(device_settings: Sequence[str]) -> TrainConfig:
-    """The head trainer's settings the devices run with (their ``train_*`` settings)."""
+    """The baselines' trainer: the devices' (their ``train_*`` settings), trained once to
+    convergence, so with at least the default epochs (a cap on a federated round's
+    training, ``train_epochs=20``, would handicap a clinic alone)."""
     chosen = dict(line.split("=", 1) for line in device_settings)
-    return TrainConfig(epochs=int(chosen.get("train_epochs", TrainConfig.epochs)),
+    return TrainConfig(epochs=max(int(chosen.get("train_epochs", TrainConfig.epochs)),
+                                  TrainConfig.epochs),
                        prox_mu=float(chosen.get("train_prox_mu", TrainConfig.prox_mu)))
 
 
@@ -202,15 +205,34 @@ def _clinics(data: Path, initial: Path | None, arch: str, clinics: Sequence[str]
     return kept, parts, SiteEvaluation(x, y, {c: t for c, (_, t) in parts.items()}, holdout)
 
 
+def _arrivals(cluster: Cluster, kept: list[Sample], parts: dict, cases_per_round: int,
+              rounds_per_arrival: int):
+    """``before_round(r)``: each clinic's next cases, before every
+    ``rounds_per_arrival``-th round (the first included)."""
+    if rounds_per_arrival < 1:
+        raise ValueError(f"rounds_per_arrival must be at least 1, not {rounds_per_arrival}")
+
+    def arrive(r: int) -> None:
+        if (r - 1) % rounds_per_arrival:
+            return
+        batch = (r - 1) // rounds_per_arrival
+        for k, (cases, _) in enumerate(parts.values()):
+            feed(cluster, k, [kept[i] for i in cases[
+                batch * cases_per_round:(batch + 1) * cases_per_round]])
+    return arrive
+
+
 def simulate_sites(data: Path, rounds: int, cases_per_round: int,
                    clinics: Sequence[str], initial_sites: Sequence[str],
                    holdout_site: str | None, method: str = "fedavg", arch: str = "edge",
                    seed: int = 0, epochs: int | None = None, initial: Path | None = None,
                    publish_margin: float = 0.05, sparsity: float = 0.5,
                    device_settings: Sequence[str] = (), workdir: Path | None = None,
-                   adapter_rank: int = 0, transport: str = "http") -> dict:
+                   adapter_rank: int = 0, transport: str = "http",
+                   rounds_per_arrival: int = 1) -> dict:
     """Run the federation of clinics; returns the report (module docstring).
-    ``device_settings``: ``NAME=TOML_VALUE`` lines for every clinic's device.toml."""
+    ``device_settings``: ``NAME=TOML_VALUE`` lines for every clinic's device.toml. New
+    cases arrive before every ``rounds_per_arrival``-th round (before the first)."""
     _check_roles(clinics, initial_sites, holdout_site)
     kept, parts, evaluation = _clinics(data, initial, arch, clinics, holdout_site, seed)
     vendor: list[Sample] = [s for s in kept if s.site in initial_sites]
@@ -227,14 +249,12 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
                        sparsity, _toml(device_settings), names=list(clinics))
         bundles = cluster.state / "bundles"
         try:
-            def arrive(r: int) -> None:
-                for k, (cases, _) in enumerate(parts.values()):
-                    feed(cluster, k, [kept[i] for i in
-                                      cases[(r - 1) * cases_per_round:r * cases_per_round]])
-
             rows = cluster.run_rounds(rounds, lambda v: evaluation(bundles / f"v{v}"),
-                                      before_round=arrive)
-            seen = {c: cases[:rounds * cases_per_round] for c, (cases, _) in parts.items()}
+                                      before_round=_arrivals(cluster, kept, parts,
+                                                             cases_per_round,
+                                                             rounds_per_arrival))
+            arrivals = -(-rounds // rounds_per_arrival)
+            seen = {c: cases[:arrivals * cases_per_round] for c, (cases, _) in parts.items()}
             final = rows[-1]["model_version"] if rows else 1
             personal = _personalised(cluster, evaluation, bundles / f"v{final}", clinics,
                                      device_settings)
@@ -244,7 +264,8 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
                 "method": method, "seed": seed, "arch": arch, "transport": transport,
                 "publish_margin": publish_margin, "sparsity": sparsity,
                 "device_settings": list(device_settings), "adapter_rank": adapter_rank,
-                "cases_per_round": cases_per_round, "initial": evaluation(bundles / "v1"),
+                "cases_per_round": cases_per_round, "rounds_per_arrival": rounds_per_arrival,
+                "initial": evaluation(bundles / "v1"),
                 "clinic_sizes": {c: {"cases": len(a), "test": len(t)}
                                  for c, (a, t) in parts.items()},
                 **evaluation.trained_heads(bundles / "v1", seen,

@@ -73,12 +73,13 @@ def test_two_clinics_two_rounds_report_per_clinic_baselines_and_the_held_out_sit
     initial = copy_initial(trained_bundle, tmp_path / "initial")
     out = tmp_path / "report.json"
     personalised = transport == "http" and not adapter_rank
+    per_arrival = 2 if adapter_rank else 1  # the adapter's run: one arrival, trained twice
 
     code = main(["simulate", "--partition", "sites", "--data", str(clinics_manifest),
                  "--clinics", ",".join(CLINICS), "--initial", str(initial),
                  "--rounds", "2", "--cases-per-round", "10", "--adapter-rank",
                  str(adapter_rank), "--publish-margin", "1", "--json", str(out),
-                 "--transport", transport,
+                 "--transport", transport, "--rounds-per-arrival", str(per_arrival),
                  # the head's clinics may serve their own head (the adapter's do not; nor,
                  # through Flower, does any)
                  *(["--device-setting", "personalise=true"] if personalised else [])])
@@ -87,6 +88,12 @@ def test_two_clinics_two_rounds_report_per_clinic_baselines_and_the_held_out_sit
     report = json.loads(out.read_text())
     assert report["clinics"] == list(CLINICS) and len(report["rounds"]) == 2
     assert report["adapter_rank"] == adapter_rank and report["transport"] == transport
+    assert report["rounds_per_arrival"] == per_arrival
+    first, second = (r["examples"] for r in report["rounds"])
+    if per_arrival == 2:  # no new cases: each clinic trains on the same ones again
+        assert first == second and any(first), report["rounds"]
+    else:
+        assert any((b or 0) > (a or 0) for a, b in zip(first, second)), report["rounds"]
     for part in ("initial", "local_only", "centralized", "federated"):
         assert set(report[part]["per_clinic"]) | set(report[part].get("skipped", {})) == \
             set(CLINICS), part
