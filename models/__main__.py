@@ -194,6 +194,26 @@ def names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
+def share(text: str) -> float:
+    """A fraction in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"not a share from 0 to 1: {text!r}")
+    return value
+
+
+def modes(text: str) -> list[str]:
+    """Comma-separated adaptation modes of :data:`models.core.adapt.MODES`."""
+    chosen = names(text)
+    unknown = [m for m in chosen if m not in MODES]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"modes are {', '.join(MODES)}, not {text!r}")
+    return chosen
+
+
 def seed_range(text: str) -> list[int]:
     """``N`` or ``FIRST-LAST`` (inclusive)."""
     first, _, last = text.partition("-")
@@ -294,14 +314,14 @@ def _site_commands(sub) -> None:
                     help="sites taking part (default: the four TCGA-LGG sites)")
     sp.add_argument("--seed", type=seed_range, default=[0],
                     help="a seed, or seeds FIRST-LAST (each its own split; default 0)")
-    sp.add_argument("--modes", type=names, help=f"of {', '.join(MODES)} (default: all)")
+    sp.add_argument("--modes", type=modes, help=f"of {', '.join(MODES)} (default: all)")
     sp.add_argument("--cases-per-round", type=positive_int, default=10,
                     help="confirmed cases per clinic at each arrival")
     sp.add_argument("--rounds", type=positive_int, default=6, help="arrivals")
     sp.add_argument("--trainer", choices=("short", "device"), default="short",
                     help="short: 60 epochs, patience 10; device: the appliances' "
                     "trainer (200, patience 20)")
-    sp.add_argument("--gate-share", type=float, default=0.0, help="share of each clinic's "
+    sp.add_argument("--gate-share", type=share, default=0.0, help="share of each clinic's "
                     "cases held out for its local gate, never trained on (devices: 0.25)")
     sp.add_argument("--rounds-per-arrival", type=positive_int, default=1,
                     help="federated rounds between two arrivals")

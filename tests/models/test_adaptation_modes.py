@@ -83,10 +83,13 @@ def test_seed_ranges(text, seeds):
     assert seed_range(text) == seeds
 
 
-@pytest.mark.parametrize("text", ["", "a", "3-1", "1-b"])
-def test_bad_seed_ranges_are_refused(text):
-    import argparse
-
-    from models.__main__ import seed_range
-    with pytest.raises(argparse.ArgumentTypeError):
-        seed_range(text)
+@pytest.mark.parametrize("option, value", [
+    ("--seed", ""), ("--seed", "a"), ("--seed", "3-1"), ("--seed", "1-b"),
+    ("--gate-share", "1.5"), ("--gate-share", "-0.1"), ("--gate-share", "x"),
+    ("--modes", "head,lorax"), ("--modes", ","),
+])
+def test_bad_replay_options_are_refused_before_any_work(option, value, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["adapt-modes", "--data", "/nonexistent", "--weights", "w.h5",
+              "--threshold", "0.5", option, value])
+    assert stop.value.code == 2 and option in capsys.readouterr().err
