@@ -58,6 +58,10 @@ class Comparison:
 
 def compare(y: np.ndarray, p_global: np.ndarray, p_personal: np.ndarray,
             threshold: float) -> Comparison:
+    """Both heads' errors on the held-out cases; none yet (a clinic's first cases) is a
+    comparison of 0 cases, not an error."""
+    if len(y) == 0:
+        return Comparison(0, 0, 0, 0, 0)
     counts = [metrics.binary_metrics(y, p, threshold)["confusion"]
               for p in (p_global, p_personal)]
     return Comparison(int(len(y)), *(c["fp"] + c["fn"] for c in counts),

@@ -44,6 +44,9 @@ def test_only_fewer_wrong_and_no_more_missed_tumours_on_enough_cases_is_better()
     assert not compare(y, two_wrong, missing, 0.5).personal_is_better
     assert not compare(y[:MIN_GATE_CASES - 1], one_wrong[:MIN_GATE_CASES - 1],
                        right[:MIN_GATE_CASES - 1], 0.5).personal_is_better
+    # no held-out case yet (a clinic's first cases): nothing to compare, not an error
+    none = compare(y[:0], right[:0], right[:0], 0.5)
+    assert none == Comparison(0, 0, 0, 0, 0) and not none.personal_is_better
 
 
 def test_a_saved_head_serves_only_the_bundle_it_was_trained_from(base, tmp_path, caplog):
