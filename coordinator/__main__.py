@@ -14,7 +14,7 @@ from pathlib import Path
 
 from coordinator.config import Settings, load_settings
 from coordinator.exc import CoordinatorError
-from models.core.cli import command_parser, json_out, run
+from models.core.cli import command_parser, json_out, positive_int, run
 from models.core.files import create_once
 
 logger = logging.getLogger("coordinator")
@@ -241,7 +241,7 @@ def _simulate_args(sp: argparse.ArgumentParser) -> None:
                     "('' for none)")
     sp.add_argument("--cases-per-round", type=int, default=10,
                     help="--partition sites: confirmed cases per clinic at each arrival")
-    sp.add_argument("--rounds-per-arrival", type=int, default=1,
+    sp.add_argument("--rounds-per-arrival", type=positive_int, default=1,
                     help="--partition sites: rounds between two arrivals of cases (the "
                     "devices train the same cases again in between)")
     sp.add_argument("--initial", type=Path, help="a folder with bundle/ and "

@@ -113,21 +113,23 @@ class Federation:
         gate = held_out(store, ids)
         return x[~gate], y[~gate], x[gate], y[gate]
 
-    def confirmed_since_training(self) -> int:
-        trained = self._state().get("trained_cases", 0)
+    def confirmed_since_training(self, state: dict | None = None) -> int:
+        trained = (self._state() if state is None else state).get("trained_cases", 0)
         return self._confirmed() - trained
+
+    def _new_cases(self, state: dict) -> bool:
+        return self.confirmed_since_training(state) >= self.settings.train_min_new_cases
 
     def training_due(self) -> bool:
         """Enough newly confirmed cases; or, with ``train_rounds_per_cases`` above 1, a
         newer version installed since the last run, which had fewer runs on its cases:
         more rounds of shorter training, between two batches of cases, bring a
         federation closer to training on every clinic's cases pooled."""
-        if self.confirmed_since_training() >= self.settings.train_min_new_cases:
-            return True
         state = self._state()
-        return ("trained_version" in state
-                and self.slot.current.version > state["trained_version"]
-                and state.get("runs_on_cases", 1) < self.settings.train_rounds_per_cases)
+        return self._new_cases(state) or (
+            "trained_version" in state
+            and self.slot.current.version > state["trained_version"]
+            and state.get("runs_on_cases", 1) < self.settings.train_rounds_per_cases)
 
     def _confirmed(self) -> int:
         return self.store.count("confirmed") + self.store.count("disagreed")
@@ -152,8 +154,10 @@ class Federation:
         predictor = self.slot.current.global_predictor  # updates start from the bundle
         bundle = predictor.bundle
         confirmed, state = self._confirmed(), self._state()
-        new = confirmed - state.get("trained_cases", 0) >= self.settings.train_min_new_cases
-        runs = 1 if new else state.get("runs_on_cases", 1) + 1  # on the same cases
+        # Runs on the same cases count once per newer version ("Train now" on the same
+        # version uses none of them); enough new cases start the count again.
+        runs = 1 if self._new_cases(state) else state.get("runs_on_cases", 1) + int(
+            predictor.version > state.get("trained_version", predictor.version))
         x, y, x_gate, y_gate = self.examples()
         if len(y) < self.train_config.min_examples:
             raise ValueError(f"need at least {self.train_config.min_examples} confirmed "

@@ -1,8 +1,9 @@
 """The local gate: held-out confirmed cases on which a new bundle must not do worse.
 
 About a quarter of confirmed cases (:func:`is_gate_key`) are never trained on: whole
-studies (a patient's slices stay on one side), and a slice outside any study by its
-image, so the same image uploaded twice stays on one side too. The side follows from what
+studies (the slices of one DICOM study, or of one uploaded archive, stay on one side),
+and a slice outside any study by its image, so one image file uploaded twice stays on one
+side too (an archive uploaded twice is two studies). The side follows from what
 the store already keeps, so training and the gate agree without storing anything, and a
 simulation that feeds the same images holds out the same cases in every run. A bundle
 from the coordinator is refused if, on them, it gets more cases wrong or misses more

@@ -289,7 +289,7 @@ class CaseStore(ABC):
 
     @abstractmethod
     def gate_keys(self, case_ids: list[str]) -> list[str]:
-        """Each case's study id, else its image's SHA-256 (:mod:`device.gate`)."""
+        """Each case's study id, else its image's SHA-256, else (gone) its id."""
 
     @abstractmethod
     def cases_missing_embedding(self, backbone_id: str) -> list[str]:

@@ -96,7 +96,7 @@ class StudyQueries:
 
     def gate_keys(self, case_ids: list[str]) -> list[str]:
         """What decides each case's side of the local gate (:mod:`device.gate`): its
-        study's id, else its image's SHA-256; a KeyError for an unknown case."""
+        study's id, else its image's SHA-256; a case deleted meanwhile, its own id."""
         keys: dict[str, str] = {}
         for start in range(0, len(case_ids), 500):  # SQLite's bound-parameter limit
             chunk = case_ids[start:start + 500]
@@ -104,7 +104,7 @@ class StudyQueries:
                 "SELECT c.id, COALESCE(s.study_id, c.image_sha256) FROM cases c LEFT JOIN "
                 f"study_slices s ON s.case_id = c.id WHERE c.id IN "
                 f"({', '.join('?' * len(chunk))})", tuple(chunk)))
-        return [keys[i] for i in case_ids]
+        return [keys.get(i, i) for i in case_ids]
 
     def study(self, study_id: str) -> Study:
         rows = self._db.read("SELECT * FROM studies WHERE id = ?", (check_study_id(study_id),))

@@ -10,9 +10,10 @@ per clinic, for the initial model, federated, local-only and centralized (the la
 on all the cases the federation saw by its last round, with the full trainer).
 
 :class:`Replay` can replay what the appliances do instead of an idealised federation:
-``gate_share`` of each clinic's cases (drawn at random, as the devices' random case ids
-draw them) held out for its local gate and never trained on, and ``rounds_per_arrival``
-federated rounds of at most ``local_epochs`` epochs each between two arrivals. Many
+``gate_share`` of each clinic's cases (drawn at random, as the devices' image hashes
+draw them for slices uploaded one by one) held out for its local gate and never trained
+on, and ``rounds_per_arrival`` federated rounds of at most ``local_epochs`` epochs each
+between two arrivals. Many
 seeds run on one load of the data: the appliance simulation (``coordinator simulate
 --partition sites``) is the real measurement, this one is cheap enough for 30 seeds.
 """

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import pytest
 
 from device.gate import held_out
 from device.store import CaseInfo, CaseStore
@@ -33,5 +32,5 @@ def test_a_study_and_an_image_each_stay_on_one_side_of_the_gate(cases: CaseStore
     assert keys[40:] == [c.image_sha256 for c in twice]
     assert (sides[40::2] == sides[41::2]).all()
     assert 0 < sides[40:].sum() < 80  # some images held out, not all
-    with pytest.raises(KeyError):
-        cases.gate_keys(["f" * 32])
+    # a case deleted between listing and this read: its own id decides, no error
+    assert cases.gate_keys(["f" * 32, twice[0].id]) == ["f" * 32, twice[0].image_sha256]
