@@ -94,11 +94,15 @@ class Federation:
     # --- data -------------------------------------------------------------------------
     def examples(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(x_train, y_train, x_gate, y_gate): confirmed-case embeddings of this backbone.
-
-        Embeddings are cached per case and backbone; cases confirmed under an older
-        backbone are re-embedded from their stored image. Gate cases (see
-        :mod:`device.gate`) judge new bundles and are never trained on.
+        Gate cases (see :mod:`device.gate`) judge new bundles and are never trained on.
         """
+        _, x, y, gate = self._examples()
+        return x[~gate], y[~gate], x[gate], y[gate]
+
+    def _examples(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """(case ids, embeddings, labels, gate mask) of every confirmed case. Embeddings
+        are cached per case and backbone; cases confirmed under an older backbone are
+        re-embedded from their stored image."""
         store, predictor = self.store, self.slot.current.global_predictor
         backbone = predictor.backbone_id
         for case_id in store.cases_missing_embedding(backbone):
@@ -110,8 +114,7 @@ class Federation:
                 continue
             store.set_embedding(case_id, backbone, predictor.predict(image).embedding)
         ids, x, y = store.confirmed_examples(backbone)
-        gate = held_out(store, ids)
-        return x[~gate], y[~gate], x[gate], y[gate]
+        return ids, x, y, held_out(store, ids)
 
     def confirmed_since_training(self, state: dict | None = None) -> int:
         trained = (self._state() if state is None else state).get("trained_cases", 0)
@@ -158,14 +161,13 @@ class Federation:
         # version uses none of them); enough new cases start the count again.
         runs = 1 if self._new_cases(state) else state.get("runs_on_cases", 1) + int(
             predictor.version > state.get("trained_version", predictor.version))
-        x, y, x_gate, y_gate = self.examples()
+        ids, x_all, y_all, gate = self._examples()
+        x, y, x_gate, y_gate = x_all[~gate], y_all[~gate], x_all[gate], y_all[gate]
         if len(y) < self.train_config.min_examples:
             raise ValueError(f"need at least {self.train_config.min_examples} confirmed "
                              f"training examples, have {len(y)}")
         if bundle.adapter_shapes:  # the head with the block's adapter
-            ids, _, labels = self.store.confirmed_examples(predictor.backbone_id)
-            trained = adapter_training.train(self.store, bundle, ids, labels,
-                                             held_out(self.store, ids),
+            trained = adapter_training.train(self.store, bundle, ids, y_all, gate,
                                              self.train_config)
             arrays, start, epochs = trained.arrays, trained.start, trained.epochs
             local = self._local(trained.gate_y, trained.gate_before, trained.gate_after,

@@ -63,15 +63,12 @@ class MessageLink:
         copies the unchanged ones from the bundle in service (then verifies the whole)."""
         if not self.files:
             return {"version": model_version, "files": {}}
-        try:
-            manifest = json.loads(self.files.get(MANIFEST, b""))
-        except ValueError:
-            manifest = None
-        listed = manifest.get("files") if isinstance(manifest, dict) else None
-        names = [*self.files, *(n for n in listed or () if n not in self.files)] \
-            if isinstance(listed, dict) else list(self.files)
+        manifest = _listing(self.files.get(MANIFEST, b""))
+        if manifest is None:  # nothing to read the other files from: offer what came
+            return {"version": self.version, "files": {name: name for name in self.files}}
+        names = dict.fromkeys([*self.files, *manifest["files"]])
         return {"version": self.version, "files": {name: name for name in names},
-                **({"manifest": manifest} if isinstance(listed, dict) else {})}
+                "manifest": manifest}
 
     def download(self, name: str, dest: Path, max_bytes: int) -> int:
         data = self.files.get(name)
@@ -87,3 +84,13 @@ class MessageLink:
         self.reports.append(body)
         self.bytes_up += len(json.dumps(body))
         return {"recorded": True}
+
+
+def _listing(data: bytes) -> dict | None:
+    """A carried manifest that lists its files, or None."""
+    try:
+        manifest = json.loads(data)
+    except ValueError:
+        return None
+    return manifest if isinstance(manifest, dict) and isinstance(
+        manifest.get("files"), dict) else None
