@@ -133,7 +133,7 @@ def cmd_adapt_modes(args: argparse.Namespace) -> int:
     from models.core.head_training import TrainConfig
     from models.training.adaptation_modes import CLINICS, SHORT, Replay, compare, summary
     replay = Replay(TrainConfig() if args.trainer == "device" else SHORT, args.gate_share,
-                    args.rounds_per_arrival, args.local_epochs)
+                    args.rounds_per_arrival, args.local_epochs, args.sparsity)
     results = compare(args.data, args.weights, args.threshold, args.clinics or CLINICS,
                       args.seed, args.cases_per_round, args.rounds,
                       args.modes or MODES, replay)
@@ -327,6 +327,9 @@ def _site_commands(sub) -> None:
                     help="federated rounds between two arrivals")
     sp.add_argument("--local-epochs", type=positive_int,
                     help="a federated round's epoch cap (default: the trainer's)")
+    sp.add_argument("--sparsity", type=sparsity, default=0.0, help="prune this share of "
+                    "the averaged head's hidden kernel each round, as the coordinator "
+                    "does at publication (its default: 0.5)")
     sp.add_argument("--json", type=json_out, help="write the results to this file")
     sp.set_defaults(func=cmd_adapt_modes)
 

@@ -13,7 +13,8 @@ on all the cases the federation saw by its last round, with the full trainer).
 ``gate_share`` of each clinic's cases (drawn at random, as the devices' image hashes
 draw them for slices uploaded one by one) held out for its local gate and never trained
 on, and ``rounds_per_arrival`` federated rounds of at most ``local_epochs`` epochs each
-between two arrivals. Many
+between two arrivals, and ``sparsity``: the averaged head's hidden kernel pruned by
+magnitude after each round, as the coordinator prunes each version it publishes. Many
 seeds run on one load of the data: the appliance simulation (``coordinator simulate
 --partition sites``) is the real measurement, this one is cheap enough for 30 seeds.
 """
@@ -47,6 +48,13 @@ class Replay:
     gate_share: float = 0.0
     rounds_per_arrival: int = 1
     local_epochs: int | None = None  # a federated round's cap (default: cfg.epochs)
+    sparsity: float = 0.0  # of the averaged head's hidden kernel, each round
+
+    def prune(self, head: H.Head) -> H.Head:
+        """``head`` with its hidden kernel pruned as a published version's is."""
+        from models.training.compress import magnitude_mask
+        kernel = head["hidden/kernel"]
+        return {**head, "hidden/kernel": kernel * magnitude_mask(kernel, self.sparsity)}
 
     def local(self, seed: int) -> TrainConfig:
         return dataclasses.replace(self.cfg, seed=seed,
@@ -74,7 +82,8 @@ def _federate(mode: str, head0: H.Head, block0: B.Block, x: np.ndarray, y: np.nd
                             {n: result.block[n] for n in shared_names(mode)}))
         if updates:
             w = np.array([u[0] for u in updates], float) / sum(u[0] for u in updates)
-            head = {n: sum(wi * u[1][n] for wi, u in zip(w, updates)) for n in head0}
+            head = replay.prune({n: sum(wi * u[1][n] for wi, u in zip(w, updates))
+                                 for n in head0})
             shared = {n: sum(wi * u[2][n] for wi, u in zip(w, updates))
                       for n in shared_names(mode)}
     return head, {c: {**local[c], **shared} for c in parts}

@@ -86,10 +86,30 @@ def test_seed_ranges(text, seeds):
 @pytest.mark.parametrize("option, value", [
     ("--seed", ""), ("--seed", "a"), ("--seed", "3-1"), ("--seed", "1-b"),
     ("--gate-share", "1.5"), ("--gate-share", "-0.1"), ("--gate-share", "x"),
-    ("--modes", "head,lorax"), ("--modes", ","),
+    ("--modes", "head,lorax"), ("--modes", ","), ("--sparsity", "1"), ("--sparsity", "-1"),
 ])
 def test_bad_replay_options_are_refused_before_any_work(option, value, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["adapt-modes", "--data", "/nonexistent", "--weights", "w.h5",
               "--threshold", "0.5", option, value])
     assert stop.value.code == 2 and option in capsys.readouterr().err
+
+
+def test_the_replay_prunes_the_averaged_head_as_a_publication_does():
+    """The hidden kernel loses its smallest-magnitude half; the output layer and the
+    biases stay whole; no pruning leaves the head as it was."""
+    from models.training.adaptation_modes import Replay
+    rng = np.random.default_rng(0)
+    head = {"hidden/kernel": rng.normal(size=(8, 4)), "hidden/bias": rng.normal(size=4),
+            "output/kernel": rng.normal(size=(4, 1)), "output/bias": np.zeros(1)}
+    # Execute
+    pruned = Replay(sparsity=0.5).prune(head)
+    kept = Replay().prune(head)
+    # Assert
+    kernel = pruned["hidden/kernel"]
+    assert np.count_nonzero(kernel) == 16
+    assert np.abs(kernel[kernel != 0]).min() > np.abs(head["hidden/kernel"][kernel == 0]).max()
+    np.testing.assert_array_equal(kernel[kernel != 0], head["hidden/kernel"][kernel != 0])
+    for name in ("hidden/bias", "output/kernel", "output/bias"):
+        assert pruned[name] is head[name]
+    assert all(np.array_equal(kept[n], head[n]) for n in head)
