@@ -248,8 +248,8 @@ def _simulate_args(sp: argparse.ArgumentParser) -> None:
                     "model.weights.h5 to start from instead of training one")
     sp.add_argument("--publish-margin", type=float, default=0.05,
                     help="the coordinator's publishing gate (1.0 publishes what runs)")
-    sp.add_argument("--sparsity", type=float, default=0.5,
-                    help="--partition sites: the head pruning at each publication")
+    sp.add_argument("--sparsity", type=float, default=0.0,
+                    help="--partition sites: the head pruning at each publication (none)")
     sp.add_argument("--device-setting", action="append", default=[], metavar="NAME=VALUE",
                     help="--partition sites: a device.toml setting of every clinic "
                     "(TOML value; repeat)")

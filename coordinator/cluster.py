@@ -37,7 +37,7 @@ class Cluster:
     together; ``run_rounds`` drives R rounds and returns one report row per round."""
 
     def __init__(self, root: Path, n_sites: int, coordinator_data: Path, method: str,
-                 initial: Path, publish_margin: float = 0.05, sparsity: float = 0.5,
+                 initial: Path, publish_margin: float = 0.05, sparsity: float = 0.0,
                  device_extra: str = "", names: list[str] | None = None) -> None:
         self.root, self.procs, self.n = root, [], n_sites
         self.names = names or [f"site-{k}" for k in range(n_sites)]  # as reports name them

@@ -41,7 +41,7 @@ class Settings:
     clip_norm: float = 5.0            # clipped_fedavg and DP clipping
     max_examples: int = 100_000
     max_staleness: int = 2            # versions an update's base may lag the latest
-    sparsity: float = 0.5             # head pruning at publication
+    sparsity: float = 0.0             # head pruning at publication (costs the clinics)
     publish_margin: float = 0.02      # max validation AUC/accuracy drop accepted
     dp_noise_multiplier: float = 0.0  # > 0 enables central DP (clipped mean + noise)
     dp_delta: float = 1e-5

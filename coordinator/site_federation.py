@@ -226,7 +226,7 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
                    clinics: Sequence[str], initial_sites: Sequence[str],
                    holdout_site: str | None, method: str = "fedavg", arch: str = "edge",
                    seed: int = 0, epochs: int | None = None, initial: Path | None = None,
-                   publish_margin: float = 0.05, sparsity: float = 0.5,
+                   publish_margin: float = 0.05, sparsity: float = 0.0,
                    device_settings: Sequence[str] = (), workdir: Path | None = None,
                    adapter_rank: int = 0, transport: str = "http",
                    rounds_per_arrival: int = 1) -> dict:
