@@ -7,7 +7,9 @@ test part; the rest arrive in a random order, ``cases_per_round`` more confirmed
 per arrival. The backbone up to the last block runs once, in TensorFlow; everything a
 device would train runs in NumPy. Reported: balanced accuracy at the model's threshold
 per clinic, for the initial model, federated, local-only and centralized (the last two
-on all the cases the federation saw by its last round, with the full trainer).
+on all the cases the federation saw by its last round, with the full trainer); and the
+specificity of the initial and federated models on a site that never joins
+(``holdout``: the MS site, tumour-free slices only), a measure of generalisation.
 
 :class:`Replay` can replay what the appliances do instead of an idealised federation:
 ``gate_share`` of each clinic's cases (drawn at random, as the devices' image hashes
@@ -37,6 +39,7 @@ from models.training.dataset import DataSource, load_grouped
 from models.training.splits import clinic_split
 
 CLINICS = ("site_tcga_lgg_du", "site_tcga_lgg_ht", "site_tcga_lgg_cs", "site_tcga_lgg_fg")
+HOLDOUT = "site_ljubljana_ms"
 SHORT = TrainConfig(epochs=60, learning_rate=1e-3, patience=10, val_fraction=0.2)
 
 
@@ -92,9 +95,9 @@ def _federate(mode: str, head0: H.Head, block0: B.Block, x: np.ndarray, y: np.nd
 def compare(data: str | Path | DataSource, weights: str | Path, threshold: float,
             clinics: Sequence[str] = CLINICS, seeds: Sequence[int] = (0,),
             cases_per_round: int = 10, rounds: int = 6, modes: Sequence[str] = MODES,
-            replay: Replay = Replay()) -> list[dict]:
+            replay: Replay = Replay(), holdout: str | None = HOLDOUT) -> list[dict]:
     """Per seed, one result for the initial model and one per mode: balanced accuracies
-    per clinic and their mean."""
+    per clinic and their mean, and the specificity on ``holdout`` (None without it)."""
     import keras
 
     from models.training.architectures import ARCHITECTURES, build_model, get_block, \
@@ -104,7 +107,8 @@ def compare(data: str | Path | DataSource, weights: str | Path, threshold: float
     model = build_model("edge")
     model.load_weights(weights)
     to_block = keras.Model(model.inputs, with_embedding(model).outputs[2])
-    chosen = np.isin(sites, clinics)
+    unseen = np.flatnonzero(sites == holdout) if holdout not in clinics else np.zeros(0, int)
+    chosen = np.isin(sites, [*clinics, holdout])
     inputs = np.zeros((len(y), *to_block.output.shape[1:]), np.float32)
     inputs[chosen] = to_block.predict(x[chosen], batch_size=64, verbose=0)
     head0, block0 = get_head(model), get_block(model)
@@ -120,13 +124,24 @@ def compare(data: str | Path | DataSource, weights: str | Path, threshold: float
                 y[test], H.predict(head, B.embed(blocks[c], inputs[test])), threshold)
                 ["balanced_accuracy"], 4) for c, (_, test) in parts.items()}
 
+        def specificity(head: H.Head, block: B.Block) -> float | None:
+            """On the site that never joins, with the bundle's own block arrays where a
+            clinic keeps its own."""
+            if not unseen.size:
+                return None
+            prob = H.predict(head, B.embed(block, inputs[unseen]))
+            return round(float(np.mean(prob < threshold)), 4)
+
         results.append({**_row("initial", scores(head0, {c: block0 for c in parts})),
-                        "seed": seed})
+                        "seed": seed, "holdout_specificity": specificity(head0, block0)})
         for mode in modes:
             start = time.perf_counter()
-            fed = scores(*_federate(mode, head0, block0, inputs, y, parts, gates,
-                                    cases_per_round, rounds, replay, seed))
-            results.append({**_row(mode, fed), "seed": seed, **_baselines(
+            head, blocks = _federate(mode, head0, block0, inputs, y, parts, gates,
+                                     cases_per_round, rounds, replay, seed)
+            shared = {n: next(iter(blocks.values()))[n] for n in shared_names(mode)}
+            results.append({**_row(mode, scores(head, blocks)), "seed": seed,
+                            "holdout_specificity": specificity(head, {**block0, **shared}),
+                            **_baselines(
                 mode, head0, block0, inputs, y, parts, cases_per_round * rounds,
                 dataclasses.replace(replay.cfg, seed=seed), scores),
                 "seconds": round(time.perf_counter() - start, 1)})
@@ -150,7 +165,8 @@ def _baselines(mode: str, head0: H.Head, block0: B.Block, inputs: np.ndarray,
 
 def summary(results: list[dict]) -> list[dict]:
     """Per mode over the seeds: mean federated, alone, pooled and initial; federated
-    minus alone, minus pooled, minus initial; the worst clinic's federated minus alone."""
+    minus alone, minus pooled, minus initial; the worst clinic's federated minus alone;
+    the held-out site's specificity, initial and federated."""
     initial = {r["seed"]: r["mean"] for r in results if r["mode"] == "initial"}
     rows = []
     for mode in dict.fromkeys(r["mode"] for r in results if r["mode"] != "initial"):
@@ -173,8 +189,20 @@ def summary(results: list[dict]) -> list[dict]:
                      "pooled_minus_alone": mean(r["central_mean"] - r["local"] for r in runs),
                      "worst_clinic": mean(worst),
                      "worst_clinic_within_2": round(float(np.mean(np.array(worst) >= -0.02)),
-                                                    3)})
+                                                    3),
+                     **_holdout_means(runs, results)})
     return rows
+
+
+def _holdout_means(runs: list[dict], results: list[dict]) -> dict:
+    """Mean specificity on the held-out site, initial and federated (none without it)."""
+    initial = {r["seed"]: r.get("holdout_specificity") for r in results
+               if r["mode"] == "initial"}
+    pairs = [(initial[r["seed"]], r.get("holdout_specificity")) for r in runs]
+    if any(v is None for pair in pairs for v in pair):
+        return {}
+    return {f"holdout_specificity_{k}": round(float(np.mean(v)), 4)
+            for k, v in zip(("initial", "federated"), zip(*pairs))}
 
 
 def _row(mode: str, per_clinic: dict[str, float]) -> dict:
