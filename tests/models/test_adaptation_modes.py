@@ -46,6 +46,11 @@ def test_two_clinics_one_round_report_every_mode_per_clinic(trained_bundle, tmp_
         expected = metrics.binary_metrics(everything[1][test], prob, 0.5)
         assert rows[0]["per_clinic"][clinic] == pytest.approx(
             expected["balanced_accuracy"], abs=0.02)
+    # The MS site never joins: its specificity, the initial model's as Keras has it
+    unseen = np.flatnonzero(sites == "site_ljubljana_ms")
+    assert rows[0]["holdout_specificity"] == pytest.approx(
+        np.mean(predict(model, everything[0][unseen]) < 0.5), abs=0.02)
+    assert all(0 <= row["holdout_specificity"] <= 1 for row in rows)
 
 
 @pytest.mark.slow
