@@ -1,13 +1,16 @@
 """``python -m device.bench``: the appliance against a bare durable peer, in one run.
 
-Both servers run as real processes on loopback, on the same bundle's model, and get the
+The servers run as real processes on loopback, on the same bundle's model, and get the
 same slices from the same clients (:mod:`device.bench.load`); the peer
 (:mod:`device.bench.peer`) decodes, resizes, runs LiteRT once and commits the upload to
-SQLite before answering. The machine is shared and timings are noisy, so rounds of the
-two alternate and the figures that count are the ratios. ``--cpus 0`` pins both servers
-to one core (``taskset -c 0``), a Pi-like figure. Then the appliance alone takes the 40
-slices as one .zip of DICOM files (``POST /api/v1/series``). In-process: the
-preprocessing's CPU time per slice on one core, and the background heat map.
+SQLite before answering; a second peer prepares the input with the training
+preprocessing instead of a resize, so the appliance's own cost is seen apart from what
+any server of these models must do. The machine is shared and timings are noisy, so
+rounds of the servers alternate and the figures that count are the ratios. ``--cpus 0``
+pins every server to one core (``taskset -c 0``), a Pi-like figure. Then the appliance
+alone takes the 40 slices as one .zip of DICOM files (``POST /api/v1/series``).
+In-process: the preprocessing's CPU time per slice on one core, and the background heat
+map.
 """
 from __future__ import annotations
 
@@ -89,26 +92,26 @@ def settle(server: servers.Server) -> None:
         time.sleep(0.1)
 
 
-def alternate(pair: list[servers.Server], rounds: int, run) -> dict[str, list]:
+def alternate(group: list[servers.Server], rounds: int, run) -> dict[str, list]:
     """``run(target)`` for each server, ``rounds`` times, in alternating order."""
-    out: dict[str, list] = {s.name: [] for s in pair}
+    out: dict[str, list] = {s.name: [] for s in group}
     for n in range(rounds):
-        for server in (pair if n % 2 == 0 else pair[::-1]):
+        for server in (group if n % 2 == 0 else group[::-1]):
             out[server.name].append(run(server.target))
             settle(server)
     return out
 
 
-def measure(pair: list[servers.Server], slices: list[bytes], large: bytes,
+def measure(group: list[servers.Server], slices: list[bytes], large: bytes,
             args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Every figure of both servers."""
-    figures: dict[str, dict[str, float]] = {s.name: {} for s in pair}
+    """Every figure of every server."""
+    figures: dict[str, dict[str, float]] = {s.name: {} for s in group}
     bodies = [load.multipart(s) for s in slices]
-    for server in pair:  # warm up: first requests load code paths and pages
+    for server in group:  # warm up: first requests load code paths and pages
         load.hammer(server.target, bodies, 2, 1.0)
         settle(server)
     for clients in (1, 4):
-        runs = alternate(pair, args.rounds,
+        runs = alternate(group, args.rounds,
                          lambda t: load.hammer(t, bodies, clients, args.seconds))
         for name, results in runs.items():
             pooled = Result()
@@ -118,20 +121,20 @@ def measure(pair: list[servers.Server], slices: list[bytes], large: bytes,
                                   f"p99_{clients}": pooled.percentile(99),
                                   f"rate_{clients}": pooled.rate,
                                   f"failed_{clients}": pooled.failures})
-    runs = alternate(pair, args.rounds, lambda t: load.series(t, bodies, 4))
+    runs = alternate(group, args.rounds, lambda t: load.series(t, bodies, 4))
     for name, results in runs.items():
         figures[name]["series_s"] = load.median([seconds for seconds, _ in results])
         figures[name]["series_failed"] = sum(failed for _, failed in results)
-    for server in pair:
+    for server in group:
         figures[server.name]["rss_serving"] = server.memory_mb()[1]
     big = [load.multipart(large)] * LARGE_UPLOADS
-    runs = alternate(pair, 2, lambda t: load.series(t, big, LARGE_UPLOADS))
-    for server in pair:
+    runs = alternate(group, 2, lambda t: load.series(t, big, LARGE_UPLOADS))
+    for server in group:
         figures[server.name]["rss_large"] = server.memory_mb()[1]
         figures[server.name]["large_failed"] = sum(f for _, f in runs[server.name])
     # Last, so that its memory is in no figure above. The appliance alone: the peer
     # takes no series.
-    app = next(s for s in pair if s.name == "appliance")
+    app = next(s for s in group if s.name == "appliance")
     zipped = load.multipart(dicom_series_zip(slices), "series.zip", "archive")
     api = load.Connection(load.Target(app.target.url, "/api/v1/series", app.target.headers))
     try:
@@ -158,20 +161,25 @@ ROWS = [  # key, label, unit, target on the ratio appliance / peer (or absolute)
 
 
 def report(figures: dict[str, dict[str, float]], cpus: str | None) -> None:
-    peer, app = figures["peer"], figures["appliance"]
-    where = f"both servers pinned to CPU {cpus} (taskset -c {cpus})" if cpus else \
-        "both servers on all CPUs"
+    """The figures of the three servers; the ratios of the appliance's to the peer's
+    (the targets) and to the peer's with the training preprocessing."""
+    peer, prep, app = figures["peer"], figures["peer+prep"], figures["appliance"]
+    where = f"every server pinned to CPU {cpus} (taskset -c {cpus})" if cpus else \
+        "every server on all CPUs"
     print(f"\ndevice bench: appliance vs bare durable peer, {where}")
-    print(f"  {'':46s} {'peer':>9s} {'appliance':>10s} {'ratio':>7s}  target")
+    print(f"  {'':46s} {'peer':>9s} {'peer+prep':>10s} {'appliance':>10s} {'ratio':>7s} "
+          f"{'vs +prep':>8s}  target (on the ratio to the peer)")
     for key, label, unit, target in ROWS:
-        ratio = app[key] / peer[key] if peer[key] else float("nan")
+        ratio, to_prep = (app[key] / base[key] if base[key] else float("nan")
+                          for base in (peer, prep))
         digits = 2 if unit == "s" else 1
         print(f"  {label + ' (' + unit + ')':46s} {peer[key]:9.{digits}f} "
-              f"{app[key]:10.{digits}f} {ratio:6.2f}x  {target}")
+              f"{prep[key]:10.{digits}f} {app[key]:10.{digits}f} {ratio:6.2f}x "
+              f"{to_prep:7.2f}x  {target}")
     print(f"  a {SERIES_LEN}-slice DICOM series as one .zip (POST /api/v1/series), all "
           f"results: {app['series_zip_s']:.2f} s (appliance only; target <= 3 s)")
-    failed = {k: v for k, v in app.items() if "failed" in k and v}
-    failed.update({f"peer {k}": v for k, v in peer.items() if "failed" in k and v})
+    failed = {f"{name} {k}": v for name, f in figures.items() for k, v in f.items()
+              if "failed" in k and v}
     print(f"  failed requests: {failed or 'none'}")
 
 
@@ -237,19 +245,21 @@ def main(argv: list[str] | None = None) -> int:
                     "as ratios (the machine may be shared: ratios compare, times do not).")
     parser.add_argument("--seconds", type=float, default=5.0, help="per round (5)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (3)")
-    parser.add_argument("--cpus", help="pin both servers, e.g. 0 (taskset -c)")
+    parser.add_argument("--cpus", help="pin every server, e.g. 0 (taskset -c)")
     args = parser.parse_args(argv)
     slices = series_slices()
     in_process(slices)
     with tempfile.TemporaryDirectory() as tmp:
-        pair: list[servers.Server] = []
+        group: list[servers.Server] = []
         try:
-            pair.append(servers.start_peer(BUNDLE / "model.tflite", Path(tmp) / "peer",
-                                           args.cpus))
-            pair.append(servers.start_appliance(Path(tmp) / "appliance", args.cpus))
-            figures = measure(pair, slices, large_slice(), args)
+            for prepare in (False, True):
+                group.append(servers.start_peer(BUNDLE / "model.tflite",
+                                                Path(tmp) / f"peer{prepare:d}", args.cpus,
+                                                prepare))
+            group.append(servers.start_appliance(Path(tmp) / "appliance", args.cpus))
+            figures = measure(group, slices, large_slice(), args)
         finally:
-            for server in pair:
+            for server in group:
                 server.stop()
     report(figures, args.cpus)
     return 0

@@ -93,9 +93,13 @@ def start_appliance(data_dir: Path, cpus: str | None) -> Server:
                   cpus)
 
 
-def start_peer(model: Path, data_dir: Path, cpus: str | None) -> Server:
-    """The bare durable peer (:mod:`device.bench.peer`) on the same model file."""
+def start_peer(model: Path, data_dir: Path, cpus: str | None,
+               training_preprocessing: bool = False) -> Server:
+    """The bare durable peer (:mod:`device.bench.peer`) on the same model file; named
+    "peer", or "peer+prep" when it prepares inputs with the training preprocessing."""
     port = free_port()
-    return Server("peer", Target(f"http://127.0.0.1:{port}", "/predict"),
+    flag = ["--training-preprocessing"] if training_preprocessing else []
+    return Server("peer+prep" if training_preprocessing else "peer",
+                  Target(f"http://127.0.0.1:{port}", "/predict"),
                   [sys.executable, "-m", PEER_MODULE, str(model), str(data_dir), str(port),
-                   str(THREADS)], cpus)
+                   str(THREADS), *flag], cpus)
