@@ -14,7 +14,7 @@ from pathlib import Path
 
 from coordinator.config import Settings, load_settings
 from coordinator.exc import CoordinatorError
-from models.core.cli import command_parser, json_out, positive_int, run
+from models.core.cli import command_parser, json_out, positive_int, run, sparsity
 from models.core.files import create_once
 
 logger = logging.getLogger("coordinator")
@@ -248,8 +248,9 @@ def _simulate_args(sp: argparse.ArgumentParser) -> None:
                     "model.weights.h5 to start from instead of training one")
     sp.add_argument("--publish-margin", type=float, default=0.05,
                     help="the coordinator's publishing gate (1.0 publishes what runs)")
-    sp.add_argument("--sparsity", type=float, default=0.0,
-                    help="--partition sites: the head pruning at each publication (none)")
+    sp.add_argument("--sparsity", type=sparsity, default=0.0,
+                    help="--partition sites: the share of the head's hidden layer pruned "
+                    "at each publication (default 0: none)")
     sp.add_argument("--device-setting", action="append", default=[], metavar="NAME=VALUE",
                     help="--partition sites: a device.toml setting of every clinic "
                     "(TOML value; repeat)")

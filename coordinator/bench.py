@@ -2,8 +2,8 @@
 
 - Aggregation of 1,000 ``paper``-head updates (692,289 parameters) streamed, and the
   robust methods on 50 (see :mod:`coordinator.aggregation.bench`).
-- Publishing: rebuild + prune + int8 + evaluate + sign of the shipped model with a new
-  head, on the shared dataset as the coordinator's own data.
+- Publishing: rebuild + int8 + evaluate + sign of the shipped model with a new head (the
+  default settings: no pruning), on the shared dataset as the coordinator's own data.
 - Intake: a real server process; 4 client threads POST one int8 update per enrolled
   device (a device may send one per round) and the rate is measured.
 """
@@ -108,7 +108,7 @@ def main() -> int:
               f"inputs {mib['inputs_bytes']:.0f} MiB + {mib['peak_bytes_estimate']:.1f} "
               "MiB working memory")
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"  publish (rebuild+prune+int8+evaluate+sign) "
+        print(f"  publish (rebuild+int8+evaluate+sign)       "
               f"{publish_seconds(Path(tmp) / 'p'):7.1f} s (target <= 60 s)")
         print(f"  POST /api/v1/updates, 4 clients           "
               f"{intake_rate(Path(tmp) / 'p'):7.1f} updates/s (target >= 20)")

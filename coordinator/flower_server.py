@@ -3,7 +3,7 @@
 Run through a Flower SuperLink with ``flwr run`` (see README "Flower transport"): the
 run config names the coordinator's state folder, settings file and images, so this is
 the same coordinator -- SQLite state, enrolled devices, validation, aggregation,
-pruned int8 signed publishing, audit log -- with Flower carrying the messages and
+int8 signed publishing, audit log -- with Flower carrying the messages and
 :class:`NeuroEdgeStrategy` (a Flower ``Strategy``) running the rounds:
 
 1. ``train`` to every connected node, with the latest signed bundle (its files only to

@@ -1,7 +1,8 @@
-"""Publishing: a new head on the frozen backbone -> pruned, int8, evaluated, signed bundle.
+"""Publishing: a new head on the frozen backbone -> int8, evaluated, signed bundle.
 
 The coordinator keeps the float Keras weights of the current model (devices only ever
-get the int8 TFLite). It sets the aggregated head, magnitude-prunes its hidden layer,
+get the int8 TFLite). It sets the aggregated head (its hidden layer magnitude-pruned
+when ``sparsity`` > 0; not by default: it cost the clinics, docs/experiments.md),
 converts to full int8 calibrated on its own images (a bundle with a NumPy block keeps
 its model.tflite, which a round does not change), evaluates on its own validation
 images, and publishes only if the result is not worse than the current bundle by more
@@ -51,16 +52,6 @@ class Outcome:
     seconds: float = 0.0
 
 
-def prune_head(head: dict[str, np.ndarray], sparsity: float) -> dict[str, np.ndarray]:
-    """Zero the smallest-magnitude fraction of the hidden head kernel. The output unit
-    stays dense, as in :func:`models.training.compress.prune`: its 32 weights cost nothing and
-    make every decision."""
-    from models.training.compress import magnitude_mask
-    out = {k: v.copy() for k, v in head.items()}
-    out["hidden/kernel"] = out["hidden/kernel"] * magnitude_mask(out["hidden/kernel"], sparsity)
-    return out
-
-
 def evaluate_model(model: BundleModel, data: EvalData, threshold: float) -> dict:
     """Validation figures of a model as a device runs it."""
     prob, _ = model.predict(data.x_val)
@@ -85,6 +76,7 @@ def publish(current: Bundle, float_weights: Path, head: dict[str, np.ndarray],
     the candidate with the current bundle's model on the same images.
     """
     from models.training.architectures import build_model, set_head
+    from models.training.compress import prune_head
     from models.training.export import to_tflite
     start = time.perf_counter()
     model = build_model(current.manifest["architecture"])

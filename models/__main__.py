@@ -14,7 +14,7 @@ from pathlib import Path
 from models import bundle_cli
 from models.core.adapt import MODES
 from models.core.bundle import check_bundle_target
-from models.core.cli import at_least, json_out, positive_int
+from models.core.cli import at_least, json_out, positive_int, sparsity
 from models.core.metrics import json_safe
 from models.core.signing import load_signing_key
 
@@ -132,8 +132,9 @@ def cmd_loso(args: argparse.Namespace) -> int:
 def cmd_adapt_modes(args: argparse.Namespace) -> int:
     from models.core.head_training import TrainConfig
     from models.training.adaptation_modes import CLINICS, SHORT, Replay, compare, summary
-    replay = Replay(TrainConfig() if args.trainer == "device" else SHORT, args.gate_share,
-                    args.rounds_per_arrival, args.local_epochs, args.sparsity)
+    replay = Replay(TrainConfig() if args.trainer == "device" else SHORT,
+                    gate_share=args.gate_share, rounds_per_arrival=args.rounds_per_arrival,
+                    local_epochs=args.local_epochs, sparsity=args.sparsity)
     results = compare(args.data, args.weights, args.threshold, args.clinics or CLINICS,
                       args.seed, args.cases_per_round, args.rounds,
                       args.modes or MODES, replay)
@@ -172,13 +173,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from models.training.bench import run_bench
     run_bench(args.data, seed=args.seed, epochs=args.epochs)
     return 0
-
-
-def sparsity(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), not {value}")
-    return value
 
 
 def setting(text: str) -> tuple[str, str]:
@@ -328,8 +322,8 @@ def _site_commands(sub) -> None:
     sp.add_argument("--local-epochs", type=positive_int,
                     help="a federated round's epoch cap (default: the trainer's)")
     sp.add_argument("--sparsity", type=sparsity, default=0.0, help="prune this share of "
-                    "the averaged head's hidden kernel each round, as the coordinator "
-                    "does at publication (its default: 0.5)")
+                    "the averaged head's hidden kernel each round, as a coordinator "
+                    "with sparsity > 0 does at publication (default 0: none)")
     sp.add_argument("--json", type=json_out, help="write the results to this file")
     sp.set_defaults(func=cmd_adapt_modes)
 

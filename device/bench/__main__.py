@@ -163,7 +163,7 @@ ROWS = [  # key, label, unit, target on the ratio appliance / peer (or absolute)
 def report(figures: dict[str, dict[str, float]], cpus: str | None) -> None:
     """The figures of the three servers; the ratios of the appliance's to the peer's
     (the targets) and to the peer's with the training preprocessing."""
-    peer, prep, app = figures["peer"], figures["peer+prep"], figures["appliance"]
+    peer, prep, app = figures["peer"], figures[servers.PREP_PEER], figures["appliance"]
     where = f"every server pinned to CPU {cpus} (taskset -c {cpus})" if cpus else \
         "every server on all CPUs"
     print(f"\ndevice bench: appliance vs bare durable peer, {where}")

@@ -15,6 +15,7 @@ from device.bench.load import Target
 
 PEER_MODULE = "device.bench.peer"
 THREADS = 8  # waitress request threads, as the appliance's default
+PREP_PEER = "peer+prep"  # the peer preparing its inputs with the training preprocessing
 
 
 def free_port() -> int:
@@ -96,10 +97,10 @@ def start_appliance(data_dir: Path, cpus: str | None) -> Server:
 def start_peer(model: Path, data_dir: Path, cpus: str | None,
                training_preprocessing: bool = False) -> Server:
     """The bare durable peer (:mod:`device.bench.peer`) on the same model file; named
-    "peer", or "peer+prep" when it prepares inputs with the training preprocessing."""
+    "peer", or :data:`PREP_PEER` when it prepares inputs with the training preprocessing."""
     port = free_port()
     flag = ["--training-preprocessing"] if training_preprocessing else []
-    return Server("peer+prep" if training_preprocessing else "peer",
+    return Server(PREP_PEER if training_preprocessing else "peer",
                   Target(f"http://127.0.0.1:{port}", "/predict"),
                   [sys.executable, "-m", PEER_MODULE, str(model), str(data_dir), str(port),
                    str(THREADS), *flag], cpus)

@@ -48,6 +48,14 @@ def at_least(low: int):
 positive_int = at_least(1)
 
 
+def sparsity(text: str) -> float:
+    """An argparse type: a share of weights to prune, in [0, 1)."""
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), not {value}")
+    return value
+
+
 def json_out(text: str) -> str:
     """A file to write at the end of a long run: its folder must exist now."""
     if not Path(text).resolve().parent.is_dir():

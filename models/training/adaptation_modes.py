@@ -46,7 +46,8 @@ SHORT = TrainConfig(epochs=60, learning_rate=1e-3, patience=10, val_fraction=0.2
 @dataclass(frozen=True)
 class Replay:
     """How the federation runs: the trainer (the appliances': ``TrainConfig()``), the
-    share of cases a device holds out for its gate, and rounds between two arrivals."""
+    share of cases a device holds out for its gate, rounds between two arrivals, and
+    the share of the averaged head's hidden kernel pruned after each round."""
     cfg: TrainConfig = field(default_factory=lambda: SHORT)
     gate_share: float = 0.0
     rounds_per_arrival: int = 1
@@ -55,9 +56,8 @@ class Replay:
 
     def prune(self, head: H.Head) -> H.Head:
         """``head`` with its hidden kernel pruned as a published version's is."""
-        from models.training.compress import magnitude_mask
-        kernel = head["hidden/kernel"]
-        return {**head, "hidden/kernel": kernel * magnitude_mask(kernel, self.sparsity)}
+        from models.training.compress import prune_head
+        return prune_head(head, self.sparsity) if self.sparsity else head
 
     def local(self, seed: int) -> TrainConfig:
         return dataclasses.replace(self.cfg, seed=seed,
@@ -107,7 +107,9 @@ def compare(data: str | Path | DataSource, weights: str | Path, threshold: float
     model = build_model("edge")
     model.load_weights(weights)
     to_block = keras.Model(model.inputs, with_embedding(model).outputs[2])
-    unseen = np.flatnonzero(sites == holdout) if holdout not in clinics else np.zeros(0, int)
+    if holdout in clinics:
+        raise ValueError(f"{holdout} is a clinic: the held-out site must never join")
+    unseen = np.flatnonzero((sites == holdout) & (y == 0))  # its tumour-free slices
     chosen = np.isin(sites, [*clinics, holdout])
     inputs = np.zeros((len(y), *to_block.output.shape[1:]), np.float32)
     inputs[chosen] = to_block.predict(x[chosen], batch_size=64, verbose=0)
@@ -168,6 +170,8 @@ def summary(results: list[dict]) -> list[dict]:
     minus alone, minus pooled, minus initial; the worst clinic's federated minus alone;
     the held-out site's specificity, initial and federated."""
     initial = {r["seed"]: r["mean"] for r in results if r["mode"] == "initial"}
+    specificity = {r["seed"]: r.get("holdout_specificity") for r in results
+                   if r["mode"] == "initial"}
     rows = []
     for mode in dict.fromkeys(r["mode"] for r in results if r["mode"] != "initial"):
         runs = [r for r in results if r["mode"] == mode]
@@ -190,18 +194,15 @@ def summary(results: list[dict]) -> list[dict]:
                      "worst_clinic": mean(worst),
                      "worst_clinic_within_2": round(float(np.mean(np.array(worst) >= -0.02)),
                                                     3),
-                     **_holdout_means(runs, results)})
+                     **_holdout_means(runs, specificity)})
     return rows
 
 
-def _holdout_means(runs: list[dict], results: list[dict]) -> dict:
-    """Mean specificity on the held-out site, initial and federated (none without it)."""
-    initial = {r["seed"]: r.get("holdout_specificity") for r in results
-               if r["mode"] == "initial"}
+def _holdout_means(runs: list[dict], initial: dict[int, float | None]) -> dict:
+    """Mean specificity on the held-out site over ``runs``, initial (``initial``: per
+    seed) and federated; None where a run has none."""
     pairs = [(initial[r["seed"]], r.get("holdout_specificity")) for r in runs]
-    if any(v is None for pair in pairs for v in pair):
-        return {}
-    return {f"holdout_specificity_{k}": round(float(np.mean(v)), 4)
+    return {f"holdout_specificity_{k}": None if None in v else round(float(np.mean(v)), 4)
             for k, v in zip(("initial", "federated"), zip(*pairs))}
 
 

@@ -44,6 +44,15 @@ def magnitude_mask(weights: np.ndarray, sparsity: float) -> np.ndarray:
     return np.abs(weights) > cut
 
 
+def prune_head(head: dict[str, np.ndarray], sparsity: float) -> dict[str, np.ndarray]:
+    """A copy of ``head`` with the smallest-magnitude ``sparsity`` of its hidden kernel
+    zeroed, as the coordinator prunes a head it publishes. The output unit stays dense,
+    as in :func:`prune`: its 32 weights cost nothing and make every decision."""
+    out = {k: v.copy() for k, v in head.items()}
+    out["hidden/kernel"] = out["hidden/kernel"] * magnitude_mask(out["hidden/kernel"], sparsity)
+    return out
+
+
 class _HoldMasks(keras.callbacks.Callback):
     """Re-apply the masks after every batch so pruned weights stay at zero."""
 

@@ -80,6 +80,7 @@ def test_cases_held_out_for_the_gate_are_never_trained_on(trained_bundle, tmp_pa
         np.mean([r["mean"] - r["local"] for r in heads]), abs=1e-4)
     assert mean["pooled_minus_alone"] == pytest.approx(
         mean["pooled"] - mean["alone"], abs=1e-4)
+    assert mean["holdout_specificity_federated"] == mean["holdout_specificity_initial"]
 
 
 @pytest.mark.parametrize("text, seeds", [("3", [3]), ("0-2", [0, 1, 2])])
@@ -116,5 +117,23 @@ def test_the_replay_prunes_the_averaged_head_as_a_publication_does():
     assert np.abs(kernel[kernel != 0]).min() > np.abs(head["hidden/kernel"][kernel == 0]).max()
     np.testing.assert_array_equal(kernel[kernel != 0], head["hidden/kernel"][kernel != 0])
     for name in ("hidden/bias", "output/kernel", "output/bias"):
-        assert pruned[name] is head[name]
+        np.testing.assert_array_equal(pruned[name], head[name])
     assert all(np.array_equal(kept[n], head[n]) for n in head)
+
+
+def test_a_summary_without_the_held_out_site_says_so():
+    from models.training.adaptation_modes import summary
+    row = {"per_clinic": {"a": 0.6}, "per_clinic_local": {"a": 0.5}, "mean": 0.6,
+           "local": 0.5, "central_mean": 0.7}
+    results = [{"mode": "initial", "seed": 0, "mean": 0.4, "holdout_specificity": None},
+               {**row, "mode": "head", "seed": 0, "holdout_specificity": None},
+               {"mode": "initial", "seed": 1, "mean": 0.4, "holdout_specificity": 0.8},
+               {**row, "mode": "head", "seed": 1, "holdout_specificity": 0.6}]
+    # Execute
+    (everything,) = summary(results)
+    (second,) = summary(results[2:])
+    # Assert
+    assert everything["holdout_specificity_federated"] is None
+    assert everything["federated_minus_initial"] == pytest.approx(0.2)
+    assert second["holdout_specificity_initial"] == 0.8
+    assert second["holdout_specificity_federated"] == 0.6
