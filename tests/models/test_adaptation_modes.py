@@ -76,10 +76,12 @@ def test_cases_held_out_for_the_gate_are_never_trained_on(trained_bundle, tmp_pa
     (mean,) = summary(rows)
     assert mean["seeds"] == 2 and mean["federated"] == mean["initial"]
     assert mean["federated_minus_initial"] == 0
+    # Each figure is rounded to 4 decimals: a difference of two rounded means may be off
+    # by up to 1.5e-4 from the rounded mean of the differences.
     assert mean["federated_minus_alone"] == pytest.approx(
-        np.mean([r["mean"] - r["local"] for r in heads]), abs=1e-4)
+        np.mean([r["mean"] - r["local"] for r in heads]), abs=2e-4)
     assert mean["pooled_minus_alone"] == pytest.approx(
-        mean["pooled"] - mean["alone"], abs=1e-4)
+        mean["pooled"] - mean["alone"], abs=2e-4)
     assert mean["holdout_specificity_federated"] == mean["holdout_specificity_initial"]
 
 
