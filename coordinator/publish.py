@@ -81,8 +81,7 @@ def publish(current: Bundle, float_weights: Path, head: dict[str, np.ndarray],
     start = time.perf_counter()
     model = build_model(current.manifest["architecture"])
     model.load_weights(str(float_weights))
-    pruned = prune_head(head, sparsity)
-    set_head(model, pruned)
+    set_head(model, pruned := prune_head(head, sparsity))
     block = current.load_block() if block is None else block
     # With a block, model.tflite runs only up to the block's input, which a round does
     # not change: its bytes are carried. Without a block the head is in the model.
