@@ -98,6 +98,8 @@ def compare(data: str | Path | DataSource, weights: str | Path, threshold: float
             replay: Replay = Replay(), holdout: str | None = HOLDOUT) -> list[dict]:
     """Per seed, one result for the initial model and one per mode: balanced accuracies
     per clinic and their mean, and the specificity on ``holdout`` (None without it)."""
+    if holdout in clinics:
+        raise ValueError(f"{holdout} is a clinic: the held-out site must never join")
     import keras
 
     from models.training.architectures import ARCHITECTURES, build_model, get_block, \
@@ -107,8 +109,6 @@ def compare(data: str | Path | DataSource, weights: str | Path, threshold: float
     model = build_model("edge")
     model.load_weights(weights)
     to_block = keras.Model(model.inputs, with_embedding(model).outputs[2])
-    if holdout in clinics:
-        raise ValueError(f"{holdout} is a clinic: the held-out site must never join")
     unseen = np.flatnonzero((sites == holdout) & (y == 0))  # its tumour-free slices
     chosen = np.isin(sites, [*clinics, holdout])
     inputs = np.zeros((len(y), *to_block.output.shape[1:]), np.float32)

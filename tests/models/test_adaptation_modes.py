@@ -139,3 +139,9 @@ def test_a_summary_without_the_held_out_site_says_so():
     assert everything["federated_minus_initial"] == pytest.approx(0.2)
     assert second["holdout_specificity_initial"] == 0.8
     assert second["holdout_specificity_federated"] == 0.6
+
+
+def test_the_held_out_site_cannot_be_a_clinic():
+    from models.training.adaptation_modes import HOLDOUT, compare
+    with pytest.raises(ValueError, match="must never join"):
+        compare("/nonexistent", "w.h5", 0.5, clinics=["site_tcga_lgg_cs", HOLDOUT])
