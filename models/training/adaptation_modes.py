@@ -66,8 +66,9 @@ class Replay:
 
 def _federate(mode: str, head0: H.Head, block0: B.Block, x: np.ndarray, y: np.ndarray,
               parts: dict, gates: dict, k: int, arrivals: int, replay: Replay, seed: int
-              ) -> tuple[H.Head, dict]:
-    """FedAvg of the head and the mode's shared block arrays; local arrays stay."""
+              ) -> tuple[H.Head, dict, dict]:
+    """FedAvg of the head and the mode's shared block arrays; local arrays stay. Returns
+    the head, the shared arrays and each clinic's block."""
     head, shared, cfg = dict(head0), {}, replay.local(seed)
     local = {c: dict(block0) for c in parts}
     for r in range(1, arrivals * replay.rounds_per_arrival + 1):
@@ -89,7 +90,7 @@ def _federate(mode: str, head0: H.Head, block0: B.Block, x: np.ndarray, y: np.nd
                                  for n in head0})
             shared = {n: sum(wi * u[2][n] for wi, u in zip(w, updates))
                       for n in shared_names(mode)}
-    return head, {c: {**local[c], **shared} for c in parts}
+    return head, shared, {c: {**local[c], **shared} for c in parts}
 
 
 def compare(data: str | Path | DataSource, weights: str | Path, threshold: float,
@@ -138,9 +139,8 @@ def compare(data: str | Path | DataSource, weights: str | Path, threshold: float
                         "seed": seed, "holdout_specificity": specificity(head0, block0)})
         for mode in modes:
             start = time.perf_counter()
-            head, blocks = _federate(mode, head0, block0, inputs, y, parts, gates,
-                                     cases_per_round, rounds, replay, seed)
-            shared = {n: next(iter(blocks.values()))[n] for n in shared_names(mode)}
+            head, shared, blocks = _federate(mode, head0, block0, inputs, y, parts, gates,
+                                             cases_per_round, rounds, replay, seed)
             results.append({**_row(mode, scores(head, blocks)), "seed": seed,
                             "holdout_specificity": specificity(head, {**block0, **shared}),
                             **_baselines(
