@@ -241,9 +241,10 @@ def _simulate_args(sp: argparse.ArgumentParser) -> None:
                     "('' for none)")
     sp.add_argument("--cases-per-round", type=int, default=10,
                     help="--partition sites: confirmed cases per clinic at each arrival")
-    sp.add_argument("--rounds-per-arrival", type=positive_int, default=1,
+    sp.add_argument("--rounds-per-arrival", type=positive_int, default=5,
                     help="--partition sites: rounds between two arrivals of cases (the "
-                    "devices train the same cases again in between)")
+                    "devices train the same cases again in between; default 5, the "
+                    "devices' train_rounds_per_cases)")
     sp.add_argument("--initial", type=Path, help="a folder with bundle/ and "
                     "model.weights.h5 to start from instead of training one")
     sp.add_argument("--publish-margin", type=float, default=0.05,

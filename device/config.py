@@ -59,8 +59,8 @@ class Settings:
     sync_interval_s: float = 900.0       # outbox flush + bundle check
     keep_file_names: bool = True         # keep an upload's file name with its case (Pi only)
     train_min_new_cases: int = 8         # newly confirmed cases that start a training run
-    train_epochs: int = 200              # most passes over the cases in one training run
-    train_rounds_per_cases: int = 1      # runs on one set of cases, each from a newer version
+    train_epochs: int = 20               # most passes over the cases in one training run
+    train_rounds_per_cases: int = 5      # runs on one set of cases, each from a newer version
     train_prox_mu: float = 0.01          # FedProx pull towards the head the run starts from
     gate_margin: float = 0.05            # refuse a bundle this much worse on local cases
     personalise: bool = False            # serve this clinic's own head where it does better

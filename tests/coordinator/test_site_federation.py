@@ -64,6 +64,17 @@ def test_a_clinic_split_keeps_each_patient_on_one_side():
         clinic_split(groups, sites, ["c"], seed=0)
 
 
+def test_the_simulation_retrains_between_arrivals_as_often_as_an_appliance_does():
+    """The simulation asks each appliance to train at each round; by default it does so
+    as often per batch of cases as an appliance's own schedule would."""
+    from coordinator.__main__ import parser
+    from device.config import Settings
+
+    args = parser().parse_args(["simulate", "--partition", "sites", "--data", "d"])
+
+    assert args.rounds_per_arrival == Settings.train_rounds_per_cases > 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("transport, adapter_rank", [("http", 0), ("http", 2), ("flower", 0)])
 def test_two_clinics_two_rounds_report_per_clinic_baselines_and_the_held_out_site(
