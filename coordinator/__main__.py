@@ -228,7 +228,8 @@ def parser() -> argparse.ArgumentParser:
 def _simulate_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--data", type=Path, required=True)
     sp.add_argument("--sites", type=int, default=3)
-    sp.add_argument("--rounds", type=int, default=3)
+    sp.add_argument("--rounds", type=int, default=3, help="rounds in all (--partition "
+                    "sites: arrivals of cases times --rounds-per-arrival)")
     sp.add_argument("--partition", default="iid",
                     help="paper, iid, dirichlet:ALPHA, or sites (each manifest site a clinic)")
     sp.add_argument("--clinics", default="site_tcga_lgg_du,site_tcga_lgg_ht,"

@@ -4,8 +4,9 @@ scanners adapt a vendor's model together (issue 23).
 Each site of the manifest named by ``clinics`` is one clinic: a real ``device serve``
 appliance on loopback (:class:`coordinator.cluster.Cluster`), fed through its own API.
 A clinic keeps a third of its patients (at least two) as its test part; the rest arrive
-in a random order, ``cases_per_round`` more confirmed cases before each round, as a
-clinic would live it. The initial model is the vendor's, learned from
+in a random order, ``cases_per_round`` more confirmed cases before every
+``rounds_per_arrival``-th round (the appliances train the same cases again in between,
+as their own schedule does after each newer version), as a clinic would live it. The initial model is the vendor's, learned from
 ``initial_sites`` only (or given with ``initial``); the coordinator's own images, for
 its calibration and publishing gate, are those sites' too. ``holdout_site`` never
 joins: it measures generalisation (specificity when it has no tumour). With
@@ -229,7 +230,7 @@ def simulate_sites(data: Path, rounds: int, cases_per_round: int,
                    publish_margin: float = 0.05, sparsity: float = 0.0,
                    device_settings: Sequence[str] = (), workdir: Path | None = None,
                    adapter_rank: int = 0, transport: str = "http",
-                   rounds_per_arrival: int = 1) -> dict:
+                   rounds_per_arrival: int = 5) -> dict:
     """Run the federation of clinics; returns the report (module docstring).
     ``device_settings``: ``NAME=TOML_VALUE`` lines for every clinic's device.toml. New
     cases arrive before every ``rounds_per_arrival``-th round (before the first)."""

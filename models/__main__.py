@@ -319,7 +319,7 @@ def _site_commands(sub) -> None:
     sp.add_argument("--gate-share", type=share, default=0.0, help="share of each clinic's "
                     "cases held out for its local gate, never trained on (devices: 0.25)")
     sp.add_argument("--rounds-per-arrival", type=positive_int, default=1,
-                    help="federated rounds between two arrivals")
+                    help="federated rounds between two arrivals (devices: 5)")
     sp.add_argument("--local-epochs", type=positive_int,
                     help="a federated round's epoch cap (default: the trainer's)")
     sp.add_argument("--sparsity", type=sparsity, default=0.0, help="prune this share of "

@@ -45,7 +45,8 @@ SHORT = TrainConfig(epochs=60, learning_rate=1e-3, patience=10, val_fraction=0.2
 
 @dataclass(frozen=True)
 class Replay:
-    """How the federation runs: the trainer (the appliances': ``TrainConfig()``), the
+    """How the federation runs: the trainer (the appliances': ``TrainConfig()`` with
+    ``local_epochs=20`` and ``rounds_per_arrival=5``), the
     share of cases a device holds out for its gate, rounds between two arrivals, and
     the share of the averaged head's hidden kernel pruned after each round."""
     cfg: TrainConfig = field(default_factory=lambda: SHORT)
