@@ -6,9 +6,10 @@ appliance on loopback (:class:`coordinator.cluster.Cluster`), fed through its ow
 A clinic keeps a third of its patients (at least two) as its test part; the rest arrive
 in a random order, ``cases_per_round`` more confirmed cases before every
 ``rounds_per_arrival``-th round (the appliances train the same cases again in between,
-as their own schedule does after each newer version), as a clinic would live it. The initial model is the vendor's, learned from
-``initial_sites`` only (or given with ``initial``); the coordinator's own images, for
-its calibration and publishing gate, are those sites' too. ``holdout_site`` never
+as their own schedule does after each newer version), as a clinic would live it. The
+initial model is the vendor's, learned from ``initial_sites`` only (or given with
+``initial``); the coordinator's own images, for its calibration and publishing gate,
+are those sites' too. ``holdout_site`` never
 joins: it measures generalisation (specificity when it has no tumour). With
 ``transport="flower"`` the rounds go through Flower (one ``flwr run`` of one round each,
 the cases arriving between them).
