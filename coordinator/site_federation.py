@@ -9,10 +9,9 @@ in a random order, ``cases_per_round`` more confirmed cases before every
 as their own schedule does after each newer version), as a clinic would live it. The
 initial model is the vendor's, learned from ``initial_sites`` only (or given with
 ``initial``); the coordinator's own images, for its calibration and publishing gate,
-are those sites' too. ``holdout_site`` never
-joins: it measures generalisation (specificity when it has no tumour). With
-``transport="flower"`` the rounds go through Flower (one ``flwr run`` of one round each,
-the cases arriving between them).
+are those sites' too. ``holdout_site`` never joins: it measures generalisation
+(specificity when it has no tumour). With ``transport="flower"`` the rounds go through
+Flower (one ``flwr run`` of one round each, the cases arriving between them).
 
 Baselines on the same test parts, with the device's own NumPy trainer from the initial
 model: each clinic alone, and all clinics' confirmed cases pooled (centralized), both on

@@ -314,8 +314,8 @@ def _site_commands(sub) -> None:
     sp.add_argument("--rounds", type=positive_int, default=6, help="arrivals")
     sp.add_argument("--trainer", choices=("short", "device"), default="short",
                     help="short: 60 epochs, patience 10; device: the appliances' "
-                    "trainer (patience 20; 200 epochs, theirs is --local-epochs 20 "
-                    "--rounds-per-arrival 5)")
+                    "trainer, 200 epochs, patience 20 (their schedule: add "
+                    "--local-epochs 20 --rounds-per-arrival 5)")
     sp.add_argument("--gate-share", type=share, default=0.0, help="share of each clinic's "
                     "cases held out for its local gate, never trained on (devices: 0.25)")
     sp.add_argument("--rounds-per-arrival", type=positive_int, default=1,

@@ -46,9 +46,9 @@ SHORT = TrainConfig(epochs=60, learning_rate=1e-3, patience=10, val_fraction=0.2
 @dataclass(frozen=True)
 class Replay:
     """How the federation runs: the trainer (the appliances': ``TrainConfig()`` with
-    ``local_epochs=20`` and ``rounds_per_arrival=5``), the
-    share of cases a device holds out for its gate, rounds between two arrivals, and
-    the share of the averaged head's hidden kernel pruned after each round."""
+    ``local_epochs=20`` and ``rounds_per_arrival=5``), the share of cases a device holds
+    out for its gate, rounds between two arrivals, and the share of the averaged head's
+    hidden kernel pruned after each round."""
     cfg: TrainConfig = field(default_factory=lambda: SHORT)
     gate_share: float = 0.0
     rounds_per_arrival: int = 1
@@ -58,7 +58,7 @@ class Replay:
     def prune(self, head: H.Head) -> H.Head:
         """``head`` with its hidden kernel pruned as a published version's is."""
         from models.training.compress import prune_head
-        return prune_head(head, self.sparsity) if self.sparsity else head
+        return prune_head(head, self.sparsity)
 
     def local(self, seed: int) -> TrainConfig:
         return dataclasses.replace(self.cfg, seed=seed,
